@@ -20,3 +20,24 @@ class SpecError(OciError):
 
     def __str__(self) -> str:
         return f"{self.reason} @ {self.path}"
+
+
+class BundleError(OciError):
+    """A bundle file cannot be read or written safely (symlink, not a file, I/O).
+
+    The message is one line and names the file, e.g.
+    ``refusing to follow symlink /b/config.json``.
+    """
+
+
+def key_path(path: str, key: object) -> str:
+    """Append ``key`` to a ``$``-path: ``.name`` for identifiers, ``[3]`` or ``['a.b']`` else.
+
+    Shared so that jsonio (duplicate keys), convert (cattrs errors) and the
+    checks in model all print the same path for the same place.
+    """
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if isinstance(key, str) and key.isidentifier():
+        return f"{path}.{key}"
+    return f"{path}[{key!r}]"

@@ -1,0 +1,1 @@
+"""Registering tiergate with engines: one small interface, one module per engine."""

@@ -1,0 +1,90 @@
+"""Labels + image reference + policy -> the tier a container gets, and why. Pure."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from .errors import Refusal
+
+TIER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def show(value: object, limit: int = 64) -> str:
+    """An untrusted string made safe for one log/error line: printable ASCII, bounded."""
+    text = str(value)
+    cut = len(text) > limit
+    text = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else "?", text[:limit])
+    return repr(text + ("..." if cut else ""))
+
+
+class Image:
+    """What tiergate knows about a container's image (plain data from a source)."""
+
+    __slots__ = ("refs", "id", "digest", "labels", "exposed", "known", "problem")
+
+    def __init__(self, refs=(), id="", labels=None, exposed=(), known=True, problem="", digest=""):
+        self.refs = list(refs)
+        self.id = id.removeprefix("sha256:") if id else ""
+        self.digest = digest.removeprefix("sha256:") if digest else ""
+        self.labels = dict(labels or {})
+        self.exposed = list(exposed)
+        self.known = known
+        self.problem = problem
+
+    @classmethod
+    def unknown(cls, problem: str) -> "Image":
+        return cls(known=False, problem=problem)
+
+
+class Decision:
+    __slots__ = ("tier", "requested", "source", "ceiling", "rule", "why")
+
+    def __init__(self, tier, requested, source, ceiling, rule, why):
+        self.tier, self.requested, self.source = tier, requested, source
+        self.ceiling, self.rule, self.why = ceiling, rule, why
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def ceiling_for(policy: dict, image: Image) -> tuple[str, str, str]:
+    """(max tier, over-ceiling action, rule description) from the first matching trust rule."""
+    for i, rule in enumerate(policy["trust"]):
+        if rule["digest"]:
+            if any(d and d.startswith(rule["digest"]) for d in (image.id, image.digest)):
+                return rule["max_tier"], rule["over_ceiling"], f"trust[{i}] digest {rule['digest'][:12]}"
+        elif any(fnmatch.fnmatchcase(ref, rule["match"]) for ref in image.refs):
+            return rule["max_tier"], rule["over_ceiling"], f"trust[{i}] match {rule['match']!r}"
+    return policy["default_ceiling"], policy["over_ceiling"], "default ceiling"
+
+
+def decide(policy: dict, image: Image, annotations: dict | None = None) -> Decision:
+    """Choose the tier. Raises Refusal when the policy says this container must not start."""
+    tiers = policy["tiers"]
+    key = policy["label_key"]
+    annotations = annotations or {}
+    if not image.known:
+        fallback = policy["on_unknown_image"]
+        if fallback == "refuse":
+            raise Refusal(f"cannot read the image's labels ({image.problem}); the policy refuses unknown images")
+        requested, source = fallback, f"unknown image ({image.problem})"
+    elif isinstance(annotations.get(key), str):
+        requested, source = annotations[key], f"annotation {key}"
+    elif isinstance(image.labels.get(key), str):
+        requested, source = image.labels[key], f"label {key}"
+    else:
+        requested, source = policy["default_tier"], "policy default (no tier label)"
+    if not TIER_NAME.match(requested) or requested not in tiers:
+        raise Refusal(f"unknown tier {show(requested)} asked by {source}; valid tiers: {', '.join(sorted(tiers))}")
+
+    ceiling, action, rule = ceiling_for(policy, image)
+    ref = show(image.refs[0] if image.refs else image.id[:12] or "unknown image")
+    if tiers[requested]["strictness"] >= tiers[ceiling]["strictness"]:
+        why = f"{source} asks for {requested}; {ref} may be no more privileged than {ceiling} ({rule})"
+        return Decision(requested, requested, source, ceiling, rule, why)
+    if action == "refuse":
+        raise Refusal(f"{ref} asks for tier {requested} ({source}) but may get at most {ceiling} ({rule})")
+    why = f"{source} asks for {requested}, clamped to {ceiling}: {ref} may get at most {ceiling} ({rule})"
+    return Decision(ceiling, requested, source, ceiling, rule, why)

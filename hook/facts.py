@@ -1,0 +1,68 @@
+"""Host facts the pure engine needs, gathered at the edge: namespace identities, real mount sources, AppArmor."""
+
+from __future__ import annotations
+
+import os
+
+_NS_FILES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
+             "cgroup": "cgroup", "user": "user", "time": "time"}
+
+
+def _ident(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def gather(spec: dict, tier: dict, notes: list | None = None) -> dict:
+    """Stat what the spec points at; load the tier's AppArmor profile when the host has AppArmor."""
+    facts: dict = {"notes": list(notes or ())}
+    if tier.get("passthrough"):
+        return facts
+    linux = spec.get("linux") if isinstance(spec.get("linux"), dict) else {}
+    nss = linux.get("namespaces") if isinstance(linux.get("namespaces"), list) else []
+    paths = [ns["path"] for ns in nss if isinstance(ns, dict) and isinstance(ns.get("path"), str)]
+    if paths:
+        facts["host_ns"] = {kind: _ident(f"/proc/1/ns/{f}") for kind, f in _NS_FILES.items()}
+        facts["ns_paths"] = {p: _ident(p) for p in paths}
+    mounts = spec.get("mounts") if isinstance(spec.get("mounts"), list) else []
+    facts["realpaths"] = {
+        m["source"]: os.path.realpath(m["source"])
+        for m in mounts
+        if isinstance(m, dict) and isinstance(m.get("source"), str) and m["source"].startswith("/")
+    }
+    if tier.get("apparmor", "off") != "off":
+        from . import apparmor
+
+        enabled = apparmor.host_enabled()
+        try:
+            profile, _ = apparmor.decide(tier, enabled)
+        except apparmor.AppArmorError:
+            profile = None
+        facts["apparmor"] = profile  # None: the apparmor modifier notes or refuses
+    return facts
+
+
+def netns_path(spec: dict) -> str | None:
+    """The network namespace the container will join, if it exists already (podman at precreate)."""
+    linux = spec.get("linux") if isinstance(spec.get("linux"), dict) else {}
+    for ns in linux.get("namespaces") or []:
+        if isinstance(ns, dict) and ns.get("type") == "network":
+            return ns.get("path") if isinstance(ns.get("path"), str) and ns.get("path") else None
+    return None
+
+
+def resolv_conf_nameservers(spec: dict) -> list[str]:
+    """Nameservers from the file the engine bind-mounts at /etc/resolv.conf."""
+    from .network.ruleset import nameservers_from_resolv_conf
+
+    for m in spec.get("mounts") or []:
+        if isinstance(m, dict) and m.get("destination") == "/etc/resolv.conf" and isinstance(m.get("source"), str):
+            try:
+                with open(m["source"], "rb") as fh:
+                    return nameservers_from_resolv_conf(fh.read(65536).decode("utf-8", "replace"))
+            except OSError:
+                return []
+    return []

@@ -1,0 +1,39 @@
+"""Record the decision in the spec (io.tiergate.*) and hand the network policy on to createRuntime."""
+
+from __future__ import annotations
+
+from ._spec import get, objects
+
+PREFIX = "io.tiergate."
+
+
+def network(spec: dict, ctx) -> None:
+    """Tiers with a network policy get a createRuntime hook unless the edge applied the rules already."""
+    policy = ctx.tier["network"]
+    hook = ctx.facts.get("network_hook")
+    if policy is None or hook is None or ctx.facts.get("network_applied"):
+        return
+    hooks = get(spec, "hooks", dict, "$", create=True)
+    stage = objects(hooks, "createRuntime", "$.hooks")
+    if hook not in stage:
+        hooks["createRuntime"] = stage + [hook]
+        ctx.change("$.hooks.createRuntime", f"added {hook['path']} {' '.join(hook.get('args', [])[1:])}",
+                   f"applies network policy {policy['name']} inside the container's namespace before it starts")
+
+
+def decision(spec: dict, ctx) -> None:
+    annotations = get(spec, "annotations", dict, "$", create=True)
+    want = {
+        PREFIX + "tier": ctx.tier["name"],
+        PREFIX + "why": ctx.why,
+        PREFIX + "policy": ctx.policy["digest"][:16],
+    }
+    if ctx.tier["network"] is not None:
+        want[PREFIX + "network"] = ctx.tier["network"]["name"]
+        if ctx.facts.get("ports"):
+            want[PREFIX + "ports"] = ",".join(f"{p['port']}/{p['proto']}" for p in ctx.facts["ports"])
+    if ctx.notes:
+        want[PREFIX + "notes"] = "; ".join(f"{k}: {v}" for k, v in ctx.notes)
+    for key, value in want.items():
+        if annotations.get(key) != value:
+            annotations[key] = value

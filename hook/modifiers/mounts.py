@@ -1,0 +1,93 @@
+"""Mounts: no sensitive host paths or engine sockets; read-only rootfs and mounts where the tier says."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ._spec import get, objects, strings
+
+# Files an engine bind-mounts from its own per-container directory (hosts,
+# hostname, resolv.conf, .containerenv, shm) and named volumes: these live
+# under /run, /var/lib/containers or /var/lib/docker but are not the host's.
+_ENGINE_OWNED = re.compile(
+    r"/overlay-containers/[0-9a-f]{64}/userdata/[^/]+$"
+    r"|/containers/[0-9a-f]{64}/(hostname|hosts|resolv\.conf|mounts/shm)$"
+    r"|/volumes/[^/]+/_data(/|$)"
+)
+# Kernel filesystems and the /dev tmpfs that the runtime itself needs as they are.
+_LEAVE_WRITABLE = {"proc", "sysfs", "devpts", "cgroup", "cgroup2"}
+
+
+def is_bind(mount: dict) -> bool:
+    opts = mount.get("options") or []
+    return mount.get("type") == "bind" or "bind" in opts or "rbind" in opts
+
+
+def sensitive(path: str, sensitive_paths: list[str], sockets: list[str]) -> str | None:
+    """The sensitive entry `path` hits, or None. "/" matches only itself."""
+    norm = os.path.normpath(path) if path else ""
+    if os.path.basename(norm) in sockets:
+        return f"engine socket {os.path.basename(norm)}"
+    for s in sensitive_paths:
+        if norm == s or (s != "/" and norm.startswith(s + "/")):
+            return s
+    return None
+
+
+def sensitive_mounts(spec: dict, ctx) -> None:
+    if ctx.tier["sensitive_mounts"]:
+        return
+    mounts = objects(spec, "mounts", "$")
+    paths, sockets = ctx.policy["sensitive"]["paths"], ctx.policy["sensitive"]["sockets"]
+    real = ctx.facts.get("realpaths", {})
+    keep = []
+    for i, m in enumerate(mounts):
+        src = get(m, "source", str, f"$.mounts[{i}]") or ""
+        dest = get(m, "destination", str, f"$.mounts[{i}]") or ""
+        strings(m, "options", f"$.mounts[{i}]")
+        hit = None
+        if is_bind(m) and not _ENGINE_OWNED.search(src):
+            hit = sensitive(src, paths, sockets) or sensitive(real.get(src, src), paths, sockets)
+        if hit is None and os.path.basename(os.path.normpath(dest or "/")) in sockets:
+            hit = f"engine socket {os.path.basename(dest)}"
+        if hit is None:
+            keep.append(m)
+            continue
+        ctx.escalation(f"bind-mounts sensitive host path {src} ({hit}) at {dest}")
+        ctx.change(f"$.mounts[{i}]", f"removed bind mount {src} -> {dest}",
+                   f"tier {ctx.tier['name']} forbids mounting {hit}")
+    if len(keep) != len(mounts):
+        spec["mounts"] = keep
+
+
+def rootfs(spec: dict, ctx) -> None:
+    """Read-only rootfs, the tier's tmpfs mounts, and (with writable_mounts) every other mount read-only."""
+    tier = ctx.tier
+    if tier["readonly_rootfs"]:
+        root = get(spec, "root", dict, "$", create=True)
+        if get(root, "readonly", bool, "$.root") is not True:
+            root["readonly"] = True
+            ctx.change("$.root.readonly", "set to true", f"tier {tier['name']} has a read-only root filesystem")
+    mounts = objects(spec, "mounts", "$")
+    have = {m.get("destination") for m in mounts}
+    for dest, opts in tier["tmpfs"].items():
+        if dest not in have:
+            options = ["nosuid", "nodev", "noexec"] + [o for o in opts.split(",") if o]
+            mounts.append({"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": options})
+            spec["mounts"] = mounts
+            ctx.change("$.mounts", f"added tmpfs at {dest} ({opts or 'default size'})", f"tier {tier['name']} names it writable")
+    writable = tier["writable_mounts"]
+    if writable is None:
+        return
+    allowed = set(writable) | set(tier["tmpfs"])
+    for i, m in enumerate(mounts):
+        dest = m.get("destination")
+        if dest in allowed or m.get("type") in _LEAVE_WRITABLE or dest == "/dev":
+            continue
+        opts = m.get("options") or []
+        if "ro" in opts:
+            continue
+        m["options"] = [o for o in opts if o != "rw"] + ["ro"]
+        ctx.change(f"$.mounts[{i}].options", f"made {dest} read-only",
+                   f"tier {tier['name']} allows writes only to {', '.join(sorted(allowed)) or 'nothing'}")

@@ -1,0 +1,88 @@
+"""The compiled-policy cache: the only policy code on the container-start path.
+
+A start reads one JSON file and stats the files it was compiled from; TOML
+parsing, attrs models and seccomp generation happen only when one changed.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+DEFAULT_CACHE_DIR = "/var/cache/tiergate"
+SYSTEM_POLICY = "/etc/tiergate/policy.toml"
+FORMAT = 1  # must equal compile.FORMAT
+
+
+def _shipped_dir() -> str:
+    from tiergate import configs
+
+    return os.path.dirname(configs.__file__)
+
+
+def policy_path(explicit: str | None = None) -> str:
+    """--policy, else $TIERGATE_POLICY, else /etc/tiergate/policy.toml, else the shipped default."""
+    path = explicit or os.environ.get("TIERGATE_POLICY")
+    if not path:
+        path = SYSTEM_POLICY if os.path.exists(SYSTEM_POLICY) else os.path.join(_shipped_dir(), "policy.toml")
+    return os.path.abspath(path)
+
+
+def _inputs(path: str) -> list[list]:
+    """Every file the compiled form depends on, with what stat says about it."""
+    files = [path, os.path.join(os.path.dirname(__file__), "compile.py")]
+    for d in (os.path.join(os.path.dirname(path), "seccomp"), os.path.join(_shipped_dir(), "seccomp")):
+        try:
+            files += sorted(e.path for e in os.scandir(d) if e.name.endswith(".json"))
+        except OSError:
+            pass
+    out = []
+    for f in dict.fromkeys(files):
+        try:
+            st = os.stat(f)
+            out.append([f, st.st_mtime_ns, st.st_size, st.st_ino])
+        except OSError:
+            out.append([f, None, None, None])
+    return out
+
+
+def load_compiled(explicit: str | None = None, cache_dir: str | None = None) -> dict:
+    """The compiled policy, from the cache when it is fresh, compiling (and caching) otherwise.
+
+    Raises PolicyError when the policy is broken: the caller fails closed.
+    """
+    path = policy_path(explicit)
+    cache_dir = cache_dir or os.environ.get("TIERGATE_CACHE_DIR") or DEFAULT_CACHE_DIR
+    entry = os.path.join(cache_dir, "policy-" + hashlib.sha256(path.encode()).hexdigest()[:16] + ".json")
+    inputs = _inputs(path)
+    try:
+        with open(entry, "rb") as fh:
+            cached = json.loads(fh.read())
+        if cached.get("format") == FORMAT and cached.get("inputs") == inputs:
+            return cached
+    except (OSError, ValueError):
+        pass
+    from .compile import compile_file  # slow path: TOML, attrs, seccomp generation
+
+    compiled = compile_file(path)
+    compiled["inputs"] = inputs
+    _store(entry, compiled)
+    return compiled
+
+
+def _store(entry: str, compiled: dict) -> None:
+    """Write beside and rename; a cache that cannot be written only costs speed."""
+    tmp = f"{entry}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(entry), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(json.dumps(compiled, separators=(",", ":")).encode())
+        os.replace(tmp, entry)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass

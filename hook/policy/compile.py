@@ -1,0 +1,198 @@
+"""Resolve `extends`, check a policy, and compile it to the plain-JSON form the hot path reads.
+
+Compilation does everything that does not depend on a container: inheritance,
+name checks, seccomp profile generation, network policy validation. The result
+is cached (see cache.py) so a container start only reads one JSON file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import attrs
+
+from .. import capabilities as caps
+from ..errors import PolicyError
+from .load import load, locate
+from .model import TIER_DEFAULTS, PolicyFile, TierSpec
+
+TIER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "cgroup", "user", "time")
+FORMAT = 1  # bump when the compiled form changes: old caches are ignored
+
+
+def shipped_dir() -> Path:
+    from tiergate import configs
+
+    return Path(configs.__file__).parent
+
+
+def compile_file(path: str | Path) -> dict:
+    """Load, check and compile one policy file. Raises PolicyError (file:line: reason)."""
+    path = Path(path).resolve()
+    model, text = load(path)
+    return compile_policy(model, text, str(path))
+
+
+def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
+    def fail(reason: str, *keys: str | int) -> PolicyError:
+        return PolicyError(reason, file, locate(text, list(keys)))
+
+    if not model.tiers:
+        raise fail("the policy defines no tiers", "tiers")
+    for name in model.tiers:
+        if not TIER_NAME.match(name):
+            raise fail(f"invalid tier name {name!r}: use lowercase letters, digits and '-'", "tiers", name)
+
+    seccomp_dirs = [Path(file).parent / "seccomp", shipped_dir() / "seccomp"]
+    networks = {name: _network(name, table, fail) for name, table in model.networks.items()}
+    tiers = {name: _resolve(name, model.tiers, fail) for name in model.tiers}
+    compiled_tiers = {name: _compile_tier(name, t, networks, seccomp_dirs, fail) for name, t in tiers.items()}
+
+    def known(tier: str, *keys: str | int) -> None:
+        if tier not in model.tiers:
+            raise fail(f"unknown tier {tier!r}; valid tiers: {', '.join(sorted(model.tiers))}", *keys)
+
+    known(model.default_tier, "default_tier")
+    known(model.default_ceiling, "default_ceiling")
+    if model.on_unknown_image != "refuse":
+        known(model.on_unknown_image, "on_unknown_image")
+    trust = []
+    for i, rule in enumerate(model.trust):
+        known(rule.max_tier, "trust", i, "max_tier")
+        if (rule.match is None) == (rule.digest is None):
+            raise fail("a trust rule needs exactly one of 'match' or 'digest'", "trust", i)
+        if rule.digest is not None and not re.match(r"^(sha256:)?[0-9a-f]{12,64}$", rule.digest):
+            raise fail(f"invalid digest {rule.digest!r}", "trust", i, "digest")
+        trust.append({"match": rule.match, "digest": rule.digest and rule.digest.removeprefix("sha256:"),
+                      "max_tier": rule.max_tier, "over_ceiling": rule.over_ceiling or model.over_ceiling})
+    sens = model.sensitive
+    for p in sens.paths:
+        if not p.startswith("/"):
+            raise fail(f"sensitive path {p!r} is not absolute", "sensitive", "paths")
+
+    return {
+        "format": FORMAT,
+        "file": file,
+        "digest": hashlib.sha256(text.encode()).hexdigest(),
+        "label_key": model.label_key,
+        "default_tier": model.default_tier,
+        "default_ceiling": model.default_ceiling,
+        "on_unknown_image": model.on_unknown_image,
+        "over_ceiling": model.over_ceiling,
+        "on_error": model.on_error,
+        "sensitive": {"paths": sorted({os.path.normpath(p) for p in sens.paths}),
+                      "sockets": sorted(set(sens.sockets))},
+        "trust": trust,
+        "tiers": compiled_tiers,
+    }
+
+
+def _network(name: str, table: dict, fail) -> dict:
+    from ..network.model import from_table, to_dict
+
+    if not TIER_NAME.match(name):
+        raise fail(f"invalid network policy name {name!r}", "networks", name)
+    try:
+        return to_dict(from_table(name, table))
+    except ValueError as exc:
+        raise fail(f"network policy {name!r}: {exc}", "networks", name) from None
+
+
+def _resolve(name: str, specs: dict[str, TierSpec], fail) -> dict:
+    """Flatten `extends` chains: the child's set fields win, lists are replaced, not merged."""
+    chain, seen = [], set()
+    cur: str | None = name
+    while cur is not None:
+        if cur in seen:
+            raise fail(f"tier {name!r}: 'extends' makes a cycle ({' -> '.join([*chain, cur])})", "tiers", name, "extends")
+        if cur not in specs:
+            raise fail(f"tier {chain[-1]!r} extends unknown tier {cur!r}", "tiers", chain[-1], "extends")
+        seen.add(cur)
+        chain.append(cur)
+        cur = specs[cur].extends
+    out = dict(TIER_DEFAULTS)
+    out["description"] = ""
+    for tier in reversed(chain):
+        for key, value in attrs.asdict(specs[tier], recurse=False).items():
+            if value is not None and key != "extends":
+                out[key] = value
+    out["description"] = specs[name].description or out["description"]
+    out["extends"] = specs[name].extends
+    return out
+
+
+def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], fail) -> dict:
+    allowed = []
+    for cap in t["capabilities"]:
+        norm = caps.normalize(cap)
+        if norm not in caps.KNOWN:
+            raise fail(f"tier {name!r}: unknown capability {cap!r}", "tiers", name, "capabilities")
+        allowed.append(norm)
+    for ns in t["host_namespaces"]:
+        if ns not in NAMESPACES:
+            raise fail(f"tier {name!r}: unknown namespace {ns!r}; known: {', '.join(NAMESPACES)}",
+                       "tiers", name, "host_namespaces")
+    for key in ("masked_paths", "readonly_paths", "devices"):
+        for p in t[key]:
+            if not p.startswith("/"):
+                raise fail(f"tier {name!r}: {key} entry {p!r} is not an absolute path", "tiers", name, key)
+    for pattern in t["sysctls"]:
+        if not re.match(r"^[a-z0-9_.*?\[\]-]+$", pattern):
+            raise fail(f"tier {name!r}: invalid sysctl pattern {pattern!r}", "tiers", name, "sysctls")
+    network = None
+    if t["network"] is not None:
+        if t["network"] not in networks:
+            raise fail(f"tier {name!r}: unknown network policy {t['network']!r}; defined: "
+                       f"{', '.join(sorted(networks)) or 'none'}", "tiers", name, "network")
+        network = networks[t["network"]]
+        if "CAP_NET_ADMIN" in allowed and not t["allow_net_admin_with_network"]:
+            raise fail(f"tier {name!r} has network policy {t['network']!r} but grants CAP_NET_ADMIN, "
+                       "which would let the workload flush its own rules", "tiers", name, "capabilities")
+        if "network" in t["host_namespaces"]:
+            raise fail(f"tier {name!r} has a network policy but allows the host network namespace, "
+                       "where it cannot be enforced", "tiers", name, "host_namespaces")
+    if t["strictness"] < 0:
+        raise fail(f"tier {name!r}: strictness must be >= 0", "tiers", name, "strictness")
+    seccomp = None
+    if t["seccomp"] not in (None, "keep"):
+        from ..seccomp.profiles import SeccompProfileError, compile_profile
+
+        try:
+            seccomp = compile_profile(t["seccomp"], list(t["seccomp_deny"]), search_dirs=seccomp_dirs)
+        except SeccompProfileError as exc:
+            raise fail(f"tier {name!r}: seccomp profile {t['seccomp']!r}: {exc}", "tiers", name, "seccomp") from None
+    elif t["seccomp_deny"]:
+        raise fail(f"tier {name!r}: seccomp_deny needs a seccomp profile", "tiers", name, "seccomp_deny")
+    for dest in (t["writable_mounts"] or []) + list(t["tmpfs"]):
+        if not dest.startswith("/"):
+            raise fail(f"tier {name!r}: mount path {dest!r} is not absolute", "tiers", name, "writable_mounts")
+    return {
+        "name": name,
+        "description": t["description"],
+        "extends": t["extends"],
+        "strictness": t["strictness"],
+        "passthrough": t["passthrough"],
+        "on_escalation": t["on_escalation"],
+        "capabilities": sorted(set(allowed), key=caps.NAMES.index),
+        "no_new_privileges": t["no_new_privileges"],
+        "seccomp": seccomp,
+        "seccomp_profile": t["seccomp"],
+        "apparmor": t["apparmor"],
+        "apparmor_profile": None if t["apparmor"] == "off" else f"tiergate-{name}",
+        "masked_paths": sorted(set(t["masked_paths"])),
+        "readonly_paths": sorted(set(t["readonly_paths"])),
+        "readonly_rootfs": t["readonly_rootfs"],
+        "writable_mounts": None if t["writable_mounts"] is None else sorted(set(t["writable_mounts"])),
+        "tmpfs": dict(sorted(t["tmpfs"].items())),
+        "host_namespaces": sorted(set(t["host_namespaces"])),
+        "devices": sorted(set(t["devices"])),
+        "sensitive_mounts": t["sensitive_mounts"],
+        "sysctls": list(t["sysctls"]),
+        "pids_limit": t["pids_limit"],
+        "network": network,
+    }
+

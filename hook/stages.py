@@ -1,0 +1,260 @@
+"""OCI hook entry points: `tiergate-hook precreate | createRuntime | prestart`.
+
+Stdout carries JSON only (precreate's rewritten spec); everything else goes
+to the decision log. This module is the container-start hot path: it imports
+the standard library, the compiled-policy cache and the pure engine, nothing
+else unless a tier needs it (network, AppArmor).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from tiergate.oci import bundle, stdio
+from tiergate.oci.errors import OciError
+
+from . import record
+from .decide import Image, decide, show
+from .errors import Refusal, TiergateError
+from .harden import harden
+from .policy import cache
+
+USAGE = ("usage: tiergate-hook {precreate|createRuntime|prestart} "
+         "[--policy FILE] [--cache-dir DIR] [--log FILE]")
+EXEC_GAP = ("podman exec runs no hook: an exec'd process keeps the tier's capabilities but not "
+            "no_new_privs, and exec --privileged gets every capability; the podman-runtime shim closes this")
+
+
+class Options:
+    __slots__ = ("stage", "policy", "cache_dir", "log", "engine")
+
+    def __init__(self) -> None:
+        self.stage = self.policy = self.cache_dir = self.log = None
+        self.engine = "podman"
+
+
+def parse_args(argv: list[str]) -> Options:
+    opts = Options()
+    it = iter(argv)
+    for arg in it:
+        key, eq, value = arg.partition("=")
+        if key in ("--policy", "--cache-dir", "--log", "--engine"):
+            value = value if eq else next(it, None)
+            if value is None:
+                raise TiergateError(f"{key} needs a value")
+            setattr(opts, key[2:].replace("-", "_"), value)
+        elif not arg.startswith("-") and opts.stage is None:
+            opts.stage = arg
+        else:
+            raise TiergateError(f"unknown argument {show(arg)}; {USAGE}")
+    if opts.stage not in STAGES:
+        raise TiergateError(USAGE)
+    return opts
+
+
+def _hook_self(opts: Options, stage: str) -> dict:
+    """How to call this same hook again at another stage (for the network createRuntime hook)."""
+    args = [os.path.basename(sys.argv[0]) or "tiergate-hook", stage]
+    for key in ("policy", "cache_dir", "log"):
+        if getattr(opts, key):
+            args += ["--" + key.replace("_", "-"), getattr(opts, key)]
+    path = os.path.abspath(sys.argv[0])
+    if not os.access(path, os.X_OK) or path.endswith(".py"):
+        return {"path": sys.executable, "args": [sys.executable, "-I", "-m", "tiergate.hook.stages", *args[1:]]}
+    return {"path": path, "args": args}
+
+
+def _image(spec: dict) -> Image:
+    root = spec.get("root")
+    path = root.get("path") if isinstance(root, dict) else None
+    if not isinstance(path, str):
+        return Image.unknown("the spec names no root filesystem")
+    from .sources.storage import image_for_rootfs
+
+    return image_for_rootfs(path)
+
+
+def _short_id(spec: dict) -> str:
+    proc = spec.get("process") if isinstance(spec.get("process"), dict) else {}
+    for entry in proc.get("env") or []:
+        if isinstance(entry, str) and entry.startswith("HOSTNAME="):
+            return entry[9:][:64]
+    return str(spec.get("hostname") or "")[:64]
+
+
+def _ports(image: Image) -> list[dict]:
+    out = []
+    for item in image.exposed:
+        port, _, proto = str(item).partition("/")
+        if port.isdigit() and 0 < int(port) < 65536:
+            out.append({"port": int(port), "proto": proto if proto in ("tcp", "udp") else "tcp"})
+    return out
+
+
+def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec: dict,
+                      netns_ready: bool = False) -> tuple[dict, dict, list]:
+    """The shared middle of every stage: decide the tier, gather facts, harden."""
+    from . import facts as host
+
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    decision = decide(policy, image, annotations)
+    rec.update(requested=decision.requested, tier=decision.tier, why=decision.why)
+    tier = policy["tiers"][decision.tier]
+    notes = [("exec", EXEC_GAP)] if opts.engine == "podman" and not tier["passthrough"] else []
+    facts = host.gather(spec, tier, notes)
+    if tier["network"] is not None:
+        facts["network_hook"] = _hook_self(opts, "createRuntime")
+        facts["network_applied"] = netns_ready
+        facts["ports"] = _ports(image)
+    hardened, changes, _ = harden(spec, tier, policy, facts, decision.why)
+    rec["changes"] = [f"{c['field']}: {c['what']}" for c in changes]
+    return hardened, tier, changes
+
+
+def precreate(opts: Options, rec: dict) -> int:
+    spec = None
+    try:
+        spec = stdio.read_stdin("config")
+        rec["container"] = _short_id(spec)
+        policy = cache.load_compiled(opts.policy, opts.cache_dir)
+        rec["policy"] = policy["digest"][:16]
+        image = _image(spec)
+        rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
+                   label=image.labels.get(policy["label_key"]))
+        from .facts import netns_path
+
+        netns = netns_path(spec)
+        hardened, tier, _ = decide_and_harden(spec, policy, image, opts, rec, netns_ready=bool(netns))
+        if tier["network"] is not None and netns:
+            apply_network(hardened, tier, netns, hardened.get("annotations", {}), rec)
+    except (Refusal, TiergateError, OciError) as exc:
+        return _refuse_precreate(spec, str(exc), rec, "refused" if isinstance(exc, Refusal) else "error")
+    except Exception as exc:  # fail closed on our own bugs too, with one line
+        return _refuse_precreate(spec, f"internal error: {type(exc).__name__}: {exc}", rec, "error")
+    stdio.write_stdout(hardened)
+    rec["outcome"] = "allowed"
+    return 0
+
+
+def _refuse_precreate(spec, reason: str, rec: dict, outcome: str) -> int:
+    """Podman discards a failing precreate hook's output; a spec whose createRuntime hook
+    fails with the reason gets that one line to the user (runc quotes hook stderr)."""
+    line = f"tiergate: {outcome}: {reason}"
+    rec.update(outcome=outcome, reason=reason)
+    stdio.write_stdout(refusal_spec(spec, line))
+    return 0
+
+
+def refusal_spec(spec, line: str) -> dict:
+    """A spec that cannot start: no capabilities, no binds, and a createRuntime hook that fails with `line`."""
+    base = spec if isinstance(spec, dict) else {}
+    root = base.get("root") if isinstance(base.get("root"), dict) else {}
+    linux = base.get("linux") if isinstance(base.get("linux"), dict) else {}
+    out = {
+        "ociVersion": base.get("ociVersion") if isinstance(base.get("ociVersion"), str) else "1.0.2",
+        "root": {"path": root.get("path") if isinstance(root.get("path"), str) else "/", "readonly": True},
+        "process": {"args": ["/tiergate-refused"], "cwd": "/", "user": {"uid": 65534, "gid": 65534},
+                    "noNewPrivileges": True, "capabilities": {}},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "hooks": {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", 'echo "$0" >&2; exit 1', line]}]},
+        "annotations": {"io.tiergate.refused": line},
+        "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
+    }
+    if isinstance(linux.get("cgroupsPath"), str):
+        out["linux"]["cgroupsPath"] = linux["cgroupsPath"]
+    return out
+
+
+def _state_and_config(rec: dict) -> tuple[dict, dict]:
+    state = stdio.read_stdin("state")
+    rec["container"] = str(state.get("id", ""))[:64]
+    bundle_dir = state.get("bundle")
+    if not isinstance(bundle_dir, str) or not bundle_dir:
+        raise OciError("the hook state names no bundle")
+    return state, bundle.read_config(bundle_dir)
+
+
+def create_runtime(opts: Options, rec: dict) -> int:
+    """Apply the tier's network policy inside the container's (now existing) network namespace."""
+    state, spec = _state_and_config(rec)
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    tier_name = annotations.get("io.tiergate.tier")
+    policy = cache.load_compiled(opts.policy, opts.cache_dir)
+    tier = policy["tiers"].get(tier_name) if isinstance(tier_name, str) else None
+    if tier is None:
+        raise Refusal(f"the bundle carries no valid tiergate tier ({show(tier_name)}); it was not hardened")
+    rec.update(tier=tier_name)
+    if tier["network"] is None:
+        return 0
+    pid = state.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        raise OciError("the hook state has no pid")
+    apply_network(spec, tier, f"/proc/{pid}/ns/net", annotations, rec)
+    return 0
+
+
+def apply_network(spec: dict, tier: dict, netns: str, annotations: dict, rec: dict) -> None:
+    from . import facts as host
+    from .network import apply, ruleset
+
+    ports = []
+    for item in (annotations.get("io.tiergate.ports") or "").split(","):
+        port, _, proto = item.partition("/")
+        if port.isdigit():
+            ports.append({"port": int(port), "proto": proto or "tcp"})
+    facts = {"id": rec.get("container", ""),
+             "nameservers": host.resolv_conf_nameservers(spec), "ports": ports}
+    doc = ruleset.build(tier["network"], facts)
+    try:
+        apply.apply(doc, netns)
+    except apply.NetworkApplyError as exc:
+        raise Refusal(f"cannot apply network policy {tier['network']['name']}: {exc}") from None
+    rec["network"] = tier["network"]["name"]
+
+
+def prestart(opts: Options, rec: dict) -> int:
+    """Verify: refuse a container whose bundle is weaker than the tier its image gets."""
+    _, spec = _state_and_config(rec)
+    policy = cache.load_compiled(opts.policy, opts.cache_dir)
+    _, tier, changes = decide_and_harden(spec, policy, _image(spec), opts, rec)
+    weaker = [c for c in changes if not c["field"].startswith(("$.annotations", "$.hooks"))]
+    if weaker:
+        raise Refusal(f"container is weaker than tier {tier['name']}: {weaker[0]['field']}: {weaker[0]['what']}"
+                      + (f" (and {len(weaker) - 1} more)" if len(weaker) > 1 else ""))
+    return 0
+
+
+STAGES = {"precreate": precreate, "createRuntime": create_runtime, "prestart": prestart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
+    rec: dict = {"stage": None, "engine": None}
+    try:
+        opts = parse_args(sys.argv[1:] if argv is None else argv)
+    except TiergateError as exc:
+        print(f"tiergate-hook: {exc}", file=sys.stderr)
+        return 2
+    rec.update(stage=opts.stage, engine=opts.engine)
+    try:
+        code = STAGES[opts.stage](opts, rec)
+        rec.setdefault("outcome", "allowed")
+    except (Refusal, TiergateError, OciError) as exc:
+        rec.update(outcome="refused" if isinstance(exc, Refusal) else "error", reason=str(exc))
+        print(f"tiergate: {rec['outcome']}: {exc}", file=sys.stderr)
+        code = 1
+    except Exception as exc:
+        rec.update(outcome="error", reason=f"internal error: {type(exc).__name__}: {exc}")
+        print(f"tiergate: error: {rec['reason']}", file=sys.stderr)
+        code = 1
+    rec["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
+    problem = record.write(rec, opts.log)
+    if problem and opts.stage != "precreate":
+        print(f"tiergate: warning: {problem}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Read and write a bundle's config.json safely; hot path, standard library only.
+
+The bundle directory is chosen by the engine, but config.json inside it is
+opened without following symlinks: a hook running as root must not be
+turned into a reader or writer of /etc/shadow.  Writes are atomic (temp file
+beside + rename) so a crash never leaves a half-written spec for runc.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from tiergate.oci import jsonio
+from tiergate.oci.errors import BundleError
+
+CONFIG = "config.json"
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+
+
+def _why(e: OSError) -> str:
+    return (e.strerror or str(e)).lower()
+
+
+def _open_dir(bundle: str) -> tuple[int, str]:
+    """Open the resolved bundle directory; return (fd, absolute path)."""
+    path = os.path.realpath(bundle)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), path
+    except OSError as e:
+        raise BundleError(f"cannot open bundle {path}: {_why(e)}") from None
+
+
+def _read_at(name: str, display: str, what: str, dir_fd: int | None = None) -> dict:
+    """Open ``name`` (relative to ``dir_fd``) without following a final symlink and parse it."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # the last component is a symlink
+            raise BundleError(f"refusing to follow symlink {display}") from None
+        raise BundleError(f"cannot open {display}: {_why(e)}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{display} is not a regular file")
+        if st.st_size > jsonio.MAX_BYTES:
+            raise BundleError(f"{display} is larger than {jsonio.MAX_BYTES} bytes")
+        chunks: list[bytes] = []
+        left = jsonio.MAX_BYTES + 1  # one more byte lets loads() see "too large"
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as e:
+        raise BundleError(f"cannot read {display}: {_why(e)}") from None
+    finally:
+        os.close(fd)
+    return jsonio.loads(b"".join(chunks), what)
+
+
+def read_json_file(path: str, what: str | None = None) -> dict:
+    """Read a small JSON object file with the same safety as config.json.
+
+    Only the last component is protected from symlinks: directories above it
+    are the caller's choice (e.g. /run/containers may be a link).
+    """
+    return _read_at(path, path, what or path)
+
+
+def read_config(bundle: str) -> dict:
+    """Return ``bundle/config.json`` as a plain dict (bundle may be relative)."""
+    dir_fd, path = _open_dir(bundle)
+    try:
+        display = os.path.join(path, CONFIG)
+        return _read_at(CONFIG, display, display, dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_config(bundle: str, spec: dict) -> None:
+    """Replace ``bundle/config.json`` atomically, keeping its owner and mode.
+
+    On any failure the temp file is removed and the original is untouched.
+    """
+    data = jsonio.dumps(spec)
+    dir_fd, path = _open_dir(bundle)
+    display = os.path.join(path, CONFIG)
+    tmp = f".{CONFIG}.tiergate-{os.getpid()}-{os.urandom(4).hex()}"
+    fd = -1
+    try:
+        try:
+            old = os.stat(CONFIG, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            old = None
+        if old is not None and not stat.S_ISREG(old.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(old.st_mode) else "not a regular file"
+            raise BundleError(f"refusing to replace {display}: it is {kind}")
+        mode = stat.S_IMODE(old.st_mode) if old else 0o600
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if old is not None:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (old.st_uid, old.st_gid):
+                os.fchown(fd, old.st_uid, old.st_gid)
+        os.fchmod(fd, mode)  # after chown, which may clear set-id bits
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, CONFIG, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        tmp = ""
+        os.fsync(dir_fd)
+    except OSError as e:
+        raise BundleError(f"cannot write {display}: {_why(e)}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+        os.close(dir_fd)

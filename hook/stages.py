@@ -94,8 +94,13 @@ def _ports(image: Image) -> list[dict]:
 
 
 def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec: dict,
-                      netns_ready: bool = False) -> tuple[dict, dict, list]:
-    """The shared middle of every stage: decide the tier, gather facts, harden."""
+                      netns_ready: bool = False, network_hook: dict | None = None) -> tuple[dict, dict, list]:
+    """The shared middle of every stage and of the shim: decide the tier, gather facts, harden.
+
+    network_hook is the createRuntime hook that applies the tier's network
+    policy (default: this same executable); netns_ready says the caller
+    applies it itself because the namespace exists already.
+    """
     from . import facts as host
 
     annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
@@ -105,7 +110,7 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
     notes = [("exec", EXEC_GAP)] if opts.engine == "podman" and not tier["passthrough"] else []
     facts = host.gather(spec, tier, notes)
     if tier["network"] is not None:
-        facts["network_hook"] = _hook_self(opts, "createRuntime")
+        facts["network_hook"] = network_hook or _hook_self(opts, "createRuntime")
         facts["network_applied"] = netns_ready
         facts["ports"] = _ports(image)
     hardened, changes, _ = harden(spec, tier, policy, facts, decision.why)

@@ -1,0 +1,134 @@
+"""The main job: tiers enforced on real podman containers, with the shipped default policy.
+
+Builds busybox-static images labelled with each shipped tier, registers
+tiergate's precreate hook with a scratch podman (its own storage, config and
+hooks dir: nothing shared is touched), runs the same probes in each container
+and prints side by side what each could and could not do. Run as root via
+integration/demo.sh, which installs what it needs first.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Podman, busybox_rootfs, caps_from_hex, probe_status  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TIERGATE = [sys.executable, "-m", "tiergate.hook.cli"]
+
+# (image name, labels, what it shows)
+IMAGES = [
+    ("localhost/tiergate-demo-privileged", {"io.tiergate.tier": "privileged"}, "privileged"),
+    ("localhost/tiergate-demo-unlabelled", {}, "no label"),
+    ("localhost/tiergate-demo-baseline", {"io.tiergate.tier": "baseline"}, "baseline"),
+    ("localhost/tiergate-demo-restricted", {"io.tiergate.tier": "restricted"}, "restricted"),
+    ("localhost/tiergate-demo-isolated", {"io.tiergate.tier": "isolated"}, "isolated"),
+    ("registry.example/untrusted/app", {"io.tiergate.tier": "privileged"}, "untrusted asks privileged"),
+]
+
+# Each probe prints OK or NO; `sh -c` so one container runs them all.
+PROBES = [
+    ("capabilities (CapEff)", None),
+    ("no_new_privs", None),
+    ("seccomp mode", None),
+    ("chown a file (CAP_CHOWN)", "chown 65534 /tmp"),
+    ("mknod a device (CAP_MKNOD)", "mknod /tmp/null c 1 3"),
+    ("raw socket: ping lo (CAP_NET_RAW)", "ping -c1 -W1 127.0.0.1"),
+    ("mount a tmpfs (CAP_SYS_ADMIN)", "mount -t tmpfs none /mnt"),
+    ("new user namespace (unshare -U)", "unshare -U true"),
+    ("read /proc/kcore (masked)", "head -c1 /proc/kcore"),
+    ("write /proc/sys (read-only)", "echo 1 > /proc/sys/kernel/ns_last_pid"),
+    ("fork 300 processes (pids limit)", "i=0; while [ $i -lt 300 ]; do sleep 2 & i=$((i+1)); done; wait"),
+]
+
+
+def script() -> str:
+    lines = ["cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs|Seccomp):'"]
+    for i, (_, cmd) in enumerate(PROBES):
+        if cmd:
+            lines.append(f"if ( {cmd} ) >/dev/null 2>&1; then echo P{i}=OK; else echo P{i}=NO; fi")
+    return "\n".join(lines)
+
+
+def run_probes(podman: Podman, image: str) -> tuple[dict, str]:
+    proc = podman.run(image, "/bin/sh", "-c", script(), args=["--name", image.rsplit("/", 1)[1]], timeout=120)
+    if proc.returncode != 0:
+        return {}, (proc.stderr.strip().splitlines() or ["exit " + str(proc.returncode)])[-1]
+    status = probe_status(proc.stdout)
+    out = {0: f"{len(caps_from_hex(status['CapEff']))} caps", 1: status["NoNewPrivs"], 2: status["Seccomp"]}
+    for line in proc.stdout.splitlines():
+        if line.startswith("P") and "=" in line:
+            key, value = line[1:].split("=", 1)
+            out[int(key)] = "yes" if value == "OK" else "-"
+    return out, ""
+
+
+def tier_of(podman: Podman, image: str) -> str:
+    name = image.rsplit("/", 1)[1] + "-inspect"
+    podman.podman("create", "--name", name, image, "true", check=True)
+    info = json.loads(podman.podman("inspect", name, check=True).stdout)[0]
+    podman.podman("rm", "-f", name)
+    ann = (info.get("Config") or {}).get("Annotations") or {}
+    return ann.get("io.tiergate.tier", "?")
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="tiergate-demo-") as tmp:
+        d = Path(tmp)
+        rootfs = busybox_rootfs(d / "img")
+        podman = Podman(d / "podman", image_tar=rootfs.tar)
+        try:
+            print(f"tiergate demo: scratch podman in {podman.dir} (runtime {podman.runtime})\n")
+            subprocess.run([*TIERGATE, "install", "--engine", "podman", "--hooks-dir", str(podman.hooks_dir),
+                            "--bin-dir", str(d / "bin"), "--log", str(d / "decisions.jsonl"),
+                            "--cache-dir", str(d / "cache")], check=True)
+            print()
+            for name, labels, _ in IMAGES:
+                podman.import_image(name, labels)
+            results, tiers, errors = [], [], []
+            for name, _, _ in IMAGES:
+                tiers.append(tier_of(podman, name))
+                res, err = run_probes(podman, name)
+                results.append(res)
+                errors.append(err)
+            width = 34
+            cols = [f"{label} -> {tier}" for (_, _, label), tier in zip(IMAGES, tiers)]
+            colw = max(14, *(len(c) for c in cols)) + 2
+            print("what each container could do (yes = it worked inside the container)\n")
+            print(" " * width + "".join(c.ljust(colw) for c in cols))
+            for i, (probe, _) in enumerate(PROBES):
+                print(probe.ljust(width) + "".join(str(r.get(i, "?")).ljust(colw) for r in results))
+            for (name, _, _), err in zip(IMAGES, errors):
+                if err:
+                    print(f"\n{name}: did not start: {err}")
+
+            print("\nescalation attempts on the restricted image (the restricted tier refuses them):")
+            for flags in (["--privileged"], ["--cap-add", "ALL"], ["--pid", "host"],
+                          ["-v", "/run/podman/podman.sock:/var/run/docker.sock"]):
+                proc = podman.run("localhost/tiergate-demo-restricted", "true", args=flags, timeout=120)
+                msg = (proc.stderr.strip().splitlines() or [""])[-1]
+                short = msg[msg.find("tiergate:"):] if "tiergate:" in msg else msg
+                print(f"  podman run {' '.join(flags)}: exit {proc.returncode}: {short[:160]}")
+            print("\nthe same on the baseline image is clamped instead (the container runs, the decision says so):")
+            proc = podman.run("localhost/tiergate-demo-baseline", "/bin/sh", "-c",
+                              "grep CapEff /proc/self/status", args=["--cap-add", "SYS_ADMIN"], timeout=120)
+            print(f"  podman run --cap-add SYS_ADMIN: exit {proc.returncode}: {proc.stdout.strip()}"
+                  f" ({len(caps_from_hex(proc.stdout.split()[-1]))} caps, SYS_ADMIN removed)" if proc.returncode == 0
+                  else f"  podman run --cap-add SYS_ADMIN: exit {proc.returncode}: {proc.stderr.strip()[-160:]}")
+            records = [json.loads(line) for line in (d / "decisions.jsonl").read_text().splitlines()]
+            print(f"\ndecision log: {len(records)} records in {d / 'decisions.jsonl'}; the last one:")
+            print("  " + json.dumps({k: records[-1].get(k) for k in ("image", "requested", "tier", "outcome", "why", "duration_ms")}))
+            subprocess.run([*TIERGATE, "uninstall", "--engine", "podman", "--hooks-dir", str(podman.hooks_dir),
+                            "--bin-dir", str(d / "bin")], check=True, stdout=subprocess.DEVNULL)
+        finally:
+            podman.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# THE test command: sudo bash integration/run-tests.sh [pytest args...]
+# Runs setup.sh (packages + .venv), then the unit tests (tests/) and the
+# integration tests (integration/) in one pytest run; exits with pytest's code.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash integration/setup.sh
+
+# As root, setup.sh has just installed every engine: a missing one is a
+# failure, not a skip (harness.require_binary honours this).
+if [ "$(id -u)" -eq 0 ]; then
+  export TIERGATE_IT_STRICT=1
+fi
+
+echo "run-tests: .venv/bin/python -m pytest tests integration -q -rs $*"
+exec .venv/bin/python -m pytest tests integration -q -rs "$@"

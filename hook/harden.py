@@ -13,6 +13,7 @@ from .modifiers import annotate, devices, linux, mounts, namespaces, process, se
 
 # Order matters only for readability of the change list; each modifier is idempotent.
 MODIFIERS = (
+    process.privileged,
     process.capabilities,
     process.no_new_privileges,
     seccomp.apply,

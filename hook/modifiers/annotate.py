@@ -32,7 +32,8 @@ def decision(spec: dict, ctx) -> None:
         want[PREFIX + "network"] = ctx.tier["network"]["name"]
         if ctx.facts.get("ports"):
             want[PREFIX + "ports"] = ",".join(f"{p['port']}/{p['proto']}" for p in ctx.facts["ports"])
-    if ctx.notes:
+    # Notes describe what this pass clamped; a pass that changed nothing keeps the first pass's record.
+    if ctx.notes and (ctx.changes or PREFIX + "notes" not in annotations):
         want[PREFIX + "notes"] = "; ".join(f"{k}: {v}" for k, v in ctx.notes)
     for key, value in want.items():
         if annotations.get(key) != value:

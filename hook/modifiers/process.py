@@ -26,8 +26,17 @@ def capabilities(spec: dict, ctx) -> None:
             capset[name] = keep
             ctx.change(f"$.process.capabilities.{name}", f"dropped {', '.join(dropped)}",
                        f"tier {ctx.tier['name']} allows {', '.join(ctx.tier['capabilities']) or 'no capabilities'}")
-    for cap in sorted(asked):
-        ctx.escalation(f"capability {cap} was asked for (--cap-add or --privileged)")
+    if asked:
+        names = sorted(asked, key=lambda c: c != "CAP_SYS_ADMIN")  # the telling one first
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        ctx.escalation(f"asks for capabilities beyond the engine defaults: {shown} (--cap-add or --privileged)")
+
+
+def privileged(spec: dict, ctx) -> None:
+    """Name --privileged as such; its parts are clamped by the other modifiers."""
+    annotations = get(spec, "annotations", dict, "$") or {}
+    if annotations.get("io.podman.annotations.privileged") == "TRUE" or ctx.facts.get("privileged"):
+        ctx.escalation("runs --privileged")
 
 
 def no_new_privileges(spec: dict, ctx) -> None:

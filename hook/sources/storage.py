@@ -69,10 +69,24 @@ def image_for_rootfs(root_path: str) -> Image:
         labels = cfg.get("Labels") if isinstance(cfg.get("Labels"), dict) else {}
         exposed = cfg.get("ExposedPorts") if isinstance(cfg.get("ExposedPorts"), dict) else {}
         names = [n for n in image.get("names") or [] if isinstance(n, str)]
+        # Trust rules judge the reference the container was created from, not every alias
+        # the same image id carries (podman records it in the container's metadata).
+        ran = _metadata(entry).get("image-name")
+        if isinstance(ran, str) and ran:
+            names = [ran]
         return Image(refs=names, id=image_id, labels={k: v for k, v in labels.items() if isinstance(v, str)},
                      exposed=list(exposed), digest=str(image.get("digest") or ""))
     except OciError as exc:
         return Image.unknown(str(exc))
+
+
+def _metadata(entry: dict) -> dict:
+    raw = entry.get("metadata")
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _list(value, what: str) -> list[dict]:

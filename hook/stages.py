@@ -118,8 +118,16 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
     return hardened, tier, changes
 
 
+def on_error(policy: dict | None, engine: str) -> str:
+    """"allow" only when the operator chose availability for this engine; unknown policy: refuse."""
+    if not policy:
+        return "refuse"
+    table = policy.get("on_error") or {}
+    return table.get(engine) or table.get("*") or "refuse"
+
+
 def precreate(opts: Options, rec: dict) -> int:
-    spec = None
+    spec = policy = None
     try:
         spec = stdio.read_stdin("config")
         rec["container"] = _short_id(spec)
@@ -134,10 +142,16 @@ def precreate(opts: Options, rec: dict) -> int:
         hardened, tier, _ = decide_and_harden(spec, policy, image, opts, rec, netns_ready=bool(netns))
         if tier["network"] is not None and netns:
             apply_network(hardened, tier, netns, hardened.get("annotations", {}), rec)
-    except (Refusal, TiergateError, OciError) as exc:
-        return _refuse_precreate(spec, str(exc), rec, "refused" if isinstance(exc, Refusal) else "error")
-    except Exception as exc:  # fail closed on our own bugs too, with one line
-        return _refuse_precreate(spec, f"internal error: {type(exc).__name__}: {exc}", rec, "error")
+    except Refusal as exc:
+        return _refuse_precreate(spec, str(exc), rec, "refused")
+    except Exception as exc:  # errors, ours included: fail closed with one line, unless the operator chose "allow"
+        reason = str(exc) if isinstance(exc, (TiergateError, OciError)) else f"internal error: {type(exc).__name__}: {exc}"
+        if isinstance(spec, dict) and on_error(policy, opts.engine) == "allow":
+            rec.update(outcome="allowed-on-error", reason=reason)
+            print(f"tiergate: error, container ALLOWED unhardened by on_error=allow: {reason}", file=sys.stderr)
+            stdio.write_stdout(spec)
+            return 0
+        return _refuse_precreate(spec, reason, rec, "error")
     stdio.write_stdout(hardened)
     rec["outcome"] = "allowed"
     return 0
@@ -243,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiergate-hook: {exc}", file=sys.stderr)
         return 2
     rec.update(stage=opts.stage, engine=opts.engine)
+    from .confine import confine
+
+    problem = confine()  # before any untrusted byte is read
+    if problem:
+        rec["confine"] = problem
     try:
         code = STAGES[opts.stage](opts, rec)
         rec.setdefault("outcome", "allowed")

@@ -12,7 +12,7 @@ import os
 
 DEFAULT_CACHE_DIR = "/var/cache/tiergate"
 SYSTEM_POLICY = "/etc/tiergate/policy.toml"
-FORMAT = 1  # must equal compile.FORMAT
+FORMAT = 2  # must equal compile.FORMAT
 
 
 def _shipped_dir() -> str:

@@ -21,7 +21,7 @@ from .model import TIER_DEFAULTS, PolicyFile, TierSpec
 
 TIER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "cgroup", "user", "time")
-FORMAT = 1  # bump when the compiled form changes: old caches are ignored
+FORMAT = 2  # bump when the compiled form changes: old caches are ignored
 
 
 def shipped_dir() -> Path:
@@ -83,7 +83,7 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
         "default_ceiling": model.default_ceiling,
         "on_unknown_image": model.on_unknown_image,
         "over_ceiling": model.over_ceiling,
-        "on_error": model.on_error,
+        "on_error": {"*": model.on_error, **{name: e.on_error for name, e in model.engines.items() if e.on_error}},
         "sensitive": {"paths": sorted({os.path.normpath(p) for p in sens.paths}),
                       "sockets": sorted(set(sens.sockets))},
         "trust": trust,

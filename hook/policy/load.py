@@ -10,7 +10,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn
 
 from ..errors import PolicyError
-from .model import PolicyFile, Sensitive, TierSpec, TrustRule
+from .model import EngineSettings, PolicyFile, Sensitive, TierSpec, TrustRule
 
 
 def _strict(kind: type):
@@ -26,7 +26,7 @@ def _converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     for kind in (str, int, bool):
         conv.register_structure_hook(kind, _strict(kind))
-    for cls in (PolicyFile, TierSpec, TrustRule, Sensitive):
+    for cls in (PolicyFile, TierSpec, TrustRule, Sensitive, EngineSettings):
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True))
     return conv
 

@@ -59,6 +59,13 @@ class Sensitive:
 
 
 @attrs.define(kw_only=True)
+class EngineSettings:
+    """Per-engine choices: `on_error = "allow"` trades fail-closed for availability, loudly."""
+
+    on_error: Literal["refuse", "allow"] | None = None
+
+
+@attrs.define(kw_only=True)
 class PolicyFile:
     version: int
     label_key: str = "io.tiergate.tier"
@@ -71,6 +78,7 @@ class PolicyFile:
     trust: list[TrustRule] = attrs.Factory(list)
     tiers: dict[str, TierSpec] = attrs.Factory(dict)
     networks: dict[str, dict] = attrs.Factory(dict)
+    engines: dict[str, EngineSettings] = attrs.Factory(dict)
 
 
 # Values a tier gets when neither it nor any ancestor sets a field.

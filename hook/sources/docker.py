@@ -1,0 +1,114 @@
+"""Image facts for a docker container, from docker's own container config (config.v2.json).
+
+dockerd writes `<data-root>/containers/<id>/config.v2.json` before it asks the
+runtime to create the container, and bind-mounts /etc/hostname (hosts,
+resolv.conf) from that same directory: the spec's /etc/hostname source leads
+to the data root, whatever `--data-root` is (never assume /var/lib/docker).
+
+config.v2.json: Config.Labels (the image's labels merged with `docker run
+--label`), Config.Image (the reference the user gave: `busybox`,
+`localhost/x:1`, or an image id), Image (the image id), Config.ExposedPorts.
+
+The directory must be docker's, not a look-alike a user bind-mounted at
+/etc/hostname: its name is the container id runc was given, the file names
+the same ID, and it is a regular root-owned file nobody else may write.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+
+from ..decide import Image
+
+_HOSTNAME_SOURCE = re.compile(r"^(?P<dir>/.+/containers/(?P<id>[0-9a-f]{64}))/hostname$")
+_IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
+MAX_CONFIG = 8 * 1024 * 1024
+DEFAULT_DOMAIN = "docker.io"
+
+
+def container_dir(spec: dict) -> tuple[str, str] | None:
+    """(docker's per-container directory, container id) from the /etc/hostname bind mount, else None."""
+    mounts = spec.get("mounts") if isinstance(spec.get("mounts"), list) else []
+    for m in mounts:
+        if isinstance(m, dict) and m.get("destination") == "/etc/hostname" and isinstance(m.get("source"), str):
+            match = _HOSTNAME_SOURCE.match(os.path.normpath(m["source"]))
+            if match:
+                return match["dir"], match["id"]
+    return None
+
+
+def normalize_ref(ref: str) -> str:
+    """A docker reference in full: `busybox` -> `docker.io/library/busybox:latest`.
+
+    The first component is a registry when it has a `.` or `:` or is
+    `localhost`; docker.io's official images live under `library/`. A tag
+    `:latest` is added unless a tag or digest is given.
+    """
+    ref = ref.strip()
+    name, at, digest = ref.partition("@")
+    first, slash, rest = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        domain, path = first, rest
+    else:
+        domain, path = DEFAULT_DOMAIN, name
+    if domain in ("index.docker.io", "registry-1.docker.io"):
+        domain = DEFAULT_DOMAIN
+    if domain == DEFAULT_DOMAIN and "/" not in path:
+        path = "library/" + path
+    last = path.rsplit("/", 1)[-1]
+    if not at and ":" not in last:
+        path += ":latest"
+    return f"{domain}/{path}" + (f"@{digest}" if at else "")
+
+
+def _read_owned(path: str) -> dict:
+    """The JSON object in `path`: a regular, root-owned file no one else may write; no final symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise ValueError("not a root-owned file that only root may write")
+        if st.st_size > MAX_CONFIG:
+            raise ValueError(f"larger than {MAX_CONFIG} bytes")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            doc = json.loads(fh.read(MAX_CONFIG + 1))
+    finally:
+        os.close(fd)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+def image_for_spec(spec: dict, container_id: str | None = None) -> Image | None:
+    """The image of a docker container; None when the spec is not docker's. Never raises."""
+    found = container_dir(spec)
+    if found is None:
+        return None
+    directory, dir_id = found
+    if container_id and container_id != dir_id:
+        return Image.unknown(f"the /etc/hostname mount comes from container {dir_id[:12]}, not {container_id[:12]}")
+    path = os.path.join(directory, "config.v2.json")
+    try:
+        doc = _read_owned(path)
+    except OSError as exc:
+        return Image.unknown(f"cannot read docker's container config {path}: {exc.strerror}")
+    except (ValueError, RecursionError) as exc:
+        return Image.unknown(f"docker's container config {path}: {str(exc)[:100]}")
+    if doc.get("ID") != dir_id:
+        return Image.unknown(f"docker's container config {path} names another container")
+    config = doc.get("Config") if isinstance(doc.get("Config"), dict) else {}
+    labels = config.get("Labels") if isinstance(config.get("Labels"), dict) else {}
+    exposed = config.get("ExposedPorts") if isinstance(config.get("ExposedPorts"), dict) else {}
+    image_id = doc.get("Image") if isinstance(doc.get("Image"), str) else ""
+    asked = config.get("Image") if isinstance(config.get("Image"), str) else ""
+    refs = []
+    if asked and not (_IMAGE_ID.match(asked) and image_id.removeprefix("sha256:").startswith(asked.removeprefix("sha256:"))):
+        refs.append(normalize_ref(asked))
+    return Image(refs=refs, id=image_id, labels={k: v for k, v in labels.items() if isinstance(v, str)},
+                 exposed=list(exposed))

@@ -60,13 +60,52 @@ class Context:
 
 def harden(spec: dict, tier: dict, policy: dict, facts: dict | None = None, why: str = "") -> tuple[dict, list[dict], list[tuple[str, str]]]:
     """Return (hardened copy of spec, changes, notes). Raises Refusal; SpecError on malformed input."""
+    original = spec
     spec = copy.deepcopy(spec)
     ctx = Context(tier, policy, facts or {}, why)
     if not tier["passthrough"]:
         for modify in MODIFIERS:
             modify(spec, ctx)
+    if tier.get("audit"):
+        return audit(original, spec, ctx)
     if ctx.refusals:
         extra = f" (and {len(ctx.refusals) - 1} more)" if len(ctx.refusals) > 1 else ""
         raise Refusal(ctx.refusals[0] + extra)
     annotate.decision(spec, ctx)
     return spec, ctx.changes, ctx.notes
+
+
+def audit(original: dict, hardened: dict, ctx: Context) -> tuple[dict, list[dict], list[tuple[str, str]]]:
+    """Audit (complain) mode: the container runs as asked; seccomp logs what the tier would deny.
+
+    The change list is what enforcement would do, each marked "would"; refusals become notes.
+    """
+    spec = copy.deepcopy(original)
+    profile = ctx.tier["seccomp"]
+    if profile is not None:
+        linux = spec.setdefault("linux", {}) if isinstance(spec.get("linux", {}), dict) else {}
+        linux["seccomp"] = seccomp_log(profile)
+    for reason in ctx.refusals:
+        ctx.note("would refuse", reason)
+    changes = [{**c, "what": "would: " + c["what"]} for c in ctx.changes if c["field"] != "$.linux.seccomp"]
+    if profile is not None:
+        changes.append({"field": "$.linux.seccomp", "what": f"{ctx.tier['seccomp_profile']} in log mode",
+                        "why": "audit: syscalls the tier would deny are logged (SCMP_ACT_LOG), not denied"})
+    ctx.changes = changes
+    ctx.note("audit", "enforcement off: the tier's decisions are logged, not applied")
+    annotate.decision(spec, ctx)
+    spec["annotations"]["io.tiergate.audit"] = "true"
+    return spec, changes, ctx.notes
+
+
+def seccomp_log(profile: dict) -> dict:
+    """The same filter with every denying action turned into SCMP_ACT_LOG."""
+    out = copy.deepcopy(profile)
+    if out.get("defaultAction") != "SCMP_ACT_ALLOW":
+        out["defaultAction"] = "SCMP_ACT_LOG"
+        out.pop("defaultErrnoRet", None)
+    for rule in out.get("syscalls", []):
+        if rule.get("action") != "SCMP_ACT_ALLOW":
+            rule["action"] = "SCMP_ACT_LOG"
+            rule.pop("errnoRet", None)
+    return out

@@ -107,6 +107,7 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
     decision = decide(policy, image, annotations)
     rec.update(requested=decision.requested, tier=decision.tier, why=decision.why)
     tier = policy["tiers"][decision.tier]
+    rec["mode"] = "audit" if tier.get("audit") else "enforce"
     notes = [("exec", EXEC_GAP)] if opts.engine == "podman" and not tier["passthrough"] else []
     facts = host.gather(spec, tier, notes)
     if tier["network"] is not None:
@@ -226,11 +227,24 @@ def apply_network(spec: dict, tier: dict, netns: str, annotations: dict, rec: di
     facts = {"id": rec.get("container", ""),
              "nameservers": host.resolv_conf_nameservers(spec), "ports": ports}
     doc = ruleset.build(tier["network"], facts)
+    if tier.get("audit"):
+        doc = log_only(doc)
     try:
         apply.apply(doc, netns)
     except apply.NetworkApplyError as exc:
         raise Refusal(f"cannot apply network policy {tier['network']['name']}: {exc}") from None
     rec["network"] = tier["network"]["name"]
+
+
+def log_only(node):
+    """Audit mode: every drop becomes accept (its counter and log rule stay), chain policies accept."""
+    if isinstance(node, dict):
+        if set(node) == {"drop"}:
+            return {"accept": None}
+        return {k: ("accept" if k == "policy" and v == "drop" else log_only(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [log_only(v) for v in node]
+    return node
 
 
 def prestart(opts: Options, rec: dict) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -12,6 +13,7 @@ def register(sub) -> None:
         c.add_argument("--hooks-dir", type=Path, default=None, help="podman hooks.d directory")
         c.add_argument("--bin-dir", type=Path, default=None, help="where the hook launcher lives")
         if name == "install":
+            c.add_argument("--policy", default=argparse.SUPPRESS, help="policy file the hook uses (checked first)")
             c.add_argument("--prestart", action="store_true", help="also register the prestart verify hook")
             c.add_argument("--log", help="decision log file for the hook")
             c.add_argument("--cache-dir", help="compiled-policy cache directory for the hook")

@@ -51,6 +51,8 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
     networks = {name: _network(name, table, fail) for name, table in model.networks.items()}
     tiers = {name: _resolve(name, model.tiers, fail) for name in model.tiers}
     compiled_tiers = {name: _compile_tier(name, t, networks, seccomp_dirs, fail) for name, t in tiers.items()}
+    for tier in compiled_tiers.values():
+        tier["audit"] = tier["audit"] or (model.audit and not tier["passthrough"])
 
     def known(tier: str, *keys: str | int) -> None:
         if tier not in model.tiers:
@@ -176,6 +178,7 @@ def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], 
         "extends": t["extends"],
         "strictness": t["strictness"],
         "passthrough": t["passthrough"],
+        "audit": t["audit"],
         "on_escalation": t["on_escalation"],
         "capabilities": sorted(set(allowed), key=caps.NAMES.index),
         "no_new_privileges": t["no_new_privileges"],

@@ -22,6 +22,7 @@ class TierSpec:
     extends: str | None = None
     strictness: int | None = None
     passthrough: bool | None = None
+    audit: bool | None = None
     on_escalation: Escalation | None = None
     capabilities: list[str] | None = None
     no_new_privileges: bool | None = None
@@ -74,6 +75,7 @@ class PolicyFile:
     default_ceiling: str = "baseline"
     over_ceiling: Escalation = "clamp"
     on_error: Literal["refuse", "allow"] = "refuse"
+    audit: bool = False
     sensitive: Sensitive = attrs.Factory(Sensitive)
     trust: list[TrustRule] = attrs.Factory(list)
     tiers: dict[str, TierSpec] = attrs.Factory(dict)
@@ -85,6 +87,7 @@ class PolicyFile:
 TIER_DEFAULTS: dict[str, object] = {
     "strictness": 0,
     "passthrough": False,
+    "audit": False,
     "on_escalation": "clamp",
     "capabilities": [],
     "no_new_privileges": True,

@@ -11,7 +11,6 @@ strict character set first, and anything else raises ValueError.
 from __future__ import annotations
 
 import os
-import re
 
 from .errors import TiergateError
 
@@ -29,9 +28,8 @@ PARSER_CANDIDATES = ("/sbin/apparmor_parser", "/usr/sbin/apparmor_parser")
 SECURITYFS = "/sys/kernel/security/apparmor"
 MODES = ("require", "prefer", "off")
 
-_NAME_RE = re.compile(r"[a-z0-9-]+")
-_PATH_RE = re.compile(r"/[A-Za-z0-9._/@+-]*")
-_MARKER_RE = re.compile(r"\{\{[a-z]+\}\}")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/@+-")
 
 # Capability names the kernel (and apparmor_parser 3.0) know, without CAP_.
 _CAPS = frozenset(
@@ -56,7 +54,7 @@ class AppArmorError(TiergateError):
 
 def profile_name(tier_name: str) -> str:
     """The stable profile name of a tier: tiergate-<tier>."""
-    if not isinstance(tier_name, str) or not _NAME_RE.fullmatch(tier_name):
+    if not isinstance(tier_name, str) or not tier_name or not set(tier_name) <= _NAME_CHARS:
         raise ValueError(f"tier name {tier_name!r} is not [a-z0-9-]+")
     return f"tiergate-{tier_name}"
 
@@ -95,7 +93,7 @@ def _capabilities(tier: dict) -> list[str]:
 
 
 def _safe_path(path: object) -> str:
-    if not isinstance(path, str) or not _PATH_RE.fullmatch(path):
+    if not isinstance(path, str) or not path.startswith("/") or not set(path) <= _PATH_CHARS:
         raise ValueError(f"writable mount {path!r} is not an absolute path of [A-Za-z0-9._/@+-]")
     trimmed = path.rstrip("/")
     parts = trimmed.split("/")[1:]
@@ -170,7 +168,9 @@ def render(tier: dict) -> str:
         "capabilities": block([f"capability {' '.join(caps)},"] if caps else ["# (none)"]),
         "files": block(_file_rules(readonly, mounts)),
     }
-    text = _MARKER_RE.sub(lambda m: sections[m.group(0)[2:-2]], _template())
+    import re  # render runs at install/load time, not on every start
+
+    text = re.sub(r"\{\{[a-z]+\}\}", lambda m: sections[m.group(0)[2:-2]], _template())
     return text
 
 
@@ -274,7 +274,7 @@ def ensure_loaded(
         _write_atomic(marker, digest + "\n")
         for entry in os.listdir(cache_dir):  # drop texts of older versions
             stem, _, tail = entry.rpartition(".")
-            if stem == name and tail != digest and re.fullmatch(r"[0-9a-f]{12}", tail):
+            if stem == name and tail != digest and len(tail) == 12 and set(tail) <= set("0123456789abcdef"):
                 try:
                     os.unlink(os.path.join(cache_dir, entry))
                 except OSError:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import fnmatch
-import re
-
+from . import glob
 from .errors import Refusal
 
-TIER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+_TIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def valid_tier_name(name: object) -> bool:
+    """[a-z0-9][a-z0-9-]{0,62}: tier names end up in profile names, file names and log lines."""
+    return (isinstance(name, str) and 0 < len(name) <= 63 and name[0] != "-"
+            and all(c in _TIER_CHARS for c in name))
 
 
 def show(value: object, limit: int = 64) -> str:
     """An untrusted string made safe for one log/error line: printable ASCII, bounded."""
     text = str(value)
     cut = len(text) > limit
-    text = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else "?", text[:limit])
+    text = "".join(c if " " <= c <= "~" else (f"\\x{ord(c):02x}" if ord(c) < 256 else "?") for c in text[:limit])
     return repr(text + ("..." if cut else ""))
 
 
@@ -55,7 +58,7 @@ def ceiling_for(policy: dict, image: Image) -> tuple[str, str, str]:
         if rule["digest"]:
             if any(d and d.startswith(rule["digest"]) for d in (image.id, image.digest)):
                 return rule["max_tier"], rule["over_ceiling"], f"trust[{i}] digest {rule['digest'][:12]}"
-        elif any(fnmatch.fnmatchcase(ref, rule["match"]) for ref in image.refs):
+        elif any(glob.match(rule["match"], ref) for ref in image.refs):
             return rule["max_tier"], rule["over_ceiling"], f"trust[{i}] match {rule['match']!r}"
     return policy["default_ceiling"], policy["over_ceiling"], "default ceiling"
 
@@ -76,7 +79,7 @@ def decide(policy: dict, image: Image, annotations: dict | None = None) -> Decis
         requested, source = image.labels[key], f"label {key}"
     else:
         requested, source = policy["default_tier"], "policy default (no tier label)"
-    if not TIER_NAME.match(requested) or requested not in tiers:
+    if not valid_tier_name(requested) or requested not in tiers:
         raise Refusal(f"unknown tier {show(requested)} asked by {source}; valid tiers: {', '.join(sorted(tiers))}")
 
     ceiling, action, rule = ceiling_for(policy, image)

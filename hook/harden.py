@@ -6,8 +6,6 @@ through untouched, and so that no model has to be built on the start path.
 
 from __future__ import annotations
 
-import copy
-
 from .errors import Refusal
 from .modifiers import annotate, devices, linux, mounts, namespaces, process, seccomp
 
@@ -61,7 +59,7 @@ class Context:
 def harden(spec: dict, tier: dict, policy: dict, facts: dict | None = None, why: str = "") -> tuple[dict, list[dict], list[tuple[str, str]]]:
     """Return (hardened copy of spec, changes, notes). Raises Refusal; SpecError on malformed input."""
     original = spec
-    spec = copy.deepcopy(spec)
+    spec = clone(spec)
     ctx = Context(tier, policy, facts or {}, why)
     if not tier["passthrough"]:
         for modify in MODIFIERS:
@@ -80,7 +78,7 @@ def audit(original: dict, hardened: dict, ctx: Context) -> tuple[dict, list[dict
 
     The change list is what enforcement would do, each marked "would"; refusals become notes.
     """
-    spec = copy.deepcopy(original)
+    spec = clone(original)
     profile = ctx.tier["seccomp"]
     if profile is not None:
         linux = spec.setdefault("linux", {}) if isinstance(spec.get("linux", {}), dict) else {}
@@ -100,7 +98,7 @@ def audit(original: dict, hardened: dict, ctx: Context) -> tuple[dict, list[dict
 
 def seccomp_log(profile: dict) -> dict:
     """The same filter with every denying action turned into SCMP_ACT_LOG."""
-    out = copy.deepcopy(profile)
+    out = clone(profile)
     if out.get("defaultAction") != "SCMP_ACT_ALLOW":
         out["defaultAction"] = "SCMP_ACT_LOG"
         out.pop("defaultErrnoRet", None)
@@ -109,3 +107,12 @@ def seccomp_log(profile: dict) -> dict:
             rule["action"] = "SCMP_ACT_LOG"
             rule.pop("errnoRet", None)
     return out
+
+
+def clone(value):
+    """A deep copy of a JSON value (copy.deepcopy's memo and dispatch cost more, and its import)."""
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    return value

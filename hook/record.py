@@ -6,9 +6,11 @@ an exclusive flock, so concurrent hooks never interleave or lose a line.
 
 from __future__ import annotations
 
-import json
 import os
 import time
+
+from tiergate.oci.errors import OciError
+from tiergate.oci.jsonio import dumps, parse
 
 DEFAULT_LOG = "/var/log/tiergate/decisions.jsonl"
 MAX_BYTES = 64 * 1024 * 1024  # rotate to .1 beyond this
@@ -24,7 +26,7 @@ def write(record: dict, path: str | None = None) -> str | None:
 
     path = log_path(path)
     record.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z")
-    line = (json.dumps(record, separators=(",", ":"), ensure_ascii=True, default=str) + "\n").encode()
+    line = dumps(_plain(record), ascii=True) + b"\n"
     try:
         os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
@@ -51,11 +53,22 @@ def read(path: str | None = None) -> list[dict]:
             with open(p, "rb") as fh:
                 for raw in fh:
                     try:
-                        rec = json.loads(raw)
-                    except ValueError:
+                        rec = parse(raw.decode("utf-8", "replace"), "log line")
+                    except OciError:
                         continue
                     if isinstance(rec, dict):
                         out.append(rec)
         except OSError:
             continue
     return out
+
+
+def _plain(value):
+    """JSON-able copy: anything else becomes its str() (a record must never fail to serialise)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

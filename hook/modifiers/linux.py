@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import fnmatch
-
+from .. import glob
 from ._spec import get, strings
 
 
@@ -28,7 +27,7 @@ def sysctls(spec: dict, ctx) -> None:
         return
     patterns = ctx.tier["sysctls"]
     for name in list(table):
-        if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+        if not any(glob.match(p, name) for p in patterns):
             ctx.escalation(f"sets sysctl {name}")
             del table[name]
             ctx.change(f"$.linux.sysctl.{name}", "removed", f"tier {ctx.tier['name']} does not allow this sysctl")

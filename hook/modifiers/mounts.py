@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import os
-import re
 
 from ._spec import get, objects, strings
 
-# Files an engine bind-mounts from its own per-container directory (hosts,
-# hostname, resolv.conf, .containerenv, shm) and named volumes: these live
-# under /run, /var/lib/containers or /var/lib/docker but are not the host's.
-_ENGINE_OWNED = re.compile(
-    r"/overlay-containers/[0-9a-f]{64}/userdata/[^/]+$"
-    r"|/containers/[0-9a-f]{64}/(hostname|hosts|resolv\.conf|mounts/shm)$"
-    r"|/volumes/[^/]+/_data(/|$)"
-)
+_HEX = frozenset("0123456789abcdef")
+_DOCKER_FILES = ("hostname", "hosts", "resolv.conf", "mounts/shm")
+
+
+def engine_owned(source: str) -> bool:
+    """Files an engine bind-mounts from its own per-container directory (hosts, hostname,
+    resolv.conf, .containerenv, shm) and named volumes: they live under /run,
+    /var/lib/containers or /var/lib/docker but are not the host's."""
+    parts = source.split("/")
+
+    def container_id(i: int) -> bool:
+        return 0 <= i < len(parts) and len(parts[i]) == 64 and set(parts[i]) <= _HEX
+
+    # .../overlay-containers/<id>/userdata/<file>
+    if len(parts) >= 4 and parts[-2] == "userdata" and parts[-4].endswith("-containers") and container_id(len(parts) - 3):
+        return True
+    # .../containers/<id>/<hostname|hosts|resolv.conf|mounts/shm>
+    for tail in _DOCKER_FILES:
+        n = tail.count("/") + 1
+        if "/".join(parts[-n:]) == tail and len(parts) > n + 1 and parts[-n - 2] == "containers" and container_id(len(parts) - n - 1):
+            return True
+    # .../volumes/<name>/_data[/...]
+    for i in range(len(parts) - 2):
+        if parts[i] == "volumes" and parts[i + 1] and parts[i + 2] == "_data":
+            return True
+    return False
 # Kernel filesystems and the /dev tmpfs that the runtime itself needs as they are.
 _LEAVE_WRITABLE = {"proc", "sysfs", "devpts", "cgroup", "cgroup2"}
 
@@ -47,7 +64,7 @@ def sensitive_mounts(spec: dict, ctx) -> None:
         dest = get(m, "destination", str, f"$.mounts[{i}]") or ""
         strings(m, "options", f"$.mounts[{i}]")
         hit = None
-        if is_bind(m) and not _ENGINE_OWNED.search(src):
+        if is_bind(m) and not engine_owned(src):
             hit = sensitive(src, paths, sockets) or sensitive(real.get(src, src), paths, sockets)
         if hit is None and os.path.basename(os.path.normpath(dest or "/")) in sockets:
             hit = f"engine socket {os.path.basename(dest)}"

@@ -7,8 +7,10 @@ Standard library only.
 
 from __future__ import annotations
 
-import json
 import os
+
+from tiergate.oci.errors import OciError
+from tiergate.oci.jsonio import dumps, parse
 
 DEFAULT_CACHE_DIR = "/var/cache/tiergate"
 SYSTEM_POLICY = "/etc/tiergate/policy.toml"
@@ -59,10 +61,10 @@ def load_compiled(explicit: str | None = None, cache_dir: str | None = None) -> 
     inputs = _inputs(path)
     try:
         with open(entry, "rb") as fh:
-            cached = json.loads(fh.read())
-        if cached.get("format") == FORMAT and cached.get("inputs") == inputs:
+            cached = parse(fh.read().decode("utf-8"), "policy cache")
+        if isinstance(cached, dict) and cached.get("format") == FORMAT and cached.get("inputs") == inputs:
             return cached
-    except (OSError, ValueError):
+    except (OSError, UnicodeDecodeError, OciError):  # a missing or corrupt cache only costs a recompile
         pass
     from .compile import compile_file  # slow path: TOML, attrs, seccomp generation
 
@@ -79,7 +81,7 @@ def _store(entry: str, compiled: dict) -> None:
         os.makedirs(os.path.dirname(entry), mode=0o700, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(json.dumps(compiled, separators=(",", ":")).encode())
+            fh.write(dumps(compiled))
         os.replace(tmp, entry)
     except OSError:
         try:

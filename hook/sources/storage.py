@@ -8,17 +8,17 @@ it, which honours storage.conf, --root and rootless storage alike.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import os
-import re
 
-import json
+from tiergate.oci.jsonio import parse
 
 from tiergate.oci.errors import OciError
 
 from ..decide import Image
 
-_ROOT = re.compile(r"^(?P<graph>/.+)/(?P<driver>overlay|vfs|btrfs|zfs|aufs)/(?:dir/)?(?P<layer>[0-9a-f]{64})(?:/merged|/diff)?/?$")
+_DRIVERS = ("overlay", "vfs", "btrfs", "zfs", "aufs")
+_HEX = frozenset("0123456789abcdef")
 MAX_METADATA = 256 * 1024 * 1024
 
 
@@ -32,15 +32,26 @@ def _read(path: str, what: str):
     if len(data) > MAX_METADATA:
         raise OciError(f"{what} {path} is larger than {MAX_METADATA} bytes")
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:  # half-written or corrupt: the policy decides
+        return parse(data.decode("utf-8"), what)
+    except (OciError, UnicodeDecodeError) as exc:  # half-written or corrupt: the policy decides
         raise OciError(f"{what} {path} is not valid JSON ({str(exc)[:80]})") from None
 
 
 def split_root(root_path: str) -> tuple[str, str, str] | None:
     """(graphroot, driver, layer id) for a containers-storage rootfs path, else None."""
-    m = _ROOT.match(os.path.normpath(root_path))
-    return (m["graph"], m["driver"], m["layer"]) if m else None
+    parts = os.path.normpath(root_path).split("/")
+    if parts and parts[-1] in ("merged", "diff"):
+        parts.pop()
+    if len(parts) < 3 or len(parts[-1]) != 64 or not set(parts[-1]) <= _HEX:
+        return None
+    layer = parts.pop()
+    if parts[-1] == "dir" and len(parts) >= 2 and parts[-2] == "vfs":
+        parts.pop()
+    driver = parts.pop()
+    graph = "/".join(parts)
+    if driver not in _DRIVERS or not graph.startswith("/") or graph == "":
+        return None
+    return graph, driver, layer
 
 
 def image_for_rootfs(root_path: str) -> Image:
@@ -62,7 +73,7 @@ def image_for_rootfs(root_path: str) -> Image:
         if image is None:
             return Image.unknown(f"image {image_id[:12]} is not in images.json")
         key = "sha256:" + image_id
-        blob = os.path.join(graph, f"{driver}-images", image_id, "=" + base64.b64encode(key.encode()).decode())
+        blob = os.path.join(graph, f"{driver}-images", image_id, "=" + binascii.b2a_base64(key.encode(), newline=False).decode())
         config = _read(blob, "image config")
         cfg = config.get("config") if isinstance(config, dict) else None
         cfg = cfg if isinstance(cfg, dict) else {}
@@ -83,8 +94,8 @@ def image_for_rootfs(root_path: str) -> Image:
 def _metadata(entry: dict) -> dict:
     raw = entry.get("metadata")
     try:
-        meta = json.loads(raw) if isinstance(raw, str) else {}
-    except ValueError:
+        meta = parse(raw, "container metadata") if isinstance(raw, str) else {}
+    except OciError:
         return {}
     return meta if isinstance(meta, dict) else {}
 

@@ -1,20 +1,34 @@
-"""`tiergate install` / `uninstall`: register with an engine, idempotently; print what was done."""
+"""`tiergate install` / `uninstall`: register with an engine, idempotently; print what was done.
+
+Engines:
+  podman           OCI hooks in a hooks.d directory (precreate, optional prestart)
+  docker           a `tiergate` runtime in daemon.json (--default: the default runtime)
+  containerd       a `tiergate` runtime handler in a config.toml drop-in (RuntimeClass, ctr)
+  podman-runtime   a `tiergate` runtime in a containers.conf drop-in (hooks.d alternative)
+The three runtime engines install the tiergate-runtime shim and the hook launcher in --bin-dir.
+"""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+RUNTIME_ENGINES = ("docker", "containerd", "podman-runtime")
 
 
 def register(sub) -> None:
     for name in ("install", "uninstall"):
-        c = sub.add_parser(name, help=f"{name} tiergate's hooks for an engine (idempotent)")
-        c.add_argument("--engine", required=True, choices=["podman"], help="engine to register with")
+        c = sub.add_parser(name, help=f"{name} tiergate for an engine (idempotent)")
+        c.add_argument("--engine", required=True, choices=["podman", *RUNTIME_ENGINES], help="engine to register with")
         c.add_argument("--hooks-dir", type=Path, default=None, help="podman hooks.d directory")
-        c.add_argument("--bin-dir", type=Path, default=None, help="where the hook launcher lives")
+        c.add_argument("--bin-dir", type=Path, default=None, help="where the hook launcher and runtime shim live")
+        c.add_argument("--daemon-json", type=Path, default=None, help="docker: daemon.json (default /etc/docker/daemon.json)")
+        c.add_argument("--config", type=Path, default=None,
+                       help="containerd: config.toml (default /etc/containerd/config.toml); "
+                            "podman-runtime: containers.conf.d directory (default /etc/containers/containers.conf.d)")
         if name == "install":
-            c.add_argument("--policy", default=argparse.SUPPRESS, help="policy file the hook uses (checked first)")
-            c.add_argument("--prestart", action="store_true", help="also register the prestart verify hook")
+            c.add_argument("--prestart", action="store_true", help="podman: also register the prestart verify hook")
+            c.add_argument("--default", action="store_true", help="docker, containerd, podman-runtime: make tiergate the default runtime")
+            c.add_argument("--runtime", help="the real runtime the shim hands over to (default: runc on PATH; crun works)")
             c.add_argument("--log", help="decision log file for the hook")
             c.add_argument("--cache-dir", help="compiled-policy cache directory for the hook")
             c.set_defaults(func=cmd_install)
@@ -22,22 +36,46 @@ def register(sub) -> None:
             c.set_defaults(func=lambda a: cmd_install(a, remove=True))
 
 
+def _settings(args) -> dict:
+    out = {}
+    if getattr(args, "policy", None):
+        from ..policy.compile import compile_file
+
+        compile_file(args.policy)  # refuse to install a broken policy
+        out["policy"] = str(Path(args.policy).resolve())
+    for flag in ("log", "cache_dir"):
+        if getattr(args, flag, None):
+            out[flag] = str(Path(getattr(args, flag)).resolve())
+    return out
+
+
 def cmd_install(args, remove: bool = False) -> int:
     from ..engines import podman
 
-    hooks_dir = args.hooks_dir or podman.DEFAULT_HOOKS_DIR
     bin_dir = args.bin_dir or podman.DEFAULT_BIN_DIR
+    if args.engine in RUNTIME_ENGINES:
+        return _runtime_engine(args, bin_dir, remove)
+    hooks_dir = args.hooks_dir or podman.DEFAULT_HOOKS_DIR
     if remove:
         podman.uninstall(hooks_dir, bin_dir)
         return 0
     extra = []
-    if args.policy:
-        from ..policy.compile import compile_file
-
-        compile_file(args.policy)  # refuse to install a broken policy
-        extra += ["--policy", str(Path(args.policy).resolve())]
-    for flag in ("log", "cache_dir"):
-        if getattr(args, flag):
-            extra += ["--" + flag.replace("_", "-"), str(Path(getattr(args, flag)).resolve())]
+    for key, value in _settings(args).items():
+        extra += ["--" + key.replace("_", "-"), value]
     podman.install(hooks_dir, bin_dir, extra, args.prestart)
+    return 0
+
+
+def _runtime_engine(args, bin_dir: Path, remove: bool) -> int:
+    from ..engines import containerd, docker, podman_runtime
+
+    module, target = {
+        "docker": (docker, args.daemon_json or docker.DEFAULT_DAEMON_JSON),
+        "containerd": (containerd, args.config or containerd.DEFAULT_CONFIG),
+        "podman-runtime": (podman_runtime, args.config or podman_runtime.DEFAULT_DROP_IN_DIR),
+    }[args.engine]
+    if remove:
+        module.uninstall(target, bin_dir)
+    else:
+        module.install(target, bin_dir, default=args.default, runtime=args.runtime, **_settings(args))
     return 0

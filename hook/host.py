@@ -1,0 +1,427 @@
+"""What this host offers tiergate, probed for real (used by `tiergate doctor`).
+
+Each probe returns Check(name, status, detail) with status "ok", "warn" or
+"fail"; "fail" means tiergate cannot enforce its policy here. Probes never
+change the host: the seccomp filter is loaded in a forked child that exits,
+the nftables ruleset is only checked (`nft --check`), engines are asked only
+for `--version`, all with timeouts. Paths are parameters so tests can point
+them at fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+ENGINES = ("podman", "runc", "crun", "docker", "containerd")
+PODMAN_DEFAULT_HOOKS_DIRS = ("/usr/share/containers/oci/hooks.d", "/etc/containers/oci/hooks.d")
+CONTAINERS_CONFS = ("/usr/share/containers/containers.conf", "/etc/containers/containers.conf")
+DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+TIMEOUT = 5.0
+SECCOMP_MODES = {"0": "disabled", "1": "strict", "2": "filter"}
+PROBE_ERRNO = 131  # ENOTRECOVERABLE: nothing else returns it from getpgid
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def status_field(text: str, key: str) -> str | None:
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        if sep and k == key:
+            return v.strip()
+    return None
+
+
+# -- seccomp -------------------------------------------------------------------
+
+def _load_probe_filter() -> int:
+    """In a forked child: load a filter making getpgid fail with PROBE_ERRNO; 0 when it took effect."""
+    import errno
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            os.close(r)
+            import pyseccomp
+
+            flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+            flt.add_rule(pyseccomp.ERRNO(PROBE_ERRNO), "getpgid")
+            flt.load()
+            try:
+                os.getpgid(0)
+                code = 4  # the filter loaded but did not act
+            except OSError as exc:
+                code = 0 if exc.errno == PROBE_ERRNO else 5
+        except ImportError:
+            code = 6
+        except OSError as exc:
+            code = 7 if exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM) else 8
+        except BaseException:  # noqa: BLE001 - the child must only exit
+            code = 9
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+_FILTER_CODES = {4: "a filter loaded but did not act", 5: "the probe syscall failed with another errno",
+                 6: "pyseccomp is not importable", 7: "the kernel refused to load a filter",
+                 8: "loading a filter failed", 9: "the probe crashed"}
+
+
+def check_seccomp(proc_status: str = "/proc/self/status",
+                  actions_avail: str = "/proc/sys/kernel/seccomp/actions_avail",
+                  load=_load_probe_filter) -> Check:
+    text = _read(proc_status) or ""
+    mode = status_field(text, "Seccomp")
+    if mode is None:
+        return Check("seccomp", FAIL, "no Seccomp field in /proc/self/status: kernel built without CONFIG_SECCOMP")
+    actions = (_read(actions_avail) or "").split()
+    code = load()
+    if code != 0:
+        return Check("seccomp", FAIL, f"filters unusable: {_FILTER_CODES.get(code, f'probe exit {code}')}")
+    detail = "a filter loaded in a child and made getpgid fail as told"
+    if mode != "0":
+        detail += f" (this process already runs under seccomp mode {SECCOMP_MODES.get(mode, mode)})"
+    if actions:
+        detail += f"; actions: {' '.join(actions)}"
+        if "log" not in actions:
+            return Check("seccomp", WARN, detail + "; no 'log' action (audit mode cannot log)")
+    return Check("seccomp", OK, detail)
+
+
+# -- nftables ------------------------------------------------------------------
+
+PROBE_RULESET = ("table inet tiergate_doctor {\n chain probe {\n  type filter hook output priority 0; policy accept;\n"
+                 "  meta l4proto tcp counter accept;\n }\n}\n")
+
+
+def check_nftables(nft: str | None = None, nsenter: str | None = None, needed: bool = True) -> Check:
+    from .network import apply
+
+    nft = nft or apply.NFT
+    nsenter = nsenter or apply.NSENTER
+    bad = WARN if not needed else FAIL
+    why = "" if needed else " (no tier in the policy has a network policy)"
+    if not os.access(nft, os.X_OK):
+        return Check("nftables", bad, f"{nft} not found (apt-get install nftables){why}")
+    if not os.access(nsenter, os.X_OK):
+        return Check("nftables", bad, f"{nsenter} not found (util-linux){why}")
+    try:
+        proc = subprocess.run([nft, "--check", "-f", "-"], input=PROBE_RULESET, capture_output=True, text=True,
+                              timeout=TIMEOUT, env={}, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("nftables", bad, f"{nft} --check failed: {exc}{why}")
+    version = _version([nft, "--version"])
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ["no output"])[0]
+        if os.geteuid() != 0 and "ermission" in err:
+            return Check("nftables", WARN, f"{version}: cannot check the kernel side without root: {err}")
+        return Check("nftables", bad, f"{version}: kernel refused a test ruleset (inet, counter): {err}{why}")
+    return Check("nftables", OK, f"{version}: the kernel accepts an inet table with counters (checked, not loaded)")
+
+
+# -- LSMs, namespaces, cgroups ------------------------------------------------------
+
+def check_apparmor(sys_root: str = "/sys", required: bool = False, preferred: bool = True) -> Check:
+    from .apparmor import host_enabled
+
+    if host_enabled(sys_root):
+        return Check("apparmor", OK, "enabled: tiers load their tiergate-<tier> profiles")
+    if required:
+        return Check("apparmor", FAIL, "not enabled in this kernel, and a tier requires it (apparmor = \"require\")")
+    if preferred:
+        return Check("apparmor", WARN, "not enabled in this kernel: tiers that prefer AppArmor run without a profile")
+    return Check("apparmor", OK, "not enabled in this kernel (no tier uses it)")
+
+
+def check_userns(proc_root: str = "/proc") -> Check:
+    text = _read(os.path.join(proc_root, "sys/user/max_user_namespaces"))
+    if text is None:
+        return Check("user namespaces", WARN, "no /proc/sys/user/max_user_namespaces: kernel without CONFIG_USER_NS")
+    limit = int(text.strip() or 0)
+    unpriv = _read(os.path.join(proc_root, "sys/kernel/unprivileged_userns_clone"))
+    extra = ""
+    if unpriv is not None:
+        extra = "; unprivileged creation " + ("allowed" if unpriv.strip() == "1" else "disabled (sysctl)")
+    if limit == 0:
+        return Check("user namespaces", WARN, "disabled (user.max_user_namespaces = 0)" + extra)
+    return Check("user namespaces", OK, f"available (user.max_user_namespaces = {limit}){extra}")
+
+
+def active_lsms(sys_root: str = "/sys") -> list[str]:
+    return [x for x in (_read(os.path.join(sys_root, "kernel/security/lsm")) or "").strip().split(",") if x]
+
+
+LANDLOCK_CREATE_RULESET = 444  # same number in the generic table (x86_64, aarch64, ...)
+LANDLOCK_CREATE_RULESET_VERSION = 1
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (>= 1), or -errno (ENOSYS: not built, EOPNOTSUPP: disabled at boot)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    rc = libc.syscall(ctypes.c_long(LANDLOCK_CREATE_RULESET), None, ctypes.c_size_t(0),
+                      ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    return int(rc) if rc >= 0 else -ctypes.get_errno()
+
+
+def check_landlock(sys_root: str = "/sys", abi=landlock_abi) -> Check:
+    import errno
+
+    lsms = active_lsms(sys_root)
+    where = f"; LSMs: {','.join(lsms)}" if lsms else ""
+    version = abi()
+    if version > 0:
+        return Check("landlock", OK, f"enabled, ABI version {version} (landlock_create_ruleset){where}")
+    if version == -errno.EOPNOTSUPP:
+        return Check("landlock", WARN, f"built in but disabled at boot (not in lsm=){where}")
+    if version == -errno.ENOSYS:
+        return Check("landlock", WARN, f"not in this kernel (landlock_create_ruleset: ENOSYS){where}")
+    return Check("landlock", WARN, f"probe failed: {os.strerror(-version)}{where}")
+
+
+def cgroup_mode(mounts_text: str) -> str:
+    types = {parts[2] for parts in (line.split() for line in mounts_text.splitlines())
+             if len(parts) > 2 and parts[2] in ("cgroup", "cgroup2")}
+    if types == {"cgroup2"}:
+        return "unified"
+    if types == {"cgroup"}:
+        return "legacy"
+    return "hybrid" if types else "none"
+
+
+def check_cgroups(mounts: str = "/proc/self/mounts") -> Check:
+    mode = cgroup_mode(_read(mounts) or "")
+    if mode == "unified":
+        return Check("cgroups", OK, "v2 (unified)")
+    if mode == "hybrid":
+        return Check("cgroups", WARN, "hybrid (v1 controllers plus a v2 mount): crun refuses it, use runc "
+                     "(podman --runtime runc --cgroup-manager cgroupfs)")
+    if mode == "legacy":
+        return Check("cgroups", WARN, "v1 only (legacy): pids limits work, crun may not")
+    return Check("cgroups", FAIL, "no cgroup filesystem mounted: pids limits cannot be enforced")
+
+
+# -- engines --------------------------------------------------------------------------
+
+def _version(argv: list[str], timeout: float = TIMEOUT) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return "no answer to --version"
+    except OSError as exc:
+        return f"cannot run: {exc.strerror}"
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0].strip() if lines else f"--version exit {proc.returncode}"
+
+
+def find_engines(names=ENGINES, which=shutil.which) -> dict[str, str]:
+    return {n: p for n in names if (p := which(n))}
+
+
+def check_engines(found: dict[str, str] | None = None, version=_version) -> list[Check]:
+    found = find_engines() if found is None else found
+    if not found:
+        return [Check("engines", WARN, f"none of {', '.join(ENGINES)} found on PATH")]
+    return [Check(f"engine {name}", OK, f"{version([path, '--version'])} ({path})") for name, path in found.items()]
+
+
+# -- registration -----------------------------------------------------------------------
+
+def podman_hooks_dirs(confs: tuple[str, ...] = CONTAINERS_CONFS, env=None) -> tuple[list[str], str]:
+    """The hooks dirs podman reads, and where that list came from (containers.conf hooks_dir or the defaults)."""
+    import tomllib
+
+    env = os.environ if env is None else env
+    files = list(confs)
+    if env.get("CONTAINERS_CONF"):
+        files = [env["CONTAINERS_CONF"]]  # podman reads only this one when it is set
+    dirs, source = None, "podman's defaults"
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                conf = tomllib.load(fh)
+        except (OSError, ValueError):
+            continue
+        hd = conf.get("engine", {}).get("hooks_dir")
+        if isinstance(hd, list) and hd:
+            dirs, source = [str(x) for x in hd], f"hooks_dir in {f}"
+    return (dirs or list(PODMAN_DEFAULT_HOOKS_DIRS)), source
+
+
+def launcher_interpreter(path: str) -> tuple[str, str, str]:
+    """(status, interpreter, detail) for an executable: a script's shebang interpreter must be a real binary."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError as exc:
+        return FAIL, "", f"{path}: {exc.strerror}"
+    if not os.access(path, os.X_OK):
+        return FAIL, "", f"{path} is not executable"
+    if head.startswith(b"\x7fELF"):
+        return OK, path, f"{path} is a native binary"
+    if not head.startswith(b"#!"):
+        return FAIL, "", f"{path} has no #! line and is not a binary"
+    line = head[2:].split(b"\n", 1)[0].decode(errors="replace").strip()
+    interp = line.split()[0] if line else ""
+    if not interp.startswith("/"):
+        return FAIL, interp, f"{path}: interpreter {interp!r} is not an absolute path (hooks run with no PATH)"
+    real = os.path.realpath(interp)
+    try:
+        with open(real, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        return FAIL, interp, f"interpreter {interp}: {exc.strerror}"
+    if not os.access(real, os.X_OK):
+        return FAIL, interp, f"interpreter {interp} is not executable"
+    if interp.rsplit("/", 1)[-1] == "env":
+        return WARN, interp, f"interpreter is {interp}: it searches PATH, and precreate hooks run with none"
+    if magic != b"\x7fELF":
+        return WARN, interp, (f"interpreter {interp} is a script (a version manager's shim?): "
+                              "slow on every start and needs an environment hooks lack")
+    return OK, interp, f"interpreter {line} ({real}, a real binary)"
+
+
+def _launcher_lib_ok(path: str) -> str | None:
+    """For a launcher written by `tiergate install`: the package symlinks it puts on sys.path resolve."""
+    try:
+        text = open(path, encoding="utf-8", errors="replace").read(4096)
+    except OSError:
+        return None
+    import re
+
+    m = re.search(r"sys\.path\.insert\(0, '([^']+)'\)", text)
+    if not m:
+        return None
+    for name in ("hook", "oci", "configs"):
+        if not os.path.isdir(os.path.join(m.group(1), "tiergate", name)):
+            return f"{m.group(1)}/tiergate/{name} is missing or dangling (run tiergate install again)"
+    return None
+
+
+def check_podman_registration(dirs: list[str], source: str) -> Check:
+    found, has_precreate = [], False
+    for d in dirs:
+        try:
+            entries = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for name in entries:
+            if not name.endswith(".json"):
+                continue
+            p = os.path.join(d, name)
+            try:
+                doc = json.loads(open(p, encoding="utf-8").read())
+            except (OSError, ValueError):
+                continue
+            hook = doc.get("hook") if isinstance(doc, dict) else None
+            if not isinstance(hook, dict):
+                continue
+            args = hook.get("args") or []
+            exe = str(hook.get("path", ""))
+            if "tiergate" not in exe and not any("tiergate" in str(a) for a in args):
+                continue
+            stages = doc.get("stages") or []
+            status, _, detail = launcher_interpreter(exe)
+            lib = _launcher_lib_ok(exe) if status != FAIL else None
+            if lib:
+                status, detail = FAIL, lib
+            found.append((status, f"{p} ({','.join(map(str, stages))}) -> {exe}; {detail}"))
+            has_precreate = has_precreate or "precreate" in stages
+    if not found:
+        return Check("podman hook", WARN, f"not registered in {', '.join(dirs)} ({source}); run: tiergate install --engine podman")
+    worst = FAIL if any(s == FAIL for s, _ in found) else WARN if any(s == WARN for s, _ in found) else OK
+    if not has_precreate and worst == OK:
+        worst = WARN  # a prestart verifier alone refuses weak containers but hardens none
+    return Check("podman hook", worst, " | ".join(d for _, d in found))
+
+
+def check_docker_registration(daemon_json: str = DOCKER_DAEMON_JSON) -> Check:
+    text = _read(daemon_json)
+    if text is None:
+        return Check("docker runtime", WARN, f"no {daemon_json}: tiergate-runtime is not registered with dockerd")
+    try:
+        conf = json.loads(text)
+    except ValueError as exc:
+        return Check("docker runtime", FAIL, f"{daemon_json} does not parse: {exc}")
+    runtimes = conf.get("runtimes") or {}
+    ours = {n: r.get("path", "") for n, r in runtimes.items() if isinstance(r, dict) and "tiergate" in (n + str(r.get("path", "")))}
+    if not ours:
+        return Check("docker runtime", WARN, f"no tiergate runtime in {daemon_json} \"runtimes\"")
+    default = conf.get("default-runtime", "runc")
+    parts = []
+    status = OK
+    for n, path in ours.items():
+        st, _, detail = launcher_interpreter(str(path))
+        if st == FAIL:
+            status = FAIL
+        elif st == WARN and status == OK:
+            status = WARN
+        parts.append(f"{n} -> {path}: {detail}")
+    note = "" if default in ours else f"; default-runtime is {default}: only --runtime {next(iter(ours))} is hardened"
+    if status == OK and default not in ours:
+        status = WARN
+    return Check("docker runtime", status, ", ".join(parts) + note)
+
+
+# -- policy ---------------------------------------------------------------------------------
+
+def check_policy(explicit: str | None = None) -> tuple[Check, dict | None]:
+    from .errors import TiergateError
+    from .policy.cache import policy_path
+    from .policy.compile import compile_file
+
+    path = policy_path(explicit)
+    try:
+        compiled = compile_file(path)
+    except (TiergateError, OSError, ValueError) as exc:
+        return Check("policy", FAIL, f"{path}: {exc}"), None
+    return Check("policy", OK, f"{path}: {len(compiled['tiers'])} tiers ({', '.join(compiled['tiers'])}), "
+                 f"digest {compiled['digest'][:16]}"), compiled
+
+
+def gather(policy: str | None = None, hooks_dirs: list[str] | None = None) -> list[Check]:
+    """Every check, in table order."""
+    pol, compiled = check_policy(policy)
+    tiers = (compiled or {}).get("tiers", {}).values()
+    needs_net = any(t.get("network") for t in tiers) if compiled else True
+    apparmor_modes = {t.get("apparmor") for t in tiers}
+    checks = [check_seccomp(), check_nftables(needed=needs_net),
+              check_apparmor(required="require" in apparmor_modes, preferred="prefer" in apparmor_modes or not compiled),
+              check_userns(), check_landlock(), check_cgroups()]
+    engines = find_engines()
+    checks += check_engines(engines)
+    if "podman" in engines or hooks_dirs:
+        dirs, source = (hooks_dirs, "--hooks-dir") if hooks_dirs else podman_hooks_dirs()
+        checks.append(check_podman_registration(dirs, source))
+    if "docker" in engines or os.path.exists("/usr/bin/dockerd"):
+        checks.append(check_docker_registration())
+    checks.append(pol)
+    return checks

@@ -1,0 +1,208 @@
+"""`tiergate doctor` and hook/host.py probes, against fixture files (no root needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from tiergate.hook import cli, host
+from tiergate.hook.commands import doctor
+
+MOUNTS_HYBRID = ("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
+                 "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\nproc /proc proc rw 0 0\n")
+
+
+@pytest.mark.parametrize("text,mode", [
+    (MOUNTS_HYBRID, "hybrid"), ("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n", "unified"),
+    ("cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0\n", "legacy"), ("proc /proc proc rw 0 0\n", "none")])
+def test_cgroup_mode(text, mode, tmp_path):
+    assert host.cgroup_mode(text) == mode
+    (tmp_path / "m").write_text(text)
+    c = host.check_cgroups(str(tmp_path / "m"))
+    assert c.status == {"unified": "ok", "hybrid": "warn", "legacy": "warn", "none": "fail"}[mode]
+
+
+def test_seccomp_check(tmp_path):
+    st = tmp_path / "status"
+    st.write_text("Name:\tx\nSeccomp:\t0\n")
+    av = tmp_path / "avail"
+    av.write_text("kill_process errno log allow\n")
+    assert host.check_seccomp(str(st), str(av), load=lambda: 0).status == "ok"
+    assert host.check_seccomp(str(st), str(av), load=lambda: 7).status == "fail"
+    av.write_text("kill_process errno allow\n")
+    assert host.check_seccomp(str(st), str(av), load=lambda: 0).status == "warn"
+    st.write_text("Name:\tx\n")
+    c = host.check_seccomp(str(st), str(av), load=lambda: 0)
+    assert c.status == "fail" and "CONFIG_SECCOMP" in c.detail
+
+
+def test_seccomp_real_probe_in_a_child():
+    # unprivileged is fine: libseccomp sets no_new_privs in the child first
+    assert host._load_probe_filter() == 0
+    assert os.getpgid(0) > 0  # the parent is untouched
+
+
+def test_apparmor_check(tmp_path):
+    assert host.check_apparmor(str(tmp_path)).status == "warn"
+    assert host.check_apparmor(str(tmp_path), required=True).status == "fail"
+    assert host.check_apparmor(str(tmp_path), preferred=False).status == "ok"
+    (tmp_path / "module/apparmor/parameters").mkdir(parents=True)
+    (tmp_path / "module/apparmor/parameters/enabled").write_text("Y\n")
+    (tmp_path / "kernel/security/apparmor").mkdir(parents=True)
+    assert host.check_apparmor(str(tmp_path), required=True).status == "ok"
+
+
+def test_userns_and_landlock(tmp_path):
+    (tmp_path / "sys/user").mkdir(parents=True)
+    (tmp_path / "sys/kernel").mkdir(parents=True)
+    (tmp_path / "sys/user/max_user_namespaces").write_text("0\n")
+    assert host.check_userns(str(tmp_path)).status == "warn"
+    (tmp_path / "sys/user/max_user_namespaces").write_text("1000\n")
+    (tmp_path / "sys/kernel/unprivileged_userns_clone").write_text("0\n")
+    c = host.check_userns(str(tmp_path))
+    assert c.status == "ok" and "1000" in c.detail and "disabled" in c.detail
+    assert host.check_userns(str(tmp_path / "nope")).status == "warn"
+    assert host.check_landlock(str(tmp_path), abi=lambda: 4).status == "ok"
+    assert "disabled at boot" in host.check_landlock(str(tmp_path), abi=lambda: -95).detail
+    assert "ENOSYS" in host.check_landlock(str(tmp_path), abi=lambda: -38).detail
+    assert host.landlock_abi() != 0  # a real answer either way
+
+
+def test_engines():
+    found = {"podman": "/usr/bin/podman"}
+    [c] = host.check_engines(found, version=lambda argv: "podman version 9.9")
+    assert c.name == "engine podman" and c.detail == "podman version 9.9 (/usr/bin/podman)"
+    assert host.check_engines({})[0].status == "warn"
+    assert host._version([sys.executable, "--version"]).startswith("Python 3")
+    assert host._version(["/nonexistent/x", "--version"]).startswith("cannot run")
+
+
+def _hook(d, exe, stages=("precreate",)):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "99-tiergate-precreate.json").write_text(json.dumps(
+        {"version": "1.0.0", "hook": {"path": str(exe), "args": ["tiergate-hook", "precreate"]},
+         "when": {"always": True}, "stages": list(stages)}))
+
+
+def _script(path, first_line, mode=0o755):
+    path.write_text(first_line + "\nprint('hi')\n")
+    path.chmod(mode)
+    return path
+
+
+def test_launcher_interpreter(tmp_path):
+    real = os.path.realpath(sys.executable)
+    assert host.launcher_interpreter(str(_script(tmp_path / "a", f"#!{real} -IS")))[0] == "ok"
+    shim = _script(tmp_path / "python-shim", "#!/bin/sh")
+    assert host.launcher_interpreter(str(_script(tmp_path / "b", f"#!{shim}")))[0] == "warn"
+    assert host.launcher_interpreter(str(_script(tmp_path / "c", "#!/nonexistent/python3")))[0] == "fail"
+    assert host.launcher_interpreter(str(_script(tmp_path / "d", "#!python3")))[0] == "fail"
+    assert host.launcher_interpreter(str(_script(tmp_path / "e", "#!/usr/bin/env python3")))[0] == "warn"
+    assert host.launcher_interpreter(str(_script(tmp_path / "f", f"#!{real}", 0o644)))[0] == "fail"
+    assert host.launcher_interpreter(real)[0] == "ok"  # a native binary
+    assert host.launcher_interpreter(str(tmp_path / "missing"))[0] == "fail"
+
+
+def test_podman_registration(tmp_path):
+    real = os.path.realpath(sys.executable)
+    d = tmp_path / "hooks.d"
+    c = host.check_podman_registration([str(d)], "test")
+    assert c.status == "warn" and "not registered" in c.detail
+    exe = _script(tmp_path / "tiergate-hook", f"#!{real} -IS")
+    _hook(d, exe)
+    (d / "other.json").write_text('{"version": "1.0.0", "hook": {"path": "/bin/true"}, "stages": ["prestart"]}')
+    (d / "broken.json").write_text("{")
+    c = host.check_podman_registration([str(d)], "test")
+    assert c.status == "ok" and "(precreate)" in c.detail and real in c.detail
+    # a launcher written by `tiergate install` whose package symlinks dangle
+    exe.write_text(f"#!{real} -IS\n# written by tiergate install\nimport sys\n"
+                   f"sys.path.insert(0, {str(tmp_path / 'lib')!r})\n")
+    c = host.check_podman_registration([str(d)], "test")
+    assert c.status == "fail" and "install again" in c.detail
+    _hook(d, tmp_path / "gone")
+    assert host.check_podman_registration([str(d)], "test").status == "fail"
+    _hook(d, _script(tmp_path / "tiergate-verify", f"#!{real}"), stages=("prestart",))
+    assert host.check_podman_registration([str(d)], "test").status == "warn"  # prestart alone hardens nothing
+
+
+def test_real_install_is_registered(tmp_path):
+    from tiergate.hook.engines import podman
+
+    podman.install(tmp_path / "hooks", tmp_path / "bin", [], False, say=lambda *a: None)
+    c = host.check_podman_registration([str(tmp_path / "hooks")], "test")
+    assert c.status == "ok", c.detail
+    assert os.path.realpath(sys.executable) in c.detail
+
+
+def test_hooks_dirs_from_containers_conf(tmp_path):
+    a, b = tmp_path / "a.conf", tmp_path / "b.conf"
+    a.write_text('[engine]\nhooks_dir = ["/x/hooks"]\n')
+    b.write_text('[engine]\nruntime = "runc"\n')
+    assert host.podman_hooks_dirs((str(a), str(b)), env={}) == (["/x/hooks"], f"hooks_dir in {a}")
+    assert host.podman_hooks_dirs((str(b),), env={})[0] == list(host.PODMAN_DEFAULT_HOOKS_DIRS)
+    assert host.podman_hooks_dirs((str(b),), env={"CONTAINERS_CONF": str(a)})[0] == ["/x/hooks"]
+
+
+def test_docker_registration(tmp_path):
+    f = tmp_path / "daemon.json"
+    assert host.check_docker_registration(str(f)).status == "warn"
+    f.write_text("{")
+    assert host.check_docker_registration(str(f)).status == "fail"
+    f.write_text(json.dumps({"runtimes": {"tiergate": {"path": sys.executable}}, "default-runtime": "tiergate"}))
+    assert host.check_docker_registration(str(f)).status == "ok"
+    f.write_text(json.dumps({"runtimes": {"tiergate": {"path": sys.executable}}}))
+    c = host.check_docker_registration(str(f))
+    assert c.status == "warn" and "--runtime tiergate" in c.detail
+    f.write_text(json.dumps({"runtimes": {"tiergate": {"path": "/nonexistent/tiergate-runtime"}}}))
+    assert host.check_docker_registration(str(f)).status == "fail"
+
+
+def test_nftables_missing(tmp_path):
+    c = host.check_nftables(str(tmp_path / "nft"), needed=True)
+    assert c.status == "fail" and "not found" in c.detail
+    assert host.check_nftables(str(tmp_path / "nft"), needed=False).status == "warn"
+
+
+def test_policy_check(tmp_path):
+    c, compiled = host.check_policy()
+    assert c.status == "ok" and compiled["tiers"]
+    bad = tmp_path / "p.toml"
+    bad.write_text("version = 1\n[tiers.x]\nstrictness = 'no'\n")
+    c, compiled = host.check_policy(str(bad))
+    assert c.status == "fail" and compiled is None and str(bad) in c.detail
+
+
+def _fake_gather(statuses):
+    return lambda policy, dirs: [host.Check(f"c{i}", s, f"detail {i}") for i, s in enumerate(statuses)]
+
+
+@pytest.mark.parametrize("statuses,rc", [(["ok", "warn"], 0), (["ok", "fail", "warn"], 1)])
+def test_doctor_exit_and_output(monkeypatch, capsys, statuses, rc):
+    monkeypatch.setattr(host, "gather", _fake_gather(statuses))
+    assert cli.main(["doctor"]) == rc
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["CHECK", "STATUS", "DETAIL"]
+    assert "\033[" not in out
+    assert ("cannot enforce" in out) == (rc == 1)
+    assert cli.main(["doctor", "--json"]) == rc
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is (rc == 0) and [c["status"] for c in doc["checks"]] == statuses
+
+
+def test_doctor_colours_only_on_a_tty():
+    checks = [host.Check("a", "ok", "x"), host.Check("b", "fail", "y")]
+    assert "\033[31mfail\033[0m" in doctor.render(checks, colour=True)
+    assert "\033[" not in doctor.render(checks, colour=False)
+
+
+@pytest.mark.skipif(not shutil.which("podman") and not os.path.exists("/usr/sbin/nft"), reason="bare host")
+def test_gather_runs_here(monkeypatch, tmp_path):
+    checks = host.gather(None, [str(tmp_path)])
+    names = [c.name for c in checks]
+    assert names[:6] == ["seccomp", "nftables", "apparmor", "user namespaces", "landlock", "cgroups"]
+    assert names[-1] == "policy" and "podman hook" in names
+    assert all(c.status in ("ok", "warn", "fail") and c.detail for c in checks)

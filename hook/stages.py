@@ -114,8 +114,9 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
         facts["network_hook"] = network_hook or _hook_self(opts, "createRuntime")
         facts["network_applied"] = netns_ready
         facts["ports"] = _ports(image)
-    hardened, changes, _ = harden(spec, tier, policy, facts, decision.why)
+    hardened, changes, notes = harden(spec, tier, policy, facts, decision.why)
     rec["changes"] = [f"{c['field']}: {c['what']}" for c in changes]
+    rec["notes"] = [f"{k}: {v}" for k, v in notes if k != "exec"]
     return hardened, tier, changes
 
 

@@ -10,6 +10,7 @@ The three runtime engines install the tiergate-runtime shim and the hook launche
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 RUNTIME_ENGINES = ("docker", "containerd", "podman-runtime")
@@ -26,6 +27,7 @@ def register(sub) -> None:
                        help="containerd: config.toml (default /etc/containerd/config.toml); "
                             "podman-runtime: containers.conf.d directory (default /etc/containers/containers.conf.d)")
         if name == "install":
+            c.add_argument("--policy", default=argparse.SUPPRESS, help="policy file the hook uses (checked first)")
             c.add_argument("--prestart", action="store_true", help="podman: also register the prestart verify hook")
             c.add_argument("--default", action="store_true", help="docker, containerd, podman-runtime: make tiergate the default runtime")
             c.add_argument("--runtime", help="the real runtime the shim hands over to (default: runc on PATH; crun works)")

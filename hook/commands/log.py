@@ -125,6 +125,8 @@ def register(sub) -> None:
     c.add_argument("--tier", metavar="T", help="only decisions that granted (or asked for) tier T")
     c.add_argument("--stage", metavar="S", help="only this hook stage (precreate, createRuntime, prestart, ...)")
     c.add_argument("--refused", action="store_true", help="only refusals and errors (the container did not start)")
+    c.add_argument("--would-deny", action="store_true",
+                   help="audit mode: what enforcement would have changed or refused, per container")
     c.add_argument("--json", action="store_true", help="print the matching records as JSON lines")
     c.add_argument("--wide", action="store_true", help="do not shorten the why column")
     c.set_defaults(func=cmd_log)
@@ -193,6 +195,11 @@ def cmd_log(args) -> int:
         return 2
     since = parse_since(args.since) if args.since else None
     records = select(record.read(path), since, args.container, args.tier, args.refused, args.stage)
+    if args.would_deny:
+        records = [r for r in records if r.get("mode") == "audit" and r.get("stage") in ("precreate", "create", "run", None)]
+        if not args.json:
+            print(would_deny(records) if records else "no audit-mode decisions", file=sys.stdout if records else sys.stderr)
+            return 0
     if args.json:
         for rec in records:
             sys.stdout.write(json.dumps(rec, separators=(",", ":"), sort_keys=False) + "\n")
@@ -202,3 +209,15 @@ def cmd_log(args) -> int:
         return 0
     print(render(records, terminal_width(), args.wide, use_colour()))
     return 0
+
+
+def would_deny(records: list[dict]) -> str:
+    """Audit records as a list: per container, each change enforcement would have made."""
+    out = []
+    for rec in records:
+        out.append(f"{rec.get('time', '?')}  {str(rec.get('container', ''))[:12]}  {rec.get('image', '')}  tier {rec.get('tier')}")
+        for change in rec.get("changes") or []:
+            out.append(f"    {change}")
+        if rec.get("notes"):
+            out.append(f"    notes: {rec['notes']}")
+    return "\n".join(out)

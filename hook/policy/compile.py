@@ -67,6 +67,8 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
         known(rule.max_tier, "trust", i, "max_tier")
         if (rule.match is None) == (rule.digest is None):
             raise fail("a trust rule needs exactly one of 'match' or 'digest'", "trust", i)
+        if rule.match is not None and any(c in rule.match for c in "[]"):
+            raise fail(f"trust rule pattern {rule.match!r}: only * and ? are wildcards", "trust", i, "match")
         if rule.digest is not None and not re.match(r"^(sha256:)?[0-9a-f]{12,64}$", rule.digest):
             raise fail(f"invalid digest {rule.digest!r}", "trust", i, "digest")
         trust.append({"match": rule.match, "digest": rule.digest and rule.digest.removeprefix("sha256:"),
@@ -143,7 +145,7 @@ def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], 
             if not p.startswith("/"):
                 raise fail(f"tier {name!r}: {key} entry {p!r} is not an absolute path", "tiers", name, key)
     for pattern in t["sysctls"]:
-        if not re.match(r"^[a-z0-9_.*?\[\]-]+$", pattern):
+        if not re.match(r"^[a-z0-9_.*?-]+$", pattern):
             raise fail(f"tier {name!r}: invalid sysctl pattern {pattern!r}", "tiers", name, "sysctls")
     network = None
     if t["network"] is not None:

@@ -5,6 +5,37 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Dropped into each directory install had to create, so uninstall removes
+# exactly those (once nothing else is in them) and leaves the tree as it was.
+CREATED = ".tiergate-created"
+
+
+def mkdirs(path: Path) -> None:
+    missing = []
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir()
+        (d / CREATED).write_text("made by `tiergate install`; `tiergate uninstall` removes it\n")
+
+
+def prune(path: Path, say=print) -> None:
+    """Remove directories install created, upwards from path, while they hold nothing else."""
+    d = Path(path)
+    while d != d.parent:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return
+        if names != [CREATED]:
+            return
+        (d / CREATED).unlink()
+        d.rmdir()
+        say(f"removed {d}/")
+        d = d.parent
+
 
 def write(path: Path, text: str, mode: int = 0o644, say=print) -> bool:
     path = Path(path)
@@ -14,7 +45,7 @@ def write(path: Path, text: str, mode: int = 0o644, say=print) -> bool:
             return False
     except OSError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    mkdirs(path.parent)
     tmp = path.with_name(f".{path.name}.tiergate-tmp")
     tmp.write_text(text)
     os.chmod(tmp, mode)
@@ -28,7 +59,7 @@ def symlink(path: Path, target: Path, say=print) -> None:
     if path.is_symlink() and os.readlink(path) == str(target):
         say(f"unchanged {path} -> {target}")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    mkdirs(path.parent)
     if path.is_symlink() or path.exists():
         path.unlink()
     path.symlink_to(target)
@@ -46,3 +77,4 @@ def remove(path: Path, marker: str | None = None, say=print) -> None:
         return
     path.unlink()
     say(f"removed {path}")
+    prune(path.parent, say)

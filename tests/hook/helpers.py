@@ -1,0 +1,259 @@
+"""Shared helpers for tests/hook: the shipped policy, spec inputs, fake storage, the never-weaker check.
+
+The never-weaker check is written independently of the modifiers (it does not
+import them) so that a bug in a modifier cannot hide itself in the check.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import fnmatch
+import functools
+import json
+import os
+import posixpath
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_POLICY = REPO / "configs" / "policy.toml"
+PYTHON = str(Path(sys.executable))
+
+
+
+def _shared_dir() -> Path:
+    env = os.environ.get("TIERGATE_SHARED_DIR")
+    if env:
+        return Path(env)
+    for parent in REPO.parents:
+        if (parent / "shared" / "oci-runtime-spec").is_dir():
+            return parent / "shared"
+    raise RuntimeError("shared/ test data not found: set TIERGATE_SHARED_DIR")
+
+
+SHARED = _shared_dir()
+SAMPLES = SHARED / "samples"
+SPEC_VECTORS = SHARED / "oci-runtime-spec" / "test" / "config"
+
+CORE_TIERS = ("privileged", "baseline", "restricted", "isolated")  # the four the foundation issue names
+NON_PRIVILEGED = ("baseline", "restricted", "isolated")
+
+# (type, major, minor) that runc and the engines always allow; None = any minor.
+STANDARD_DEVICES = {("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9), ("c", 5, 0),
+                    ("c", 5, 1), ("c", 5, 2), ("c", 136, None), ("c", 10, 200)}
+REQUIRED_NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> str:
+    from tiergate.hook.policy.compile import compile_file
+
+    return json.dumps(compile_file(SHIPPED_POLICY))
+
+
+def shipped_policy() -> dict:
+    """The compiled shipped policy (a fresh copy each call; compiled once per process)."""
+    return json.loads(_shipped())
+
+
+TIERS = tuple(shipped_policy()["tiers"])  # every shipped tier, the core four and any workload tiers
+
+
+def load_json(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_bytes())
+
+
+def linux_inputs() -> list[Path]:
+    """Every engine sample config and good runtime-spec vector that is a Linux spec."""
+    files = sorted(p for p in SAMPLES.glob("*.json") if "state" not in p.name)
+    files += sorted((SPEC_VECTORS / "good").glob("*.json"))
+    return [p for p in files if isinstance(load_json(p).get("linux"), dict)]
+
+
+def runc_default() -> dict:
+    return load_json(SAMPLES / "runc-1.1-spec-default.json")
+
+
+def podman_precreate() -> dict:
+    return load_json(SAMPLES / "podman-4.3-precreate-stdin.json")
+
+
+def docker_bundle() -> dict:
+    return load_json(SAMPLES / "docker-20.10-bundle-config.json")
+
+
+def all_caps() -> list[str]:
+    from tiergate.hook.capabilities import NAMES
+
+    return list(NAMES)
+
+
+def privileged_like(spec: dict | None = None) -> dict:
+    """What `docker run --privileged` produces: every capability, no seccomp, host devices, allow-all rule, no masks."""
+    spec = copy.deepcopy(spec or runc_default())
+    caps = all_caps()
+    spec["process"]["capabilities"] = {k: list(caps) for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
+    spec["process"].pop("noNewPrivileges", None)
+    linux = spec["linux"]
+    linux.pop("seccomp", None)
+    linux["devices"] = [
+        {"path": "/dev/sda", "type": "b", "major": 8, "minor": 0, "fileMode": 0o660, "uid": 0, "gid": 6},
+        {"path": "/dev/mem", "type": "c", "major": 1, "minor": 1, "fileMode": 0o640, "uid": 0, "gid": 15},
+        {"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11},
+    ]
+    linux.setdefault("resources", {})["devices"] = [{"allow": True, "access": "rwm"}]
+    linux["maskedPaths"] = []
+    linux["readonlyPaths"] = []
+    return spec
+
+
+# --- the never-weaker invariant ------------------------------------------------------
+
+
+def _norm(path: str) -> str:
+    # Linux treats any run of slashes as one, including a leading "//".
+    out = posixpath.normpath("/" + path.lstrip("/")) if path.startswith("/") else posixpath.normpath(path)
+    return out
+
+
+ENGINE_OWNED_SHAPES = (
+    "*/overlay-containers/*/userdata/*",
+    "/var/lib/docker/containers/*/hostname",
+    "/var/lib/docker/containers/*/hosts",
+    "/var/lib/docker/containers/*/resolv.conf",
+    "/var/lib/docker/containers/*/mounts/shm",
+    "/var/lib/docker/volumes/*/_data",
+    "/var/lib/docker/volumes/*/_data/*",
+    "/var/lib/containers/storage/volumes/*/_data",
+    "/var/lib/containers/storage/volumes/*/_data/*",
+)
+
+
+def _engine_owned(src: str) -> bool:
+    return ".." not in src.split("/") and any(fnmatch.fnmatchcase(src, p) for p in ENGINE_OWNED_SHAPES)
+
+
+def sensitive_hit(src: str, policy: dict) -> str | None:
+    norm = _norm(src)
+    if posixpath.basename(norm) in policy["sensitive"]["sockets"]:
+        return "socket"
+    for s in policy["sensitive"]["paths"]:
+        if norm == s or (s != "/" and norm.startswith(s + "/")):
+            return s
+    return None
+
+
+def is_bind(m: dict) -> bool:
+    opts = m.get("options") or []
+    return m.get("type") == "bind" or "bind" in opts or "rbind" in opts
+
+
+def weaknesses(out: dict, tier: dict, policy: dict) -> list[str]:
+    """Every way `out` is weaker than `tier` allows; empty means the invariant holds."""
+    bad: list[str] = []
+    if tier["passthrough"]:
+        return bad
+    proc = out.get("process")
+    if isinstance(proc, dict):
+        allowed = set(tier["capabilities"])
+        for name, caps in (proc.get("capabilities") or {}).items():
+            extra = set(caps) - allowed
+            if extra:
+                bad.append(f"capabilities.{name} has {sorted(extra)}")
+        if tier["no_new_privileges"] and proc.get("noNewPrivileges") is not True:
+            bad.append("noNewPrivileges is not true")
+    linux = out.get("linux") or {}
+    if tier["seccomp"] is not None and linux.get("seccomp") != tier["seccomp"]:
+        bad.append("seccomp is not the tier's profile")
+    kinds = {ns.get("type"): ns for ns in linux.get("namespaces") or []}
+    for kind in REQUIRED_NAMESPACES:
+        if kind not in tier["host_namespaces"] and kind not in kinds:
+            bad.append(f"{kind} namespace missing (host's shared)")
+    for dev in linux.get("devices") or []:
+        if dev.get("path") not in tier["devices"]:
+            bad.append(f"host device {dev.get('path')}")
+    rules = (linux.get("resources") or {}).get("devices") or []
+    if rules and rules[0].get("allow") is not False:
+        bad.append("device cgroup does not start with deny")
+    tier_devs = {(d.get("type"), d.get("major"), d.get("minor")) for d in linux.get("devices") or []}
+    for r in rules:
+        if r.get("allow") is not True:
+            continue
+        access = r.get("access", "rwm")
+        if "r" not in access and "w" not in access:
+            continue
+        key = (r.get("type"), r.get("major"), r.get("minor"))
+        if key not in STANDARD_DEVICES | tier_devs and (key[0], key[1], None) not in STANDARD_DEVICES:
+            bad.append(f"device cgroup allows {key} {access}")
+    if not tier["sensitive_mounts"]:
+        for m in out.get("mounts") or []:
+            src, dest = m.get("source") or "", m.get("destination") or ""
+            if posixpath.basename(_norm(dest or "/")) in policy["sensitive"]["sockets"]:
+                bad.append(f"engine socket at {dest}")
+            if is_bind(m) and not _engine_owned(src) and sensitive_hit(src, policy):
+                bad.append(f"sensitive bind mount {src} -> {dest}")
+    for key, tkey in (("maskedPaths", "masked_paths"), ("readonlyPaths", "readonly_paths")):
+        missing = set(tier[tkey]) - set(linux.get(key) or [])
+        if missing:
+            bad.append(f"{key} lacks {sorted(missing)}")
+    for name in linux.get("sysctl") or {}:
+        if not any(fnmatch.fnmatchcase(name, p) for p in tier["sysctls"]):
+            bad.append(f"sysctl {name}")
+    if tier["pids_limit"]:
+        limit = ((linux.get("resources") or {}).get("pids") or {}).get("limit")
+        if not isinstance(limit, int) or limit <= 0 or limit > tier["pids_limit"]:
+            bad.append(f"pids limit {limit!r}")
+    if tier["readonly_rootfs"] and (out.get("root") or {}).get("readonly") is not True:
+        bad.append("rootfs writable")
+    return bad
+
+
+def without_annotations(spec: dict) -> dict:
+    out = copy.deepcopy(spec)
+    out.pop("annotations", None)
+    return out
+
+
+# --- fake containers-storage -----------------------------------------------------------
+
+LAYER = "2d172a4930947b80b550294a1567ec2c9a60867f4f4b89ecfabc06c04b6e5ed7"
+IMAGE = "5f1c4a2bd6e8a1b4c0d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1"
+CONTAINER = "ab7bff011bf0d14e22f159cffc3cdeb11185187e73806a16d1dab5a319998818"
+
+
+def blob_name(image_id: str) -> str:
+    return "=" + base64.b64encode(f"sha256:{image_id}".encode()).decode()
+
+
+def make_storage(graph: Path, labels: dict | None = None, names=("docker.io/library/nginx:1.27",),
+                 exposed: dict | None = None, image_id: str = IMAGE, layer: str = LAYER,
+                 driver: str = "overlay") -> str:
+    """A minimal containers-storage tree under `graph`; returns the rootfs path a precreate spec names."""
+    (graph / f"{driver}-containers").mkdir(parents=True, exist_ok=True)
+    (graph / f"{driver}-images" / image_id).mkdir(parents=True, exist_ok=True)
+    (graph / driver / layer / "merged").mkdir(parents=True, exist_ok=True)
+    (graph / f"{driver}-containers" / "containers.json").write_text(json.dumps(
+        [{"id": "f" * 64, "layer": "e" * 64, "image": "d" * 64},
+         {"id": CONTAINER, "names": ["web"], "image": image_id, "layer": layer}]))
+    (graph / f"{driver}-images" / "images.json").write_text(json.dumps(
+        [{"id": image_id, "digest": f"sha256:{'9' * 64}", "names": list(names), "layer": "c" * 64}]))
+    config = {"architecture": "amd64", "os": "linux",
+              "config": {"Labels": labels or {}, "ExposedPorts": exposed or {}, "Env": ["PATH=/usr/bin"]}}
+    (graph / f"{driver}-images" / image_id / blob_name(image_id)).write_text(json.dumps(config))
+    return str(graph / driver / layer / "merged")
+
+
+# --- subprocesses ------------------------------------------------------------------------
+
+
+def run(module: str, args: list[str], stdin: bytes = b"", env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")}
+    full_env.update(env or {})
+    return subprocess.run([PYTHON, "-m", module, *args], input=stdin, capture_output=True,
+                          env=full_env, timeout=timeout, check=False)
+
+
+def assert_no_traceback(stderr: bytes) -> None:
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")

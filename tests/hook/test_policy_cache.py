@@ -1,0 +1,176 @@
+"""tiergate.hook.policy.cache: one JSON read on a fresh cache, recompiles on change, never fatal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import SHIPPED_POLICY
+from tiergate.hook.errors import PolicyError
+from tiergate.hook.policy import cache, compile as compile_mod
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "etc" / "policy.toml"
+    path.parent.mkdir()
+    shutil.copy(SHIPPED_POLICY, path)
+    return path
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count compile_file calls (cache.load_compiled imports it lazily from the compile module)."""
+    calls: list[str] = []
+    real = compile_mod.compile_file
+
+    def counted(path):
+        calls.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(compile_mod, "compile_file", counted)
+    return calls
+
+
+def _entry(cache_dir: Path) -> Path:
+    (entry,) = [p for p in cache_dir.iterdir() if p.name.endswith(".json")]
+    return entry
+
+
+def test_fresh_cache_is_reused_without_recompiling(policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second load reads the cache: compile_file is not called again (it would raise)."""
+    first = cache.load_compiled(str(policy_file), str(tmp_path / "cache"))
+
+    def boom(path):
+        raise AssertionError("recompiled a fresh policy")
+
+    monkeypatch.setattr(compile_mod, "compile_file", boom)
+    second = cache.load_compiled(str(policy_file), str(tmp_path / "cache"))
+    assert second == first
+    assert {"privileged", "baseline", "restricted", "isolated"} <= set(first["tiers"])
+
+
+def test_changed_policy_is_recompiled(policy_file: Path, tmp_path: Path, counting: list[str]) -> None:
+    """A new content and mtime invalidate the cache; the new policy is what is returned."""
+    cache_dir = str(tmp_path / "cache")
+    before = cache.load_compiled(str(policy_file), cache_dir)
+    policy_file.write_text(policy_file.read_text().replace('default_tier = "baseline"', 'default_tier = "restricted"'))
+    st = policy_file.stat()
+    os.utime(policy_file, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    after = cache.load_compiled(str(policy_file), cache_dir)
+    assert len(counting) == 2
+    assert before["default_tier"] == "baseline" and after["default_tier"] == "restricted"
+    assert after["digest"] != before["digest"]
+    assert cache.load_compiled(str(policy_file), cache_dir) == after and len(counting) == 2
+
+
+def test_touched_policy_is_recompiled(policy_file: Path, tmp_path: Path, counting: list[str]) -> None:
+    """Only the mtime changes: compiling again is the safe answer."""
+    cache_dir = str(tmp_path / "cache")
+    cache.load_compiled(str(policy_file), cache_dir)
+    st = policy_file.stat()
+    os.utime(policy_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    cache.load_compiled(str(policy_file), cache_dir)
+    assert len(counting) == 2
+
+
+def test_new_seccomp_profile_beside_the_policy_invalidates(policy_file: Path, tmp_path: Path, counting: list[str]) -> None:
+    """Files the policy may read (its seccomp/ dir) are inputs of the cache too."""
+    cache_dir = str(tmp_path / "cache")
+    cache.load_compiled(str(policy_file), cache_dir)
+    (policy_file.parent / "seccomp").mkdir()
+    (policy_file.parent / "seccomp" / "extra.json").write_text("{}")
+    cache.load_compiled(str(policy_file), cache_dir)
+    assert len(counting) == 2
+
+
+@pytest.mark.parametrize("where", ["under a regular file", "on /proc"])
+def test_unwritable_cache_dir_still_works(policy_file: Path, tmp_path: Path, where: str, counting: list[str]) -> None:
+    """A cache that cannot be written costs speed only: the policy is compiled every time, no error.
+
+    (Runs as root in CI, so "unwritable" is a path that cannot exist rather than a chmod.)
+    """
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cache_dir = str(blocker / "cache") if where == "under a regular file" else "/proc/tiergate-cache"
+    a = cache.load_compiled(str(policy_file), cache_dir)
+    b = cache.load_compiled(str(policy_file), cache_dir)
+    assert a == b and len(counting) == 2
+    assert not os.path.exists(cache_dir)
+
+
+CORRUPT = [
+    ("empty", b""),
+    ("truncated JSON", b'{"format": 1, "tiers": {'),
+    ("not UTF-8", b"\xff\xfe{}"),
+    ("stale format", b'{"format": 0, "inputs": []}'),
+    ("wrong inputs", b'{"format": 1, "inputs": [["/nope", 1, 2, 3]], "tiers": {}}'),
+]
+
+
+@pytest.mark.parametrize("content", [c[1] for c in CORRUPT], ids=[c[0] for c in CORRUPT])
+def test_corrupt_cache_file_is_ignored(policy_file: Path, tmp_path: Path, content: bytes, counting: list[str]) -> None:
+    """A corrupt or stale cache entry is recompiled over, and the entry is repaired."""
+    cache_dir = tmp_path / "cache"
+    good = cache.load_compiled(str(policy_file), str(cache_dir))
+    _entry(cache_dir).write_bytes(content)
+    assert cache.load_compiled(str(policy_file), str(cache_dir)) == good
+    assert len(counting) == 2
+    assert cache.load_compiled(str(policy_file), str(cache_dir)) == good and len(counting) == 2
+
+
+NON_OBJECT = [("array", b"[]"), ("null", b"null"), ("string", b'"x"'), ("deep nesting", b"[" * 100_000)]
+
+
+@pytest.mark.parametrize("content", [c[1] for c in NON_OBJECT], ids=[c[0] for c in NON_OBJECT])
+def test_cache_file_that_is_valid_json_but_not_an_object_is_ignored(policy_file: Path, tmp_path: Path, content: bytes) -> None:
+    """A cache entry holding `[]`, `null` or deeply nested JSON is corrupt too: recompile, never crash."""
+    cache_dir = tmp_path / "cache"
+    good = cache.load_compiled(str(policy_file), str(cache_dir))
+    _entry(cache_dir).write_bytes(content)
+    assert cache.load_compiled(str(policy_file), str(cache_dir)) == good
+
+
+def test_broken_policy_raises_policy_error_and_is_not_cached(tmp_path: Path) -> None:
+    """The caller fails closed on a broken policy; nothing is written to the cache."""
+    path = tmp_path / "policy.toml"
+    path.write_text("version = 1\n[tiers.a\n")
+    with pytest.raises(PolicyError, match=r":2: invalid TOML"):
+        cache.load_compiled(str(path), str(tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_cache_entry_is_private_and_atomic(policy_file: Path, tmp_path: Path) -> None:
+    """The cache dir is 0700, the entry 0600, and no temp file is left behind."""
+    cache_dir = tmp_path / "cache"
+    cache.load_compiled(str(policy_file), str(cache_dir))
+    assert cache_dir.stat().st_mode & 0o777 == 0o700
+    entry = _entry(cache_dir)
+    assert entry.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in cache_dir.iterdir()] == [entry.name]
+
+
+def test_policy_path_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--policy beats $TIERGATE_POLICY, which beats the system and shipped defaults; paths are absolute."""
+    monkeypatch.setenv("TIERGATE_POLICY", str(tmp_path / "env.toml"))
+    assert cache.policy_path(str(tmp_path / "cli.toml")) == str(tmp_path / "cli.toml")
+    assert cache.policy_path() == str(tmp_path / "env.toml")
+    monkeypatch.delenv("TIERGATE_POLICY")
+    monkeypatch.chdir(tmp_path)
+    assert cache.policy_path("rel.toml") == str(tmp_path / "rel.toml")
+    assert cache.policy_path().endswith("policy.toml")
+
+
+def test_cache_dir_from_environment(policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$TIERGATE_CACHE_DIR is used when no cache dir is passed."""
+    monkeypatch.setenv("TIERGATE_CACHE_DIR", str(tmp_path / "envcache"))
+    cache.load_compiled(str(policy_file))
+    assert list((tmp_path / "envcache").iterdir())
+
+
+def test_cache_format_matches_compiler() -> None:
+    """cache.FORMAT and compile.FORMAT must move together, or every start recompiles (or worse)."""
+    assert cache.FORMAT == compile_mod.FORMAT

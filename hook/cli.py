@@ -24,8 +24,15 @@ EXAMPLES = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit 2), like every other tiergate error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tiergate", description="Harden every container by a tier chosen from its image's labels.",
+    p = _Parser(prog="tiergate", description="Harden every container by a tier chosen from its image's labels.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", help="policy file (default: $TIERGATE_POLICY, /etc/tiergate/policy.toml, then the shipped one)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -25,7 +25,10 @@ def gather(spec: dict, tier: dict, notes: list | None = None) -> dict:
     nss = linux.get("namespaces") if isinstance(linux.get("namespaces"), list) else []
     paths = [ns["path"] for ns in nss if isinstance(ns, dict) and isinstance(ns.get("path"), str)]
     if paths:
-        facts["host_ns"] = {kind: _ident(f"/proc/1/ns/{f}") for kind, f in _NS_FILES.items()}
+        # The host's identity of each namespace: init's when readable (it is not always,
+        # even as root), kthreadd's (pid 2 always lives in the host's), and this hook's own.
+        facts["host_ns"] = {kind: [i for i in (_ident(f"/proc/{who}/ns/{f}") for who in ("1", "2", "self")) if i]
+                            for kind, f in _NS_FILES.items()}
         facts["ns_paths"] = {p: _ident(p) for p in paths}
     mounts = spec.get("mounts") if isinstance(spec.get("mounts"), list) else []
     facts["realpaths"] = {

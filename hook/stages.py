@@ -179,7 +179,7 @@ def refusal_spec(spec, line: str) -> dict:
         "process": {"args": ["/tiergate-refused"], "cwd": "/", "user": {"uid": 65534, "gid": 65534},
                     "noNewPrivileges": True, "capabilities": {}},
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-        "hooks": {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", 'echo "$0" >&2; exit 1', line]}]},
+        "hooks": {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", 'printf "%s\\n" "$0" >&2; exit 1', line]}]},
         "annotations": {"io.tiergate.refused": line},
         "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
     }

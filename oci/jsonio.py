@@ -125,7 +125,14 @@ def parse(text: str, what: str = "document", pairs_hook=None) -> object:
     scan = _json.make_scanner(_Context(pairs_hook))
     start = len(text) - len(text.lstrip(_WS))
     try:
-        obj, end = scan(text, start)
+        try:
+            obj, end = scan(text, start)
+        except SystemError:
+            # The C scanner raises json.decoder.JSONDecodeError only if that module is
+            # loaded; on the error path it is worth importing for a precise message.
+            import json.decoder  # noqa: F401
+
+            obj, end = scan(text, start)
     except StopIteration as e:
         where = e.value if isinstance(e.value, int) else start
         raise SpecError(f"invalid JSON in {what}: Expecting value at {_position(text, where)}", "$") from None

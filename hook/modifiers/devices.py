@@ -21,6 +21,9 @@ def apply(spec: dict, ctx) -> None:
     kept, removed = [], []
     for i, dev in enumerate(devices):
         path = get(dev, "path", str, f"$.linux.devices[{i}]")
+        get(dev, "type", str, f"$.linux.devices[{i}]")
+        for key in ("major", "minor"):
+            get(dev, key, int, f"$.linux.devices[{i}]")
         (kept if path in allowed_paths else removed).append(dev)
     if removed:
         linux["devices"] = kept
@@ -32,6 +35,12 @@ def apply(spec: dict, ctx) -> None:
 
     resources = get(linux, "resources", dict, "$.linux")
     rules = objects(resources, "devices", "$.linux.resources") if resources else []
+    for i, rule in enumerate(rules):
+        where = f"$.linux.resources.devices[{i}]"
+        get(rule, "type", str, where)
+        get(rule, "access", str, where)
+        for key in ("major", "minor"):
+            get(rule, key, int, where)
     ok = _STANDARD | {(d.get("type"), d.get("major"), d.get("minor")) for d in kept}
     wide = [r for r in rules if r.get("allow") is True and _grants_access(r) and not _standard(r, ok)]
     if wide or (rules and rules[0] != DENY_ALL) or (kept and not rules):

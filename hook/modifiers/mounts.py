@@ -42,12 +42,13 @@ def is_bind(mount: dict) -> bool:
 
 
 def sensitive(path: str, sensitive_paths: list[str], sockets: list[str]) -> str | None:
-    """The sensitive entry `path` hits, or None. "/" matches only itself."""
-    norm = os.path.normpath(path) if path else ""
+    """The sensitive entry `path` is, is under, or holds (-v /var:/x exposes /var/lib/docker),
+    or None. "/" matches only itself."""
+    norm = "/" + os.path.normpath(path).lstrip("/") if path else ""  # POSIX keeps a leading "//"
     if os.path.basename(norm) in sockets:
         return f"engine socket {os.path.basename(norm)}"
     for s in sensitive_paths:
-        if norm == s or (s != "/" and norm.startswith(s + "/")):
+        if norm == s or (s != "/" and norm.startswith(s + "/")) or (norm != "/" and s.startswith(norm + "/")):
             return s
     return None
 
@@ -64,8 +65,13 @@ def sensitive_mounts(spec: dict, ctx) -> None:
         dest = get(m, "destination", str, f"$.mounts[{i}]") or ""
         strings(m, "options", f"$.mounts[{i}]")
         hit = None
-        if is_bind(m) and not engine_owned(src):
-            hit = sensitive(src, paths, sockets) or sensitive(real.get(src, src), paths, sockets)
+        if is_bind(m):
+            norm = "/" + os.path.normpath(src).lstrip("/")
+            resolved = real.get(src, norm)
+            # An engine's own per-container file is exempt only if the path, spelled out and
+            # resolved, stays one (no "volumes/x/_data/../../../etc").
+            if not (engine_owned(norm) and engine_owned(resolved)):
+                hit = sensitive(norm, paths, sockets) or sensitive(resolved, paths, sockets)
         if hit is None and os.path.basename(os.path.normpath(dest or "/")) in sockets:
             hit = f"engine socket {os.path.basename(dest)}"
         if hit is None:
@@ -87,7 +93,7 @@ def rootfs(spec: dict, ctx) -> None:
             root["readonly"] = True
             ctx.change("$.root.readonly", "set to true", f"tier {tier['name']} has a read-only root filesystem")
     mounts = objects(spec, "mounts", "$")
-    have = {m.get("destination") for m in mounts}
+    have = {get(m, "destination", str, f"$.mounts[{i}]") for i, m in enumerate(mounts)}
     for dest, opts in tier["tmpfs"].items():
         if dest not in have:
             options = ["nosuid", "nodev", "noexec"] + [o for o in opts.split(",") if o]

@@ -12,8 +12,7 @@ REQUIRED = ("pid", "network", "ipc", "uts", "mount")
 def apply(spec: dict, ctx) -> None:
     linux = get(spec, "linux", dict, "$", create=True)
     entries = objects(linux, "namespaces", "$.linux")
-    if linux.get("namespaces") is None:
-        linux["namespaces"] = entries
+    linux["namespaces"] = entries  # `objects` returns a fresh list for a missing or empty one
     allowed = set(ctx.tier["host_namespaces"])
     host = ctx.facts.get("host_ns", {})
     inode = ctx.facts.get("ns_paths", {})
@@ -22,7 +21,8 @@ def apply(spec: dict, ctx) -> None:
         kind = get(ns, "type", str, f"$.linux.namespaces[{i}]")
         path = get(ns, "path", str, f"$.linux.namespaces[{i}]")
         present[kind] = ns
-        if path and kind not in allowed and host.get(kind) and inode.get(path) == host.get(kind):
+        # Unknown identity (path unreadable) counts as the host's: fail closed.
+        if path and kind not in allowed and (inode.get(path) is None or inode.get(path) in host.get(kind, ())):
             ctx.escalation(f"joins the host's {kind} namespace ({path})")
             del ns["path"]
             ctx.change(f"$.linux.namespaces[{i}].path", f"removed {path}", f"tier {ctx.tier['name']} forbids host namespaces")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import get_args, get_origin
 
 import cattrs
 from cattrs.gen import make_dict_structure_fn
@@ -22,10 +23,44 @@ def _strict(kind: type):
     return structure
 
 
+def _list(conv: cattrs.Converter, value, t):
+    if not isinstance(value, list):
+        raise TypeError(f"expected list, got {type(value).__name__} {value!r}")
+    out, errors = [], []
+    for i, item in enumerate(value):
+        try:
+            out.append(conv.structure(item, get_args(t)[0]))
+        except Exception as exc:  # noqa: BLE001 - collected like cattrs does, with the index
+            exc.add_note(f"Structuring {t} @ index {i}")
+            errors.append(exc)
+    if errors:
+        raise cattrs.IterableValidationError(f"While structuring {t!r}", errors, t)
+    return out
+
+
+def _dict(conv: cattrs.Converter, value, t):
+    if not isinstance(value, dict):
+        raise TypeError(f"expected table, got {type(value).__name__} {value!r}")
+    key_t, val_t = get_args(t)
+    out, errors = {}, []
+    for key, item in value.items():
+        try:
+            out[conv.structure(key, key_t)] = conv.structure(item, val_t)
+        except Exception as exc:  # noqa: BLE001
+            exc.add_note(f"Structuring mapping value @ key {key!r}")
+            errors.append(exc)
+    if errors:
+        raise cattrs.ClassValidationError(f"While structuring {t!r}", errors, t)
+    return out
+
+
 def _converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     for kind in (str, int, bool):
         conv.register_structure_hook(kind, _strict(kind))
+    # cattrs would split "net.core" into characters where a list belongs.
+    conv.register_structure_hook_func(lambda t: get_origin(t) is list, lambda v, t: _list(conv, v, t))
+    conv.register_structure_hook_func(lambda t: get_origin(t) is dict, lambda v, t: _dict(conv, v, t))
     for cls in (PolicyFile, TierSpec, TrustRule, Sensitive, EngineSettings):
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True))
     return conv
@@ -116,7 +151,7 @@ def locate(text: str, keys: list[str | int]) -> int | None:
         if isinstance(k, int):
             i += 1
             continue
-        name = re.escape(".".join([*prefix, k]))
+        name = r"\s*\.\s*".join('"?' + re.escape(str(part)) + '"?' for part in [*prefix, k])
         nxt = keys[i + 1] if i + 1 < len(keys) else None
         if isinstance(nxt, int) and (n := find(r"^\s*\[\[\s*" + name + r"\s*\]\]", nxt)) is not None:
             start, prefix, i = n, [*prefix, k], i + 2
@@ -125,6 +160,6 @@ def locate(text: str, keys: list[str | int]) -> int | None:
         elif find(r"^\s*\[+\s*" + name + r"\.") is not None:
             prefix, i = [*prefix, k], i + 1
         else:
-            n = find(r"^\s*" + re.escape(k) + r"\s*=")
+            n = find(r'^\s*"?' + re.escape(k) + r'"?\s*=')
             return (n if n is not None else start) + 1
     return start + 1

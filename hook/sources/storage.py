@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import os
+import stat
 
 from tiergate.oci.jsonio import parse
 
@@ -24,11 +25,16 @@ MAX_METADATA = 256 * 1024 * 1024
 
 def _read(path: str, what: str):
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise OciError(f"cannot open {what} {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read(MAX_METADATA + 1)
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise OciError(f"{what} {path} is not a regular file")
+            data = fh.read(MAX_METADATA + 1)
+    except OSError as exc:
+        raise OciError(f"cannot read {what} {path}: {exc.strerror}") from None
     if len(data) > MAX_METADATA:
         raise OciError(f"{what} {path} is larger than {MAX_METADATA} bytes")
     try:
@@ -66,6 +72,8 @@ def image_for_rootfs(root_path: str) -> Image:
         if entry is None:
             return Image.unknown(f"no container uses layer {layer[:12]}")
         image_id = entry.get("image") or ""
+        if not isinstance(image_id, str):
+            return Image.unknown("containers.json names its image with a non-string")
         if not image_id:
             return Image(refs=[], id="", labels={})  # created from a bare rootfs: no image, no labels
         images = _read(os.path.join(graph, f"{driver}-images", "images.json"), "image metadata")
@@ -89,6 +97,8 @@ def image_for_rootfs(root_path: str) -> Image:
                      exposed=list(exposed), digest=str(image.get("digest") or ""))
     except OciError as exc:
         return Image.unknown(str(exc))
+    except (TypeError, AttributeError, ValueError) as exc:  # metadata of the wrong shape
+        return Image.unknown(f"malformed storage metadata ({type(exc).__name__})")
 
 
 def _metadata(entry: dict) -> dict:

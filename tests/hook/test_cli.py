@@ -164,8 +164,6 @@ def test_broken_active_policy_makes_render_exit_2(capsys, monkeypatch, tmp_path:
     one_line(err)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (spec deviation): argparse usage errors print the usage block plus the "
-                                       "error (3+ lines) on stderr; issue 3 asks for one line")
 @pytest.mark.parametrize("argv", [["render"], ["render", "--tier"], ["frobnicate"]], ids=["no tier", "no value", "no command"])
 def test_usage_errors_are_one_line(capsys, monkeypatch, argv: list[str]) -> None:
     code, _, err = tg(capsys, monkeypatch, argv)

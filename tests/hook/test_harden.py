@@ -227,9 +227,7 @@ def test_seccomp_is_the_tiers_profile(name: str) -> None:
 
 @pytest.mark.parametrize("empty", [
     pytest.param("absent", id="namespaces absent"),
-    pytest.param([], id="namespaces []", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: namespaces.apply: objects() returns a fresh [] for an empty list, which is never attached to the spec: "
-        "'namespaces: []' keeps every host namespace under baseline while the change list claims they were added"))),
+    pytest.param([], id="namespaces []"),
 ])
 def test_missing_namespaces_are_added_under_baseline(empty) -> None:
     """No pid/network/ipc/uts/mount entry means the host's: each is added, each a change."""
@@ -272,8 +270,6 @@ def test_host_namespace_allowed_by_tier_is_kept() -> None:
     assert "pid" not in {ns["type"] for ns in out["linux"]["namespaces"]}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: facts.gather/namespaces.apply fail open when /proc/1/ns/* cannot be "
-                                       "stat'ed (no CAP_SYS_PTRACE): a host namespace path is kept under restricted")
 def test_host_namespace_join_is_caught_even_when_pid1_is_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Joining the hook's own (host) pid namespace is refused under restricted, even if /proc/1/ns is unreadable."""
     from tiergate.hook import facts as host
@@ -379,8 +375,6 @@ def test_sensitive_bind_mounts_are_removed(mount: dict) -> None:
         run(spec, "restricted")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: mounts.sensitive: posixpath.normpath keeps a leading '//', so '//etc' "
-                                       "is not matched against '/etc' when facts carry no realpath")
 @pytest.mark.parametrize("src", ["//", "//etc", "//var/run/docker.sock/../../../etc"])
 def test_leading_double_slash_is_still_sensitive(src: str) -> None:
     """'//etc' is /etc to the kernel: removed even without host facts (the engine is pure)."""
@@ -388,12 +382,9 @@ def test_leading_double_slash_is_still_sensitive(src: str) -> None:
     assert all(m["source"] != src for m in out["mounts"])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: mounts.sensitive_mounts tests _ENGINE_OWNED on the raw source, so "
-                                       "'/var/lib/docker/volumes/x/_data/../../../../../etc' passes as a named volume "
-                                       "(even with realpath facts)")
-@pytest.mark.parametrize("src", ["/var/lib/docker/volumes/x/_data/../../../../../etc",
+@pytest.mark.parametrize("src", ["/var/lib/docker/volumes/x/_data/../../../../../../etc",
                                  "/var/lib/docker/volumes/x/_data/../../../../..",
-                                 "/var/lib/containers/storage/volumes/v/_data/../../../../../../root"])
+                                 "/var/lib/containers/storage/volumes/v/_data/../../../../../../../root"])
 def test_dot_dot_out_of_a_named_volume_is_sensitive(src: str) -> None:
     """A 'named volume' path that climbs out with .. is judged by where it lands."""
     from tiergate.hook import facts as host
@@ -609,8 +600,6 @@ BAD_DEVICE_RULES = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: devices._standard hashes (type, major, minor) of a cgroup rule unchecked: "
-                                       "a list/object there raises TypeError instead of SpecError")
 @pytest.mark.parametrize("rule", [b[1] for b in BAD_DEVICE_RULES], ids=[b[0] for b in BAD_DEVICE_RULES])
 def test_malformed_device_rule_is_a_spec_error(rule: dict) -> None:
     """A device-cgroup rule with a non-scalar type/major/minor is a SpecError naming it."""
@@ -620,8 +609,6 @@ def test_malformed_device_rule_is_a_spec_error(rule: dict) -> None:
         run(spec, "baseline")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: mounts.rootfs builds a set of destinations unchecked: a list destination "
-                                       "raises TypeError when the tier has sensitive_mounts = true")
 def test_malformed_destination_is_a_spec_error_in_every_tier() -> None:
     """Even a tier that skips the sensitive-mount check reports a bad destination as SpecError."""
     spec = _set(["mounts", 1, "destination"], ["/dev"])(runc_default())

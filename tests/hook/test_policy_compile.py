@@ -75,7 +75,6 @@ ERRORS = [
 QUOTED = pytest.param(
     policy('[tiers."../etc"]\n'), 7, "invalid tier name '../etc': use lowercase letters, digits and '-'",
     id="path traversal as a quoted tier name",
-    marks=pytest.mark.xfail(strict=True, reason="BUG: load.locate ignores quoted TOML keys ([tiers.\"../etc\"]) and reports line 1"),
 )
 
 

@@ -87,7 +87,6 @@ STRING_FOR_LIST = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load._converter coerces a string into a list of characters for list[str] fields")
 @pytest.mark.parametrize("extra", [c[1] for c in STRING_FOR_LIST], ids=[c[0] for c in STRING_FOR_LIST])
 def test_string_where_list_expected_is_an_error(extra: str) -> None:
     """`sysctls = "net.core"` is a type error, not ['n', 'e', 't', ...] (no coercion)."""

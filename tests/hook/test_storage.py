@@ -111,8 +111,6 @@ def test_long_rootfs_path_is_cut_in_the_problem() -> None:
     assert not image.known and len(image.problem) < 300
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: storage.image_for_rootfs uses containers.json 'image' unchecked: a number "
-                                       "raises TypeError ('int' object is not subscriptable) instead of Image.unknown")
 def test_non_string_image_id_is_an_unknown_image(tmp_path: Path) -> None:
     """containers.json naming a non-string image id is corrupt metadata: unknown, no exception."""
     root = make_storage(tmp_path)
@@ -121,8 +119,6 @@ def test_non_string_image_id_is_an_unknown_image(tmp_path: Path) -> None:
     assert not image.known
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: storage._read only guards os.open: a directory in place of containers.json "
-                                       "raises IsADirectoryError from read() instead of Image.unknown")
 def test_metadata_path_that_is_a_directory_is_an_unknown_image(tmp_path: Path) -> None:
     """containers.json replaced by a directory: unknown, no exception."""
     root = make_storage(tmp_path)

@@ -13,7 +13,7 @@ import sys
 import time
 
 from tiergate.oci import bundle, stdio
-from tiergate.oci.errors import OciError
+from tiergate.oci.errors import OciError, SpecError
 
 from . import record
 from .decide import Image, decide, show
@@ -129,7 +129,7 @@ def on_error(policy: dict | None, engine: str) -> str:
 
 
 def precreate(opts: Options, rec: dict) -> int:
-    spec = policy = None
+    spec = policy = hardened = None
     try:
         spec = stdio.read_stdin("config")
         rec["container"] = _short_id(spec)
@@ -146,12 +146,15 @@ def precreate(opts: Options, rec: dict) -> int:
             apply_network(hardened, tier, netns, hardened.get("annotations", {}), rec)
     except Refusal as exc:
         return _refuse_precreate(spec, str(exc), rec, "refused")
+    except SpecError as exc:  # malformed input is never let through, whatever on_error says
+        return _refuse_precreate(spec, str(exc), rec, "error")
     except Exception as exc:  # errors, ours included: fail closed with one line, unless the operator chose "allow"
         reason = str(exc) if isinstance(exc, (TiergateError, OciError)) else f"internal error: {type(exc).__name__}: {exc}"
         if isinstance(spec, dict) and on_error(policy, opts.engine) == "allow":
+            # As hardened as we got: the hardened spec when only applying (network) failed.
             rec.update(outcome="allowed-on-error", reason=reason)
-            print(f"tiergate: error, container ALLOWED unhardened by on_error=allow: {reason}", file=sys.stderr)
-            stdio.write_stdout(spec)
+            print(f"tiergate: error, container ALLOWED by on_error=allow: {reason}", file=sys.stderr)
+            stdio.write_stdout(hardened if hardened is not None else spec)
             return 0
         return _refuse_precreate(spec, reason, rec, "error")
     stdio.write_stdout(hardened)
@@ -233,7 +236,7 @@ def apply_network(spec: dict, tier: dict, netns: str, annotations: dict, rec: di
     try:
         apply.apply(doc, netns)
     except apply.NetworkApplyError as exc:
-        raise Refusal(f"cannot apply network policy {tier['network']['name']}: {exc}") from None
+        raise TiergateError(f"cannot apply network policy {tier['network']['name']}: {exc}") from None
     rec["network"] = tier["network"]["name"]
 
 

@@ -32,7 +32,8 @@ def engine_owned(source: str) -> bool:
         if parts[i] == "volumes" and parts[i + 1] and parts[i + 2] == "_data":
             return True
     return False
-# Kernel filesystems and the /dev tmpfs that the runtime itself needs as they are.
+# Kernel filesystems the runtime itself needs as they are. (/dev may be "ro": runc
+# creates the device nodes first, then remounts it; /dev/null stays writable.)
 _LEAVE_WRITABLE = {"proc", "sysfs", "devpts", "cgroup", "cgroup2"}
 
 
@@ -106,7 +107,7 @@ def rootfs(spec: dict, ctx) -> None:
     allowed = set(writable) | set(tier["tmpfs"])
     for i, m in enumerate(mounts):
         dest = m.get("destination")
-        if dest in allowed or m.get("type") in _LEAVE_WRITABLE or dest == "/dev":
+        if dest in allowed or m.get("type") in _LEAVE_WRITABLE:
             continue
         opts = m.get("options") or []
         if "ro" in opts:

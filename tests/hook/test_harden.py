@@ -476,7 +476,7 @@ def test_pids_limit_is_at_most_the_tiers(have, want: int) -> None:
 
 
 def test_readonly_rootfs_tmpfs_and_writable_mounts() -> None:
-    """A tier with readonly_rootfs, tmpfs and writable_mounts: root ro, tmpfs added, other mounts ro (kernel fs kept)."""
+    """A tier with readonly_rootfs, tmpfs and writable_mounts: root ro, tmpfs added, other mounts ro (kernel fs kept, /dev too)."""
     t = tier("baseline", readonly_rootfs=True, tmpfs={"/tmp": "size=64m"}, writable_mounts=["/data"])
     spec = with_mount(bind("/srv/data", "/data"), with_mount(bind("/srv/cfg", "/cfg")))
     spec["root"]["readonly"] = False
@@ -486,7 +486,7 @@ def test_readonly_rootfs_tmpfs_and_writable_mounts() -> None:
     assert by_dest["/tmp"] == {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                                "options": ["nosuid", "nodev", "noexec", "size=64m"]}
     assert "ro" in by_dest["/cfg"]["options"] and "ro" not in by_dest["/data"]["options"]
-    assert "ro" not in (by_dest["/proc"].get("options") or []) and "ro" not in by_dest["/dev"]["options"]
+    assert "ro" not in (by_dest["/proc"].get("options") or []) and "ro" in by_dest["/dev"]["options"]  # runc remounts /dev ro after mknod
     again, changes2, _ = run(out, t)
     assert changes2 == [] and again == out
 

@@ -1,0 +1,165 @@
+"""Issue 5 at podman level: per-container nftables policy on a network users really run.
+
+Containers run on a podman macvlan network whose peers are a test netns
+(roles_env.py: 10.214.N.0/24 + fd00:214:N::/64, a host answering on
+169.254.169.254, 168.63.129.16, 169.254.1.1 and fd00:ec2::254). tiergate's
+precreate hook applies the `web` tier's policy (shipped policy, test CIDRs)
+in the container's namespace before the workload starts. Every blocked case
+is paired with the same probe from a control container (the same image
+without a label: tier baseline, no network policy) that reaches the peer.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+import pytest
+
+from harness import run_cmd
+from roles_env import NFT, NSENTER, RoleEnv, container_pid, skip_unless_tools, wait_for, wget
+
+pytestmark = pytest.mark.podman
+
+
+@pytest.fixture(scope="module")
+def env(podman_env, busybox_rootfs):
+    skip_unless_tools()
+    e = RoleEnv(podman_env, busybox_rootfs.path)
+    started = time.monotonic()
+    try:
+        yield e.start()
+    finally:
+        e.stop()
+        print(f"\ntest_network_podman: {time.monotonic() - started:.1f} s with setup and teardown")
+
+
+def refused(proc) -> bool:
+    return proc.returncode != 0 and "tiergate: refused" in proc.stderr
+
+
+def test_every_rule_kind_against_a_control(env):
+    p = env.peers
+    probes = {
+        "allowed api 443": wget(f"http://{p.api}:443/"),
+        "allowed api v6 443": wget(f"http://[{p.api6}]:443/"),
+        "other port api 8080": wget(f"http://{p.api}:8080/"),
+        "other peer 443": wget(f"http://{p.other}:443/"),
+        "other peer v6 443": wget(f"http://[{p.other6}]:443/"),
+        "metadata 169.254.169.254": wget(f"http://{p.metadata}/"),
+        "metadata 168.63.129.16": wget("http://168.63.129.16/"),
+        "metadata fd00:ec2::254": wget(f"http://[{p.metadata6}]/"),
+        "link-local 169.254.1.1": wget(f"http://{p.link_local}/"),
+        # --dns names the nameserver in the bundle's resolv.conf: port 53 only there
+        "dns (tcp 53) to the nameserver": wget(f"http://{p.api}:53/"),
+        "tcp 53 to another peer": wget(f"http://{p.other}:53/"),
+    }
+    allowed = {"allowed api 443", "allowed api v6 443", "dns (tcp 53) to the nameserver",
+               "in exposed 80"}
+    serve = "httpd -p 80 -h /www && httpd -p 8081 -h /www"
+    results = {}
+    for image in ("web", "control-web"):
+        ip = p.next_ip()
+        results[image] = env.serving(image, ip, serve, probes,
+                                     {"exposed 80": f"http://{ip}:80/", "unexposed 8081": f"http://{ip}:8081/"},
+                                     args=["--dns", p.api])
+        print(f"\n{image}: {json.dumps(results[image], indent=1)}")
+    assert env.tier_granted("web") == {"web"} and env.tier_granted("control-web") == {"baseline"}
+    assert results["control-web"] == dict.fromkeys(results["control-web"], True)
+    assert results["web"] == {k: k in allowed for k in results["web"]}
+
+
+def test_rules_are_in_place_before_the_first_instruction(env):
+    """The workload's very first command already meets the policy (no window before a later hook)."""
+    cmd = f"wget -q -O - http://{env.peers.metadata}/ & sleep 2; kill $! 2>/dev/null && echo BLOCKED"
+    got = env.run("web", "/bin/sh", "-c", cmd, args=env.net_args())
+    ctl = env.run("unlabelled", "/bin/sh", "-c", cmd, args=env.net_args())
+    assert "BLOCKED" in got.stdout, (got.stdout, got.stderr)
+    assert "tiergate-peer-ok" in ctl.stdout and "BLOCKED" not in ctl.stdout, (ctl.stdout, ctl.stderr)
+
+
+def _detached(env, image: str, script: str, *, args=()) -> str:
+    name = f"tg-np-{secrets.token_hex(4)}"
+    ref = "localhost/tiergate-role-" + image
+    env.podman.podman("run", "-d", "--name", name, *env.net_args(), *args, ref, "/bin/sh", "-c", script,
+                      check=True, timeout=60)
+    return name
+
+
+def _logs(env, name: str) -> str:
+    return env.podman.podman("logs", name, timeout=20).stdout
+
+
+def _table(pid: int) -> list[dict]:
+    """`nsenter -t PID -n nft -j list table inet tiergate`: the table as the kernel holds it."""
+    out = run_cmd([NSENTER, "-t", str(pid), "-n", NFT, "-j", "list", "table", "inet", "tiergate"],
+                  check=True, timeout=20).stdout
+    return json.loads(out)["nftables"]
+
+
+def test_drop_counters_rise_when_a_blocked_peer_is_tried(env):
+    from tiergate.hook.network import apply as A
+
+    p = env.peers
+    name = _detached(env, "web", "echo READY; exec sleep 120")
+    try:
+        wait_for(lambda: "READY" in _logs(env, name), 20, "container start")
+        pid = container_pid(env.podman, name)
+        before = {r["name"]: r["packets"] for r in A.read_counters(pid)}
+        for url in (f"http://{p.metadata}/", f"http://{p.other}:443/", f"http://{p.api}:8080/"):
+            r = env.podman.podman("exec", name, "timeout", "2", "wget", "-q", "-O", "-", url, timeout=30)
+            assert r.returncode != 0, url
+        ok = env.podman.podman("exec", name, "timeout", "2", "wget", "-q", "-O", "-", f"http://{p.api}:443/",
+                               timeout=30)
+        assert ok.returncode == 0, ok.stderr
+        after = {r["name"]: r["packets"] for r in A.read_counters(pid)}
+        print("\ncounters before:", before, "\ncounters after:", after)
+        for rule in ("metadata4", "egress-default"):
+            assert after[rule] > before.get(rule, 0), (rule, before.get(rule), after[rule])
+        # the same, read raw through nsenter + nft -j
+        rules = [x["rule"] for x in _table(pid) if "rule" in x]
+        counted = {r.get("comment"): next(e["counter"]["packets"] for e in r["expr"] if "counter" in e)
+                   for r in rules if any("counter" in e for e in r["expr"])}
+        assert counted["egress-default"] >= after["egress-default"] > 0
+    finally:
+        env.podman.podman("rm", "-f", "--time", "0", name, timeout=60)
+
+
+def test_workload_cannot_undo_its_rules(env):
+    """No CAP_NET_ADMIN inside: `ip link set` fails (nft is not in busybox; the netns proof runs nft itself),
+    and traffic stays blocked; the same commands work with NET_ADMIN in an untouched container."""
+    p = env.peers
+    script = ("ip link set lo down; echo LO=$?; ip link set eth0 down; echo ETH=$?; "
+              "ip addr add 10.99.99.99/32 dev eth0; echo ADDR=$?; "
+              f"timeout 2 wget -q -O - http://{p.metadata}/ >/dev/null; echo META=$?; "
+              f"timeout 2 wget -q -O - http://{p.other}:443/ >/dev/null; echo OTHER=$?; "
+              f"timeout 2 wget -q -O - http://{p.api}:443/ >/dev/null; echo API=$?; echo DONE; exec sleep 120")
+    name = _detached(env, "web", script)
+    try:
+        wait_for(lambda: "DONE" in _logs(env, name), 30, "undo attempts")
+        out = _logs(env, name)
+        print("\nweb:", out.replace("\n", " "))
+        pid = container_pid(env.podman, name)
+        table = _table(pid)
+        assert any("table" in x and x["table"]["name"] == "tiergate" for x in table)
+        assert sum(1 for x in table if "rule" in x) > 10
+    finally:
+        env.podman.podman("rm", "-f", "--time", "0", name, timeout=60)
+    for key in ("LO", "ETH", "ADDR"):
+        assert f"{key}=0" not in out, out
+    assert "META=0" not in out and "OTHER=0" not in out and "API=0" in out, out
+    # control: the same commands with CAP_NET_ADMIN in an untouched container succeed
+    ctl = env.run("privileged", "/bin/sh", "-c", "ip link set lo down; echo LO=$?", args=[
+        *env.net_args(), "--cap-add", "NET_ADMIN"])
+    assert "LO=0" in ctl.stdout, (ctl.stdout, ctl.stderr)
+    # and the tier does not hand out NET_ADMIN on request
+    asked = env.run("web", "true", args=[*env.net_args(), "--cap-add", "NET_ADMIN"])
+    assert refused(asked), asked.stderr[-300:]
+
+
+def test_host_network_refused_for_a_tier_with_a_policy(env):
+    proc = env.run("web", "true", args=["--network", "host"])
+    assert refused(proc) and "network policy" in proc.stderr, proc.stderr[-400:]
+    ctl = env.run("privileged", "true", args=["--network", "host"])  # the engine itself would run it
+    assert ctl.returncode == 0, ctl.stderr[-300:]

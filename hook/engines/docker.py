@@ -1,0 +1,80 @@
+"""Docker: a `tiergate` runtime in daemon.json (`runtimes`), optionally the default runtime.
+
+Every other key of daemon.json is kept; the file as it was is saved once to
+daemon.json.tiergate-backup. dockerd reloads `runtimes` and `default-runtime`
+on SIGHUP (or restart it). Uninstall removes what install added and, when the
+rest is what the backup holds, puts the backup back byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import files, shim
+
+DEFAULT_DAEMON_JSON = Path("/etc/docker/daemon.json")
+NAME = "tiergate"
+BACKUP_SUFFIX = ".tiergate-backup"
+
+
+def _load(path: Path) -> tuple[dict, str | None]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}, None
+    doc = json.loads(text) if text.strip() else {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return doc, text
+
+
+def install(daemon_json: Path, bin_dir: Path, default: bool = False, say=print, **settings) -> Path:
+    daemon_json = Path(daemon_json)
+    doc, text = _load(daemon_json)  # parse before touching anything: a broken file stays as it is
+    exe = shim.install(bin_dir, f"docker {daemon_json}", say=say, **settings)
+    backup = daemon_json.with_name(daemon_json.name + BACKUP_SUFFIX)
+    want = json.loads(json.dumps(doc))
+    want.setdefault("runtimes", {})[NAME] = {"path": str(exe)}
+    if default:
+        want["default-runtime"] = NAME
+    elif want.get("default-runtime") == NAME:
+        del want["default-runtime"]
+    if want == doc:
+        say(f"unchanged {daemon_json}")
+    else:
+        if text is not None and not backup.exists():
+            files.write(backup, text, daemon_json.stat().st_mode & 0o7777, say)
+        files.write(daemon_json, json.dumps(want, indent=2) + "\n", 0o644 if text is None else daemon_json.stat().st_mode & 0o7777, say)
+    say("reload dockerd to use it: kill -HUP $(pidof dockerd) (or systemctl restart docker); "
+        f"then docker run --runtime {NAME} ..." + ("" if default else ", or reinstall with --default"))
+    return exe
+
+
+def uninstall(daemon_json: Path, bin_dir: Path, say=print) -> None:
+    daemon_json = Path(daemon_json)
+    backup = daemon_json.with_name(daemon_json.name + BACKUP_SUFFIX)
+    doc, text = _load(daemon_json)
+    want = json.loads(json.dumps(doc))
+    old, old_text = _load(backup) if backup.exists() else ({}, None)
+    runtimes = want.get("runtimes")
+    if isinstance(runtimes, dict) and NAME in runtimes:
+        del runtimes[NAME]
+    if want.get("default-runtime") == NAME:
+        if old.get("default-runtime") not in (None, NAME):
+            want["default-runtime"] = old["default-runtime"]  # what it was before --default
+        else:
+            del want["default-runtime"]
+    if runtimes == {} and "runtimes" not in old:
+        del want["runtimes"]
+    if old_text is not None and want == old:
+        files.write(daemon_json, old_text, backup.stat().st_mode & 0o7777, say)
+        files.remove(backup, None, say)
+    elif text is None:
+        say(f"absent {daemon_json}")
+    elif want == doc:
+        say(f"unchanged {daemon_json}")
+    else:
+        files.write(daemon_json, json.dumps(want, indent=2) + "\n", daemon_json.stat().st_mode & 0o7777, say)
+    shim.uninstall(bin_dir, f"docker {daemon_json}", say)
+    say("restart dockerd (systemctl restart docker): a SIGHUP reloads runtimes only while daemon.json names some")

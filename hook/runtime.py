@@ -1,0 +1,448 @@
+"""tiergate-runtime: an OCI runtime shim that engines call as if it were runc.
+
+    ENGINE -> tiergate-runtime [global flags] SUBCOMMAND ... -> exec real runtime, same argv
+
+- create, run (and restore): find the bundle (--bundle/-b, else the working
+  directory), resolve the image (docker's config.v2.json, CRI annotations,
+  containers-storage, a spec annotation; else the policy's on_unknown_image),
+  harden config.json in place (atomic, same owner and mode), record the
+  decision, then exec the real runtime with the ORIGINAL argv.
+- exec: engines build the exec'd process from their own defaults, so the
+  --process file is hardened to the container's tier (read from the
+  container's state), --cap flags beyond the tier are stripped, and what the
+  tier forbids (exec --privileged) is clamped or refused.
+- every other subcommand execs the real runtime at once: this module imports
+  only os, sys and tiergate.oci.args before that.
+
+A refusal exits 1 after writing the reason to stderr and, as an error-level
+line, to the runtime's --log file (JSON with --log-format json): that line is
+all docker and containerd show their user ("OCI runtime create failed: ...").
+
+The installed `tiergate-runtime` is a /bin/sh front that does the
+pass-through itself and starts Python only for create, run and exec
+(hook/engines/shim.py); this module is what it starts, and it accepts any
+subcommand on its own too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tiergate.oci import args as runc_args
+
+MARKER = "# written by tiergate install"  # as hook/engines/launcher.py (not imported: hot path)
+LOOP_ENV = "TIERGATE_SHIM_ACTIVE"
+CONF_ENV = "TIERGATE_RUNTIME_CONF"
+TIER_KEY = "io.tiergate.tier"
+CREATE_LIKE = frozenset({"create", "run", "restore"})
+ENFORCED = CREATE_LIKE | {"exec"}
+_CONF_KEYS = ("runtime", "shim", "hook", "policy", "cache_dir", "log")
+
+
+class LoopError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# configuration and the real runtime (pass-through path: no policy imports)
+# ---------------------------------------------------------------------------
+
+def read_conf(path: str | None) -> dict:
+    """`key=value` lines written at install (no JSON: the pass-through path stays import-free)."""
+    conf: dict = {}
+    path = path or os.environ.get(CONF_ENV)
+    if not path:
+        return conf
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                key, eq, value = line.strip().partition("=")
+                if eq and key in _CONF_KEYS and value:
+                    conf[key] = value
+    except OSError:
+        pass
+    return conf
+
+
+def _is_shim(path: str, own: set[str]) -> bool:
+    """Is `path` this shim (or another tiergate-runtime front)? Exec'ing it would loop."""
+    real = os.path.realpath(path)
+    if real in own:
+        return True
+    try:
+        with open(real, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and MARKER.encode() in head and b"tiergate-runtime" in head
+
+
+def find_runtime(conf: dict) -> str:
+    """The real runtime: $TIERGATE_RUNTIME, else the installed choice, else runc, on PATH skipping the shim."""
+    name = os.environ.get("TIERGATE_RUNTIME") or conf.get("runtime") or "runc"
+    own = {os.path.realpath(p) for p in (sys.argv[0], conf.get("shim")) if p}
+    if "/" in name:
+        if _is_shim(name, own):
+            raise LoopError(f"the real runtime {name} is tiergate-runtime itself")
+        return name
+    for d in os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK) and not _is_shim(cand, own):
+            return cand
+    raise LoopError(f"no real runtime {name!r} on PATH (other than tiergate-runtime itself)")
+
+
+def exec_runtime(argv: list[str], conf: dict) -> int:
+    """Replace this process with the real runtime, argv unchanged. Returns only on failure."""
+    try:
+        if os.environ.get(LOOP_ENV):
+            raise LoopError("tiergate-runtime was started by itself through the real runtime")
+        path = find_runtime(conf)
+        os.environ[LOOP_ENV] = "1"
+        os.execv(path, [path, *argv])
+    except LoopError as exc:
+        _fail(argv, f"tiergate: error: {exc} (a loop); set TIERGATE_RUNTIME or reinstall")
+    except OSError as exc:
+        _fail(argv, f"tiergate: error: cannot run the real runtime: {exc.strerror}")
+    return 1
+
+
+# ---------------------------------------------------------------------------
+# reporting a refusal where the engine's user sees it
+# ---------------------------------------------------------------------------
+
+def _now() -> str:
+    import time
+
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1e6) % 1000000:06d}Z"
+
+
+def _fail(argv: list[str], line: str) -> None:
+    """One error line on stderr and, as the runtime would, in its --log file."""
+    print(line, file=sys.stderr)
+    try:
+        parsed = runc_args.parse(argv)
+    except runc_args.ArgsError:
+        return
+    if parsed.log:
+        write_log(parsed.log, parsed.log_format, line)
+
+
+def write_log(path: str, fmt: str, msg: str) -> None:
+    """Append an error-level record in runc's format (logrus json or text); never follows a symlink."""
+    import json
+
+    if fmt == "json":
+        line = json.dumps({"level": "error", "msg": msg, "time": _now()}) + "\n"
+    else:
+        line = f'time="{_now()}" level=error msg={json.dumps(msg)}\n'
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, line.encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# enforcement (create, run, restore, exec)
+# ---------------------------------------------------------------------------
+
+def hook_for(conf: dict, extra: list[str]) -> dict:
+    """The createRuntime hook that applies a tier's network policy: the tiergate-hook launcher beside the shim."""
+    candidates = [conf.get("hook")]
+    for base in (conf.get("shim"), sys.argv[0]):
+        if base:
+            candidates.append(os.path.join(os.path.dirname(os.path.abspath(base)), "tiergate-hook"))
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return {"path": path, "args": ["tiergate-hook", "createRuntime", *extra]}
+    exe = sys.executable
+    return {"path": exe, "args": [exe, "-I", "-m", "tiergate.hook.stages", "createRuntime", *extra]}
+
+
+def _hook_args(conf: dict) -> list[str]:
+    out = []
+    for key in ("policy", "cache_dir", "log"):
+        if conf.get(key):
+            out += ["--" + key.replace("_", "-"), conf[key]]
+    return out
+
+
+def resolve_image(spec: dict, container_id: str | None, policy: dict):
+    """(Image, engine): docker, then CRI annotations, then containers-storage, then a spec annotation."""
+    from .decide import Image
+    from .sources import cri, docker
+
+    image = docker.image_for_spec(spec, container_id)
+    if image is not None:
+        return image, "docker"
+    image = cri.image_for_spec(spec)
+    if image is not None:
+        return image, "containerd"
+    root = spec.get("root") if isinstance(spec.get("root"), dict) else {}
+    if isinstance(root.get("path"), str):
+        from .sources import storage
+
+        if storage.split_root(root["path"]) is not None:
+            return storage.image_for_rootfs(root["path"]), "podman-runtime"
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    if isinstance(annotations.get(policy["label_key"]), str):
+        # A bare bundle (runc, ctr --rootfs): no image, no reference; the annotation
+        # asks for a tier within the default ceiling.
+        return Image(refs=[], id="", labels={}), "runc"
+    return Image.unknown("no image source: not docker's, no CRI or tier annotation"), "runc"
+
+
+def _engine(bundle_dir: str, found: str) -> str:
+    if found == "runc" and "/io.containerd.runtime.v2.task/" in bundle_dir:
+        return "docker" if "/io.containerd.runtime.v2.task/moby/" in bundle_dir else "containerd"
+    return found
+
+
+def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> None:
+    from tiergate.oci import bundle
+
+    from . import stages
+    from .policy import cache
+
+    bundle_dir = os.path.abspath(parsed.bundle or os.getcwd())
+    rec.update(container=parsed.container_id or "", bundle=bundle_dir)
+    spec = bundle.read_config(bundle_dir)
+    policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
+    rec["policy"] = policy["digest"][:16]
+    image, found = resolve_image(spec, parsed.container_id, policy)
+    opts = stages.Options()
+    opts.stage, opts.policy, opts.cache_dir, opts.log = parsed.command, conf.get("policy"), conf.get("cache_dir"), conf.get("log")
+    opts.engine = rec["engine"] = _engine(bundle_dir, found)
+    rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
+               label=image.labels.get(policy["label_key"]))
+    hardened, _, _ = stages.decide_and_harden(spec, policy, image, opts, rec, netns_ready=False,
+                                             network_hook=hook_for(conf, _hook_args(conf)))
+    if hardened != spec:
+        bundle.write_config(bundle_dir, hardened)
+
+
+# -- exec -------------------------------------------------------------------
+
+def _default_root(runtime: str) -> str:
+    name = os.path.basename(runtime)
+    base = "/run" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR", "/run")
+    return os.path.join(base, "crun" if "crun" in name else "runc")
+
+
+def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict) -> tuple[str, str]:
+    """(tier name, where it came from) for an existing container, from the runtime's state."""
+    import json
+    import re
+
+    from tiergate.oci import bundle
+
+    cid = parsed.container_id or ""
+    if not re.fullmatch(r"[\w+\-.]{1,1024}", cid) or cid in (".", ".."):
+        raise _refusal(f"invalid container id {cid[:80]!r}")
+    runtime = find_runtime(conf)
+    root = parsed.root or _default_root(runtime)
+    bundle_dir = None
+    state_file = os.path.join(root, cid, "state.json")
+    try:  # runc: the labels runc applied: spec annotations as k=v, and bundle=<dir>
+        state = bundle.read_json_file(state_file, "runc state")
+        labels = (state.get("config") or {}).get("labels") or []
+        found = dict(str(x).partition("=")[::2] for x in labels if isinstance(x, str))
+        if found.get(TIER_KEY):
+            return found[TIER_KEY], f"{state_file} label"
+        bundle_dir = found.get("bundle")
+    except Exception:
+        pass
+    if bundle_dir is None:  # any runtime: `RUNTIME --root R state ID`
+        import subprocess
+
+        argv = [runtime, *(["--root", root] if parsed.root else []), "state", cid]
+        try:
+            out = subprocess.run(argv, capture_output=True, timeout=10, env={**os.environ, LOOP_ENV: "1"})
+            state = json.loads(out.stdout) if out.returncode == 0 else {}
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            state = {}
+        annotations = state.get("annotations") if isinstance(state.get("annotations"), dict) else {}
+        if isinstance(annotations.get(TIER_KEY), str):
+            return annotations[TIER_KEY], "runtime state annotation"
+        bundle_dir = state.get("bundle") if isinstance(state.get("bundle"), str) else None
+    if not bundle_dir:
+        raise _refusal(f"cannot find container {cid[:64]}'s bundle to learn its tier")
+    spec = bundle.read_config(bundle_dir)
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    if isinstance(annotations.get(TIER_KEY), str):
+        return annotations[TIER_KEY], f"{bundle_dir}/config.json annotation"
+    # Created before tiergate was installed: decide now, from the same sources as create.
+    from .decide import decide
+
+    image, _ = resolve_image(spec, cid, policy)
+    return decide(policy, image, annotations).tier, "decided at exec (the container was created without tiergate)"
+
+
+def _refusal(reason: str):
+    from .errors import Refusal
+
+    return Refusal(reason)
+
+
+def _write_json_atomic(path: str, doc: dict) -> None:
+    """Replace `path` by a new file beside it (O_EXCL, no symlink followed), same owner and mode."""
+    import stat
+
+    from tiergate.oci import jsonio
+    from tiergate.oci.errors import BundleError
+
+    data = jsonio.dumps(doc)
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.tiergate-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        old = os.lstat(path)
+        if not stat.S_ISREG(old.st_mode):
+            raise BundleError(f"refusing to replace {path}: not a regular file")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                os.fchown(fd, old.st_uid, old.st_gid)
+            os.fchmod(fd, stat.S_IMODE(old.st_mode))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise BundleError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]:
+    """Harden an exec to the container's tier; returns the argv to run (the original, minus stripped options)."""
+    import copy
+
+    from tiergate.oci import bundle
+
+    from . import capabilities, facts
+    from .harden import Context
+    from .modifiers import process
+    from .policy import cache
+
+    policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
+    rec.update(container=parsed.container_id or "", policy=policy["digest"][:16])
+    name, source = container_tier(parsed, conf, policy)
+    tier = policy["tiers"].get(name)
+    if tier is None:
+        raise _refusal(f"container {parsed.container_id} carries unknown tier {name[:64]!r} ({source})")
+    rec.update(tier=name, why=source)
+    if tier["passthrough"]:
+        return parsed.argv
+
+    class ExecContext(Context):
+        __slots__ = ()
+
+        def escalation(self, what: str) -> None:
+            if self.tier["on_escalation"] == "refuse":
+                self.refusals.append(f"tier {self.tier['name']} refuses an exec whose {what}")
+            else:
+                self.note("clamped", what)
+
+    proc_path = parsed.value("process", "p")
+    proc = bundle.read_json_file(proc_path, "exec process file") if proc_path else {}
+    original = copy.deepcopy(proc)
+    spec = {"process": proc}
+    ctx = ExecContext(tier, policy, facts.gather(spec, tier), source)
+    if proc_path:
+        process.capabilities(spec, ctx)
+        process.no_new_privileges(spec, ctx)
+    process.apparmor(spec, ctx)
+    allowed = set(tier["capabilities"])
+    bad_caps = set()
+    for cap in parsed.values("cap", "c"):
+        norm = capabilities.normalize(cap)
+        if norm not in allowed:
+            bad_caps.add(cap)
+            if norm not in capabilities.ENGINE_DEFAULTS:
+                ctx.escalation(f"--cap {norm} was asked for")
+            ctx.change("--cap", f"dropped {norm}", f"tier {name} allows {', '.join(sorted(allowed)) or 'no capabilities'}")
+    if ctx.refusals:
+        extra = f" (and {len(ctx.refusals) - 1} more)" if len(ctx.refusals) > 1 else ""
+        raise _refusal(ctx.refusals[0] + extra)
+    profile = proc.get("apparmorProfile") if proc_path else ctx.facts.get("apparmor")
+
+    def drop(opt) -> bool:
+        if opt.name in ("cap", "c"):
+            return opt.value in bad_caps
+        if opt.name in ("apparmor", "a") and tier["apparmor"] != "off":
+            return opt.value != profile
+        return False
+
+    argv = parsed.without(drop)
+    extra = []
+    if not proc_path:
+        if tier["no_new_privileges"] and not parsed.flag("no-new-privs"):
+            extra.append("--no-new-privs")
+            ctx.change("--no-new-privs", "added", "setuid binaries must not raise privileges")
+        if profile and parsed.value("apparmor", "a") != profile:
+            extra += ["--apparmor", profile]
+    elif spec["process"] != original:
+        _write_json_atomic(proc_path, spec["process"])
+    rec["changes"] = [f"{c['field']}: {c['what']}" for c in ctx.changes]
+    if ctx.notes:
+        rec["notes"] = [f"{k}: {v}" for k, v in ctx.notes]
+    return parsed.with_options(extra, argv) if extra else argv
+
+
+def enforce(argv: list[str], conf: dict) -> int:
+    import time
+
+    from tiergate.oci.errors import OciError
+
+    from . import record
+    from .errors import Refusal, TiergateError
+
+    started = time.monotonic()
+    rec: dict = {"stage": None, "engine": "runc", "shim": True}
+    run_argv = argv
+    code = 0
+    try:
+        parsed = runc_args.parse(argv)
+        rec["stage"] = parsed.command
+        if parsed.command == "exec":
+            run_argv = enforce_exec(parsed, conf, rec)
+        else:
+            enforce_create(parsed, conf, rec)
+        rec["outcome"] = "allowed"
+    except (Refusal, TiergateError, OciError, runc_args.ArgsError, LoopError) as exc:
+        rec.update(outcome="refused" if isinstance(exc, Refusal) else "error", reason=str(exc))
+        code = 1
+    except Exception as exc:  # fail closed on our own bugs too, with one line
+        rec.update(outcome="error", reason=f"internal error: {type(exc).__name__}: {exc}")
+        code = 1
+    rec["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
+    problem = record.write(rec, conf.get("log"))
+    if code:
+        _fail(argv, f"tiergate: {rec['outcome']}: {rec['reason']}")
+        return code
+    if problem:
+        print(f"tiergate: warning: {problem}", file=sys.stderr)
+    return exec_runtime(run_argv, conf)
+
+
+def main(argv: list[str] | None = None, conf: str | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    settings = read_conf(conf)
+    if runc_args.subcommand(argv) not in ENFORCED:
+        return exec_runtime(argv, settings)
+    return enforce(argv, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

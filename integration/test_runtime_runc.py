@@ -1,0 +1,178 @@
+"""tiergate-runtime in front of runc alone: `tiergate-runtime run` on a bundle, exec, pass-through, cost.
+
+A bare bundle has no image: a spec annotation io.tiergate.tier asks for a tier
+within the policy's default ceiling; without one the image is unknown and the
+shipped policy refuses it. The control half runs the same bundle on runc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from harness import RuncBundle, caps_from_hex, probe_status, run_cmd
+
+pytestmark = pytest.mark.runc
+
+STATUS = ["cat", "/proc/self/status"]
+RUNC_DEFAULT_CAPS = {"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
+
+
+@pytest.fixture(scope="module")
+def shim(it_dir):
+    from tiergate.hook.engines import shim as shim_install
+
+    bin_dir = it_dir / "shim-runc"
+    exe = shim_install.install(bin_dir, "integration runc", log=str(it_dir / "runc-decisions.jsonl"),
+                               cache_dir=str(it_dir / "cache"), say=lambda *_: None)
+    return {"exe": str(exe), "log": it_dir / "runc-decisions.jsonl", "bin": bin_dir}
+
+
+@pytest.fixture
+def bundle(runc_env, busybox_rootfs, shim, tmp_path):
+    def make(annotations=None, runc=None, args=STATUS):
+        b = RuncBundle(tmp_path / f"b-{uuid.uuid4().hex[:6]}", busybox_rootfs.path, args=args,
+                       runc_root=runc_env["runc_root"], runc=runc or shim["exe"],
+                       cgroup_parent=runc_env["cgroup_parent"])
+        if annotations:
+            b.config["annotations"] = dict(annotations)
+        return b
+    return make
+
+
+def test_control_runc_defaults(bundle, runc_env):
+    proc = bundle({"io.tiergate.tier": "restricted"}, runc=runc_env["runc"]).run()
+    s = probe_status(proc.stdout)
+    assert caps_from_hex(s["CapEff"]) == RUNC_DEFAULT_CAPS and s["Seccomp"] == "0"
+
+
+def test_annotation_restricted(bundle):
+    proc = bundle({"io.tiergate.tier": "restricted"}).run()
+    assert proc.returncode == 0, proc.stderr
+    s = probe_status(proc.stdout)
+    assert caps_from_hex(s["CapEff"]) == {"CAP_NET_BIND_SERVICE"}
+    assert s["NoNewPrivs"] == "1" and s["Seccomp"] == "2"
+
+
+def test_annotation_cannot_exceed_ceiling(bundle):
+    """A bare bundle may get at most the default ceiling (baseline), whatever it asks."""
+    b = bundle({"io.tiergate.tier": "privileged"})
+    b.config["process"]["capabilities"] = {k: ["CAP_SYS_ADMIN", "CAP_KILL"] for k in
+                                          ("bounding", "effective", "permitted")}
+    proc = b.run()
+    assert proc.returncode == 0, proc.stderr
+    s = probe_status(proc.stdout)
+    assert caps_from_hex(s["CapEff"]) == {"CAP_KILL"} and s["Seccomp"] == "2"
+    assert json.loads(b.config_path.read_text())["annotations"]["io.tiergate.tier"] == "baseline"
+
+
+def test_no_annotation_refused_with_log(bundle, runc_env, tmp_path):
+    b = bundle()
+    b.write()
+    log = tmp_path / "log.json"
+    proc = run_cmd([b.runc, "--root", str(runc_env["runc_root"]), "--log", str(log), "--log-format", "json",
+                    "run", "--bundle", str(b.dir), f"tg-{uuid.uuid4().hex[:8]}"], timeout=30)
+    assert proc.returncode == 1
+    assert "tiergate: refused: cannot read the image's labels" in proc.stderr
+    line = json.loads(log.read_text().splitlines()[-1])
+    assert line["level"] == "error" and line["msg"].startswith("tiergate: refused:") and line["time"]
+
+
+def test_bundle_symlink_not_followed(bundle, tmp_path):
+    b = bundle({"io.tiergate.tier": "restricted"})
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps(b.config))
+    b.dir.mkdir(parents=True, exist_ok=True)
+    b.config_path.symlink_to(outside)
+    proc = run_cmd([b.runc, "--root", str(b.runc_root), "run", "--bundle", str(b.dir), "tg-link"], timeout=30)
+    assert proc.returncode == 1 and "symlink" in proc.stderr
+    assert json.loads(outside.read_text()) == b.config  # untouched
+
+
+def _create(b, cid):
+    b.config["process"]["args"] = ["sleep", "60"]
+    b.config.setdefault("linux", {})["cgroupsPath"] = f"{b.cgroup_parent}/{cid}"
+    b.write()
+    subprocess.run([b.runc, "--root", str(b.runc_root), "create", "--bundle", str(b.dir), cid],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True, timeout=30)
+
+
+def test_exec_and_pass_through(bundle, runc_env, shim, tmp_path):
+    b = bundle({"io.tiergate.tier": "restricted"})
+    cid = f"tg-{uuid.uuid4().hex[:8]}"
+    root = str(runc_env["runc_root"])
+    _create(b, cid)
+    try:
+        state = json.loads(run_cmd([shim["exe"], "--root", root, "state", cid], check=True).stdout)
+        assert state["status"] == "created"
+        run_cmd([shim["exe"], "--root", root, "start", cid], check=True)
+        out = run_cmd([shim["exe"], "--root", root, "exec", "--cap", "CAP_KILL", cid, *STATUS], check=True).stdout
+        s = probe_status(out)
+        assert caps_from_hex(s["CapEff"]) == {"CAP_NET_BIND_SERVICE"} and s["NoNewPrivs"] == "1"
+        # the control: plain runc exec with --cap gets it
+        s = probe_status(run_cmd([runc_env["runc"], "--root", root, "exec", "--cap", "CAP_SYS_ADMIN", cid, *STATUS],
+                                 check=True).stdout)
+        assert "CAP_SYS_ADMIN" in caps_from_hex(s["CapEff"])
+        proc = run_cmd([shim["exe"], "--root", root, "exec", "--cap", "CAP_SYS_ADMIN", cid, *STATUS])
+        assert proc.returncode == 1 and "refuses an exec" in proc.stderr
+        # a --process file is hardened in place
+        proc_file = tmp_path / "process.json"
+        proc_file.write_text(json.dumps({"args": STATUS, "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"],
+                                         "capabilities": {k: ["CAP_CHOWN", "CAP_NET_BIND_SERVICE"] for k in
+                                                          ("bounding", "effective", "permitted")}}))
+        s = probe_status(run_cmd([shim["exe"], "--root", root, "exec", "--process", str(proc_file), cid],
+                                 check=True).stdout)
+        assert caps_from_hex(s["CapEff"]) == {"CAP_NET_BIND_SERVICE"} and s["NoNewPrivs"] == "1"
+        assert json.loads(proc_file.read_text())["noNewPrivileges"] is True
+        run_cmd([shim["exe"], "--root", root, "pause", cid], check=True)
+        run_cmd([shim["exe"], "--root", root, "resume", cid], check=True)
+        assert cid in run_cmd([shim["exe"], "--root", root, "list"], check=True).stdout
+        run_cmd([shim["exe"], "--root", root, "kill", cid, "KILL"], check=True)
+    finally:
+        run_cmd([shim["exe"], "--root", root, "delete", "--force", cid])
+    assert cid not in run_cmd([runc_env["runc"], "--root", root, "list"]).stdout
+
+
+def test_loop_is_an_error(shim, runc_env):
+    env = {**os.environ, "TIERGATE_RUNTIME": shim["exe"]}
+    proc = subprocess.run([shim["exe"], "--root", str(runc_env["runc_root"]), "list"], env=env,
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 1 and "loop" in proc.stderr
+
+
+def _median_ms(argv, n, env=None):
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, timeout=30)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def test_cost(bundle, runc_env, shim, capsys):
+    """Pass-through through the /bin/sh front costs about a millisecond over runc; create adds Python + hardening."""
+    root = str(runc_env["runc_root"])
+    plain = _median_ms([runc_env["runc"], "--root", root, "list"], 60)
+    front = _median_ms([shim["exe"], "--root", root, "list"], 60)
+    python = _median_ms([str(shim["bin"] / "lib" / "tiergate-runtime.py"), "--root", root, "list"], 30)
+    runs = {}
+    for name, runc in (("runc", runc_env["runc"]), ("shim", shim["exe"])):
+        b = bundle({"io.tiergate.tier": "restricted"}, runc=runc, args=["true"])
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            assert b.run().returncode == 0
+            times.append((time.perf_counter() - t) * 1000)
+        runs[name] = statistics.median(times)
+    with capsys.disabled():
+        print(f"\n[cost] pass-through `list`: runc {plain:.1f} ms, sh front {front:.1f} ms (+{front - plain:.1f}), "
+              f"python {python:.1f} ms (+{python - plain:.1f}); run+delete: runc {runs['runc']:.0f} ms, "
+              f"shim {runs['shim']:.0f} ms (+{runs['shim'] - runs['runc']:.0f})")
+    assert front - plain < 5

@@ -1,0 +1,167 @@
+"""The shim's create and exec paths, with a stand-in real runtime (os.execv captured)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tiergate.hook import runtime
+
+RESTRICTED = "io.tiergate.tier=restricted"
+
+
+class Execd(Exception):
+    pass
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    calls = []
+
+    def execv(path, argv):
+        calls.append(argv)
+        raise Execd()
+
+    monkeypatch.setattr(os, "execv", execv)
+    monkeypatch.setenv("TIERGATE_RUNTIME", "/bin/true")
+    monkeypatch.delenv(runtime.LOOP_ENV, raising=False)
+    conf = tmp_path / "conf"
+    conf.write_text(f"log={tmp_path / 'decisions.jsonl'}\ncache_dir={tmp_path / 'cache'}\n")
+    yield {"calls": calls, "conf": str(conf), "log": tmp_path / "decisions.jsonl", "tmp": tmp_path}
+    os.environ.pop(runtime.LOOP_ENV, None)
+
+
+def _bundle(tmp_path, annotations=None, caps=("CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SYS_ADMIN")):
+    b = tmp_path / "bundle"
+    b.mkdir()
+    spec = {"ociVersion": "1.0.2", "root": {"path": str(tmp_path / "rootfs")},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                        "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")}},
+            "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]}}
+    if annotations:
+        spec["annotations"] = annotations
+    (b / "config.json").write_text(json.dumps(spec))
+    os.chmod(b / "config.json", 0o640)
+    return b
+
+
+def _main(env, argv):
+    try:
+        return runtime.main(argv, conf=env["conf"])
+    except Execd:
+        return "exec"
+
+
+def test_create_hardens_then_execs_original_argv(env):
+    b = _bundle(env["tmp"], {"io.tiergate.tier": "restricted"}, caps=("CAP_KILL", "CAP_NET_BIND_SERVICE"))
+    argv = ["--root", "/r", "--log", str(b / "log.json"), "--log-format", "json", "create", "--bundle", str(b), "id1"]
+    assert _main(env, argv) == "exec"
+    assert env["calls"] == [["/bin/true", *argv]]
+    spec = json.loads((b / "config.json").read_text())
+    assert spec["process"]["capabilities"]["effective"] == ["CAP_NET_BIND_SERVICE"]
+    assert spec["process"]["noNewPrivileges"] is True and spec["annotations"]["io.tiergate.tier"] == "restricted"
+    assert oct((b / "config.json").stat().st_mode & 0o777) == "0o640"
+    rec = json.loads(env["log"].read_text().splitlines()[-1])
+    assert rec["stage"] == "create" and rec["outcome"] == "allowed" and rec["container"] == "id1"
+
+
+def test_create_uses_cwd_without_bundle_flag(env, monkeypatch):
+    b = _bundle(env["tmp"], {"io.tiergate.tier": "restricted"}, caps=("CAP_KILL",))
+    monkeypatch.chdir(b)
+    assert _main(env, ["run", "id2"]) == "exec"
+    assert json.loads((b / "config.json").read_text())["process"]["capabilities"]["effective"] == []
+
+
+def test_refusal_goes_to_log_and_stderr(env, capsys):
+    b = _bundle(env["tmp"], {"io.tiergate.tier": "restricted"})  # CAP_SYS_ADMIN asked: restricted refuses
+    before = (b / "config.json").read_text()
+    log = b / "log.json"
+    rc = _main(env, ["--log", str(log), "--log-format", "json", "create", "--bundle", str(b), "id3"])
+    assert rc == 1 and env["calls"] == []
+    line = json.loads(log.read_text())
+    assert line["level"] == "error" and line["msg"].startswith("tiergate: refused: tier restricted refuses")
+    assert "CAP_SYS_ADMIN" in capsys.readouterr().err
+    assert (b / "config.json").read_text() == before
+
+
+def test_unknown_image_follows_policy(env):
+    b = _bundle(env["tmp"])
+    assert _main(env, ["create", "--bundle", str(b), "id4"]) == 1  # shipped policy: on_unknown_image = refuse
+
+
+def test_symlinked_config_refused(env):
+    b = _bundle(env["tmp"], {"io.tiergate.tier": "restricted"})
+    (b / "config.json").rename(env["tmp"] / "elsewhere.json")
+    (b / "config.json").symlink_to(env["tmp"] / "elsewhere.json")
+    assert _main(env, ["create", "--bundle", str(b), "id5"]) == 1
+
+
+def test_pass_through_touches_nothing(env):
+    assert _main(env, ["--root", "/r", "kill", "id", "9"]) == "exec"
+    assert env["calls"] == [["/bin/true", "--root", "/r", "kill", "id", "9"]]
+    assert not env["log"].exists()
+
+
+def _state(env, tier="restricted", cid="c1"):
+    root = env["tmp"] / "root"
+    (root / cid).mkdir(parents=True)
+    labels = [f"io.tiergate.tier={tier}", "bundle=/nonexistent"] if tier else ["bundle=/nonexistent"]
+    (root / cid / "state.json").write_text(json.dumps({"id": cid, "config": {"labels": labels}}))
+    return str(root)
+
+
+def _process(env, caps):
+    p = env["tmp"] / "process.json"
+    p.write_text(json.dumps({"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                             "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")}}))
+    return p
+
+
+def test_exec_process_file_hardened(env):
+    root = _state(env)
+    p = _process(env, ["CAP_KILL", "CAP_NET_BIND_SERVICE"])
+    argv = ["--root", root, "exec", "--process", str(p), "--detach", "c1"]
+    assert _main(env, argv) == "exec"
+    assert env["calls"][0][1:] == argv
+    proc = json.loads(p.read_text())
+    assert proc["capabilities"]["effective"] == ["CAP_NET_BIND_SERVICE"] and proc["noNewPrivileges"] is True
+
+
+def test_exec_privileged_refused_by_restricted(env):
+    root = _state(env)
+    p = _process(env, ["CAP_SYS_ADMIN", "CAP_KILL"])
+    assert _main(env, ["--root", root, "exec", "--process", str(p), "c1"]) == 1
+    assert json.loads(p.read_text())["capabilities"]["effective"] == ["CAP_SYS_ADMIN", "CAP_KILL"]
+
+
+def test_exec_privileged_clamped_by_baseline(env):
+    root = _state(env, "baseline")
+    p = _process(env, ["CAP_SYS_ADMIN", "CAP_KILL"])
+    assert _main(env, ["--root", root, "exec", "--process", str(p), "c1"]) == "exec"
+    assert json.loads(p.read_text())["capabilities"]["effective"] == ["CAP_KILL"]
+
+
+def test_exec_cap_flags_stripped_and_nnp_added(env):
+    root = _state(env, "baseline")
+    argv = ["--root", root, "exec", "--cap", "CAP_KILL", "-c", "CAP_NET_ADMIN", "--apparmor", "unconfined", "c1", "sh",
+            "--cap", "CAP_NET_ADMIN"]
+    assert _main(env, argv) == "exec"
+    assert env["calls"][0][1:] == ["--root", root, "exec", "--no-new-privs", "--cap", "CAP_KILL", "c1", "sh",
+                                   "--cap", "CAP_NET_ADMIN"]
+
+
+def test_exec_cap_flag_refused_by_restricted(env):
+    root = _state(env)
+    assert _main(env, ["--root", root, "exec", "--cap", "CAP_SYS_ADMIN", "c1", "sh"]) == 1
+
+
+def test_exec_privileged_tier_untouched(env):
+    root = _state(env, "privileged")
+    argv = ["--root", root, "exec", "--cap", "CAP_SYS_ADMIN", "c1", "sh"]
+    assert _main(env, argv) == "exec" and env["calls"][0][1:] == argv
+
+
+def test_exec_unknown_container_refused(env):
+    assert _main(env, ["--root", str(env["tmp"] / "none"), "exec", "../../etc", "sh"]) == 1

@@ -1,0 +1,137 @@
+"""Install/uninstall for the runtime engines: docker daemon.json, containerd drop-in, podman containers.conf."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tomllib
+
+import pytest
+
+from tiergate.hook.engines import containerd, docker, podman_runtime, shim
+
+quiet = {"say": lambda *_: None}
+
+
+@pytest.fixture
+def runc(tmp_path):
+    exe = tmp_path / "fake-runc"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_docker_merge_default_and_restore(tmp_path, runc):
+    daemon = tmp_path / "daemon.json"
+    original = '{"log-driver": "json-file",\n "runtimes": {"other": {"path": "/x"}}, "default-runtime": "runc"}\n'
+    daemon.write_text(original)
+    bin_dir = tmp_path / "bin"
+    exe = docker.install(daemon, bin_dir, default=True, runtime=runc, **quiet)
+    doc = json.loads(daemon.read_text())
+    assert doc["runtimes"] == {"other": {"path": "/x"}, "tiergate": {"path": str(exe)}}
+    assert doc["default-runtime"] == "tiergate" and doc["log-driver"] == "json-file"
+    assert (tmp_path / "daemon.json.tiergate-backup").read_text() == original
+    assert shim.is_shim(exe) and (bin_dir / "tiergate-hook").exists()
+    assert f"runtime={runc}" in (bin_dir / "tiergate-runtime.conf").read_text()
+    said = []
+    docker.install(daemon, bin_dir, default=True, runtime=runc, say=said.append)
+    assert not any(s.startswith("wrote") for s in said)  # idempotent
+    docker.uninstall(daemon, bin_dir, **quiet)
+    assert daemon.read_text() == original and not (tmp_path / "daemon.json.tiergate-backup").exists()
+    assert not bin_dir.exists()
+
+
+def test_docker_no_file_yet(tmp_path, runc):
+    daemon = tmp_path / "etc" / "daemon.json"
+    docker.install(daemon, tmp_path / "bin", runtime=runc, **quiet)
+    assert json.loads(daemon.read_text()) == {"runtimes": {"tiergate": {"path": str(tmp_path / "bin" / "tiergate-runtime")}}}
+    docker.uninstall(daemon, tmp_path / "bin", **quiet)
+    assert json.loads(daemon.read_text()) == {}
+
+
+def test_docker_broken_file_untouched(tmp_path, runc):
+    daemon = tmp_path / "daemon.json"
+    daemon.write_text("{oops")
+    with pytest.raises(ValueError):
+        docker.install(daemon, tmp_path / "bin", runtime=runc, **quiet)
+    assert daemon.read_text() == "{oops" and not (tmp_path / "bin").exists()
+
+
+def test_shared_bin_dir_kept_until_last_engine(tmp_path, runc):
+    bin_dir = tmp_path / "bin"
+    docker.install(tmp_path / "daemon.json", bin_dir, runtime=runc, **quiet)
+    containerd.install(tmp_path / "containerd" / "config.toml", bin_dir, runtime=runc, **quiet)
+    docker.uninstall(tmp_path / "daemon.json", bin_dir, **quiet)
+    assert (bin_dir / "tiergate-runtime").exists()
+    containerd.uninstall(tmp_path / "containerd" / "config.toml", bin_dir, **quiet)
+    assert not (bin_dir / "tiergate-runtime").exists()
+
+
+CRI_TABLE = '[plugins."io.containerd.grpc.v1.cri".containerd]'
+
+
+def _cri(text):
+    return tomllib.loads(text)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+
+
+def test_containerd_block_and_restore(tmp_path, runc):
+    config = tmp_path / "config.toml"
+    original = ('version = 2\nroot = "/var/lib/containerd"\n\n' + CRI_TABLE + '\n  default_runtime_name = "runc"\n'
+                '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n    SystemdCgroup = true\n')
+    config.write_text(original)
+    exe = containerd.install(config, tmp_path / "bin", default=True, runtime=runc, **quiet)
+    cri = _cri(config.read_text())
+    assert cri["runtimes"]["tiergate"]["options"]["BinaryName"] == str(exe)
+    assert cri["runtimes"]["tiergate"]["runtime_type"] == "io.containerd.runc.v2"
+    assert cri["runtimes"]["runc"]["options"]["SystemdCgroup"] is True and cri["default_runtime_name"] == "tiergate"
+    once = config.read_text()
+    containerd.install(config, tmp_path / "bin", default=True, runtime=runc, **quiet)
+    assert config.read_text() == once  # idempotent
+    containerd.install(config, tmp_path / "bin", default=False, runtime=runc, **quiet)
+    assert _cri(config.read_text())["default_runtime_name"] == "runc"
+    containerd.uninstall(config, tmp_path / "bin", **quiet)
+    assert config.read_text() == original and not (tmp_path / "config.toml.tiergate-backup").exists()
+
+
+def test_containerd_keeps_builtin_runc(tmp_path, runc):
+    """Defining any runtime drops containerd's built-in runc: the block adds it back when config.toml relied on it."""
+    config = tmp_path / "config.toml"
+    containerd.install(config, tmp_path / "bin", default=True, runtime=runc, **quiet)
+    cri = _cri(config.read_text())
+    assert set(cri["runtimes"]) == {"runc", "tiergate"} and cri["default_runtime_name"] == "tiergate"
+    containerd.uninstall(config, tmp_path / "bin", **quiet)
+    assert not config.exists()
+
+
+def test_containerd_version_1_refused(tmp_path, runc):
+    config = tmp_path / "config.toml"
+    config.write_text('[plugins.cri]\n  sandbox_image = "x"\n')
+    with pytest.raises(ValueError, match="version 2"):
+        containerd.install(config, tmp_path / "bin", runtime=runc, **quiet)
+    assert not (tmp_path / "bin").exists()
+
+
+@pytest.mark.skipif(not shutil.which("containerd"), reason="containerd is not installed")
+def test_containerd_reads_the_merged_config(tmp_path, runc):
+    """containerd itself sees the handler and keeps the rest (config dump, no daemon started)."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'version = 2\nroot = "{tmp_path}/root"\n\n'
+                      '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n')
+    exe = containerd.install(config, tmp_path / "bin", default=True, runtime=runc, **quiet)
+    dump = subprocess.run(["containerd", "--config", str(config), "config", "dump"], capture_output=True,
+                          text=True, timeout=20, check=True).stdout
+    merged = tomllib.loads(dump)
+    cri = merged["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
+    assert cri["runtimes"]["tiergate"]["options"]["BinaryName"] == str(exe)
+    assert cri["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
+    assert cri["default_runtime_name"] == "tiergate" and merged["root"] == f"{tmp_path}/root"
+
+
+def test_podman_runtime_drop_in(tmp_path, runc):
+    exe = podman_runtime.install(tmp_path / "conf.d", tmp_path / "bin", default=True, runtime=runc, **quiet)
+    conf = tomllib.loads((tmp_path / "conf.d" / "99-tiergate.conf").read_text())
+    assert conf["engine"]["runtimes"]["tiergate"] == [str(exe)] and conf["engine"]["runtime"] == "tiergate"
+    assert "tiergate" in conf["engine"]["runtime_supports_json"]
+    podman_runtime.uninstall(tmp_path / "conf.d", tmp_path / "bin", **quiet)
+    assert not (tmp_path / "conf.d" / "99-tiergate.conf").exists() and not (tmp_path / "bin").exists()

@@ -36,7 +36,8 @@ class Check:
         return asdict(self)
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
+    """A small kernel file's text, or None when it cannot be read."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             return fh.read()
@@ -96,11 +97,11 @@ _FILTER_CODES = {4: "a filter loaded but did not act", 5: "the probe syscall fai
 def check_seccomp(proc_status: str = "/proc/self/status",
                   actions_avail: str = "/proc/sys/kernel/seccomp/actions_avail",
                   load=_load_probe_filter) -> Check:
-    text = _read(proc_status) or ""
+    text = read_text(proc_status) or ""
     mode = status_field(text, "Seccomp")
     if mode is None:
         return Check("seccomp", FAIL, "no Seccomp field in /proc/self/status: kernel built without CONFIG_SECCOMP")
-    actions = (_read(actions_avail) or "").split()
+    actions = (read_text(actions_avail) or "").split()
     code = load()
     if code != 0:
         return Check("seccomp", FAIL, f"filters unusable: {_FILTER_CODES.get(code, f'probe exit {code}')}")
@@ -160,11 +161,11 @@ def check_apparmor(sys_root: str = "/sys", required: bool = False, preferred: bo
 
 
 def check_userns(proc_root: str = "/proc") -> Check:
-    text = _read(os.path.join(proc_root, "sys/user/max_user_namespaces"))
+    text = read_text(os.path.join(proc_root, "sys/user/max_user_namespaces"))
     if text is None:
         return Check("user namespaces", WARN, "no /proc/sys/user/max_user_namespaces: kernel without CONFIG_USER_NS")
     limit = int(text.strip() or 0)
-    unpriv = _read(os.path.join(proc_root, "sys/kernel/unprivileged_userns_clone"))
+    unpriv = read_text(os.path.join(proc_root, "sys/kernel/unprivileged_userns_clone"))
     extra = ""
     if unpriv is not None:
         extra = "; unprivileged creation " + ("allowed" if unpriv.strip() == "1" else "disabled (sysctl)")
@@ -174,7 +175,7 @@ def check_userns(proc_root: str = "/proc") -> Check:
 
 
 def active_lsms(sys_root: str = "/sys") -> list[str]:
-    return [x for x in (_read(os.path.join(sys_root, "kernel/security/lsm")) or "").strip().split(",") if x]
+    return [x for x in (read_text(os.path.join(sys_root, "kernel/security/lsm")) or "").strip().split(",") if x]
 
 
 LANDLOCK_CREATE_RULESET = 444  # same number in the generic table (x86_64, aarch64, ...)
@@ -218,7 +219,7 @@ def cgroup_mode(mounts_text: str) -> str:
 
 
 def check_cgroups(mounts: str = "/proc/self/mounts") -> Check:
-    mode = cgroup_mode(_read(mounts) or "")
+    mode = cgroup_mode(read_text(mounts) or "")
     if mode == "unified":
         return Check("cgroups", OK, "v2 (unified)")
     if mode == "hybrid":
@@ -364,7 +365,7 @@ def check_podman_registration(dirs: list[str], source: str) -> Check:
 
 
 def check_docker_registration(daemon_json: str = DOCKER_DAEMON_JSON) -> Check:
-    text = _read(daemon_json)
+    text = read_text(daemon_json)
     if text is None:
         return Check("docker runtime", WARN, f"no {daemon_json}: tiergate-runtime is not registered with dockerd")
     try:

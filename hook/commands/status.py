@@ -19,6 +19,8 @@ import shutil
 import subprocess
 import sys
 
+from ..host import read_text as _read  # one /proc reader for doctor and status
+
 EXAMPLES = """examples:
   tiergate status                               # every running container
   tiergate status 13dc0b9a                      # one container, by id prefix (or name)
@@ -48,14 +50,6 @@ def register(sub) -> None:
 
 
 # -- /proc readers (proc_root is a parameter for tests) -------------------------------
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return None
-
 
 def _stat_ppid(proc: str, pid: int) -> int | None:
     text = _read(f"{proc}/{pid}/stat")

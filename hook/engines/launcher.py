@@ -39,3 +39,24 @@ def script(lib_dir: Path, entry: str) -> str:
             f"sys.path.append({site!r})  # attrs, cattrs: only when the policy must be recompiled\n"
             f"from {entry} import main\n"
             "sys.exit(main())\n")
+
+
+def install_hook(bin_dir: Path, say=print) -> Path:
+    """The hook launcher and its symlinked package dir; shared by hooks.d and the shim."""
+    from . import files
+
+    lib = Path(bin_dir) / "lib"
+    for name, target in package_dirs().items():
+        files.symlink(lib / "tiergate" / name, target, say)
+    exe = Path(bin_dir) / "tiergate-hook"
+    files.write(exe, script(lib, "tiergate.hook.stages"), 0o755, say)
+    return exe
+
+
+def remove_hook(bin_dir: Path, say=print) -> None:
+    """Undo install_hook; directories install created go with their last file (files.prune)."""
+    from . import files
+
+    files.remove(Path(bin_dir) / "tiergate-hook", MARKER, say)
+    for name in ("oci", "hook", "configs"):
+        files.remove(Path(bin_dir) / "lib" / "tiergate" / name, None, say)

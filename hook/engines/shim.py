@@ -21,7 +21,7 @@ import shlex
 from pathlib import Path
 
 from . import files
-from .launcher import MARKER, interpreter, package_dirs, script
+from .launcher import MARKER, install_hook, interpreter, remove_hook, script
 
 SHIM = "tiergate-runtime"
 CONF = "tiergate-runtime.conf"
@@ -114,10 +114,7 @@ def install(bin_dir: Path, user: str, runtime: str | None = None, policy: str | 
     """Install (idempotently) the hook launcher and the shim; register `user` (e.g. "docker /etc/docker/daemon.json")."""
     bin_dir = Path(bin_dir)
     lib = bin_dir / "lib"
-    for name, target in package_dirs().items():
-        files.symlink(lib / "tiergate" / name, target, say)
-    hook = bin_dir / "tiergate-hook"
-    files.write(hook, script(lib, "tiergate.hook.stages"), 0o755, say)
+    hook = install_hook(bin_dir, say)
     shim = bin_dir / SHIM
     real = real_runtime(runtime, shim)
     conf = bin_dir / CONF
@@ -155,14 +152,7 @@ def uninstall(bin_dir: Path, user: str, say=print) -> None:
     if any(hook.as_posix() in _read(DEFAULT_HOOKS_DIR / f) for f in HOOK_FILES.values()):
         say(f"kept {hook}: podman's hooks use it")
         return
-    files.remove(hook, MARKER, say)
-    for name in ("oci", "hook", "configs"):
-        files.remove(bin_dir / "lib" / "tiergate" / name, None, say)
-    for d in (bin_dir / "lib" / "tiergate", bin_dir / "lib", bin_dir):
-        try:
-            d.rmdir()
-        except OSError:
-            pass
+    remove_hook(bin_dir, say)
 
 
 def _read(path: Path) -> str:

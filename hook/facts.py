@@ -37,15 +37,36 @@ def gather(spec: dict, tier: dict, notes: list | None = None) -> dict:
         if isinstance(m, dict) and isinstance(m.get("source"), str) and m["source"].startswith("/")
     }
     if tier.get("apparmor", "off") != "off":
+        facts["apparmor"] = None  # the apparmor modifier notes ("prefer") or refuses ("require")
+        if not _apparmor_enabled():
+            return facts
         from . import apparmor
 
-        enabled = apparmor.host_enabled()
         try:
-            profile, _ = apparmor.decide(tier, enabled)
+            facts["apparmor"], _ = apparmor.decide(tier, True)  # loads the profile (cached by content)
         except apparmor.AppArmorError:
-            profile = None
-        facts["apparmor"] = profile  # None: the apparmor modifier notes or refuses
+            pass
     return facts
+
+
+def fresh_netns(spec: dict) -> bool:
+    """A network entry without a path: the runtime makes a new namespace holding only loopback.
+
+    Under podman nothing adds interfaces to it later (--network none), so there is
+    nothing for a network policy to filter and no createRuntime hook is needed.
+    """
+    linux = spec.get("linux") if isinstance(spec.get("linux"), dict) else {}
+    return any(isinstance(ns, dict) and ns.get("type") == "network" and not ns.get("path")
+               for ns in linux.get("namespaces") or [])
+
+
+def _apparmor_enabled() -> bool:
+    """The kernel's own answer, read without importing the AppArmor module (most hosts: absent)."""
+    try:
+        with open("/sys/module/apparmor/parameters/enabled", "rb") as fh:
+            return fh.read(1) == b"Y" and os.path.isdir("/sys/kernel/security/apparmor")
+    except OSError:
+        return False
 
 
 def netns_path(spec: dict) -> str | None:

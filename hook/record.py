@@ -20,32 +20,87 @@ def log_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get("TIERGATE_LOG") or DEFAULT_LOG
 
 
-def write(record: dict, path: str | None = None) -> str | None:
+def begin(record: dict, path: str | None = None) -> str | None:
+    """Note a decision in flight (inflight/<pid>-<ns>.json beside the log); `write` removes it.
+
+    A hook the engine kills on its timeout never writes its line: `read` reports
+    what it left here as outcome "killed", so the record is kept all the same.
+    """
+    record.setdefault("time", _now())
+    marker = os.path.join(os.path.dirname(log_path(path)), "inflight", f"{os.getpid()}-{time.monotonic_ns()}.json")
+    try:
+        os.makedirs(os.path.dirname(marker), mode=0o750, exist_ok=True)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, dumps(_plain({**record, "pid": os.getpid()}), ascii=True))
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return marker
+
+
+LOCK_WAIT = 2.0  # seconds: a stuck log holder must not stall every container start
+
+
+def _lock(fd: int, fcntl) -> None:
+    """flock, bounded: past LOCK_WAIT write anyway (one O_APPEND write of a line is still whole)."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+
+
+def write(record: dict, path: str | None = None, inflight: str | None = None) -> str | None:
     """Append one record; returns None, or one line saying why it could not be kept."""
     import fcntl
 
     path = log_path(path)
-    record.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z")
+    record.setdefault("time", _now())
     line = dumps(_plain(record), ascii=True) + b"\n"
     try:
         os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.fstat(fd).st_size > MAX_BYTES:
+            _lock(fd, fcntl)
+            size = os.fstat(fd).st_size
+            if size > MAX_BYTES:
                 os.replace(path, path + ".1")  # the next writer creates a fresh file
-            written = os.write(fd, line)
-            if written != len(line):
-                return f"decision log {path}: short write ({written} of {len(line)} bytes)"
+            try:
+                written = os.write(fd, line)
+            except OSError:
+                written = -1
+            if written != len(line):  # a full disk: never leave half a line for the next one to join
+                os.ftruncate(fd, size)
+                return f"decision log {path}: no room for the record (disk full?)"
         finally:
             os.close(fd)
     except OSError as exc:
         return f"decision log {path}: {exc.strerror}"
+    finally:
+        if inflight:
+            try:
+                os.unlink(inflight)
+            except OSError:
+                pass
     return None
 
 
 def read(path: str | None = None) -> list[dict]:
-    """All records, oldest first (rotated file included); torn or foreign lines are skipped."""
+    """All records, oldest first (rotated file included); torn or foreign lines are skipped.
+
+    Decisions whose hook died before writing its line (see `begin`) come last, as
+    outcome "killed".
+    """
     path = log_path(path)
     out = []
     for p in (path + ".1", path):
@@ -60,6 +115,7 @@ def read(path: str | None = None) -> list[dict]:
                         out.append(rec)
         except OSError:
             continue
+    out.extend(_killed(os.path.join(os.path.dirname(path), "inflight")))
     return out
 
 
@@ -72,3 +128,24 @@ def _plain(value):
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
+
+
+def _killed(directory: str) -> list[dict]:
+    out = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return out
+    for entry in entries:
+        try:
+            pid = int(entry.name.split("-", 1)[0])
+            if os.path.exists(f"/proc/{pid}"):
+                continue  # still deciding (or the pid was reused: then it shows up later)
+            with open(entry.path, "rb") as fh:
+                rec = parse(fh.read(65536).decode("utf-8", "replace"), "in-flight record")
+        except (ValueError, OSError, OciError):
+            continue
+        if isinstance(rec, dict):
+            rec.update(outcome="killed", reason="the hook died before recording its decision (engine timeout?)")
+            out.append(rec)
+    return out

@@ -201,6 +201,9 @@ def resolve_image(spec: dict, container_id: str | None, policy: dict):
 
 
 def _engine(bundle_dir: str, found: str) -> str:
+    """The engine behind a bundle: its image source, or where containerd and podman keep bundles."""
+    if found == "runc" and "/overlay-containers/" in bundle_dir:
+        return "podman-runtime"
     if found == "runc" and "/io.containerd.runtime.v2.task/" in bundle_dir:
         return "docker" if "/io.containerd.runtime.v2.task/moby/" in bundle_dir else "containerd"
     return found
@@ -237,8 +240,13 @@ def _default_root(runtime: str) -> str:
     return os.path.join(base, "crun" if "crun" in name else "runc")
 
 
-def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict) -> tuple[str, str]:
-    """(tier name, where it came from) for an existing container, from the runtime's state."""
+def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: dict | None = None) -> tuple[str, str]:
+    """(tier name, where it came from) for an existing container, from the runtime's state.
+
+    `seen` collects what else was learnt on the way: the container's bounding set
+    ("bounding", which an exec must never exceed) and its bundle ("bundle").
+    """
+    seen = {} if seen is None else seen
     import json
     import re
 
@@ -255,6 +263,10 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict) -> tupl
         state = bundle.read_json_file(state_file, "runc state")
         labels = (state.get("config") or {}).get("labels") or []
         found = dict(str(x).partition("=")[::2] for x in labels if isinstance(x, str))
+        caps = ((state.get("config") or {}).get("capabilities") or {}).get("Bounding")
+        if isinstance(caps, list):
+            seen["bounding"] = [c for c in caps if isinstance(c, str)]
+        seen["bundle"] = found.get("bundle")
         if found.get(TIER_KEY):
             return found[TIER_KEY], f"{state_file} label"
         bundle_dir = found.get("bundle")
@@ -275,7 +287,12 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict) -> tupl
         bundle_dir = state.get("bundle") if isinstance(state.get("bundle"), str) else None
     if not bundle_dir:
         raise _refusal(f"cannot find container {cid[:64]}'s bundle to learn its tier")
+    seen["bundle"] = bundle_dir
     spec = bundle.read_config(bundle_dir)
+    proc = spec.get("process") if isinstance(spec.get("process"), dict) else {}
+    caps = (proc.get("capabilities") or {}).get("bounding") if isinstance(proc.get("capabilities"), dict) else None
+    if isinstance(caps, list) and "bounding" not in seen:
+        seen["bounding"] = [c for c in caps if isinstance(c, str)]
     annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
     if isinstance(annotations.get(TIER_KEY), str):
         return annotations[TIER_KEY], f"{bundle_dir}/config.json annotation"
@@ -337,20 +354,26 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
 
     policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
     rec.update(container=parsed.container_id or "", policy=policy["digest"][:16])
-    name, source = container_tier(parsed, conf, policy)
+    seen: dict = {}
+    name, source = container_tier(parsed, conf, policy, seen)
     tier = policy["tiers"].get(name)
     if tier is None:
         raise _refusal(f"container {parsed.container_id} carries unknown tier {name[:64]!r} ({source})")
     rec.update(tier=name, why=source)
+    if seen.get("bundle"):
+        rec["engine"] = _engine(seen["bundle"], "runc")
     if tier["passthrough"]:
         return parsed.argv
+    if seen.get("bounding") is not None:
+        # An exec gets the tier's capabilities, and never one its container was created without.
+        tier = dict(tier, capabilities=[c for c in tier["capabilities"] if c in seen["bounding"]])
 
     class ExecContext(Context):
         __slots__ = ()
 
         def escalation(self, what: str) -> None:
             if self.tier["on_escalation"] == "refuse":
-                self.refusals.append(f"tier {self.tier['name']} refuses an exec whose {what}")
+                self.refusals.append(f"tier {self.tier['name']} refuses an exec that {what}")
             else:
                 self.note("clamped", what)
 
@@ -365,12 +388,12 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
     process.apparmor(spec, ctx)
     allowed = set(tier["capabilities"])
     bad_caps = set()
-    for cap in parsed.values("cap", "c"):
+    for cap in sorted(parsed.values("cap", "c")):
         norm = capabilities.normalize(cap)
         if norm not in allowed:
             bad_caps.add(cap)
             if norm not in capabilities.ENGINE_DEFAULTS:
-                ctx.escalation(f"--cap {norm} was asked for")
+                ctx.escalation(f"asks for --cap {norm}")
             ctx.change("--cap", f"dropped {norm}", f"tier {name} allows {', '.join(sorted(allowed)) or 'no capabilities'}")
     if ctx.refusals:
         extra = f" (and {len(ctx.refusals) - 1} more)" if len(ctx.refusals) > 1 else ""

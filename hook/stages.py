@@ -138,12 +138,16 @@ def precreate(opts: Options, rec: dict) -> int:
         image = _image(spec)
         rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
                    label=image.labels.get(policy["label_key"]))
-        from .facts import netns_path
+        from .facts import fresh_netns, netns_path
 
         netns = netns_path(spec)
-        hardened, tier, _ = decide_and_harden(spec, policy, image, opts, rec, netns_ready=bool(netns))
+        # podman made the namespace already (apply it here), or runc will make an empty one.
+        hardened, tier, _ = decide_and_harden(spec, policy, image, opts, rec,
+                                              netns_ready=bool(netns) or fresh_netns(spec))
         if tier["network"] is not None and netns:
             apply_network(hardened, tier, netns, hardened.get("annotations", {}), rec)
+        elif tier["network"] is not None:
+            rec["network"] = f"{tier['network']['name']}: fresh namespace, loopback only, nothing to filter"
     except Refusal as exc:
         return _refuse_precreate(spec, str(exc), rec, "refused")
     except SpecError as exc:  # malformed input is never let through, whatever on_error says
@@ -154,12 +158,10 @@ def precreate(opts: Options, rec: dict) -> int:
             # As hardened as we got: the hardened spec when only applying (network) failed.
             rec.update(outcome="allowed-on-error", reason=reason)
             print(f"tiergate: error, container ALLOWED by on_error=allow: {reason}", file=sys.stderr)
-            stdio.write_stdout(hardened if hardened is not None else spec)
-            return 0
+            return _emit(hardened if hardened is not None else spec, rec)
         return _refuse_precreate(spec, reason, rec, "error")
-    stdio.write_stdout(hardened)
     rec["outcome"] = "allowed"
-    return 0
+    return _emit(hardened, rec)
 
 
 def _refuse_precreate(spec, reason: str, rec: dict, outcome: str) -> int:
@@ -167,7 +169,12 @@ def _refuse_precreate(spec, reason: str, rec: dict, outcome: str) -> int:
     fails with the reason gets that one line to the user (runc quotes hook stderr)."""
     line = f"tiergate: {outcome}: {reason}"
     rec.update(outcome=outcome, reason=reason)
-    stdio.write_stdout(refusal_spec(spec, line))
+    return _emit(refusal_spec(spec, line), rec)
+
+
+def _emit(spec: dict, rec: dict) -> int:
+    """precreate's stdout is the spec; main() prints it once the record is written (or not)."""
+    rec["_stdout"] = spec
     return 0
 
 
@@ -275,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiergate-hook: {exc}", file=sys.stderr)
         return 2
     rec.update(stage=opts.stage, engine=opts.engine)
+    inflight = record.begin(rec, opts.log)
     from .confine import confine
 
     problem = confine()  # before any untrusted byte is read
@@ -292,9 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiergate: error: {rec['reason']}", file=sys.stderr)
         code = 1
     rec["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
-    problem = record.write(rec, opts.log)
-    if problem and opts.stage != "precreate":
+    out = rec.pop("_stdout", None)
+    problem = record.write(rec, opts.log, inflight)
+    if problem:
         print(f"tiergate: warning: {problem}", file=sys.stderr)
+    if out is not None:  # precreate: podman shows no hook stderr, so a lost record is said in the spec too
+        if problem and isinstance(out.get("annotations"), dict):
+            out["annotations"]["io.tiergate.log-error"] = problem
+        stdio.write_stdout(out)
     return code
 
 

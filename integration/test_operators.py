@@ -156,7 +156,8 @@ def test_log_shows_real_decisions(ops):
 
     iso = tg("log", "--file", ops["log"], "--tier", "isolated", "--json").stdout.splitlines()
     assert iso and all(json.loads(x)["tier"] == "isolated" for x in iso)
-    assert any(json.loads(x)["stage"] == "createRuntime" for x in iso)  # the network hook ran too
+    # --network none: runc makes an empty namespace (loopback only), so no rules and no createRuntime hook
+    assert all(json.loads(x)["stage"] == "precreate" and "loopback only" in json.loads(x)["network"] for x in iso)
 
     one = tg("log", "--file", ops["log"], "--container", restricted_id[:6], "--json").stdout.splitlines()
     assert [json.loads(x)["container"][:12] for x in one] == [restricted_id] * len(one)
@@ -221,13 +222,12 @@ def test_status_on_running_containers(ops, podman_env):
         live_i = probe_status(Path(f"/proc/{pids['tg-ops-status-i']}/status").read_text())
         assert f"CapEff:        {live_i['CapEff']} (none)" in text
         assert "tier:          isolated" in text and "network:       policy none" in text
-        assert re.search(r"^\s+(input|output)\s+\d+ pkts", text, re.M), text
 
         # all containers; and --pid
         every = json.loads(tg("status", "--json", "--log", ops["log"]).stdout)
         assert {ids[n] for n in names} <= {r["id"] for r in every}
         by_pid = json.loads(tg("status", "--pid", pids["tg-ops-status-i"], "--json").stdout)
-        assert by_pid[0]["tier"] == "isolated" and isinstance(by_pid[0]["network_counters"], list)
+        assert by_pid[0]["tier"] == "isolated" and by_pid[0]["network_policy"] == "none"
     finally:
         for name in names:
             podman_env.podman("stop", "--time", "0", name, timeout=60)

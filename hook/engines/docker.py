@@ -72,6 +72,8 @@ def uninstall(daemon_json: Path, bin_dir: Path, say=print) -> None:
         files.remove(backup, None, say)
     elif text is None:
         say(f"absent {daemon_json}")
+    elif want == {} and old_text is None:  # install made the file: leave no "{}" behind
+        files.remove(daemon_json, None, say)
     elif want == doc:
         say(f"unchanged {daemon_json}")
     else:

@@ -11,9 +11,11 @@ ctypes in the child); see `bench()` and the report in the tests.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
+
+from tiergate.oci.errors import OciError
+from tiergate.oci.jsonio import dumps, parse
 
 NSENTER = "/usr/bin/nsenter"
 NFT = "/usr/sbin/nft"
@@ -105,7 +107,7 @@ def apply(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> None:
     """Load `doc` (from ruleset.build) in one nft transaction inside `netns` (path or pid)."""
     path = netns_path(netns)
     check_not_host(path)
-    _run_in_netns(path, [NFT, "-j", "-f", "-"], json.dumps(doc, separators=(",", ":")), timeout)
+    _run_in_netns(path, [NFT, "-j", "-f", "-"], dumps(doc).decode(), timeout)
 
 
 def read_counters(netns: str | int, timeout: float = TIMEOUT) -> list[dict]:
@@ -114,8 +116,8 @@ def read_counters(netns: str | int, timeout: float = TIMEOUT) -> list[dict]:
     check_not_host(path)
     out = _run_in_netns(path, [NFT, "-j", "list", "table", "inet", "tiergate"], None, timeout)
     try:
-        items = json.loads(out).get("nftables", [])
-    except ValueError:
+        items = parse(out, "nft output").get("nftables", [])
+    except (OciError, AttributeError):
         raise NetworkApplyError("nft printed JSON that does not parse") from None
     rows = []
     for item in items:
@@ -142,7 +144,7 @@ def _load_libnftables(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> 
 
     path = netns_path(netns)
     check_not_host(path)
-    payload = json.dumps(doc, separators=(",", ":")).encode()
+    payload = dumps(doc)
     lib = ctypes.CDLL("libnftables.so.1")
     lib.nft_ctx_new.restype = ctypes.c_void_p
     lib.nft_ctx_new.argtypes = [ctypes.c_uint32]

@@ -95,6 +95,20 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
     }
 
 
+# Architectures a process on this host can run syscalls as (native and compat ABIs).
+ARCH_FAMILIES = {
+    "x86_64": ("SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"),
+    "aarch64": ("SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"),
+}
+
+
+def host_arches() -> tuple[str, ...] | None:
+    """The compiled policy is per host (its cache lives there): filters name only its family."""
+    import platform
+
+    return ARCH_FAMILIES.get(platform.machine())
+
+
 def _network(name: str, table: dict, fail) -> dict:
     from ..network.model import from_table, to_dict
 
@@ -166,7 +180,8 @@ def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], 
         from ..seccomp.profiles import SeccompProfileError, compile_profile
 
         try:
-            seccomp = compile_profile(t["seccomp"], list(t["seccomp_deny"]), search_dirs=seccomp_dirs)
+            seccomp = compile_profile(t["seccomp"], list(t["seccomp_deny"]), search_dirs=seccomp_dirs,
+                                      arches=host_arches())
         except SeccompProfileError as exc:
             raise fail(f"tier {name!r}: seccomp profile {t['seccomp']!r}: {exc}", "tiers", name, "seccomp") from None
     elif t["seccomp_deny"]:

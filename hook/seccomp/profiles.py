@@ -297,8 +297,13 @@ def _arg_json(a) -> dict:
     return d
 
 
-def compile_profile(name: str, extra_deny=(), search_dirs=None, check_names: bool = True) -> dict:
+def compile_profile(name: str, extra_deny=(), search_dirs=None, check_names: bool = True,
+                    arches=None) -> dict:
     """Compile profile ``name`` to an OCI ``linux.seccomp`` object.
+
+    ``arches`` keeps only those of the profile's architectures (the host's
+    family): every listed architecture makes runc compile and the kernel carry
+    another copy of the filter (~10 ms per start for the two ARM ones on x86).
 
     ``extra_deny`` names lose every rule they had and are denied with EPERM.
     With ``check_names`` every syscall name must be known to libseccomp
@@ -345,7 +350,9 @@ def compile_profile(name: str, extra_deny=(), search_dirs=None, check_names: boo
     out = {"defaultAction": res["defaultAction"]}
     if res["defaultErrnoRet"] is not None:
         out["defaultErrnoRet"] = res["defaultErrnoRet"]
-    out["architectures"] = list(res["architectures"])
+    out["architectures"] = [a for a in res["architectures"] if arches is None or a in arches]
+    if not out["architectures"]:
+        raise SeccompProfileError(f"seccomp profile {name!r} covers none of this host's architectures ({', '.join(arches)})")
     if res["flags"]:
         out["flags"] = list(res["flags"])
     out["syscalls"] = syscalls

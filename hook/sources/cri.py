@@ -12,7 +12,8 @@ Standard library only.
 
 from __future__ import annotations
 
-import json
+from tiergate.oci.errors import OciError
+from tiergate.oci.jsonio import parse
 
 from ..decide import Image
 from .docker import normalize_ref
@@ -32,8 +33,8 @@ def image_for_spec(spec: dict) -> Image | None:
     raw = annotations.get(LABELS)
     if isinstance(raw, str):
         try:
-            parsed = json.loads(raw)
-        except ValueError:
+            parsed = parse(raw, f"annotation {LABELS}")
+        except OciError:
             return Image.unknown(f"annotation {LABELS} is not valid JSON")
         if isinstance(parsed, dict):
             labels = {k: v for k, v in parsed.items() if isinstance(k, str) and isinstance(v, str)}

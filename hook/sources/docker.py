@@ -17,15 +17,28 @@ Standard library only.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import stat
+
+from tiergate.oci.errors import OciError
+from tiergate.oci.jsonio import parse
 
 from ..decide import Image
 
-_HOSTNAME_SOURCE = re.compile(r"^(?P<dir>/.+/containers/(?P<id>[0-9a-f]{64}))/hostname$")
-_IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _hex(text: str, lo: int, hi: int) -> bool:
+    return lo <= len(text) <= hi and set(text) <= _HEX
+
+
+def _hostname_source(path: str) -> tuple[str, str] | None:
+    """(<data-root>/containers/<id>, <id>) for the source of docker's /etc/hostname bind mount."""
+    head, name = os.path.split(path)
+    parent, cid = os.path.split(head)
+    if name == "hostname" and _hex(cid, 64, 64) and os.path.basename(parent) == "containers" and parent != "/containers":
+        return head, cid
+    return None
 MAX_CONFIG = 8 * 1024 * 1024
 DEFAULT_DOMAIN = "docker.io"
 
@@ -35,9 +48,9 @@ def container_dir(spec: dict) -> tuple[str, str] | None:
     mounts = spec.get("mounts") if isinstance(spec.get("mounts"), list) else []
     for m in mounts:
         if isinstance(m, dict) and m.get("destination") == "/etc/hostname" and isinstance(m.get("source"), str):
-            match = _HOSTNAME_SOURCE.match(os.path.normpath(m["source"]))
-            if match:
-                return match["dir"], match["id"]
+            found = _hostname_source(os.path.normpath(m["source"]))
+            if found:
+                return found
     return None
 
 
@@ -77,7 +90,7 @@ def _read_owned(path: str) -> dict:
         if st.st_size > MAX_CONFIG:
             raise ValueError(f"larger than {MAX_CONFIG} bytes")
         with os.fdopen(os.dup(fd), "rb") as fh:
-            doc = json.loads(fh.read(MAX_CONFIG + 1))
+            doc = parse(fh.read(MAX_CONFIG + 1).decode("utf-8"), "docker container config")
     finally:
         os.close(fd)
     if not isinstance(doc, dict):
@@ -98,7 +111,7 @@ def image_for_spec(spec: dict, container_id: str | None = None) -> Image | None:
         doc = _read_owned(path)
     except OSError as exc:
         return Image.unknown(f"cannot read docker's container config {path}: {exc.strerror}")
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, UnicodeDecodeError, OciError) as exc:
         return Image.unknown(f"docker's container config {path}: {str(exc)[:100]}")
     if doc.get("ID") != dir_id:
         return Image.unknown(f"docker's container config {path} names another container")
@@ -108,7 +121,7 @@ def image_for_spec(spec: dict, container_id: str | None = None) -> Image | None:
     image_id = doc.get("Image") if isinstance(doc.get("Image"), str) else ""
     asked = config.get("Image") if isinstance(config.get("Image"), str) else ""
     refs = []
-    if asked and not (_IMAGE_ID.match(asked) and image_id.removeprefix("sha256:").startswith(asked.removeprefix("sha256:"))):
+    if asked and not (_hex(asked.removeprefix("sha256:"), 12, 64) and image_id.removeprefix("sha256:").startswith(asked.removeprefix("sha256:"))):
         refs.append(normalize_ref(asked))
     return Image(refs=refs, id=image_id, labels={k: v for k, v in labels.items() if isinstance(v, str)},
                  exposed=list(exposed))

@@ -1,0 +1,1095 @@
+#!/usr/bin/env python3
+"""tiergate's cost on every container start, measured side by side (issue 10).
+
+    sudo .venv/bin/python bench/bench.py [--rounds N] [--quick] [--out bench/results]
+
+Run on demand (never as a test), as root, on a machine with the engines
+integration/setup.sh installs. Everything runs in scratch engines from
+integration/harness.py (own storage, hooks dirs, a private dockerd, runc
+roots, cgroup parents, one throwaway network namespace) and is removed at
+the end. Sections (bench/README.md says how to read them):
+
+  e2e      container start, configurations ALTERNATING within each round:
+           podman bare / no-op Python precreate hook / tiergate per tier;
+           docker bare / --runtime tiergate per tier; runc run / tiergate-runtime run
+  hook     the precreate hook process alone on saved specs (wall and CPU),
+           beside the no-op hook; tiergate-runtime pass-through vs runc
+  scale    1,000 trust rules x 50 tiers (warm hook, cold compile), spec size,
+           10,000-CIDR allowlist (build + apply in a netns), 20 parallel starts
+  seccomp  bench/syscalls.c (static) in a container per tier, unconfined and
+           under podman's default profile (derived from Docker's); ns/syscall
+
+Writes OUT/latest.json, OUT/latest.md and OUT/latest.png (a copy of each
+under a timestamped name too) and prints the Markdown at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "integration"))
+
+LABEL = "io.tiergate.tier"
+SHIPPED_POLICY = REPO / "configs" / "policy.toml"
+SYSTEM_PYTHON = "/usr/bin/python3"
+DOCKER_DEFAULT_SECCOMP = "/usr/share/containers/seccomp.json"  # podman's; derived from moby's default.json
+SHIPPED_TIERS = ("privileged", "baseline", "restricted", "isolated")
+# Tiers whose seccomp profile differs (the other roles reuse restricted's).
+SECCOMP_TIERS = ("baseline", "restricted", "isolated", "image-processor", "node-worker", "scheduler")
+HOOK_BUDGET_MS = 10.0
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stats(samples_s: list[float]) -> dict:
+    """Milliseconds: median, quartiles, min, n (from samples in seconds)."""
+    raw = [x * 1000 for x in samples_s]
+    ms = sorted(raw)
+    out = {"n": len(ms), "median_ms": None, "p25_ms": None, "p75_ms": None, "min_ms": None,
+           "samples_ms": [round(x, 2) for x in raw]}  # in run order
+    if ms:
+        out["median_ms"] = round(statistics.median(ms), 2)
+        out["min_ms"] = round(ms[0], 2)
+        if len(ms) >= 2:
+            q = statistics.quantiles(ms, n=4, method="inclusive")
+            out["p25_ms"], out["p75_ms"] = round(q[0], 2), round(q[2], 2)
+        else:
+            out["p25_ms"] = out["p75_ms"] = out["median_ms"]
+    return out
+
+
+def cpu_children() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def timed(argv, *, env=None, input: bytes | None = None, timeout: float = 120,
+          executable: str | None = None, cwd: str | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall s, CPU s of the child and what it waited for, CompletedProcess[bytes])."""
+    cpu0 = cpu_children()
+    t0 = time.perf_counter()
+    proc = subprocess.run([os.fspath(a) for a in argv], input=input, capture_output=True, env=env,
+                          timeout=timeout, executable=executable, cwd=cwd,
+                          stdin=None if input is not None else subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    return wall, cpu_children() - cpu0, proc
+
+
+def last_line(data: bytes | str) -> str:
+    text = data.decode(errors="replace") if isinstance(data, bytes) else data
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+class Failed(Exception):
+    pass
+
+
+def alternate(configs: dict, rounds: int, what: str, warmup: bool = True) -> dict[str, dict]:
+    """Run each config's callable (returns wall seconds, raises Failed) once per round, in an
+    order rotated every round; a config that fails is dropped and its error kept."""
+    samples: dict[str, list[float]] = {name: [] for name in configs}
+    errors: dict[str, str] = {}
+    names = list(configs)
+    if warmup:
+        for name in names:
+            try:
+                configs[name]()
+            except (Failed, subprocess.TimeoutExpired) as exc:
+                errors[name] = str(exc)
+                say(f"  {name}: FAILED (warm-up): {exc}")
+    live = [n for n in names if n not in errors]
+    for r in range(rounds):
+        order = live[r % len(live):] + live[:r % len(live)] if live else []
+        for name in order:
+            if name in errors:
+                continue
+            try:
+                samples[name].append(configs[name]())
+            except (Failed, subprocess.TimeoutExpired) as exc:
+                errors[name] = str(exc)
+                say(f"  {name}: FAILED: {exc}")
+        done = ", ".join(f"{n} {statistics.median(samples[n]) * 1000:.0f}" for n in live
+                         if samples[n] and n not in errors)
+        say(f"  {what} round {r + 1}/{rounds} (median ms so far): {done}")
+    out = {}
+    for name in names:
+        out[name] = stats(samples[name])
+        if name in errors:
+            out[name]["error"] = errors[name]
+    return out
+
+
+def with_deltas(results: dict, bare: str, floor: str | None = None) -> dict:
+    b = results.get(bare, {}).get("median_ms")
+    f = results.get(floor, {}).get("median_ms") if floor else None
+    for name, r in results.items():
+        m = r.get("median_ms")
+        if m is None:
+            continue
+        if b:
+            r["added_vs_bare_ms"] = round(m - b, 2)
+            r["ratio_to_bare"] = round(m / b, 3)
+        if f is not None:
+            r["added_vs_noop_ms"] = round(m - f, 2)
+    return results
+
+
+# ---------------------------------------------------------------------------
+# the benchmark
+# ---------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        import harness
+
+        self.h = harness
+        self.args = args
+        self.quick = args.quick
+        self.rounds = args.rounds or (3 if args.quick else 15)
+        self.d = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
+        self.d.chmod(0o755)
+        self.results: dict = {"skipped": [], "notes": []}
+        self.podman = None
+        self.docker = None
+        self.netns: str | None = None
+        self.runc_cgroup = f"/tiergate-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.footprint = harness.HostFootprint()
+        self.footprint.snapshot()
+        self.policy = str(Path(args.policy or SHIPPED_POLICY).resolve())
+        with open(self.policy, "rb") as fh:
+            self.policy_doc = tomllib.load(fh)
+        self.tiers = [t for t in self.policy_doc.get("tiers", {})]
+        if self.quick and args.tiers is None:
+            pass  # quick still covers every tier: 3 rounds of each are cheap
+        if args.tiers:
+            self.tiers = [t for t in self.tiers if t in args.tiers.split(",")]
+        self.log = self.d / "decisions.jsonl"
+        self.cache = self.d / "cache"
+        self.hook_argv: list[str] = []
+        self.shim: str | None = None
+        self.specs: dict[str, dict] = {}
+        self.podman_seccomp: dict | None = None
+
+    # -- setup ------------------------------------------------------------------
+    def tiergate(self, *args, check=True):
+        proc = subprocess.run([sys.executable, "-m", "tiergate.hook.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=120, cwd=REPO)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"tiergate {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr[-1000:]}")
+        return proc
+
+    def setup(self) -> None:
+        h = self.h
+        say(f"scratch dir {self.d}")
+        # The workload binary and the image rootfs (busybox-static + bench/syscalls).
+        self.syscalls_bin = self.d / "syscalls"
+        subprocess.run(["gcc", "-O2", "-static", "-o", str(self.syscalls_bin), str(REPO / "bench/syscalls.c")],
+                       check=True, timeout=120)
+        rootfs = h.busybox_rootfs(self.d / "img")
+        shutil.copy2(self.syscalls_bin, rootfs.path / "bin/tg-syscalls")
+        subprocess.run(["tar", "--numeric-owner", "-C", str(rootfs.path), "-cf", str(rootfs.tar), "."],
+                       check=True, timeout=60)
+        self.rootfs = rootfs
+
+        # Hooks dirs: empty (bare), no-op Python hook, tiergate, capture (for saved specs).
+        self.hooks = {k: self.d / f"hooks-{k}" for k in ("bare", "noop", "tiergate", "capture")}
+        for p in self.hooks.values():
+            p.mkdir()
+        self.noop = self.d / "noop-hook"
+        self.noop.write_text(f"#!{SYSTEM_PYTHON} -IS\n"
+                             "import sys\nsys.stdout.buffer.write(sys.stdin.buffer.read())\n")
+        self.noop.chmod(0o755)
+        self.capture_file = self.d / "captured-spec.json"
+        capture = self.d / "capture-hook"
+        capture.write_text(f"#!{SYSTEM_PYTHON} -IS\nimport sys\ndata = sys.stdin.buffer.read()\n"
+                           f"open({str(self.capture_file)!r}, 'wb').write(data)\nsys.stdout.buffer.write(data)\n")
+        capture.chmod(0o755)
+        for kind, exe in (("noop", self.noop), ("capture", capture)):
+            (self.hooks[kind] / "50-bench.json").write_text(json.dumps({
+                "version": "1.0.0", "hook": {"path": str(exe), "args": [exe.name]},
+                "when": {"always": True}, "stages": ["precreate"]}))
+
+        self.tiergate("install", "--engine", "podman", "--hooks-dir", self.hooks["tiergate"],
+                      "--bin-dir", self.d / "bin-podman", "--log", self.log, "--cache-dir", self.cache,
+                      "--policy", self.policy)
+        hook_json = json.loads((self.hooks["tiergate"] / "99-tiergate-precreate.json").read_text())
+        self.hook_path = hook_json["hook"]["path"]
+        self.hook_argv = hook_json["hook"]["args"]
+        self.results["meta"]["hook_launcher_shebang"] = Path(self.hook_path).read_text().splitlines()[0]
+
+        # The runtime shim (docker / runc sections); skipped with a reason if it is not there yet.
+        try:
+            self.tiergate("install", "--engine", "docker", "--daemon-json", self.d / "docker-install/daemon.json",
+                          "--bin-dir", self.d / "bin-shim", "--log", self.log, "--cache-dir", self.cache,
+                          "--policy", self.policy)
+            shim = self.d / "bin-shim" / "tiergate-runtime"
+            if not os.access(shim, os.X_OK):
+                raise RuntimeError(f"{shim} was not installed")
+            self.shim = str(shim)
+        except Exception as exc:  # noqa: BLE001 - the shim may be unfinished: skip its parts
+            self.skip("docker and tiergate-runtime", f"`tiergate install --engine docker` failed: {exc}")
+
+        self.podman = h.Podman(self.d / "podman", image_tar=rootfs.tar, hooks_dir=self.hooks["bare"])
+        self.images = {t: f"localhost/tiergate-bench-{t}" for t in self.tiers}
+        say(f"importing {len(self.images)} podman images")
+        for tier, ref in self.images.items():
+            self.podman.import_image(ref, {LABEL: tier})
+        self.bare_image = self.images.get("baseline") or next(iter(self.images.values()))
+        self.results["meta"]["podman_runtime"] = self.podman.runtime
+
+    def skip(self, what: str, why: str) -> None:
+        say(f"SKIPPED {what}: {why}")
+        self.results["skipped"].append({"what": what, "why": why})
+
+    def podman_argv(self, hooks: str, *args: str) -> list[str]:
+        p = self.podman
+        flags = list(p.global_flags)
+        flags[flags.index("--hooks-dir") + 1] = str(self.hooks[hooks])
+        args_l = [os.fspath(a) for a in args]
+        if args_l and args_l[0] in ("run", "create"):
+            args_l = [args_l[0], "--network", "none", "--cgroup-parent", p.cgroup_parent, *args_l[1:]]
+        return [p.binary, *flags, *args_l]
+
+    def podman_start(self, hooks: str, image: str, *extra: str):
+        argv = self.podman_argv(hooks, "run", "--rm", *extra, image, "true")
+
+        def run() -> float:
+            wall, _, proc = timed(argv, env=self.podman.env)
+            if proc.returncode != 0:
+                raise Failed(f"podman run exited {proc.returncode}: {last_line(proc.stderr)}")
+            return wall
+        return run
+
+    # -- saved precreate specs ------------------------------------------------------
+    def capture_specs(self) -> None:
+        """One real precreate spec per tier image, from a container kept in storage (no --rm),
+        so the hook resolves its image from the scratch storage as it would at a start."""
+        for tier, ref in self.images.items():
+            self.capture_file.unlink(missing_ok=True)
+            proc = subprocess.run(self.podman_argv("capture", "run", "--name", f"tgb-spec-{tier}", ref, "true"),
+                                  env=self.podman.env, capture_output=True, timeout=120)
+            if proc.returncode != 0 or not self.capture_file.exists():
+                raise RuntimeError(f"capturing the {tier} spec failed: {last_line(proc.stderr)}")
+            self.specs[tier] = json.loads(self.capture_file.read_bytes())
+        spec = self.specs.get("baseline") or next(iter(self.specs.values()))
+        (self.d / "saved-spec.json").write_text(json.dumps(spec, indent=1))
+        # podman's default profile as podman hands it to the runtime (OCI form, this host's arches).
+        priv = self.specs.get("privileged") or {}
+        self.podman_seccomp = (priv.get("linux") or {}).get("seccomp")
+        self.results["meta"]["saved_spec_bytes"] = len(json.dumps(spec))
+
+    def run_hook(self, spec_bytes: bytes, *, policy: str | None = None, cache: Path | None = None,
+                 noop: bool = False) -> tuple[float, float]:
+        """One precreate hook process as podman runs it (empty environment), -> (wall s, cpu s)."""
+        if noop:
+            argv, exe = [self.noop.name], str(self.noop)
+        else:
+            argv = list(self.hook_argv)
+            exe = self.hook_path
+            if policy or cache:
+                argv = self._override(argv, "--policy", policy)
+                argv = self._override(argv, "--cache-dir", str(cache) if cache else None)
+        wall, cpu, proc = timed(argv, executable=exe, env={}, input=spec_bytes, cwd="/")
+        if proc.returncode != 0:
+            raise Failed(f"hook exited {proc.returncode}: {last_line(proc.stderr)}")
+        if not noop:
+            out = json.loads(proc.stdout)
+            refused = (out.get("annotations") or {}).get("io.tiergate.refused")
+            if refused:
+                raise Failed(f"hook refused: {refused}")
+        return wall, cpu
+
+    @staticmethod
+    def _override(argv: list[str], flag: str, value: str | None) -> list[str]:
+        if value is None:
+            return argv
+        argv = list(argv)
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+        return argv
+
+    # -- 1. end to end ----------------------------------------------------------------
+    def section_e2e(self) -> None:
+        out: dict = {}
+        say(f"e2e podman: {self.rounds} rounds, bare / no-op hook / tiergate x {len(self.tiers)} tiers")
+        configs = {"podman bare": self.podman_start("bare", self.bare_image),
+                   "podman no-op hook": self.podman_start("noop", self.bare_image)}
+        for tier in self.tiers:
+            configs[f"podman tiergate {tier}"] = self.podman_start("tiergate", self.images[tier])
+        out["podman"] = with_deltas(alternate(configs, self.rounds, "podman"), "podman bare", "podman no-op hook")
+        self.results["e2e"] = out
+        self.e2e_runc(out)
+        self.e2e_docker(out)
+
+    def e2e_runc(self, out: dict) -> None:
+        if not self.shim:
+            self.skip("runc vs tiergate-runtime run", "the shim is not installed")
+            return
+        h = self.h
+        base = h.runc_base_spec()
+        base.setdefault("process", {})["args"] = ["true"]
+        root = self.d / "runc-root"
+        configs = {}
+        bundles = {"runc run": (None, None)}
+        # privileged is left out: a bare bundle has no image reference, so no trust rule lifts its
+        # ceiling and it would be clamped to baseline.
+        for tier in (t for t in SHIPPED_TIERS if t in self.tiers and t != "privileged"):
+            bundles[f"tiergate-runtime run {tier}"] = (self.shim, tier)
+        runc = shutil.which("runc")
+        for name, (runtime, tier) in bundles.items():
+            cfg = json.loads(json.dumps(base))
+            if tier:
+                cfg.setdefault("annotations", {})[LABEL] = tier
+            b = h.RuncBundle(self.d / "bundles" / name.replace(" ", "-"), self.rootfs.path, cfg, runc_root=root,
+                             runc=runtime or runc, cgroup_parent=f"{self.runc_cgroup}/runc")
+            configs[name] = self._runc_runner(b)
+            if not tier and self.podman_seccomp:
+                # `runc spec` has no seccomp filter; podman's default profile (converted to OCI form
+                # by podman, from the saved privileged spec) is the fair reference for a tier's filter.
+                cfg = json.loads(json.dumps(base))
+                cfg.setdefault("linux", {})["seccomp"] = self.podman_seccomp
+                ref = h.RuncBundle(self.d / "bundles" / "docker-default-seccomp", self.rootfs.path, cfg,
+                                   runc_root=root, runc=runc, cgroup_parent=f"{self.runc_cgroup}/runc")
+                configs["runc run + Docker default seccomp"] = self._runc_runner(ref)
+            if tier:
+                # The same bundle, hardened once by the shim and then run by plain runc: what the
+                # tier's hardening costs the runtime, apart from tiergate's own process.
+                try:
+                    configs[name]()
+                    hardened = json.loads(b.config_path.read_text())
+                except Failed as exc:
+                    say(f"  {name}: {exc}")
+                    continue
+                hardened.get("linux", {}).pop("cgroupsPath", None)
+                pre = h.RuncBundle(self.d / "bundles" / f"prehardened-{tier}", self.rootfs.path, hardened,
+                                   runc_root=root, runc=runc, cgroup_parent=f"{self.runc_cgroup}/runc")
+                configs[f"runc run, spec pre-hardened as {tier}"] = self._runc_runner(pre)
+        say(f"e2e runc: {self.rounds} rounds, runc run vs tiergate-runtime run (a bundle annotation asks the tier)")
+        out["runc"] = with_deltas(alternate(configs, self.rounds, "runc"), "runc run")
+
+    def _runc_runner(self, b):
+        def run() -> float:
+            cid = f"tgb-{uuid.uuid4().hex[:12]}"
+            b.config.setdefault("linux", {})["cgroupsPath"] = f"{b.cgroup_parent}/{cid}"
+            b.write()
+            try:
+                wall, _, proc = timed([b.runc, "--root", str(b.runc_root), "run", "--bundle", str(b.dir), cid],
+                                      timeout=60)
+            finally:
+                subprocess.run([b.runc, "--root", str(b.runc_root), "delete", "--force", cid],
+                               capture_output=True, timeout=30)
+            if proc.returncode != 0:
+                raise Failed(f"{Path(b.runc).name} run exited {proc.returncode}: {last_line(proc.stderr)}")
+            return wall
+        return run
+
+    def e2e_docker(self, out: dict) -> None:
+        if not self.shim:
+            self.skip("docker bare vs --runtime tiergate", "the shim is not installed")
+            return
+        h = self.h
+        try:
+            self.docker = h.Docker(self.d / "docker", image_tar=self.rootfs.tar,
+                                   runtimes={"tiergate": self.shim})
+            self.docker.start()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - pytest.skip from the harness included
+            self.skip("docker", f"private dockerd did not start: {exc}")
+            if self.docker is not None:
+                self.docker.stop()
+                self.docker = None
+            return
+        tiers = [t for t in SHIPPED_TIERS if t in self.tiers]
+        for tier in tiers:
+            self.docker.import_image(self.images[tier], {LABEL: tier})
+        dk = self.docker
+
+        def start(image: str, *extra: str):
+            argv = [dk.cli, "-H", f"unix://{dk.sock}", "run", "--rm", "--network", "none", *extra, image, "true"]
+
+            def run() -> float:
+                wall, _, proc = timed(argv, env=dk.env)
+                if proc.returncode != 0:
+                    raise Failed(f"docker run exited {proc.returncode}: {last_line(proc.stderr)}")
+                return wall
+            return run
+
+        configs = {"docker bare": start(self.bare_image)}
+        for tier in tiers:
+            configs[f"docker tiergate {tier}"] = start(self.images[tier], "--runtime", "tiergate")
+        say(f"e2e docker: {self.rounds} rounds, bare vs --runtime tiergate x {len(tiers)} tiers")
+        try:
+            out["docker"] = with_deltas(alternate(configs, self.rounds, "docker"), "docker bare")
+        finally:
+            self.docker.stop()
+            self.docker = None
+
+    # -- 2. the hook process alone ---------------------------------------------------------
+    def section_hook(self) -> None:
+        n = self.args.hook_runs or (10 if self.quick else 40)
+        out: dict = {}
+        say(f"hook process on saved specs: {n} runs each, alternating")
+        payloads = {t: json.dumps(s).encode() for t, s in self.specs.items()}
+        base = payloads.get("baseline") or next(iter(payloads.values()))
+        cpu: dict[str, list[float]] = {}
+
+        def runner(name: str, data: bytes, **kw):
+            cpu[name] = []
+
+            def run() -> float:
+                wall, c = self.run_hook(data, **kw)
+                cpu[name].append(c)
+                return wall
+            return run
+
+        configs = {"python -IS -c pass": self._python_floor(),
+                   "no-op hook": runner("no-op hook", base, noop=True)}
+        for tier, data in payloads.items():
+            configs[f"tiergate {tier}"] = runner(f"tiergate {tier}", data)
+        res = alternate(configs, n, "hook")
+        for name, r in res.items():
+            if name in cpu:
+                c = stats(cpu[name][-r["n"]:] if r["n"] else [])
+                r["cpu_median_ms"] = c["median_ms"]
+        out["runs"] = with_deltas(res, "no-op hook")
+        for r in res.values():  # "added vs bare" here means beyond the no-op hook
+            r.pop("ratio_to_bare", None)
+            if "added_vs_bare_ms" in r:
+                r["added_vs_noop_ms"] = r.pop("added_vs_bare_ms")
+        out["importtime"] = self._importtime(base)
+        if self.shim:
+            out["passthrough"] = self._passthrough(n)
+        self.results["hook"] = out
+
+    def _python_floor(self):
+        def run() -> float:
+            wall, _, proc = timed([SYSTEM_PYTHON, "-I", "-S", "-c", "pass"], env={})
+            return wall
+        return run
+
+    def _importtime(self, data: bytes) -> dict:
+        """`python -X importtime` of the hook launcher on the saved baseline spec: the slowest imports."""
+        interp = Path(self.hook_path).read_text().splitlines()[0][2:].split()[0]
+        argv = [interp, "-X", "importtime", "-I", "-S", self.hook_path, *self.hook_argv[1:]]
+        proc = subprocess.run(argv, input=data, capture_output=True, env={}, timeout=60, cwd="/")
+        rows = []
+        for line in proc.stderr.decode(errors="replace").splitlines():
+            m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+            if m:
+                rows.append({"self_us": int(m.group(1)), "cumulative_us": int(m.group(2)),
+                             "depth": len(m.group(3)) // 2, "module": m.group(4)})
+        total = sum(r["self_us"] for r in rows)
+        top = sorted((r for r in rows if r["depth"] <= 1), key=lambda r: -r["cumulative_us"])[:10]
+        return {"total_import_us": total, "modules": len(rows), "top_level_by_cumulative": top}
+
+    def _passthrough(self, n: int) -> dict:
+        """`runc --root R list` vs `tiergate-runtime --root R list`: the shim's pass-through path."""
+        root = self.d / "runc-root-pt"
+        root.mkdir(exist_ok=True)
+
+        def mk(exe):
+            def run() -> float:
+                wall, _, proc = timed([exe, "--root", str(root), "list"], timeout=30)
+                if proc.returncode != 0:
+                    raise Failed(f"{exe} list exited {proc.returncode}: {last_line(proc.stderr)}")
+                return wall
+            return run
+        say("tiergate-runtime pass-through (list) vs runc")
+        return with_deltas(alternate({"runc list": mk(shutil.which("runc")), "tiergate-runtime list": mk(self.shim)},
+                                     n, "pass-through"), "runc list")
+
+    # -- 3. scale -------------------------------------------------------------------------
+    def section_scale(self) -> None:
+        out: dict = {}
+        self.results["scale"] = out
+        out["policy"] = self._scale_policy()
+        out["spec_size"] = self._scale_spec()
+        out["cidrs"] = self._scale_cidrs()
+        out["parallel"] = self._scale_parallel()
+
+    def gen_policy(self, n_trust: int, n_tiers: int, path: Path) -> Path:
+        """The shipped policy with n_trust trust rules (the matching ones last) and tiers up to n_tiers."""
+        text = SHIPPED_POLICY.read_text() if self.policy == str(SHIPPED_POLICY.resolve()) else Path(self.policy).read_text()
+        text = re.sub(r"(?m)^\[\[trust\]\]\n(?:[a-z_]+ = .*\n)+\n?", "", text)
+        base_tiers = list(self.policy_doc["tiers"])
+        parents = [t for t in base_tiers if t != "privileged"]
+        lines = [text, "\n# --- generated by bench/bench.py ---\n"]
+        for i in range(max(0, n_tiers - len(base_tiers))):
+            parent = parents[i % len(parents)]
+            strict = int(self.policy_doc["tiers"].get(parent, {}).get("strictness", 20)) + 1 + i % 7
+            lines.append(f'[tiers.gen-{i:03d}]\ndescription = "generated tier {i}"\nextends = "{parent}"\n'
+                         f'strictness = {strict}\npids_limit = {512 + i}\n')
+            if i % 3 == 0:
+                lines.append(f'network = "gen-{i:03d}"\n')
+                allow = ", ".join(f'{{ cidr = "10.{i}.{j}.0/24", ports = [443], proto = "tcp" }}' for j in range(20))
+                lines.append(f'\n[networks.gen-{i:03d}]\negress = "allowlist"\ningress = "none"\n'
+                             f'dns = "resolv.conf"\nallow = [{allow}]\n')
+            lines.append("\n")
+        rules = []
+        tiers_cycle = [t for t in base_tiers if t != "privileged"] or base_tiers
+        for i in range(max(0, n_trust - 2)):
+            if i % 10 == 9:
+                rules.append(f'[[trust]]\ndigest = "sha256:{i:064x}"\nmax_tier = "{tiers_cycle[i % len(tiers_cycle)]}"\n')
+            else:
+                rules.append(f'[[trust]]\nmatch = "registry{i}.example.com/team-{i % 37}/app-*"\n'
+                             f'max_tier = "{tiers_cycle[i % len(tiers_cycle)]}"\n')
+        rules.append('[[trust]]\nmatch = "localhost/tiergate-*"\nmax_tier = "privileged"\n')
+        rules.append('[[trust]]\nmatch = "*"\nmax_tier = "baseline"\n')
+        path.write_text("".join(lines) + "\n" + "\n".join(rules))
+        return path
+
+    def _scale_policy(self) -> dict:
+        warm_n = 8 if self.quick else 25
+        cold_n = 2 if self.quick else 5
+        cases = [(10, 50), (100, 50), (1000, 50)] + ([] if self.quick else [(1000, 200)])
+        data = json.dumps(self.specs.get("baseline") or next(iter(self.specs.values()))).encode()
+        out = []
+        gen_dir = self.d / "gen-policies"
+        gen_dir.mkdir()
+        say(f"scale: generated policies {cases} (trust rules, tiers): warm hook x{warm_n}, cold compile x{cold_n}")
+        policies = {}
+        for n_trust, n_tiers in cases:
+            p = self.gen_policy(n_trust, n_tiers, gen_dir / f"policy-{n_trust}-{n_tiers}.toml")
+            cache = self.d / f"cache-gen-{n_trust}-{n_tiers}"
+            self.run_hook(data, policy=str(p), cache=cache)  # compile once: the cache is warm from here
+            entry = next(cache.iterdir(), None)
+            policies[(n_trust, n_tiers)] = (p, cache, entry.stat().st_size if entry else None)
+        configs = {"shipped policy": lambda: self.run_hook(data)[0]}
+        for (n_trust, n_tiers), (p, cache, _) in policies.items():
+            configs[f"{n_trust} rules x {n_tiers} tiers"] = (lambda p=p, c=cache: self.run_hook(data, policy=str(p), cache=c)[0])
+        warm = with_deltas(alternate(configs, warm_n, "warm hook", warmup=False), "shipped policy")
+        cold_cfgs = {}
+        counter = iter(range(10 ** 6))
+        for key, (p, _, _) in [(("shipped", ""), (Path(self.policy), None, None)), *policies.items()]:
+            name = "shipped policy" if key[0] == "shipped" else f"{key[0]} rules x {key[1]} tiers"
+            cold_cfgs[name] = (lambda p=p: self.run_hook(data, policy=str(p),
+                                                         cache=self.d / f"cold-{next(counter)}")[0])
+        cold = alternate(cold_cfgs, cold_n, "cold hook (compile)", warmup=False)
+        for name in warm:
+            key = next((k for k in policies if f"{k[0]} rules x {k[1]} tiers" == name), None)
+            shipped_cache = next(self.cache.iterdir(), None) if self.cache.is_dir() else None
+            out.append({"policy": name, "trust_rules": key[0] if key else len(self.policy_doc.get("trust", [])),
+                        "tiers": key[1] if key else len(self.policy_doc.get("tiers", {})),
+                        "cache_bytes": policies[key][2] if key else (shipped_cache.stat().st_size if shipped_cache else None),
+                        "warm": warm[name], "cold": cold.get(name)})
+        return out
+
+    def _scale_spec(self) -> list:
+        runs = 8 if self.quick else 25
+        spec = self.specs.get("baseline") or next(iter(self.specs.values()))
+        configs, sizes = {}, {}
+        for n in (0, 1000, 10000):
+            s = json.loads(json.dumps(spec))
+            s["process"]["env"] = list(s["process"].get("env") or []) + [f"BENCH_PAD_{i}=" + "x" * 48 for i in range(n)]
+            s.setdefault("annotations", {}).update({f"bench.pad/{i}": "y" * 32 for i in range(n // 10)})
+            data = json.dumps(s).encode()
+            name = f"spec {len(data) // 1024} KiB ({n} env vars)"
+            sizes[name] = len(data)
+            configs[name] = (lambda d=data: self.run_hook(d)[0])
+        say(f"scale: spec size {list(sizes)} x{runs}")
+        res = alternate(configs, runs, "spec size", warmup=False)
+        first = next(iter(res))
+        res = with_deltas(res, first)
+        return [{"spec": k, "bytes": sizes[k], **v} for k, v in res.items()]
+
+    def _scale_cidrs(self) -> list:
+        from tiergate.hook.network import apply, ruleset
+        from tiergate.hook.network.model import from_table, to_dict
+
+        self.netns = f"tgbench-{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", self.netns], check=True, timeout=30)
+        path = f"/run/netns/{self.netns}"
+        reps = 3 if self.quick else 7
+        sizes = (10, 100, 1000, 10000)
+        say(f"scale: network allowlists of {sizes} CIDRs, build + apply into netns {self.netns} x{reps}")
+        out = []
+        for n in sizes:
+            allow = []
+            for i in range(n):
+                if i % 10 == 9:
+                    allow.append({"cidr": f"2001:db8:{i >> 8:x}:{i & 0xff:x}::/64", "ports": [443], "proto": "tcp"})
+                else:
+                    allow.append({"cidr": f"10.{(2 * i) >> 8 & 0xff}.{(2 * i) & 0xff}.0/24", "ports": [443], "proto": "tcp"})
+            t0 = time.perf_counter()
+            pol = to_dict(from_table(f"bench{n}", {"egress": "allowlist", "ingress": "none", "dns": "resolv.conf",
+                                                   "allow": allow}))
+            compile_s = time.perf_counter() - t0
+            facts = {"id": "benchcontainer", "nameservers": ["10.0.0.53"], "ports": []}
+            builds, applies, libnft = [], [], []
+            libnft_error = None
+            doc = None
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                doc = ruleset.build(pol, facts)
+                builds.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                apply.apply(doc, path, timeout=120)
+                applies.append(time.perf_counter() - t0)
+                if libnft_error is None and hasattr(apply, "_load_libnftables"):
+                    # apply.py's measured alternative: fork, setns, libnftables (ctypes) in the child.
+                    try:
+                        t0 = time.perf_counter()
+                        apply._load_libnftables(doc, path, timeout=120)
+                        libnft.append(time.perf_counter() - t0)
+                    except Exception as exc:  # noqa: BLE001
+                        libnft_error = str(exc)[:200]
+            listed = subprocess.run(["ip", "netns", "exec", self.netns, "nft", "list", "table", "inet", "tiergate"],
+                                    capture_output=True, text=True, timeout=60).stdout
+            out.append({"cidrs": n, "model_compile_ms": round(compile_s * 1000, 2), "build": stats(builds),
+                        "apply": stats(applies), "apply_libnftables": stats(libnft), "libnftables_error": libnft_error,
+                        "doc_bytes": len(json.dumps(doc, separators=(",", ":"))),
+                        "loaded_ok": "allow4_0" in listed})
+        subprocess.run(["ip", "netns", "delete", self.netns], timeout=30)
+        self.netns = None
+        return out
+
+    def _scale_parallel(self) -> dict:
+        n = 20
+        rounds = 1 if self.quick else 3
+        tier = "baseline" if "baseline" in self.images else next(iter(self.images))
+        say(f"scale: {n} containers started in parallel, bare vs tiergate {tier}, {rounds} round(s)")
+
+        def batch(hooks: str):
+            def run() -> float:
+                argv = self.podman_argv(hooks, "run", "--rm", self.images[tier], "true")
+                t0 = time.perf_counter()
+                procs = [subprocess.Popen(argv, env=self.podman.env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(n)]
+                errs = []
+                for p in procs:
+                    _, err = p.communicate(timeout=300)
+                    if p.returncode != 0:
+                        errs.append(last_line(err))
+                wall = time.perf_counter() - t0
+                if errs:
+                    raise Failed(f"{len(errs)}/{n} failed: {errs[0]}")
+                return wall
+            return run
+        res = alternate({"bare": batch("bare"), f"tiergate {tier}": batch("tiergate")}, rounds, "parallel",
+                        warmup=False)
+        for r in res.values():
+            if r["median_ms"]:
+                r["containers_per_s"] = round(n / (r["median_ms"] / 1000), 2)
+        b, t = res["bare"].get("containers_per_s"), res[f"tiergate {tier}"].get("containers_per_s")
+        return {"containers": n, "results": res, "throughput_ratio": round(t / b, 3) if b and t else None}
+
+    # -- 4. seccomp workload cost ------------------------------------------------------------
+    def section_seccomp(self) -> None:
+        rounds = self.args.seccomp_rounds or (2 if self.quick else 5)
+        calls = ("1000000", "125000", "3")
+        priv = self.images.get("privileged")
+        configs: dict = {}
+        raw: dict[str, list[dict]] = {}
+
+        def runner(name: str, hooks: str, image: str, *extra: str):
+            raw[name] = []
+            # The binary itself, no shell: node-worker's filter denies fork.
+            argv = self.podman_argv(hooks, "run", "--rm", *extra, image, "/bin/tg-syscalls", *calls)
+
+            def run() -> float:
+                wall, _, proc = timed(argv, env=self.podman.env)
+                if proc.returncode != 0:
+                    raise Failed(f"exited {proc.returncode}: {last_line(proc.stderr) or last_line(proc.stdout)}")
+                raw[name].append(self._parse_syscalls(proc.stdout.decode()))
+                return wall
+            return run
+
+        def host():
+            raw["host (no container)"] = []
+
+            def run() -> float:
+                wall, _, proc = timed([self.syscalls_bin, *calls])
+                raw["host (no container)"].append(self._parse_syscalls(proc.stdout.decode()))
+                return wall
+            return run
+
+        configs["host (no container)"] = host()
+        if priv:
+            configs["no filter (unconfined)"] = runner("no filter (unconfined)", "tiergate", priv,
+                                                       "--security-opt", "seccomp=unconfined")
+            configs["Docker default (podman seccomp.json)"] = runner(
+                "Docker default (podman seccomp.json)", "tiergate", priv,
+                "--security-opt", f"seccomp={DOCKER_DEFAULT_SECCOMP}")
+        else:
+            self.skip("seccomp unconfined / default", "no privileged tier in the policy")
+        for tier in SECCOMP_TIERS:
+            if tier in self.images:
+                configs[f"tiergate {tier}"] = runner(f"tiergate {tier}", "tiergate", self.images[tier])
+        say(f"seccomp workload: {rounds} rounds x {len(configs)} configs ({calls[0]} getppid, "
+            f"{calls[1]} open/close pairs, best of {calls[2]} batches each)")
+        res = alternate(configs, rounds, "seccomp", warmup=False)
+        out = {}
+        for name, r in res.items():
+            rows = raw.get(name) or []
+            row = {"n": len(rows), "error": r.get("error")}
+            for key in ("getppid_ns", "open_close_ns", "mixed_ns"):
+                vals = [x[key] for x in rows if key in x]
+                row[key] = round(statistics.median(vals), 1) if vals else None
+                row[f"{key}_samples"] = vals
+            row["seccomp_mode"] = rows[-1].get("seccomp") if rows else None
+            row["seccomp_filters"] = rows[-1].get("seccomp_filters") if rows else None
+            out[name] = row
+        ref = out.get("Docker default (podman seccomp.json)", {})
+        none = out.get("no filter (unconfined)", {})
+        for row in out.values():
+            for key in ("getppid_ns", "mixed_ns"):
+                if row.get(key) is not None and ref.get(key):
+                    row[f"{key}_vs_docker_default"] = round(row[key] / ref[key], 3)
+                if row.get(key) is not None and none.get(key):
+                    row[f"{key}_vs_unconfined"] = round(row[key] / none[key], 3)
+        self.results["seccomp"] = {"calls": {"getppid": int(calls[0]), "open_close_pairs": int(calls[1]),
+                                             "batches": int(calls[2])}, "rounds": rounds, "results": out,
+                                   "docker_default_profile": DOCKER_DEFAULT_SECCOMP}
+
+    @staticmethod
+    def _parse_syscalls(text: str) -> dict:
+        row: dict = {}
+        for m in re.finditer(r"(\w+)=(-?[\d.]+)", text):
+            row[m.group(1)] = float(m.group(2))
+        for key in ("seccomp", "seccomp_filters"):
+            if key in row:
+                row[key] = int(row[key])
+        if "getppid_ns" not in row:
+            raise Failed(f"no timing in output: {text[-200:]!r}")
+        return row
+
+    # -- teardown ------------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        say("cleaning up")
+        if self.docker is not None:
+            try:
+                self.docker.stop()
+            except Exception as exc:  # noqa: BLE001
+                say(f"docker stop: {exc}")
+        if self.netns:
+            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, timeout=30)
+        if self.podman is not None:
+            try:
+                self.podman.cleanup()
+            except Exception as exc:  # noqa: BLE001
+                say(f"podman cleanup: {exc}")
+        runc_root = self.d / "runc-root"
+        if runc_root.is_dir() and shutil.which("runc"):
+            ids = subprocess.run(["runc", "--root", str(runc_root), "list", "-q"], capture_output=True,
+                                 text=True, timeout=30).stdout.split()
+            for cid in ids:
+                subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", cid],
+                               capture_output=True, timeout=30)
+        left = self.h.remove_cgroup(self.runc_cgroup)
+        if left:
+            say(f"cgroups left: {left}")
+        self.h.remove_tree(self.d)
+        left = self.footprint.restore()
+        if left:
+            say(f"host paths left (not empty): {left}")
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+def fmt(v, nd=1, sign=False) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) or isinstance(v, int):
+        return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
+    return str(v)
+
+
+def markdown(res: dict) -> str:
+    m = res.get("meta", {})
+    L = [f"# tiergate benchmark: {m.get('date', '')}", "",
+         f"{m.get('host', '')}; {m.get('cpus')} CPUs; load average {m.get('loadavg_start')} at start, "
+         f"{m.get('loadavg_end')} at end; {m.get('engines', '')}; "
+         f"rounds {m.get('rounds')}{' (--quick: PRELIMINARY)' if m.get('quick') else ''}; "
+         f"run took {m.get('duration_s')} s.", ""]
+    e2e = res.get("e2e") or {}
+    if e2e:
+        L += ["## Container start (median wall, configurations alternating within each round)", "",
+              "| configuration | median ms | p25-p75 ms | vs bare ms | vs no-op hook ms | ratio to bare | n |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+        for engine in ("podman", "docker", "runc"):
+            for name, r in (e2e.get(engine) or {}).items():
+                if r.get("error") and not r.get("n"):
+                    L.append(f"| {name} | failed: {r['error'][:80]} | | | | | 0 |")
+                    continue
+                L.append(f"| {name} | {fmt(r['median_ms'])} | {fmt(r['p25_ms'])}-{fmt(r['p75_ms'])} | "
+                         f"{fmt(r.get('added_vs_bare_ms'), sign=True)} | {fmt(r.get('added_vs_noop_ms'), sign=True)} | "
+                         f"{fmt(r.get('ratio_to_bare'), 3)} | {r['n']} |")
+        pod = e2e.get("podman") or {}
+        over = {k: v.get("added_vs_noop_ms") for k, v in pod.items() if k.startswith("podman tiergate")}
+        if over and all(v is not None for v in over.values()):
+            worst = max(over, key=over.get)
+            ok = over[worst] <= HOOK_BUDGET_MS
+            L += ["", f"Budget (issue 10): tiergate's median beyond the no-op hook <= {HOOK_BUDGET_MS:.0f} ms for every "
+                      f"tier: **{'met' if ok else 'NOT met'}** (worst: {worst.removeprefix('podman tiergate ')} "
+                      f"{over[worst]:+.1f} ms)."]
+        L.append("")
+    hook = res.get("hook") or {}
+    if hook.get("runs"):
+        L += ["## The precreate hook process alone (saved spec, empty environment as podman runs it)", "",
+              "| process | wall median ms | p25-p75 ms | min ms | CPU median ms | wall vs no-op hook ms | n |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in hook["runs"].items():
+            L.append(f"| {name} | {fmt(r['median_ms'])} | {fmt(r['p25_ms'])}-{fmt(r['p75_ms'])} | {fmt(r['min_ms'])} | "
+                     f"{fmt(r.get('cpu_median_ms'))} | {fmt(r.get('added_vs_noop_ms'), sign=True)} | {r['n']} |")
+        it = hook.get("importtime") or {}
+        if it:
+            top = ", ".join(f"{x['module']} {x['cumulative_us'] / 1000:.1f}" for x in it["top_level_by_cumulative"][:6])
+            L += ["", f"`-X importtime` of the hook (baseline spec): {it['modules']} modules, "
+                      f"{it['total_import_us'] / 1000:.1f} ms of imports; slowest top-level (ms, cumulative): {top}."]
+        pt = hook.get("passthrough") or {}
+        if pt:
+            r = pt.get("tiergate-runtime list", {})
+            L += ["", f"tiergate-runtime pass-through (`list`): {fmt(r.get('median_ms'))} ms vs runc "
+                      f"{fmt(pt.get('runc list', {}).get('median_ms'))} ms ({fmt(r.get('added_vs_bare_ms'), sign=True)} ms)."]
+        L.append("")
+    sc = res.get("scale") or {}
+    if sc.get("policy"):
+        L += ["## Scale", "", "Policy size: hook on the saved baseline spec, warm cache vs cold (compiles the policy).", "",
+              "| policy | trust rules | tiers | cache KiB | warm hook median ms | min ms | vs shipped ms | cold hook ms |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in sc["policy"]:
+            w, c = row["warm"], row.get("cold") or {}
+            kib = f"{row['cache_bytes'] / 1024:.0f}" if row.get("cache_bytes") else "-"
+            L.append(f"| {row['policy']} | {row['trust_rules']} | {row['tiers']} | {kib} | {fmt(w['median_ms'])} | "
+                     f"{fmt(w['min_ms'])} | {fmt(w.get('added_vs_bare_ms'), sign=True)} | {fmt(c.get('median_ms'))} |")
+        L.append("")
+    if sc.get("spec_size"):
+        L += ["Spec size (warm hook, shipped policy):", "", "| spec | bytes | hook median ms | min ms | vs smallest ms |",
+              "|---|---:|---:|---:|---:|"]
+        for row in sc["spec_size"]:
+            L.append(f"| {row['spec']} | {row['bytes']} | {fmt(row['median_ms'])} | {fmt(row['min_ms'])} | "
+                     f"{fmt(row.get('added_vs_bare_ms'), sign=True)} |")
+        L.append("")
+    if sc.get("cidrs"):
+        L += ["Network allowlist (ruleset.build in-process; apply.apply = nsenter + nft -j into a scratch netns):", "",
+              "| CIDRs | model (compile) ms | build ms | apply ms (nsenter + nft) | apply ms (libnftables, in-process) | "
+              "nft JSON KiB | loaded |", "|---:|---:|---:|---:|---:|---:|---|"]
+        for row in sc["cidrs"]:
+            lib = row.get("apply_libnftables") or {}
+            L.append(f"| {row['cidrs']} | {fmt(row['model_compile_ms'])} | {fmt(row['build']['median_ms'])} | "
+                     f"{fmt(row['apply']['median_ms'])} | {fmt(lib.get('median_ms'))} | {row['doc_bytes'] / 1024:.0f} | "
+                     f"{'yes' if row['loaded_ok'] else 'NO'} |")
+        L.append("")
+    par = sc.get("parallel")
+    if par:
+        parts = [f"{k}: {fmt(v.get('median_ms') and v['median_ms'] / 1000, 2)} s, {fmt(v.get('containers_per_s'), 2)}/s"
+                 for k, v in par["results"].items()]
+        L += [f"{par['containers']} containers started in parallel (podman): " + "; ".join(parts)
+              + f"; throughput ratio tiergate/bare **{fmt(par.get('throughput_ratio'), 3)}**.", ""]
+    sec = res.get("seccomp") or {}
+    if sec.get("results"):
+        c = sec["calls"]
+        L += ["## Workload cost of seccomp (bench/syscalls.c, static, inside the container)", "",
+              f"{c['getppid']:,} getppid() via syscall() and {c['open_close_pairs']:,} open/close of /dev/null, "
+              f"fastest of {c['batches']} batches per run, median of {sec['rounds']} runs. \"Docker default\" is podman's "
+              f"{sec['docker_default_profile']}, which is derived from moby's default.json (not available offline here).", "",
+              "| configuration | Seccomp / filters | getppid ns | open+close ns/syscall | mixed ns/syscall | "
+              "getppid vs Docker default | mixed vs Docker default |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+        for name, r in sec["results"].items():
+            if r.get("getppid_ns") is None:
+                L.append(f"| {name} | failed: {(r.get('error') or '')[:80]} | | | | | |")
+                continue
+            mode = f"{fmt(r.get('seccomp_mode'), 0)} / {fmt(r.get('seccomp_filters'), 0)}"
+            L.append(f"| {name} | {mode} | {fmt(r['getppid_ns'])} | {fmt(r['open_close_ns'])} | {fmt(r['mixed_ns'])} | "
+                     f"{fmt(r.get('getppid_ns_vs_docker_default'), 3)} | {fmt(r.get('mixed_ns_vs_docker_default'), 3)} |")
+        tiers = {k: v.get("mixed_ns_vs_docker_default") for k, v in sec["results"].items() if k.startswith("tiergate")}
+        if tiers and all(v is not None for v in tiers.values()):
+            worst = max(tiers, key=tiers.get)
+            L += ["", f"Goal: every tier's filter costs no more than Docker's default (ratio <= 1.00 within noise, "
+                      f"~3%): worst {worst.removeprefix('tiergate ')} {tiers[worst]:.3f}: "
+                      f"**{'met' if tiers[worst] <= 1.03 else 'NOT met'}**."]
+        L.append("")
+    if res.get("skipped"):
+        L += ["## Skipped", ""] + [f"- {s['what']}: {s['why']}" for s in res["skipped"]] + [""]
+    return "\n".join(L)
+
+
+def ensure_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        pass
+    say(f"matplotlib is missing: {sys.executable} -m pip install matplotlib")
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "matplotlib"],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        say(f"pip install matplotlib failed ({last_line(proc.stderr)}): no plot")
+        return False
+    import importlib
+    importlib.invalidate_caches()
+    try:
+        import matplotlib  # noqa: F401,F811
+        return True
+    except ImportError:
+        return False
+
+
+def plot(res: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = []
+    e2e = res.get("e2e") or {}
+    rows = [(n, r) for eng in ("podman", "docker", "runc") for n, r in (e2e.get(eng) or {}).items() if r.get("median_ms")]
+    if rows:
+        panels.append(("Container start: median wall (ms), bars p25-p75", rows, "median_ms"))
+    hook = (res.get("hook") or {}).get("runs") or {}
+    hrows = [(n, r) for n, r in hook.items() if r.get("median_ms")]
+    if hrows:
+        panels.append(("Hook process alone: wall and CPU (ms)", hrows, "hook"))
+    sec = (res.get("seccomp") or {}).get("results") or {}
+    srows = [(n, r) for n, r in sec.items() if r.get("getppid_ns")]
+    if srows:
+        panels.append(("Seccomp: ns per syscall inside the container", srows, "seccomp"))
+    if not panels:
+        return False
+    heights = [max(2.5, 0.32 * len(p[1]) + 1.2) for p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, sum(heights)), gridspec_kw={"height_ratios": heights})
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for ax, (title, rows, kind) in zip(axes, panels):
+        names = [n for n, _ in rows][::-1]
+        rs = [r for _, r in rows][::-1]
+        y = range(len(names))
+        if kind == "median_ms":
+            med = [r["median_ms"] for r in rs]
+            lo = [r["median_ms"] - (r.get("p25_ms") or r["median_ms"]) for r in rs]
+            hi = [(r.get("p75_ms") or r["median_ms"]) - r["median_ms"] for r in rs]
+            colors = ["#666666" if ("bare" in n or n == "runc run") else
+                      "#bbbbbb" if ("no-op" in n or "Docker default" in n or "pre-hardened" in n) else
+                      "#3b75af" for n in names]
+            ax.barh(y, med, xerr=[lo, hi], color=colors, capsize=2)
+            for i, v in enumerate(med):
+                ax.text(v, i, f" {v:.0f}", va="center", fontsize=7)
+            ax.set_xlabel("ms")
+        elif kind == "hook":
+            ax.barh([i + 0.2 for i in y], [r["median_ms"] for r in rs], height=0.4, label="wall", color="#3b75af")
+            ax.barh([i - 0.2 for i in y], [r.get("cpu_median_ms") or 0 for r in rs], height=0.4, label="CPU",
+                    color="#e08a2c")
+            ax.legend(fontsize=7, loc="lower right")
+            ax.set_xlabel("ms")
+        else:
+            ax.barh([i + 0.2 for i in y], [r["getppid_ns"] for r in rs], height=0.4, label="getppid", color="#3b75af")
+            ax.barh([i - 0.2 for i in y], [r["open_close_ns"] for r in rs], height=0.4, label="open/close",
+                    color="#e08a2c")
+            ax.legend(fontsize=7, loc="lower right")
+            ax.set_xlabel("ns per syscall")
+        ax.set_yticks(list(y))
+        ax.set_yticklabels(names, fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    m = res.get("meta", {})
+    fig.suptitle(f"tiergate benchmark {m.get('date', '')}{' (quick: preliminary)' if m.get('quick') else ''}",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def versions() -> str:
+    out = []
+    for argv in (["podman", "--version"], ["/usr/bin/docker", "--version"], ["runc", "--version"]):
+        try:
+            out.append(last_line(subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.splitlines()[0]))
+        except Exception:  # noqa: BLE001
+            pass
+    return ", ".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=None, help="rounds of the start comparisons (default 15, --quick 3)")
+    ap.add_argument("--quick", action="store_true", help="a short trial run: fewer rounds everywhere (preliminary)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where results go")
+    ap.add_argument("--sections", default="e2e,hook,scale,seccomp", help="comma-separated subset to run")
+    ap.add_argument("--tiers", default=None, help="comma-separated tiers (default: every tier of the policy)")
+    ap.add_argument("--policy", default=None, help="policy file (default: the shipped configs/policy.toml)")
+    ap.add_argument("--hook-runs", type=int, default=None, help="runs per hook process config (default 40, quick 10)")
+    ap.add_argument("--seccomp-rounds", type=int, default=None, help="rounds of the seccomp workload (default 5, quick 2)")
+    ap.add_argument("--no-plot", action="store_true", help="skip the PNG (and installing matplotlib)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.py needs root: sudo .venv/bin/python bench/bench.py", file=sys.stderr)
+        return 2
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    can_plot = False if args.no_plot else ensure_matplotlib()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+    started = time.monotonic()
+    bench = Bench(args)
+    bench.results["meta"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": f"{platform.node()} {platform.release()}",
+        "cpus": os.cpu_count(), "loadavg_start": round(os.getloadavg()[0], 2), "quick": args.quick,
+        "rounds": bench.rounds, "engines": versions(), "policy": bench.policy, "python": sys.version.split()[0],
+        "sections": sections, "argv": sys.argv[1:],
+    }
+    status = 0
+    try:
+        bench.setup()
+        bench.capture_specs()
+        for name in sections:
+            getattr(bench, f"section_{name}")()
+    except KeyboardInterrupt as exc:
+        say(f"interrupted ({exc}): writing what was measured")
+        status = 130
+    finally:
+        try:
+            bench.cleanup()
+        finally:
+            res = bench.results
+            res["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
+            res["meta"]["duration_s"] = round(time.monotonic() - started, 1)
+            args.out.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            (args.out / "latest.json").write_text(json.dumps(res, indent=1) + "\n")
+            md = markdown(res)
+            png = args.out / "latest.png"
+            if can_plot and plot(res, png):
+                md += f"\n![tiergate benchmark]({png.name})\n"
+                shutil.copy2(png, args.out / f"bench-{stamp}.png")
+            (args.out / "latest.md").write_text(md)
+            shutil.copy2(args.out / "latest.json", args.out / f"bench-{stamp}.json")
+            shutil.copy2(args.out / "latest.md", args.out / f"bench-{stamp}.md")
+            print("\n" + md)
+            say(f"results: {args.out / 'latest.json'}, {args.out / 'latest.md'}"
+                + (f", {png}" if png.exists() else ""))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

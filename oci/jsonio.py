@@ -130,7 +130,7 @@ def parse(text: str, what: str = "document", pairs_hook=None) -> object:
         except SystemError:
             # The C scanner raises json.decoder.JSONDecodeError only if that module is
             # loaded; on the error path it is worth importing for a precise message.
-            import json.decoder  # noqa: F401
+            import json.decoder  # noqa: F401  (imported for its side effect)
 
             obj, end = scan(text, start)
     except StopIteration as e:

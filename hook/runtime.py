@@ -226,10 +226,29 @@ def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> None:
     opts.engine = rec["engine"] = _engine(bundle_dir, found)
     rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
                label=image.labels.get(policy["label_key"]))
-    hardened, _, _ = stages.decide_and_harden(spec, policy, image, opts, rec, netns_ready=False,
+    hardened, _, _ = stages.decide_and_harden(spec, policy, image, opts, rec, netns_ready=_empty_netns(spec, opts.engine),
                                              network_hook=hook_for(conf, _hook_args(conf)))
     if hardened != spec:
         bundle.write_config(bundle_dir, hardened)
+
+
+def _empty_netns(spec: dict, engine: str) -> bool:
+    """The container's network namespace will hold only loopback, so no rules are needed.
+
+    runc makes a fresh namespace when the spec names none; docker then moves its
+    network's interface in (a prestart hook), unless the container runs --network none;
+    other engines' hooks (CNI as an OCI hook) might do the same, so any hook counts.
+    """
+    from .facts import fresh_netns
+
+    if not fresh_netns(spec):
+        return False
+    if engine == "docker":
+        from .sources.docker import network_mode
+
+        return network_mode(spec) == "none"
+    hooks = spec.get("hooks") if isinstance(spec.get("hooks"), dict) else {}
+    return not any(hooks.get(stage) for stage in ("prestart", "createRuntime", "createContainer"))
 
 
 # -- exec -------------------------------------------------------------------

@@ -54,6 +54,18 @@ def container_dir(spec: dict) -> tuple[str, str] | None:
     return None
 
 
+def network_mode(spec: dict) -> str | None:
+    """docker's NetworkMode for this container (hostconfig.json beside config.v2.json), or None."""
+    found = container_dir(spec)
+    if found is None:
+        return None
+    try:
+        mode = _read_owned(os.path.join(found[0], "hostconfig.json")).get("NetworkMode")
+    except (OSError, ValueError, UnicodeDecodeError, OciError):
+        return None
+    return mode if isinstance(mode, str) else None
+
+
 def normalize_ref(ref: str) -> str:
     """A docker reference in full: `busybox` -> `docker.io/library/busybox:latest`.
 

@@ -50,14 +50,17 @@ def gather(spec: dict, tier: dict, notes: list | None = None) -> dict:
 
 
 def fresh_netns(spec: dict) -> bool:
-    """A network entry without a path: the runtime makes a new namespace holding only loopback.
-
-    Under podman nothing adds interfaces to it later (--network none), so there is
-    nothing for a network policy to filter and no createRuntime hook is needed.
-    """
+    """A network entry without a path: the runtime makes a new namespace holding only loopback."""
     linux = spec.get("linux") if isinstance(spec.get("linux"), dict) else {}
     return any(isinstance(ns, dict) and ns.get("type") == "network" and not ns.get("path")
                for ns in linux.get("namespaces") or [])
+
+
+def empty_netns(spec: dict) -> bool:
+    """The namespace will stay loopback-only: fresh, and no hook that could move an interface in
+    (CNI as an OCI hook, docker's libnetwork-setkey). Nothing for a policy to filter then."""
+    hooks = spec.get("hooks") if isinstance(spec.get("hooks"), dict) else {}
+    return fresh_netns(spec) and not any(hooks.get(s) for s in ("prestart", "createRuntime", "createContainer"))
 
 
 def _apparmor_enabled() -> bool:

@@ -239,16 +239,13 @@ def _empty_netns(spec: dict, engine: str) -> bool:
     network's interface in (a prestart hook), unless the container runs --network none;
     other engines' hooks (CNI as an OCI hook) might do the same, so any hook counts.
     """
-    from .facts import fresh_netns
+    from .facts import empty_netns, fresh_netns
 
-    if not fresh_netns(spec):
-        return False
-    if engine == "docker":
+    if engine == "docker":  # its setkey prestart hook is there even with --network none
         from .sources.docker import network_mode
 
-        return network_mode(spec) == "none"
-    hooks = spec.get("hooks") if isinstance(spec.get("hooks"), dict) else {}
-    return not any(hooks.get(stage) for stage in ("prestart", "createRuntime", "createContainer"))
+        return fresh_netns(spec) and network_mode(spec) == "none"
+    return empty_netns(spec)
 
 
 # -- exec -------------------------------------------------------------------

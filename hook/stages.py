@@ -138,12 +138,12 @@ def precreate(opts: Options, rec: dict) -> int:
         image = _image(spec)
         rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
                    label=image.labels.get(policy["label_key"]))
-        from .facts import fresh_netns, netns_path
+        from .facts import empty_netns, netns_path
 
         netns = netns_path(spec)
         # podman made the namespace already (apply it here), or runc will make an empty one.
         hardened, tier, _ = decide_and_harden(spec, policy, image, opts, rec,
-                                              netns_ready=bool(netns) or fresh_netns(spec))
+                                              netns_ready=bool(netns) or empty_netns(spec))
         if tier["network"] is not None and netns:
             apply_network(hardened, tier, netns, hardened.get("annotations", {}), rec)
         elif tier["network"] is not None:

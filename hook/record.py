@@ -2,6 +2,8 @@
 
 Each record is written with a single write(2) on an O_APPEND descriptor under
 an exclusive flock, so concurrent hooks never interleave or lose a line.
+The log target "journal" sends each record to systemd-journald instead (one
+datagram: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER=tiergate, TIERGATE_RECORD).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from tiergate.oci.errors import OciError
 from tiergate.oci.jsonio import dumps, parse
 
 DEFAULT_LOG = "/var/log/tiergate/decisions.jsonl"
+JOURNAL = "journal"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+INFLIGHT_JOURNAL = "/run/tiergate/inflight"
 MAX_BYTES = 64 * 1024 * 1024  # rotate to .1 beyond this
 
 
@@ -27,7 +32,7 @@ def begin(record: dict, path: str | None = None) -> str | None:
     what it left here as outcome "killed", so the record is kept all the same.
     """
     record.setdefault("time", _now())
-    marker = os.path.join(os.path.dirname(log_path(path)), "inflight", f"{os.getpid()}-{time.monotonic_ns()}.json")
+    marker = os.path.join(_inflight_dir(log_path(path)), f"{os.getpid()}-{time.monotonic_ns()}.json")
     try:
         os.makedirs(os.path.dirname(marker), mode=0o750, exist_ok=True)
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
@@ -56,6 +61,10 @@ def _lock(fd: int, fcntl) -> None:
             time.sleep(0.002)
 
 
+def _inflight_dir(path: str) -> str:
+    return INFLIGHT_JOURNAL if path == JOURNAL else os.path.join(os.path.dirname(path), "inflight")
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
 
@@ -66,6 +75,8 @@ def write(record: dict, path: str | None = None, inflight: str | None = None) ->
 
     path = log_path(path)
     record.setdefault("time", _now())
+    if path == JOURNAL:
+        return _journal(record, inflight)
     line = dumps(_plain(record), ascii=True) + b"\n"
     try:
         os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
@@ -95,6 +106,34 @@ def write(record: dict, path: str | None = None, inflight: str | None = None) ->
     return None
 
 
+def _journal(record: dict, inflight: str | None) -> str | None:
+    """One native-protocol datagram to journald (fields hold no newline: the record is ASCII JSON)."""
+    import socket
+
+    outcome = record.get("outcome", "?")
+    summary = (f"tiergate {record.get('stage')}: {outcome} {str(record.get('container', ''))[:12]} "
+               f"tier {record.get('tier', '-')}: {record.get('reason') or record.get('why') or ''}")
+    fields = {
+        "MESSAGE": summary.replace("\n", " ")[:2000],
+        "PRIORITY": "6" if outcome == "allowed" else "4",
+        "SYSLOG_IDENTIFIER": "tiergate",
+        "TIERGATE_RECORD": dumps(_plain(record), ascii=True).decode(),
+    }
+    payload = "".join(f"{k}={v}\n" for k, v in fields.items()).encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(payload, os.environ.get("TIERGATE_JOURNAL_SOCKET", JOURNAL_SOCKET))
+    except OSError as exc:
+        return f"journal: {exc.strerror or exc}"
+    finally:
+        if inflight:
+            try:
+                os.unlink(inflight)
+            except OSError:
+                pass
+    return None
+
+
 def read(path: str | None = None) -> list[dict]:
     """All records, oldest first (rotated file included); torn or foreign lines are skipped.
 
@@ -102,6 +141,8 @@ def read(path: str | None = None) -> list[dict]:
     outcome "killed".
     """
     path = log_path(path)
+    if path == JOURNAL:
+        return _read_journal() + _killed(INFLIGHT_JOURNAL)
     out = []
     for p in (path + ".1", path):
         try:
@@ -128,6 +169,27 @@ def _plain(value):
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
+
+
+def _read_journal() -> list[dict]:
+    """Records from `journalctl -t tiergate -o json` (their TIERGATE_RECORD field)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["journalctl", "-q", "-t", "tiergate", "-o", "json", "--output-fields=TIERGATE_RECORD"],
+                             capture_output=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    records = []
+    for line in out.decode("utf-8", "replace").splitlines():
+        try:
+            entry = parse(line, "journal entry")
+            rec = parse(entry["TIERGATE_RECORD"], "journal record") if isinstance(entry, dict) else None
+        except (OciError, KeyError, TypeError):
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
 
 
 def _killed(directory: str) -> list[dict]:

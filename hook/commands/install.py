@@ -31,7 +31,7 @@ def register(sub) -> None:
             c.add_argument("--prestart", action="store_true", help="podman: also register the prestart verify hook")
             c.add_argument("--default", action="store_true", help="docker, containerd, podman-runtime: make tiergate the default runtime")
             c.add_argument("--runtime", help="the real runtime the shim hands over to (default: runc on PATH; crun works)")
-            c.add_argument("--log", help="decision log file for the hook")
+            c.add_argument("--log", help="decision log file for the hook, or 'journal' for systemd-journald")
             c.add_argument("--cache-dir", help="compiled-policy cache directory for the hook")
             c.set_defaults(func=cmd_install)
         else:
@@ -46,8 +46,9 @@ def _settings(args) -> dict:
         compile_file(args.policy)  # refuse to install a broken policy
         out["policy"] = str(Path(args.policy).resolve())
     for flag in ("log", "cache_dir"):
-        if getattr(args, flag, None):
-            out[flag] = str(Path(getattr(args, flag)).resolve())
+        value = getattr(args, flag, None)
+        if value:  # "journal" is a log target, not a path
+            out[flag] = value if (flag, value) == ("log", "journal") else str(Path(value).resolve())
     return out
 
 

@@ -190,7 +190,7 @@ def cmd_log(args) -> int:
     from .. import record
 
     path = record.log_path(args.file)
-    if not os.path.exists(path) and not os.path.exists(path + ".1"):
+    if path != record.JOURNAL and not os.path.exists(path) and not os.path.exists(path + ".1"):
         print(f"tiergate: no decision log at {path} (nothing decided yet, or pass --file)", file=sys.stderr)
         return 2
     since = parse_since(args.since) if args.since else None

@@ -70,13 +70,23 @@ def _now() -> str:
 
 
 def write(record: dict, path: str | None = None, inflight: str | None = None) -> str | None:
-    """Append one record; returns None, or one line saying why it could not be kept."""
-    import fcntl
-
+    """Append one record (and retire its in-flight note); returns None, or one line saying why it
+    could not be kept."""
     path = log_path(path)
     record.setdefault("time", _now())
-    if path == JOURNAL:
-        return _journal(record, inflight)
+    try:
+        return _journal(record) if path == JOURNAL else _append(record, path)
+    finally:
+        if inflight:
+            try:
+                os.unlink(inflight)
+            except OSError:
+                pass
+
+
+def _append(record: dict, path: str) -> str | None:
+    import fcntl
+
     line = dumps(_plain(record), ascii=True) + b"\n"
     try:
         os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
@@ -97,16 +107,10 @@ def write(record: dict, path: str | None = None, inflight: str | None = None) ->
             os.close(fd)
     except OSError as exc:
         return f"decision log {path}: {exc.strerror}"
-    finally:
-        if inflight:
-            try:
-                os.unlink(inflight)
-            except OSError:
-                pass
     return None
 
 
-def _journal(record: dict, inflight: str | None) -> str | None:
+def _journal(record: dict) -> str | None:
     """One native-protocol datagram to journald (fields hold no newline: the record is ASCII JSON)."""
     import socket
 
@@ -125,12 +129,6 @@ def _journal(record: dict, inflight: str | None) -> str | None:
             sock.sendto(payload, os.environ.get("TIERGATE_JOURNAL_SOCKET", JOURNAL_SOCKET))
     except OSError as exc:
         return f"journal: {exc.strerror or exc}"
-    finally:
-        if inflight:
-            try:
-                os.unlink(inflight)
-            except OSError:
-                pass
     return None
 
 

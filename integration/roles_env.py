@@ -415,3 +415,27 @@ def skip_unless_tools() -> None:
     for p in (IP, NSENTER, NFT, BUSYBOX, "/usr/bin/timeout"):
         if not os.path.exists(p):
             pytest.skip(f"{p} is missing")
+
+
+def role_env_fixture(name: str):
+    """The module-scoped `env` fixture both role test files use: peers up, torn down after."""
+    import time
+
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def env(podman_env, busybox_rootfs):
+        skip_unless_tools()
+        e = RoleEnv(podman_env, busybox_rootfs.path)
+        started = time.monotonic()
+        try:
+            yield e.start()
+        finally:
+            e.stop()
+            print(f"\n{name}: {time.monotonic() - started:.1f} s with setup and teardown")
+
+    return env
+
+
+def refused(proc) -> bool:
+    return proc.returncode != 0 and "tiergate: refused" in proc.stderr

@@ -13,30 +13,16 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 
 import pytest
 
 from harness import run_cmd
-from roles_env import NFT, NSENTER, RoleEnv, container_pid, skip_unless_tools, wait_for, wget
+from roles_env import NFT, NSENTER, container_pid, refused, role_env_fixture, wait_for, wget
 
 pytestmark = pytest.mark.podman
 
 
-@pytest.fixture(scope="module")
-def env(podman_env, busybox_rootfs):
-    skip_unless_tools()
-    e = RoleEnv(podman_env, busybox_rootfs.path)
-    started = time.monotonic()
-    try:
-        yield e.start()
-    finally:
-        e.stop()
-        print(f"\ntest_network_podman: {time.monotonic() - started:.1f} s with setup and teardown")
-
-
-def refused(proc) -> bool:
-    return proc.returncode != 0 and "tiergate: refused" in proc.stderr
+env = role_env_fixture("test_network_podman")
 
 
 def test_every_rule_kind_against_a_control(env):

@@ -15,11 +15,10 @@ wrote the same file or made the same syscall in the same setting.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
-from roles_env import RoleEnv, skip_unless_tools, wget
+from roles_env import RoleEnv, refused, role_env_fixture, wget
 
 pytestmark = pytest.mark.podman
 
@@ -29,20 +28,7 @@ BASE = {"web": "restricted", "payment-worker": "restricted", "image-processor": 
         "database": "restricted"}
 
 
-@pytest.fixture(scope="module")
-def env(podman_env, busybox_rootfs):
-    skip_unless_tools()
-    e = RoleEnv(podman_env, busybox_rootfs.path)
-    started = time.monotonic()
-    try:
-        yield e.start()
-    finally:
-        e.stop()
-        print(f"\ntest_roles: {time.monotonic() - started:.1f} s with setup and teardown")
-
-
-def refused(proc) -> bool:
-    return proc.returncode != 0 and "tiergate: refused" in proc.stderr
+env = role_env_fixture("test_roles")
 
 
 # --------------------------------------------------------------------------- policy shape

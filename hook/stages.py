@@ -242,6 +242,10 @@ def apply_network(spec: dict, tier: dict, netns: str, annotations: dict, rec: di
         doc = log_only(doc)
     try:
         apply.apply(doc, netns)
+        if tier["network"].get("rate"):
+            from .network import shaping  # pyroute2: only tiers that shape pay its import
+
+            rec["shaped"] = shaping.shape(netns, tier["network"]["rate"])
     except apply.NetworkApplyError as exc:
         raise TiergateError(f"cannot apply network policy {tier['network']['name']}: {exc}") from None
     rec["network"] = tier["network"]["name"]

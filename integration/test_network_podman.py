@@ -149,3 +149,32 @@ def test_host_network_refused_for_a_tier_with_a_policy(env):
     assert refused(proc) and "network policy" in proc.stderr, proc.stderr[-400:]
     ctl = env.run("privileged", "true", args=["--network", "host"])  # the engine itself would run it
     assert ctl.returncode == 0, ctl.stderr[-300:]
+
+
+def test_egress_rate_limit_is_shaped_in_the_namespace(env):
+    """A network policy with `rate` gets a tbf qdisc on the container's interface, inside its
+    namespace (tc through pyroute2); the host's interfaces are untouched. Control: without `rate`
+    the interface keeps the kernel's default qdisc."""
+    policy = env.dir / "policy.toml"
+    original = policy.read_text()
+    assert "[networks.web]" in original
+    host_before = run_cmd(["tc", "qdisc", "show"], timeout=10).stdout
+
+    def qdisc_of_web() -> str:
+        name = _detached(env, "web", "echo READY; exec sleep 60")
+        try:
+            wait_for(lambda: "READY" in _logs(env, name), 20, "container start")
+            pid = container_pid(env.podman, name)
+            return run_cmd([NSENTER, "-t", str(pid), "-n", "tc", "qdisc", "show", "dev", "eth0"], timeout=10).stdout
+        finally:
+            env.podman.podman("rm", "-f", "--time", "0", name, timeout=60)
+
+    control = qdisc_of_web()
+    try:
+        policy.write_text(original.replace("[networks.web]\n", '[networks.web]\nrate = "1mbit"\n', 1))
+        shaped = qdisc_of_web()
+    finally:
+        policy.write_text(original)  # the cache notices the change and recompiles
+    assert "tbf" not in control, control
+    assert "tbf" in shaped and "rate 1Mbit" in shaped, shaped
+    assert run_cmd(["tc", "qdisc", "show"], timeout=10).stdout == host_before

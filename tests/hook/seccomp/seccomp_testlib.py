@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import pickle
 import traceback
-from pathlib import Path
 
 PR_SET_NO_NEW_PRIVS = 38
 
@@ -20,32 +18,6 @@ AF_UNIX, AF_INET = 1, 2
 SOCK_STREAM = 1
 
 libc = ctypes.CDLL(None, use_errno=True)
-
-
-def shared_dir() -> Path:
-    env = os.environ.get("TIERGATE_SHARED_DIR")
-    if env:
-        return Path(env)
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "shared" / "oci-runtime-spec").is_dir():
-            return parent / "shared"
-    raise RuntimeError("shared/ test data not found: set TIERGATE_SHARED_DIR")
-
-
-def schema_validator():
-    """A jsonschema validator for a whole OCI config, $refs resolved locally."""
-    import jsonschema
-    from referencing import Registry, Resource
-    from referencing.jsonschema import DRAFT4
-
-    schema_dir = shared_dir() / "oci-runtime-spec" / "schema"
-    resources = []
-    for p in schema_dir.glob("*.json"):
-        contents = json.loads(p.read_text())
-        resources.append((p.resolve().as_uri(), Resource.from_contents(contents, default_specification=DRAFT4)))
-    registry = Registry().with_resources(resources)
-    root = (schema_dir / "config-schema.json").resolve().as_uri()
-    return jsonschema.Draft4Validator({"$ref": root}, registry=registry)
 
 
 def config_with_seccomp(seccomp: dict) -> dict:

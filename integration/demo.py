@@ -21,7 +21,10 @@ from harness import Podman, busybox_rootfs, caps_from_hex, probe_status  # noqa:
 REPO = Path(__file__).resolve().parent.parent
 TIERGATE = [sys.executable, "-m", "tiergate.hook.cli"]
 
-# (image name, labels, what it shows)
+# (image name, labels, what it shows); the last column is the control: the privileged
+# tier changes nothing, and these flags let every probe succeed, so a "-" elsewhere is the tier.
+CONTROL_FLAGS = ["--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
+                 "--security-opt", "unmask=ALL", "--pids-limit", "0"]
 IMAGES = [
     ("localhost/tiergate-demo-privileged", {"io.tiergate.tier": "privileged"}, "privileged"),
     ("localhost/tiergate-demo-unlabelled", {}, "no label"),
@@ -29,7 +32,7 @@ IMAGES = [
     ("localhost/tiergate-demo-restricted", {"io.tiergate.tier": "restricted"}, "restricted"),
     ("localhost/tiergate-demo-isolated", {"io.tiergate.tier": "isolated"}, "isolated"),
     ("registry.example/untrusted/app", {"io.tiergate.tier": "privileged", "org.example.app": "untrusted"},
-     "untrusted asks privileged"),
+     "untrusted*"),
 ]
 
 # Each probe prints OK or NO; `sh -c` so one container runs them all.
@@ -40,9 +43,9 @@ PROBES = [
     ("chown a file (CAP_CHOWN)", "chown 65534 /tmp"),
     ("chroot (CAP_SYS_CHROOT)", "chroot / true"),
     ("listen on port 80 (NET_BIND_SERVICE)", "timeout 1 nc -l -p 80; [ $? -eq 143 ]"),
-    ("mount a tmpfs (CAP_SYS_ADMIN)", "mount -t tmpfs none /mnt"),
+    ("mount a tmpfs (CAP_SYS_ADMIN)", "mount -t tmpfs none /tmp"),
     ("new user namespace (unshare -U)", "unshare -U true"),
-    ("read /proc/kcore (masked)", "head -c1 /proc/kcore"),
+    ("read /proc/keys (masked)", "grep -q . /proc/keys"),
     ("write /proc/sys (read-only)", "echo 1 > /proc/sys/kernel/ns_last_pid"),
     ("fork 300 processes (pids limit)", "i=0; while [ $i -lt 300 ]; do sleep 2 & i=$((i+1)); done; wait"),
 ]
@@ -56,8 +59,8 @@ def script() -> str:
     return "\n".join(lines)
 
 
-def run_probes(podman: Podman, image: str) -> tuple[dict, str]:
-    proc = podman.run(image, "/bin/sh", "-c", script(), args=["--name", image.rsplit("/", 1)[1]], timeout=120)
+def run_probes(podman: Podman, image: str, flags: list[str] = ()) -> tuple[dict, str]:
+    proc = podman.run(image, "/bin/sh", "-c", script(), args=list(flags), timeout=120)
     if proc.returncode != 0:
         return {}, (proc.stderr.strip().splitlines() or ["exit " + str(proc.returncode)])[-1]
     status = probe_status(proc.stdout)
@@ -98,14 +101,21 @@ def main() -> int:
                 tiers.append(tier_of(d / "decisions.jsonl", name))
                 results.append(res)
                 errors.append(err)
+            res, err = run_probes(podman, IMAGES[0][0], CONTROL_FLAGS)  # the control
+            results.append(res)
+            errors.append(err)
             width = max(len(p) for p, _ in PROBES) + 2
-            cols = [f"{label} -> {tier}" for (_, _, label), tier in zip(IMAGES, tiers)]
-            colw = max(14, *(len(c) for c in cols)) + 2
+            cols = [label for _, _, label in IMAGES] + ["control**"]
+            granted = [f"-> {tier}" for tier in tiers] + ["(privileged)"]
+            colw = max(12, *(len(c) for c in cols + granted)) + 2
             print("what each container could do (yes = it worked inside the container)\n")
-            print(" " * width + "".join(c.ljust(colw) for c in cols))
+            print("image label asks for".ljust(width) + "".join(c.ljust(colw) for c in cols))
+            print("tier tiergate granted".ljust(width) + "".join(c.ljust(colw) for c in granted))
             for i, (probe, _) in enumerate(PROBES):
                 print(probe.ljust(width) + "".join(str(r.get(i, "?")).ljust(colw) for r in results))
-            for (name, _, _), err in zip(IMAGES, errors):
+            print("\n*  registry.example/untrusted/app asks for privileged; trust rules allow it baseline at most")
+            print(f"** the privileged image run with {' '.join(CONTROL_FLAGS)}: every probe can succeed")
+            for (name, _, _), err in zip([*IMAGES, (IMAGES[0][0] + " (control)", None, None)], errors):
                 if err:
                     print(f"\n{name}: did not start: {err}")
 

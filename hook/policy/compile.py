@@ -216,3 +216,35 @@ def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], 
         "network": network,
     }
 
+
+
+# -- warnings: a valid policy that probably does not say what its author meant ------------
+# (runc's checks/warns split: errors above refuse the policy, these only inform.)
+
+_DOC_RANGES = ("192.0.2.", "198.51.100.", "203.0.113.", "2001:db8:")
+
+
+def warnings(compiled: dict) -> list[str]:
+    """One line per finding, in a stable order."""
+    tiers = compiled["tiers"]
+    out: list[str] = []
+    for i, rule in enumerate(compiled["trust"]):
+        if rule["match"] == "*":
+            for j in range(i + 1, len(compiled["trust"])):
+                out.append(f"trust[{j}] can never match: trust[{i}] matches every image first")
+            break
+    for name, tier in tiers.items():
+        parent = tiers.get(tier["extends"]) if tier["extends"] else None
+        if parent and tier["strictness"] < parent["strictness"]:
+            out.append(f"tier {name} (strictness {tier['strictness']}) is less strict than the tier it extends, "
+                       f"{parent['name']} ({parent['strictness']}): ceilings will rank it as more privileged")
+        risky = sorted(set(tier["capabilities"]) - caps.ENGINE_DEFAULTS)
+        if risky and not tier["passthrough"]:
+            out.append(f"tier {name} grants capabilities beyond the engines' defaults: {', '.join(risky)}")
+        if tier["audit"]:
+            out.append(f"tier {name} is in audit mode: its decisions are logged, not enforced")
+        net = tier["network"]
+        if net and net["allow"] and all(a["cidr"].startswith(_DOC_RANGES) for a in net["allow"]):
+            out.append(f"network policy {net['name']} (tier {name}) allows only documentation address ranges: "
+                       "edit it for your services")
+    return list(dict.fromkeys(out))

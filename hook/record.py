@@ -22,7 +22,23 @@ MAX_BYTES = 64 * 1024 * 1024  # rotate to .1 beyond this
 
 
 def log_path(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("TIERGATE_LOG") or DEFAULT_LOG
+    """--log, else $TIERGATE_LOG, else the system log (root) or the user's state dir (rootless)."""
+    return explicit or os.environ.get("TIERGATE_LOG") or (DEFAULT_LOG if os.geteuid() == 0 else user_dir(
+        "XDG_STATE_HOME", ".local/state", "decisions.jsonl"))
+
+
+def user_dir(xdg: str, fallback: str, name: str) -> str:
+    """A rootless engine runs hooks as the user, often with an empty environment: find home by uid."""
+    base = os.environ.get(xdg)
+    if not base:
+        import pwd
+
+        try:
+            home = os.environ.get("HOME") or pwd.getpwuid(os.geteuid()).pw_dir
+        except KeyError:
+            home = f"/tmp/tiergate-{os.geteuid()}"
+        base = os.path.join(home, fallback)
+    return os.path.join(base, "tiergate", name)
 
 
 def begin(record: dict, path: str | None = None) -> str | None:

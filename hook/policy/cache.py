@@ -55,7 +55,12 @@ def load_compiled(explicit: str | None = None, cache_dir: str | None = None) -> 
     Raises PolicyError when the policy is broken: the caller fails closed.
     """
     path = policy_path(explicit)
-    cache_dir = cache_dir or os.environ.get("TIERGATE_CACHE_DIR") or DEFAULT_CACHE_DIR
+    if not cache_dir:
+        cache_dir = os.environ.get("TIERGATE_CACHE_DIR")
+    if not cache_dir:
+        from ..record import user_dir
+
+        cache_dir = DEFAULT_CACHE_DIR if os.geteuid() == 0 else os.path.dirname(user_dir("XDG_CACHE_HOME", ".cache", "x"))
     # Keyed by the policy's path, spelled safely (hashlib would cost ~2 ms of import per start).
     entry = os.path.join(cache_dir, "policy" + path.replace("%", "%25").replace("/", "%2F") + ".json")
     inputs = _inputs(path)

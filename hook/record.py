@@ -42,7 +42,7 @@ def user_dir(xdg: str, fallback: str, name: str) -> str:
 
 
 def begin(record: dict, path: str | None = None) -> str | None:
-    """Note a decision in flight (inflight/<pid>-<ns>.json beside the log); `write` removes it.
+    """Note a decision in flight (<log>.inflight/<pid>-<ns>.json); `write` removes it.
 
     A hook the engine kills on its timeout never writes its line: `read` reports
     what it left here as outcome "killed", so the record is kept all the same.
@@ -78,7 +78,7 @@ def _lock(fd: int, fcntl) -> None:
 
 
 def _inflight_dir(path: str) -> str:
-    return INFLIGHT_JOURNAL if path == JOURNAL else os.path.join(os.path.dirname(path), "inflight")
+    return INFLIGHT_JOURNAL if path == JOURNAL else path + ".inflight"
 
 
 def _now() -> str:
@@ -170,7 +170,7 @@ def read(path: str | None = None) -> list[dict]:
                         out.append(rec)
         except OSError:
             continue
-    out.extend(_killed(os.path.join(os.path.dirname(path), "inflight")))
+    out.extend(_killed(_inflight_dir(path)))
     return out
 
 

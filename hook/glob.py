@@ -6,9 +6,6 @@ character classes, and policy compilation rejects them.
 
 from __future__ import annotations
 
-SPECIAL = "[]"
-
-
 def match(pattern: str, name: str) -> bool:
     """True if name matches pattern; `*` spans any run of characters (slashes too), `?` one."""
     p = n = 0

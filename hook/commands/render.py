@@ -67,6 +67,28 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _denied_groups(tier: dict, args) -> list[str]:
+    """The profile's denying groups, each with the rationale written beside it in configs/seccomp."""
+    from ..policy.cache import policy_path
+    from ..policy.compile import shipped_dir
+    from ..seccomp.profiles import SeccompProfileError, explain
+
+    dirs = [Path(policy_path(args.policy)).parent / "seccomp", shipped_dir() / "seccomp"]
+    try:
+        groups = explain(tier["seccomp_profile"], search_dirs=dirs)
+    except SeccompProfileError:
+        return []
+    lines = []
+    for g in groups:
+        if g["action"] == "SCMP_ACT_ALLOW":
+            continue
+        how = "only with some arguments" if g["conditional"] else f"errno {g['errnoRet']}"
+        lines.append(f"  denied ({how}): {', '.join(sorted(g['names']))}\n      because {g['why']}")
+    for name in tier.get("seccomp_deny") or []:
+        lines.append(f"  denied (errno 1): {name}\n      because the policy's seccomp_deny names it")
+    return lines
+
+
 def cmd_explain(args) -> int:
     _, decision, tier, changes, notes = _decide_and_harden(args)
     out = [f"tier: {tier['name']} - {tier['description']}"]
@@ -76,12 +98,9 @@ def cmd_explain(args) -> int:
         out.append("why:  forced with --tier")
     if tier["seccomp"]:
         sc = tier["seccomp"]
-        denied = sorted({n for r in sc.get("syscalls", []) if r["action"] != "SCMP_ACT_ALLOW" and not r.get("args")
-                         for n in r["names"]})
         out.append(f"seccomp: profile {tier['seccomp_profile']}, {len(sc.get('syscalls', []))} rules; "
                    f"unlisted syscalls fail with errno {sc.get('defaultErrnoRet', 1)}")
-        if denied:
-            out.append(f"  explicitly denied: {', '.join(denied)}")
+        out += _denied_groups(tier, args)
     if tier["network"]:
         n = tier["network"]
         out.append(f"network: policy {n['name']}: egress {n['egress']}, ingress {n['ingress']}, dns {n['dns']}")

@@ -38,6 +38,7 @@ TIER_KEY = "io.tiergate.tier"
 CREATE_LIKE = frozenset({"create", "run", "restore"})
 ENFORCED = CREATE_LIKE | {"exec"}
 _CONF_KEYS = ("runtime", "shim", "hook", "policy", "cache_dir", "log")
+LABEL_SOURCES = ("docker", "cri", "storage", "annotation")  # the default order (policy: label_sources)
 
 
 class LoopError(Exception):
@@ -176,28 +177,41 @@ def _hook_args(conf: dict) -> list[str]:
 
 
 def resolve_image(spec: dict, container_id: str | None, policy: dict):
-    """(Image, engine): docker, then CRI annotations, then containers-storage, then a spec annotation."""
+    """(Image, engine) from the first label source, in the order the policy's `label_sources` sets,
+    that recognises this bundle; none: an unknown image (the policy's on_unknown_image decides)."""
     from .decide import Image
-    from .sources import cri, docker
 
-    image = docker.image_for_spec(spec, container_id)
-    if image is not None:
-        return image, "docker"
-    image = cri.image_for_spec(spec)
-    if image is not None:
-        return image, "containerd"
-    root = spec.get("root") if isinstance(spec.get("root"), dict) else {}
-    if isinstance(root.get("path"), str):
-        from .sources import storage
+    def docker():
+        from .sources import docker as src
 
-        if storage.split_root(root["path"]) is not None:
-            return storage.image_for_rootfs(root["path"]), "podman-runtime"
-    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
-    if isinstance(annotations.get(policy["label_key"]), str):
+        return src.image_for_spec(spec, container_id)
+
+    def cri():
+        from .sources import cri as src
+
+        return src.image_for_spec(spec)
+
+    def storage():
+        from .sources import storage as src
+
+        root = spec.get("root") if isinstance(spec.get("root"), dict) else {}
+        path = root.get("path")
+        return src.image_for_rootfs(path) if isinstance(path, str) and src.split_root(path) else None
+
+    def annotation():
         # A bare bundle (runc, ctr --rootfs): no image, no reference; the annotation
         # asks for a tier within the default ceiling.
-        return Image(refs=[], id="", labels={}), "runc"
-    return Image.unknown("no image source: not docker's, no CRI or tier annotation"), "runc"
+        annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+        return Image(refs=[], id="", labels={}) if isinstance(annotations.get(policy["label_key"]), str) else None
+
+    sources = {"docker": (docker, "docker"), "cri": (cri, "containerd"),
+               "storage": (storage, "podman-runtime"), "annotation": (annotation, "runc")}
+    for name in policy.get("label_sources") or LABEL_SOURCES:
+        find, engine = sources[name]
+        image = find()
+        if image is not None:
+            return image, engine
+    return Image.unknown(f"no image source recognised this bundle (tried {', '.join(policy.get('label_sources') or LABEL_SOURCES)})"), "runc"
 
 
 def _engine(bundle_dir: str, found: str) -> str:

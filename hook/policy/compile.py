@@ -87,6 +87,7 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
         "default_ceiling": model.default_ceiling,
         "on_unknown_image": model.on_unknown_image,
         "over_ceiling": model.over_ceiling,
+        "label_sources": list(dict.fromkeys(model.label_sources)),
         "on_error": {"*": model.on_error, **{name: e.on_error for name, e in model.engines.items() if e.on_error}},
         "sensitive": {"paths": sorted({os.path.normpath(p) for p in sens.paths}),
                       "sockets": sorted(set(sens.sockets))},

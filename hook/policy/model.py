@@ -76,6 +76,8 @@ class PolicyFile:
     over_ceiling: Escalation = "clamp"
     on_error: Literal["refuse", "allow"] = "refuse"
     audit: bool = False
+    label_sources: list[Literal["docker", "cri", "storage", "annotation"]] = attrs.Factory(
+        lambda: ["docker", "cri", "storage", "annotation"])
     sensitive: Sensitive = attrs.Factory(Sensitive)
     trust: list[TrustRule] = attrs.Factory(list)
     tiers: dict[str, TierSpec] = attrs.Factory(dict)

@@ -94,3 +94,18 @@ class TestCri:
 
     def test_none(self):
         assert cri.image_for_spec({"annotations": {"x": "y"}}) is None
+
+
+def test_label_sources_follow_the_policy_order() -> None:
+    """The shim asks the sources in the order the policy's label_sources sets; an unlisted source is never asked."""
+    from tiergate.hook.runtime import resolve_image
+
+    spec = {"annotations": {"io.kubernetes.cri.image-name": "docker.io/library/nginx:1.27",
+                            "io.tiergate.tier": "restricted"}, "root": {"path": "rootfs"}}
+    policy = {"label_key": "io.tiergate.tier"}
+    image, engine = resolve_image(spec, None, {**policy, "label_sources": ["docker", "cri", "storage", "annotation"]})
+    assert engine == "containerd" and image.refs == ["docker.io/library/nginx:1.27"]
+    image, engine = resolve_image(spec, None, {**policy, "label_sources": ["annotation", "cri"]})
+    assert engine == "runc" and image.refs == [] and image.known
+    image, engine = resolve_image(spec, None, {**policy, "label_sources": ["docker", "storage"]})
+    assert not image.known and "tried docker, storage" in image.problem

@@ -133,12 +133,12 @@ def _fail(argv: list[str], line: str) -> None:
 
 def write_log(path: str, fmt: str, msg: str) -> None:
     """Append an error-level record in runc's format (logrus json or text); never follows a symlink."""
-    import json
+    from tiergate.oci.jsonio import dumps
 
     if fmt == "json":
-        line = json.dumps({"level": "error", "msg": msg, "time": _now()}) + "\n"
+        line = dumps({"level": "error", "msg": msg, "time": _now()}, ascii=True).decode() + "\n"
     else:
-        line = f'time="{_now()}" level=error msg={json.dumps(msg)}\n'
+        line = f'time="{_now()}" level=error msg={dumps(msg, ascii=True).decode()}\n'
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
@@ -277,13 +277,11 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
     ("bounding", which an exec must never exceed) and its bundle ("bundle").
     """
     seen = {} if seen is None else seen
-    import json
-    import re
-
-    from tiergate.oci import bundle
+    from tiergate.oci import bundle, jsonio
+    from tiergate.oci.errors import OciError
 
     cid = parsed.container_id or ""
-    if not re.fullmatch(r"[\w+\-.]{1,1024}", cid) or cid in (".", ".."):
+    if not _valid_id(cid):
         raise _refusal(f"invalid container id {cid[:80]!r}")
     runtime = find_runtime(conf)
     root = parsed.root or _default_root(runtime)
@@ -308,9 +306,10 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
         argv = [runtime, *(["--root", root] if parsed.root else []), "state", cid]
         try:
             out = subprocess.run(argv, capture_output=True, timeout=10, env={**os.environ, LOOP_ENV: "1"})
-            state = json.loads(out.stdout) if out.returncode == 0 else {}
-        except (OSError, ValueError, subprocess.TimeoutExpired):
+            state = jsonio.parse(out.stdout.decode("utf-8"), "runtime state") if out.returncode == 0 else {}
+        except (OSError, UnicodeDecodeError, OciError, subprocess.TimeoutExpired):
             state = {}
+        state = state if isinstance(state, dict) else {}
         annotations = state.get("annotations") if isinstance(state.get("annotations"), dict) else {}
         if isinstance(annotations.get(TIER_KEY), str):
             return annotations[TIER_KEY], "runtime state annotation"
@@ -333,52 +332,26 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
     return decide(policy, image, annotations).tier, "decided at exec (the container was created without tiergate)"
 
 
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+
+
+def _valid_id(cid: str) -> bool:
+    """runc's own rule for container ids (^[\\w+-\\.]+$, ASCII): it is a path component below --root."""
+    return 0 < len(cid) <= 1024 and set(cid) <= _ID_CHARS and cid not in (".", "..")
+
+
 def _refusal(reason: str):
     from .errors import Refusal
 
     return Refusal(reason)
 
 
-def _write_json_atomic(path: str, doc: dict) -> None:
-    """Replace `path` by a new file beside it (O_EXCL, no symlink followed), same owner and mode."""
-    import stat
-
-    from tiergate.oci import jsonio
-    from tiergate.oci.errors import BundleError
-
-    data = jsonio.dumps(doc)
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tiergate-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        old = os.lstat(path)
-        if not stat.S_ISREG(old.st_mode):
-            raise BundleError(f"refusing to replace {path}: not a regular file")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
-                os.fchown(fd, old.st_uid, old.st_gid)
-            os.fchmod(fd, stat.S_IMODE(old.st_mode))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise BundleError(f"cannot write {path}: {exc.strerror}") from None
-
-
 def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]:
     """Harden an exec to the container's tier; returns the argv to run (the original, minus stripped options)."""
-    import copy
-
     from tiergate.oci import bundle
 
     from . import capabilities, facts
-    from .harden import Context
+    from .harden import Context, clone
     from .modifiers import process
     from .policy import cache
 
@@ -409,7 +382,7 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
 
     proc_path = parsed.value("process", "p")
     proc = bundle.read_json_file(proc_path, "exec process file") if proc_path else {}
-    original = copy.deepcopy(proc)
+    original = clone(proc)
     spec = {"process": proc}
     ctx = ExecContext(tier, policy, facts.gather(spec, tier), source)
     if proc_path:
@@ -446,7 +419,7 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
         if profile and parsed.value("apparmor", "a") != profile:
             extra += ["--apparmor", profile]
     elif spec["process"] != original:
-        _write_json_atomic(proc_path, spec["process"])
+        bundle.write_json_file(proc_path, spec["process"])
     rec["changes"] = [f"{c['field']}: {c['what']}" for c in ctx.changes]
     if ctx.notes:
         rec["notes"] = [f"{k}: {v}" for k, v in ctx.notes]

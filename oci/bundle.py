@@ -81,18 +81,27 @@ def read_config(bundle: str) -> dict:
 
 
 def write_config(bundle: str, spec: dict) -> None:
-    """Replace ``bundle/config.json`` atomically, keeping its owner and mode.
+    """Replace ``bundle/config.json`` atomically, keeping its owner and mode."""
+    _write_at(bundle, CONFIG, spec)
 
-    On any failure the temp file is removed and the original is untouched.
-    """
-    data = jsonio.dumps(spec)
-    dir_fd, path = _open_dir(bundle)
-    display = os.path.join(path, CONFIG)
-    tmp = f".{CONFIG}.tiergate-{os.getpid()}-{os.urandom(4).hex()}"
+
+def write_json_file(path: str, obj: dict) -> None:
+    """Replace ``path`` (e.g. runc exec's --process file) the same way."""
+    directory, name = os.path.split(os.path.abspath(path))
+    _write_at(directory, name, obj)
+
+
+def _write_at(directory: str, name: str, obj: dict) -> None:
+    """Write beside, fsync, rename over ``directory/name``; same owner and mode; never through
+    a symlink. On any failure the temp file is removed and the original is untouched."""
+    data = jsonio.dumps(obj)
+    dir_fd, path = _open_dir(directory)
+    display = os.path.join(path, name)
+    tmp = f".{name}.tiergate-{os.getpid()}-{os.urandom(4).hex()}"
     fd = -1
     try:
         try:
-            old = os.stat(CONFIG, dir_fd=dir_fd, follow_symlinks=False)
+            old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             old = None
         if old is not None and not stat.S_ISREG(old.st_mode):
@@ -111,7 +120,7 @@ def write_config(bundle: str, spec: dict) -> None:
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.replace(tmp, CONFIG, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         tmp = ""
         os.fsync(dir_fd)
     except OSError as e:

@@ -178,6 +178,20 @@ def stop_pid(pid: int, *, timeout: float = 15.0) -> None:
             time.sleep(0.05)
 
 
+def kill_procs(procs: Iterable[subprocess.Popen]) -> None:
+    """SIGKILL test servers we started (Popen objects) and reap them, bounded."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = "condition"):
     """Poll predicate until it returns a truthy value; TimeoutError after timeout."""
     deadline = time.monotonic() + timeout

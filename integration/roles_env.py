@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Podman, require_binary, run_cmd
+from harness import Podman, kill_procs, require_binary, run_cmd
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_POLICY = REPO / "configs" / "policy.toml"
@@ -203,16 +203,7 @@ class Peers:
         return p
 
     def teardown(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        kill_procs(self.procs)
         if self.made_net:
             self.podman.podman("network", "rm", "-f", self.network, timeout=60)
         if self.made_link:

@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from harness import kill_procs
+
 from tiergate.hook.network import apply as A
 from tiergate.hook.network.ruleset import build
 
@@ -148,16 +150,7 @@ class Net:
         raise AssertionError("test servers did not start listening within 10 s")
 
     def teardown(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        kill_procs(self.procs)
         for ns in self.created:
             subprocess.run([IP, "netns", "del", ns], capture_output=True, timeout=20)
 

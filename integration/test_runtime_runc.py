@@ -1,4 +1,4 @@
-"""tiergate-runtime in front of runc alone: `tiergate-runtime run` on a bundle, exec, pass-through, cost.
+"""tiergate-runtime in front of runc alone: `tiergate-runtime run` on a bundle, exec, pass-through.
 
 A bare bundle has no image: a spec annotation io.tiergate.tier asks for a tier
 within the policy's default ceiling; without one the image is unknown and the
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -147,32 +145,23 @@ def test_loop_is_an_error(shim, runc_env):
     assert proc.returncode == 1 and "loop" in proc.stderr
 
 
-def _median_ms(argv, n, env=None):
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, timeout=30)
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+def test_pass_through_never_starts_python(runc_env, shim, tmp_path):
+    """Pass-through subcommands are the /bin/sh front exec'ing runc: they work with the Python half gone.
 
+    (Its cost beside runc is measured in bench/, never asserted here.)
+    """
+    import shutil
 
-def test_cost(bundle, runc_env, shim, capsys):
-    """Pass-through through the /bin/sh front costs about a millisecond over runc; create adds Python + hardening."""
     root = str(runc_env["runc_root"])
-    plain = _median_ms([runc_env["runc"], "--root", root, "list"], 60)
-    front = _median_ms([shim["exe"], "--root", root, "list"], 60)
-    python = _median_ms([str(shim["bin"] / "lib" / "tiergate-runtime.py"), "--root", root, "list"], 30)
-    runs = {}
-    for name, runc in (("runc", runc_env["runc"]), ("shim", shim["exe"])):
-        b = bundle({"io.tiergate.tier": "restricted"}, runc=runc, args=["true"])
-        times = []
-        for _ in range(7):
-            t = time.perf_counter()
-            assert b.run().returncode == 0
-            times.append((time.perf_counter() - t) * 1000)
-        runs[name] = statistics.median(times)
-    with capsys.disabled():
-        print(f"\n[cost] pass-through `list`: runc {plain:.1f} ms, sh front {front:.1f} ms (+{front - plain:.1f}), "
-              f"python {python:.1f} ms (+{python - plain:.1f}); run+delete: runc {runs['runc']:.0f} ms, "
-              f"shim {runs['shim']:.0f} ms (+{runs['shim'] - runs['runc']:.0f})")
-    assert front - plain < 5
+    copy = tmp_path / "shim-copy"
+    shutil.copytree(shim["bin"], copy, symlinks=True)
+    front = copy / os.path.basename(shim["exe"])
+    control = run_cmd([str(front), "--root", root, "list"])
+    assert control.returncode == 0, control.stderr
+    for py in (copy / "lib").glob("*.py"):
+        py.unlink()
+    listed = run_cmd([str(front), "--root", root, "list"])
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == control.stdout
+    created = run_cmd([str(front), "--root", root, "create", "--bundle", str(tmp_path), "nope"])
+    assert created.returncode != 0, "create ran without the Python half: it must harden, not pass through"

@@ -2,31 +2,17 @@
 
 Tests ask for ``good_vector``, ``bad_vector``, ``sample_config`` or
 ``sample_state`` (a Path each) and are run once per file, with the file name
-as the test id.  ``shared_dir`` is found from $TIERGATE_SHARED_DIR, else by
-walking up from here to a ``shared/`` beside the repo.
+as the test id.  All of it lives in tests/data (see tests/data/README.md):
+the tests read nothing outside the repository.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-
-def _shared_dir() -> Path:
-    env = os.environ.get("TIERGATE_SHARED_DIR")
-    if env:
-        return Path(env)
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "shared" / "oci-runtime-spec").is_dir():
-            return parent / "shared"
-    raise RuntimeError("shared/ test data not found: set TIERGATE_SHARED_DIR")
-
-
-SHARED = _shared_dir()
-SPEC_VECTORS = SHARED / "oci-runtime-spec" / "test" / "config"
-SAMPLES = SHARED / "samples"
+from testdata import DATA, SAMPLES, SPEC_VECTORS
 
 VECTORS = {
     "good_vector": sorted((SPEC_VECTORS / "good").glob("*.json")),
@@ -39,10 +25,11 @@ VECTORS = {
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for name, paths in VECTORS.items():
         if name in metafunc.fixturenames:
-            assert paths, f"no files for {name} under {SHARED}"
+            assert paths, f"no files for {name} under tests/data"
             metafunc.parametrize(name, paths, ids=[p.name for p in paths])
 
 
 @pytest.fixture
-def shared_dir() -> Path:
-    return SHARED
+def data_dir() -> Path:
+    """tests/data: the runtime-spec copy and the engine samples."""
+    return DATA

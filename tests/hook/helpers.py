@@ -17,25 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from testdata import SAMPLES, SPEC_VECTORS
+
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_POLICY = REPO / "configs" / "policy.toml"
 PYTHON = str(Path(sys.executable))
-
-
-
-def _shared_dir() -> Path:
-    env = os.environ.get("TIERGATE_SHARED_DIR")
-    if env:
-        return Path(env)
-    for parent in REPO.parents:
-        if (parent / "shared" / "oci-runtime-spec").is_dir():
-            return parent / "shared"
-    raise RuntimeError("shared/ test data not found: set TIERGATE_SHARED_DIR")
-
-
-SHARED = _shared_dir()
-SAMPLES = SHARED / "samples"
-SPEC_VECTORS = SHARED / "oci-runtime-spec" / "test" / "config"
 
 CORE_TIERS = ("privileged", "baseline", "restricted", "isolated")  # the four the foundation issue names
 NON_PRIVILEGED = ("baseline", "restricted", "isolated")

@@ -13,7 +13,7 @@ from helpers import (SHIPPED_POLICY, TIERS, assert_no_traceback, docker_bundle, 
                      runc_default, shipped_policy, weaknesses)
 from tiergate.hook import cli
 from tiergate.oci.convert import parse_spec
-from tiergate.oci.schema import validate_config
+from spec_schema import validate_config
 
 class _Stdin:
     def __init__(self, data: bytes) -> None:
@@ -102,9 +102,9 @@ def test_errors_exit_code_and_one_line(capsys, monkeypatch, argv, stdin: bytes, 
     assert err.startswith(start), err
 
 
-def test_bad_vectors_are_bad_input(capsys, monkeypatch, shared_dir: Path) -> None:
+def test_bad_vectors_are_bad_input(capsys, monkeypatch, data_dir: Path) -> None:
     """Every runtime-spec bad vector is exit 2 with one line (never a traceback)."""
-    for path in sorted((shared_dir / "oci-runtime-spec/test/config/bad").glob("*.json")):
+    for path in sorted((data_dir / "oci-runtime-spec/test/config/bad").glob("*.json")):
         code, out, err = tg(capsys, monkeypatch, ["render", "--tier", "baseline"], path.read_bytes())
         assert code == 2 and out == "", path.name
         one_line(err)

@@ -14,7 +14,7 @@ from tiergate.hook.errors import Refusal
 from tiergate.hook.harden import harden
 from tiergate.oci.convert import parse_spec
 from tiergate.oci.errors import SpecError
-from tiergate.oci.schema import validate_config
+from spec_schema import validate_config
 
 POLICY = shipped_policy()
 INPUTS = linux_inputs()

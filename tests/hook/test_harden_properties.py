@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from helpers import NON_PRIVILEGED, TIERS, all_caps, podman_precreate, runc_default, shipped_policy, weaknesses
 from tiergate.hook.errors import Refusal
 from tiergate.hook.harden import harden
-from tiergate.oci.schema import schema_dir, validate_config
+from spec_schema import schema_dir, validate_config
 
 settings.register_profile("ci", max_examples=1000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -12,7 +12,7 @@ from helpers import (SHIPPED_POLICY, assert_no_traceback, make_storage, podman_p
                      weaknesses)
 from tiergate.hook.record import read
 from tiergate.hook.stages import refusal_spec
-from tiergate.oci.schema import validate_config
+from spec_schema import validate_config
 
 MODULE = "tiergate.hook.stages"
 

@@ -51,9 +51,9 @@ class TestRoundTrip:
         for typed in ({**MINIMAL, "mounts": None}, {**MINIMAL, "mounts": []}, MINIMAL):
             assert dump_spec(parse_spec(typed)) == typed
 
-    def test_typed_fields_are_typed(self, shared_dir: Path) -> None:
+    def test_typed_fields_are_typed(self, data_dir: Path) -> None:
         """Known sections become model classes, not extras."""
-        spec = parse_spec(load(shared_dir / "samples" / "docker-20.10-bundle-config.json"))
+        spec = parse_spec(load(data_dir / "samples" / "docker-20.10-bundle-config.json"))
         assert isinstance(spec.linux.seccomp, model.Seccomp)
         assert isinstance(spec.linux.seccomp.syscalls[0], model.SyscallRule)
         assert isinstance(spec.process.capabilities, model.Capabilities)

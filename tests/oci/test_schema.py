@@ -1,4 +1,4 @@
-"""tiergate.oci.schema: the official draft-04 schema, refs resolved locally."""
+"""tests/spec_schema.py: the official draft-04 schema, refs resolved locally."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.oci import schema
+import spec_schema as schema
 
 
 def test_good_vector_is_valid(good_vector: Path) -> None:
@@ -45,8 +45,8 @@ MUTATIONS = [
 
 
 @pytest.mark.parametrize(("mutate", "start", "end"), [m[1:] for m in MUTATIONS], ids=[m[0] for m in MUTATIONS])
-def test_mutated_example_fails(shared_dir: Path, mutate, start: str, end: str) -> None:
-    data = json.loads((shared_dir / "oci-runtime-spec/test/config/good/spec-example.json").read_bytes())
+def test_mutated_example_fails(data_dir: Path, mutate, start: str, end: str) -> None:
+    data = json.loads((data_dir / "oci-runtime-spec/test/config/good/spec-example.json").read_bytes())
     data = copy.deepcopy(data)
     mutate(data)
     errors = schema.validate_config(data)
@@ -54,11 +54,8 @@ def test_mutated_example_fails(shared_dir: Path, mutate, start: str, end: str) -
     assert errors[0].startswith(start) and errors[0].endswith(end)
 
 
-def test_schema_dir_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(schema.ENV_DIR, str(tmp_path))
-    assert schema.schema_dir() == tmp_path
-
-
-def test_schema_dir_found_beside_repo(monkeypatch: pytest.MonkeyPatch, shared_dir: Path) -> None:
-    monkeypatch.delenv(schema.ENV_DIR, raising=False)
-    assert schema.schema_dir().resolve() == (shared_dir / "oci-runtime-spec" / "schema").resolve()
+def test_schema_is_the_repositorys_copy() -> None:
+    """The schema comes from tests/data, never from a directory outside the repository."""
+    repo = Path(__file__).resolve().parents[2]
+    assert schema.schema_dir().resolve().is_relative_to(repo)
+    assert (schema.schema_dir() / "config-schema.json").is_file()

@@ -6,7 +6,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -353,14 +352,9 @@ def big_allowlist(n: int = 10000, seed: int = 7) -> list[dict]:
     return out
 
 
-def test_10k_cidrs_builds_fast_with_few_sets_and_rules():
-    p = pol(egress="allowlist", allow=big_allowlist())
-    build(p, FACTS)  # warm
-    t = time.perf_counter()
-    doc = build(p, FACTS)
-    took = time.perf_counter() - t
-    print(f"\nbuild() of 10,000 CIDRs: {took * 1000:.1f} ms")
-    assert took < 0.1
+def test_10k_cidrs_build_few_sets_and_rules():
+    """Size, not speed: 10,000 CIDRs land in a handful of sets (build time is measured in bench/)."""
+    doc = build(pol(egress="allowlist", allow=big_allowlist()), FACTS)
     s = sets(doc)
     assert len(s) <= 4
     assert sum(len(x.get("elem", [])) for x in s.values()) > 9000

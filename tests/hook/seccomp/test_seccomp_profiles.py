@@ -10,7 +10,7 @@ import pytest
 
 from seccomp_testlib import config_with_seccomp
 
-from tiergate.oci.schema import validate_config
+from spec_schema import validate_config
 from tiergate.hook.seccomp import profiles as P
 from tiergate.hook.seccomp.build import to_filter
 from tiergate.hook.seccomp.names import check_names

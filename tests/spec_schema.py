@@ -1,8 +1,7 @@
-"""Check documents against the official runtime-spec JSON schema (draft-04).
+"""Test tooling: check documents against the official runtime-spec JSON schema (draft-04).
 
-Used by tests and ``tiergate policy check``, never on the hot path: jsonschema
-is a test-only dependency, so it is imported inside the functions.  The
-schema files are local; their relative ``$ref``s ("defs.json#/...",
+The schema is the copy in tests/data (runtime-spec v1.3.0); jsonschema is a
+test-only dependency.  Relative ``$ref``s ("defs.json#/...",
 "config-linux.json#/linux") are resolved from a Registry of that directory,
 never fetched.
 """
@@ -11,27 +10,17 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from tiergate.oci.errors import OciError, key_path
+from testdata import SCHEMA_DIR
+from tiergate.oci.errors import key_path
 
-ENV_DIR = "TIERGATE_OCI_SCHEMA_DIR"
-_RELATIVE = Path("shared") / "oci-runtime-spec" / "schema"
 
 
 def schema_dir() -> Path:
-    """$TIERGATE_OCI_SCHEMA_DIR, else the first ``shared/oci-runtime-spec/schema`` found walking up."""
-    env = os.environ.get(ENV_DIR)
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / _RELATIVE
-        if (candidate / "config-schema.json").is_file():
-            return candidate
-    raise OciError(f"runtime-spec schema not found: set {ENV_DIR} or clone shared/ beside the repo")
+    """The schema files, from the repository's tests/data."""
+    return SCHEMA_DIR
 
 
 @functools.lru_cache(maxsize=4)

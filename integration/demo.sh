@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# THE main job: sudo bash integration/demo.sh
+# THE main job, as root: bash integration/demo.sh
 # Installs what it needs (setup.sh), then shows tiers enforced on real podman containers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -138,7 +138,7 @@ def _unavailable(reason: str) -> None:
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        _unavailable("integration tests need root (run: sudo bash integration/run-tests.sh)")
+        _unavailable("integration tests need root (run as root: bash integration/run-tests.sh)")
 
 
 def require_binary(name: str, path: str | None = None) -> str:

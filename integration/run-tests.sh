@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# THE test command: sudo bash integration/run-tests.sh [pytest args...]
+# THE test command, as root: bash integration/run-tests.sh [pytest args...]
 # Runs setup.sh (packages + .venv), then the unit tests (tests/) and the
 # integration tests (integration/) in one pytest run; exits with pytest's code.
 set -euo pipefail

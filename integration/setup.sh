@@ -4,7 +4,7 @@
 #     (skipped when dpkg-query already shows every one installed);
 #   - ./.venv made with the system interpreter /usr/bin/python3 (never a
 #     version-manager shim), with tiergate installed editable plus its test extra.
-# Run as root on Debian 12: sudo bash integration/setup.sh. Exports nothing:
+# Run as root on Debian 12: bash integration/setup.sh. Exports nothing:
 # later steps call .venv/bin/python.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

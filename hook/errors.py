@@ -7,8 +7,8 @@ class TiergateError(Exception):
     """Base of every error tiergate raises on purpose (exit code 2: bad input or setup)."""
 
 
-class PolicyError(TiergateError):
-    """The policy file is broken or contradicts itself: names file, line and reason."""
+class FileError(TiergateError):
+    """A file tiergate reads is broken: one line naming file, line and reason."""
 
     def __init__(self, reason: str, file: str = "<policy>", line: int | None = None) -> None:
         super().__init__(reason, file, line)
@@ -19,6 +19,14 @@ class PolicyError(TiergateError):
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         return f"{where}: {self.reason}"
+
+
+class PolicyError(FileError):
+    """The policy file is broken or contradicts itself: names file, line and reason."""
+
+
+class EngineConfigError(FileError):
+    """An engine's config file (daemon.json, config.toml, containers.conf) does not parse: install leaves it as it is."""
 
 
 class Refusal(TiergateError):

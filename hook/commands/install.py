@@ -13,19 +13,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-RUNTIME_ENGINES = ("docker", "containerd", "podman-runtime")
+from ..engines import ENGINES, RUNTIME_ENGINES
 
 
 def register(sub) -> None:
     for name in ("install", "uninstall"):
         c = sub.add_parser(name, help=f"{name} tiergate for an engine (idempotent)")
-        c.add_argument("--engine", required=True, choices=["podman", *RUNTIME_ENGINES], help="engine to register with")
+        c.add_argument("--engine", required=True, choices=list(ENGINES), help="engine to register with")
         c.add_argument("--hooks-dir", type=Path, default=None, help="podman hooks.d directory")
         c.add_argument("--bin-dir", type=Path, default=None, help="where the hook launcher and runtime shim live")
         c.add_argument("--daemon-json", type=Path, default=None, help="docker: daemon.json (default /etc/docker/daemon.json)")
         c.add_argument("--config", type=Path, default=None,
                        help="containerd: config.toml (default /etc/containerd/config.toml); "
                             "podman-runtime: containers.conf.d directory (default /etc/containers/containers.conf.d)")
+        c.add_argument("--dry-run", action="store_true",
+                       help="print the exact changes (unified diffs of each file) and change nothing")
         if name == "install":
             c.add_argument("--policy", default=argparse.SUPPRESS, help="policy file the hook uses (checked first)")
             c.add_argument("--prestart", action="store_true", help="podman: also register the prestart verify hook")
@@ -33,9 +35,21 @@ def register(sub) -> None:
             c.add_argument("--runtime", help="the real runtime the shim hands over to (default: runc on PATH; crun works)")
             c.add_argument("--log", help="decision log file for the hook, or 'journal' for systemd-journald")
             c.add_argument("--cache-dir", help="compiled-policy cache directory for the hook")
-            c.set_defaults(func=cmd_install)
+            c.set_defaults(func=_dry_run_aware(cmd_install))
         else:
-            c.set_defaults(func=lambda a: cmd_install(a, remove=True))
+            c.set_defaults(func=_dry_run_aware(lambda a: cmd_install(a, remove=True)))
+
+
+def _dry_run_aware(func):
+    """With --dry-run every file change the engine module makes is printed as a diff, none is made."""
+    def run(args) -> int:
+        if not args.dry_run:
+            return func(args)
+        from ..engines import files
+
+        with files.dry_run():
+            return func(args)
+    return run
 
 
 def _settings(args) -> dict:

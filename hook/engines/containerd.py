@@ -19,7 +19,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from . import files, shim
+from . import files, parse, shim
 
 DEFAULT_CONFIG = Path("/etc/containerd/config.toml")
 NAME = "tiergate"
@@ -96,7 +96,8 @@ def render(text: str, exe: Path, default: bool) -> str:
 
 def install(config: Path, bin_dir: Path, default: bool = False, say=print, **settings) -> Path:
     config = Path(config)
-    text = config.read_text() if config.exists() else ""
+    text = parse.read(config) or ""
+    parse.toml(config, text)  # a broken file: one line naming it, and nothing touched
     exe = Path(bin_dir) / shim.SHIM
     new = render(text, exe, default)  # checks the file before anything is installed
     shim.install(bin_dir, f"containerd {config}", say=say, **settings)

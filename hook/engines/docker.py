@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import files, shim
+from . import files, parse, shim
 
 DEFAULT_DAEMON_JSON = Path("/etc/docker/daemon.json")
 NAME = "tiergate"
@@ -19,14 +19,8 @@ BACKUP_SUFFIX = ".tiergate-backup"
 
 
 def _load(path: Path) -> tuple[dict, str | None]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}, None
-    doc = json.loads(text) if text.strip() else {}
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return doc, text
+    text = parse.read(path)
+    return ({}, None) if text is None else (parse.json_object(path, text), text)
 
 
 def install(daemon_json: Path, bin_dir: Path, default: bool = False, say=print, **settings) -> Path:

@@ -1,13 +1,46 @@
-"""Idempotent file edits for install/uninstall: write only what differs, remove only what we wrote."""
+"""Idempotent file edits for install/uninstall: write only what differs, remove only what we wrote.
+
+Every change install and uninstall make to the host goes through this module,
+so `with dry_run():` turns them all into a printed unified diff (and the
+directories, links and removals they would make) that changes nothing.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
 from pathlib import Path
 
 # Dropped into each directory install had to create, so uninstall removes
 # exactly those (once nothing else is in them) and leaves the tree as it was.
 CREATED = ".tiergate-created"
+
+_dry: set[Path] | None = None  # inside dry_run(): the paths a real run would have removed
+
+
+@contextlib.contextmanager
+def dry_run():
+    """Within this block nothing is written: each change is said as a diff (`--- a` / `+++ b`) or a line."""
+    global _dry
+    outer, _dry = _dry, set()
+    try:
+        yield
+    finally:
+        _dry = outer
+
+
+def _diff(path: Path, old: str | None, new: str | None) -> str:
+    lines = difflib.unified_diff((old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),
+                                 "/dev/null" if old is None else str(path), "/dev/null" if new is None else str(path))
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines).rstrip("\n")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return None
 
 
 def mkdirs(path: Path) -> None:
@@ -16,6 +49,12 @@ def mkdirs(path: Path) -> None:
     while not p.exists() and p != p.parent:
         missing.append(p)
         p = p.parent
+    if _dry is not None:
+        for d in reversed(missing):
+            if d not in _dry:
+                _dry.add(d)
+                print(f"would create {d}/")
+        return
     for d in reversed(missing):
         d.mkdir()
         (d / CREATED).write_text("made by `tiergate install`; `tiergate uninstall` removes it\n")
@@ -26,14 +65,18 @@ def prune(path: Path, say=print) -> None:
     d = Path(path)
     while d != d.parent:
         try:
-            names = os.listdir(d)
+            names = [n for n in os.listdir(d) if _dry is None or d / n not in _dry]
         except OSError:
             return
         if names != [CREATED]:
             return
-        (d / CREATED).unlink()
-        d.rmdir()
-        say(f"removed {d}/")
+        if _dry is not None:
+            _dry.update((d / CREATED, d))
+            say(f"would remove {d}/")
+        else:
+            (d / CREATED).unlink()
+            d.rmdir()
+            say(f"removed {d}/")
         d = d.parent
 
 
@@ -45,6 +88,14 @@ def write(path: Path, text: str, mode: int = 0o644, say=print) -> bool:
             return False
     except OSError:
         pass
+    if _dry is not None:
+        mkdirs(path.parent)
+        old = _read(path)
+        if old != text:
+            say(_diff(path, old, text))
+        if old is not None and (path.stat().st_mode & 0o7777) != mode:
+            say(f"would chmod {mode:o} {path}")
+        return True
     mkdirs(path.parent)
     tmp = path.with_name(f".{path.name}.tiergate-tmp")
     tmp.write_text(text)
@@ -60,6 +111,9 @@ def symlink(path: Path, target: Path, say=print) -> None:
         say(f"unchanged {path} -> {target}")
         return
     mkdirs(path.parent)
+    if _dry is not None:
+        say(f"would link {path} -> {target}")
+        return
     if path.is_symlink() or path.exists():
         path.unlink()
     path.symlink_to(target)
@@ -74,6 +128,11 @@ def remove(path: Path, marker: str | None = None, say=print) -> None:
         return
     if marker and not path.is_symlink() and marker not in path.read_text(errors="replace"):
         say(f"kept {path}: not written by tiergate")
+        return
+    if _dry is not None:
+        _dry.add(path)
+        say(f"would remove {path} -> {os.readlink(path)}" if path.is_symlink() else _diff(path, _read(path), None))
+        prune(path.parent, say)
         return
     path.unlink()
     say(f"removed {path}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import files, shim
+from . import files, parse, shim
 from .launcher import MARKER
 
 DEFAULT_DROP_IN_DIR = Path("/etc/containers/containers.conf.d")
@@ -29,8 +29,20 @@ def drop_in_text(exe: Path, default: bool) -> str:
     return "\n".join(lines)
 
 
+def check_confs(drop_in_dir: Path) -> None:
+    """The containers.conf beside the drop-in dir and the other drop-ins parse (podman merges them all)."""
+    confs = [drop_in_dir.parent / "containers.conf"]
+    if drop_in_dir.is_dir():
+        confs += sorted(p for p in drop_in_dir.glob("*.conf") if p.name != DROP_IN)
+    for conf in confs:
+        text = parse.read(conf)
+        if text is not None:
+            parse.toml(conf, text)
+
+
 def install(drop_in_dir: Path, bin_dir: Path, default: bool = False, say=print, **settings) -> Path:
     drop = Path(drop_in_dir) / DROP_IN
+    check_confs(Path(drop_in_dir))
     exe = shim.install(bin_dir, f"podman-runtime {drop}", say=say, **settings)
     files.write(drop, drop_in_text(exe, default), 0o644, say)
     say(f"podman --runtime {NAME} ... (or reinstall with --default)" if not default else "podman now runs every container through tiergate-runtime")

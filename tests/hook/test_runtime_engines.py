@@ -10,6 +10,7 @@ import tomllib
 import pytest
 
 from tiergate.hook.engines import containerd, docker, podman_runtime, shim
+from tiergate.hook.errors import EngineConfigError
 
 quiet = {"say": lambda *_: None}
 
@@ -53,7 +54,7 @@ def test_docker_no_file_yet(tmp_path, runc):
 def test_docker_broken_file_untouched(tmp_path, runc):
     daemon = tmp_path / "daemon.json"
     daemon.write_text("{oops")
-    with pytest.raises(ValueError):
+    with pytest.raises(EngineConfigError, match=r"daemon.json:1: not valid JSON"):
         docker.install(daemon, tmp_path / "bin", runtime=runc, **quiet)
     assert daemon.read_text() == "{oops" and not (tmp_path / "bin").exists()
 

@@ -16,9 +16,11 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 
+from . import access
+
 OK, WARN, FAIL = "ok", "warn", "fail"
 ENGINES = ("podman", "runc", "crun", "docker", "containerd")
-PODMAN_DEFAULT_HOOKS_DIRS = ("/usr/share/containers/oci/hooks.d", "/etc/containers/oci/hooks.d")
+PODMAN_DEFAULT_HOOKS_DIRS = access.SHARED_HOOKS_DIRS
 CONTAINERS_CONFS = ("/usr/share/containers/containers.conf", "/etc/containers/containers.conf")
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
 TIMEOUT = 5.0
@@ -354,6 +356,11 @@ def check_podman_registration(dirs: list[str], source: str) -> Check:
             lib = _launcher_lib_ok(exe) if status != FAIL else None
             if lib:
                 status, detail = FAIL, lib
+            for uid, who in (access.hook_users(d).items() if status != FAIL else ()):
+                cannot = access.launcher_problem(exe, uid)
+                if cannot:
+                    status, detail = FAIL, f"{who} cannot run it: {cannot}"
+                    break
             found.append((status, f"{p} ({','.join(map(str, stages))}) -> {exe}; {detail}"))
             has_precreate = has_precreate or "precreate" in stages
     if not found:

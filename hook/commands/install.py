@@ -11,6 +11,7 @@ The three runtime engines install the tiergate-runtime shim and the hook launche
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..engines import ENGINES, RUNTIME_ENGINES
@@ -76,11 +77,30 @@ def cmd_install(args, remove: bool = False) -> int:
     if remove:
         podman.uninstall(hooks_dir, bin_dir)
         return 0
+    _check_runnable(hooks_dir, bin_dir)
     extra = []
     for key, value in _settings(args).items():
         extra += ["--" + key.replace("_", "-"), value]
     podman.install(hooks_dir, bin_dir, extra, args.prestart)
     return 0
+
+
+def _check_runnable(hooks_dir: Path, bin_dir: Path) -> None:
+    """Refuse to register a hook that the users who run it cannot execute (rootless podman runs hooks as
+    the user, from the system hooks dirs too): the interpreter and every directory it imports from."""
+    from .. import access
+    from ..engines import launcher
+    from ..errors import TiergateError
+
+    existing = Path(os.path.abspath(bin_dir))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    for uid, who in access.hook_users(hooks_dir).items():
+        for path, want in [(str(existing), os.X_OK), *launcher.needs()]:
+            found = access.problem(path, uid, want)
+            if found:
+                raise TiergateError(f"{who} could not run the hook: {found} (install tiergate with /usr/bin/python3 "
+                                    "where every user can read it: the Debian package, or a venv outside /root)")
 
 
 def _runtime_engine(args, bin_dir: Path, remove: bool) -> int:

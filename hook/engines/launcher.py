@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import sysconfig
 from pathlib import Path
 
 MARKER = "# written by tiergate install"
@@ -31,14 +30,41 @@ def interpreter() -> str:
     return str(exe) if exe.exists() else os.path.realpath(sys.executable)
 
 
+# Imported by the hook or the shim (attrs, cattrs, pyseccomp only when the policy must be
+# recompiled; prctl to confine the hook); their directories go on the launcher's sys.path.
+DEPENDENCIES = ("attrs", "cattrs", "pyseccomp", "prctl", "pyroute2", "nftables")
+
+
+def dependency_dirs() -> list[str]:
+    """Where this interpreter finds the dependencies: a venv's site-packages, or the Debian
+    package's /usr/lib/tiergate and dist-packages (sysconfig's purelib is neither there)."""
+    import importlib.util
+
+    dirs: list[str] = []
+    for name in DEPENDENCIES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+            continue
+        origin = Path(spec.origin)
+        where = str(origin.parent.parent if spec.submodule_search_locations else origin.parent)
+        if where not in dirs:
+            dirs.append(where)
+    return dirs
+
+
 def script(lib_dir: Path, entry: str) -> str:
-    site = sysconfig.get_paths()["purelib"]
     return (f"#!{interpreter()} -IS\n{MARKER}\n"
             "import sys\n"
             f"sys.path.insert(0, {str(lib_dir)!r})\n"
-            f"sys.path.append({site!r})  # attrs, cattrs: only when the policy must be recompiled\n"
+            f"sys.path.extend({dependency_dirs()!r})  # {', '.join(DEPENDENCIES)}\n"
             f"from {entry} import main\n"
             "sys.exit(main())\n")
+
+
+def needs() -> list[tuple[str, int]]:
+    """What a launcher written now needs to be runnable: the interpreter, the packages, the dependency dirs."""
+    return ([(interpreter(), os.X_OK)] + [(str(p), os.R_OK | os.X_OK) for p in package_dirs().values()]
+            + [(d, os.R_OK | os.X_OK) for d in dependency_dirs()])
 
 
 def install_hook(bin_dir: Path, say=print) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 # exactly those (once nothing else is in them) and leaves the tree as it was.
 CREATED = ".tiergate-created"
 
-_dry: set[Path] | None = None  # inside dry_run(): the paths a real run would have removed
+_dry: set[Path] | None = None  # inside dry_run(): the paths a real run would have created or removed so far
 
 
 @contextlib.contextmanager

@@ -23,11 +23,17 @@ def show(value: object, limit: int = 64) -> str:
 
 
 class Image:
-    """What tiergate knows about a container's image (plain data from a source)."""
+    """What tiergate knows about a container's image (plain data from a source).
 
-    __slots__ = ("refs", "id", "digest", "labels", "exposed", "known", "problem")
+    Under Kubernetes (containerd's CRI records) also the pod's namespace and
+    whether this is the pod's sandbox (pause) container, which has no image of
+    its own to ask for a tier.
+    """
 
-    def __init__(self, refs=(), id="", labels=None, exposed=(), known=True, problem="", digest=""):
+    __slots__ = ("refs", "id", "digest", "labels", "exposed", "known", "problem", "namespace", "sandbox")
+
+    def __init__(self, refs=(), id="", labels=None, exposed=(), known=True, problem="", digest="",
+                 namespace="", sandbox=False):
         self.refs = list(refs)
         self.id = id.removeprefix("sha256:") if id else ""
         self.digest = digest.removeprefix("sha256:") if digest else ""
@@ -35,6 +41,8 @@ class Image:
         self.exposed = list(exposed)
         self.known = known
         self.problem = problem
+        self.namespace = namespace
+        self.sandbox = sandbox
 
     @classmethod
     def unknown(cls, problem: str) -> "Image":
@@ -53,7 +61,10 @@ class Decision:
 
 
 def ceiling_for(policy: dict, image: Image) -> tuple[str, str, str]:
-    """(max tier, over-ceiling action, rule description) from the first matching trust rule."""
+    """(max tier, over-ceiling action, rule description): the pod namespace's rule, else the first matching trust rule."""
+    ns_rule = (policy.get("namespaces") or {}).get(image.namespace) if image.namespace else None
+    if ns_rule and ns_rule.get("max_tier"):
+        return ns_rule["max_tier"], ns_rule.get("over_ceiling") or policy["over_ceiling"], f"namespace {image.namespace}"
     for i, rule in enumerate(policy["trust"]):
         if rule["digest"]:
             if any(d and d.startswith(rule["digest"]) for d in (image.id, image.digest)):
@@ -73,6 +84,8 @@ def decide(policy: dict, image: Image, annotations: dict | None = None) -> Decis
         if fallback == "refuse":
             raise Refusal(f"cannot read the image's labels ({image.problem}); the policy refuses unknown images")
         requested, source = fallback, f"unknown image ({image.problem})"
+    elif image.sandbox and policy.get("sandbox_tier"):
+        requested, source = policy["sandbox_tier"], "policy sandbox_tier (the pod's sandbox)"
     elif isinstance(annotations.get(key), str):
         requested, source = annotations[key], f"annotation {key}"
     elif isinstance(image.labels.get(key), str):
@@ -83,11 +96,22 @@ def decide(policy: dict, image: Image, annotations: dict | None = None) -> Decis
         raise Refusal(f"unknown tier {show(requested)} asked by {source}; valid tiers: {', '.join(sorted(tiers))}")
 
     ceiling, action, rule = ceiling_for(policy, image)
-    ref = show(image.refs[0] if image.refs else image.id[:12] or "unknown image")
+    ref = show(image.refs[0] if image.refs else image.id[:12] or ("pod sandbox" if image.sandbox else "unknown image"))
     if tiers[requested]["strictness"] >= tiers[ceiling]["strictness"]:
         why = f"{source} asks for {requested}; {ref} may be no more privileged than {ceiling} ({rule})"
-        return Decision(requested, requested, source, ceiling, rule, why)
+        return _floor(policy, image, Decision(requested, requested, source, ceiling, rule, why))
     if action == "refuse":
         raise Refusal(f"{ref} asks for tier {requested} ({source}) but may get at most {ceiling} ({rule})")
     why = f"{source} asks for {requested}, clamped to {ceiling}: {ref} may get at most {ceiling} ({rule})"
-    return Decision(ceiling, requested, source, ceiling, rule, why)
+    return _floor(policy, image, Decision(ceiling, requested, source, ceiling, rule, why))
+
+
+def _floor(policy: dict, image: Image, decision: Decision) -> Decision:
+    """A pod namespace's min_tier: nothing in it runs less strictly (kube-system may differ from shop)."""
+    ns_rule = (policy.get("namespaces") or {}).get(image.namespace) if image.namespace else None
+    floor = ns_rule.get("min_tier") if ns_rule else None
+    tiers = policy["tiers"]
+    if floor and tiers[decision.tier]["strictness"] < tiers[floor]["strictness"]:
+        decision.why += f"; raised to {floor}, the floor of namespace {image.namespace}"
+        decision.tier = floor
+    return decision

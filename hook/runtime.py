@@ -37,7 +37,7 @@ CONF_ENV = "TIERGATE_RUNTIME_CONF"
 TIER_KEY = "io.tiergate.tier"
 CREATE_LIKE = frozenset({"create", "run", "restore"})
 ENFORCED = CREATE_LIKE | {"exec"}
-_CONF_KEYS = ("runtime", "shim", "hook", "policy", "cache_dir", "log")
+_CONF_KEYS = ("runtime", "shim", "hook", "policy", "cache_dir", "log", "containerd_root")
 LABEL_SOURCES = ("docker", "cri", "storage", "annotation")  # the default order (policy: label_sources)
 
 
@@ -121,14 +121,18 @@ def _now() -> str:
 
 
 def _fail(argv: list[str], line: str) -> None:
-    """One error line on stderr and, as the runtime would, in its --log file."""
-    print(line, file=sys.stderr)
+    """One error line in the runtime's --log file (what containerd and docker show), then on stderr
+    if it can be written (containerd gives a pod's sandbox a read-only one)."""
     try:
         parsed = runc_args.parse(argv)
     except runc_args.ArgsError:
-        return
-    if parsed.log:
+        parsed = None
+    if parsed is not None and parsed.log:
         write_log(parsed.log, parsed.log_format, line)
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def write_log(path: str, fmt: str, msg: str) -> None:
@@ -176,7 +180,8 @@ def _hook_args(conf: dict) -> list[str]:
     return out
 
 
-def resolve_image(spec: dict, container_id: str | None, policy: dict):
+def resolve_image(spec: dict, container_id: str | None, policy: dict, bundle_dir: str | None = None,
+                  conf: dict | None = None):
     """(Image, engine) from the first label source, in the order the policy's `label_sources` sets,
     that recognises this bundle; none: an unknown image (the policy's on_unknown_image decides)."""
     from .decide import Image
@@ -189,7 +194,7 @@ def resolve_image(spec: dict, container_id: str | None, policy: dict):
     def cri():
         from .sources import cri as src
 
-        return src.image_for_spec(spec)
+        return src.image_for_spec(spec, bundle_dir, (conf or {}).get("containerd_root"))
 
     def storage():
         from .sources import storage as src
@@ -234,7 +239,7 @@ def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> None:
     spec = bundle.read_config(bundle_dir)
     policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
     rec["policy"] = policy["digest"][:16]
-    image, found = resolve_image(spec, parsed.container_id, policy)
+    image, found = resolve_image(spec, parsed.container_id, policy, bundle_dir, conf)
     opts = stages.Options()
     opts.stage, opts.policy, opts.cache_dir, opts.log = parsed.command, conf.get("policy"), conf.get("cache_dir"), conf.get("log")
     opts.engine = rec["engine"] = _engine(bundle_dir, found)
@@ -328,7 +333,7 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
     # Created before tiergate was installed: decide now, from the same sources as create.
     from .decide import decide
 
-    image, _ = resolve_image(spec, cid, policy)
+    image, _ = resolve_image(spec, cid, policy, bundle_dir, conf)
     return decide(policy, image, annotations).tier, "decided at exec (the container was created without tiergate)"
 
 

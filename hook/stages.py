@@ -110,6 +110,9 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
     rec["mode"] = "audit" if tier.get("audit") else "enforce"
     notes = [("exec", EXEC_GAP)] if opts.engine == "podman" and not tier["passthrough"] else []
     facts = host.gather(spec, tier, notes)
+    # A pod whose host namespace were clamped away would run broken (hostNetwork without
+    # its network): under Kubernetes a forbidden host namespace is refused instead.
+    facts["refuse_host_ns"] = bool(image.namespace)
     if tier["network"] is not None:
         facts["network_hook"] = network_hook or _hook_self(opts, "createRuntime")
         facts["network_applied"] = netns_ready

@@ -278,6 +278,21 @@ def remove_cgroup(relpath: str, *, timeout: float = 10.0) -> list[str]:
     return left
 
 
+def containerd_shims(sock: Path) -> list[int]:
+    """containerd-shim pids whose command line names this containerd's socket (ours to stop)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and b"containerd-shim" in cmdline[0] and str(sock).encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
 @dataclass
 class HostFootprint:
     """Shared host paths an engine creates even when pointed at private dirs.
@@ -807,19 +822,7 @@ class Docker:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def _our_shims(self) -> list[int]:
-        """containerd-shim pids whose command line names our containerd socket."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmdline and b"containerd-shim" in cmdline[0] and \
-                    str(self.containerd_sock).encode() in cmdline:
-                pids.append(int(entry.name))
-        return pids
+        return containerd_shims(self.containerd_sock)
 
     def stop(self) -> None:
         """Remove containers, stop dockerd and containerd by pid, delete dir and cgroups."""

@@ -15,7 +15,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 PACKAGES=(
   podman runc crun nftables apparmor busybox-static docker.io
   libcap-dev python3-venv python3-dev python3-nftables libseccomp-dev
-  gcc libc6-dev iproute2 git
+  gcc libc6-dev iproute2 git containernetworking-plugins
   # the Debian package (packaging/build-deb.sh, integration/test_deb.py): build tools, and the
   # Depends it takes from Debian, so installing and purging it leaves the package set as it was
   debhelper dh-python python3-all python3-setuptools python3-wheel python3-pip dpkg-dev fakeroot

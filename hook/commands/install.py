@@ -59,7 +59,9 @@ def _settings(args) -> dict:
         from ..policy.compile import compile_file
 
         compile_file(args.policy)  # refuse to install a broken policy
-        out["policy"] = str(Path(args.policy).resolve())
+        # Absolute, symlinks kept: a ConfigMap-mounted policy is a link through ..data that
+        # kubelet swaps on every update; its resolved target vanishes then.
+        out["policy"] = os.path.abspath(args.policy)
     for flag in ("log", "cache_dir"):
         value = getattr(args, flag, None)
         if value:  # "journal" is a log target, not a path

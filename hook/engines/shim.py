@@ -103,14 +103,15 @@ def py_launcher(lib_dir: Path, conf: Path) -> str:
 
 def conf_text(settings: dict) -> str:
     lines = [f"{MARKER}: {SHIM} settings"]
-    for key in ("runtime", "shim", "hook", "policy", "cache_dir", "log"):
+    for key in ("runtime", "shim", "hook", "policy", "cache_dir", "log", "containerd_root"):
         if settings.get(key):
             lines.append(f"{key}={settings[key]}")
     return "\n".join(lines) + "\n"
 
 
 def install(bin_dir: Path, user: str, runtime: str | None = None, policy: str | None = None,
-            cache_dir: str | None = None, log: str | None = None, say=print) -> Path:
+            cache_dir: str | None = None, log: str | None = None, containerd_root: str | None = None,
+            say=print) -> Path:
     """Install (idempotently) the hook launcher and the shim; register `user` (e.g. "docker /etc/docker/daemon.json")."""
     bin_dir = Path(bin_dir)
     lib = bin_dir / "lib"
@@ -119,7 +120,7 @@ def install(bin_dir: Path, user: str, runtime: str | None = None, policy: str | 
     real = real_runtime(runtime, shim)
     conf = bin_dir / CONF
     files.write(conf, conf_text({"runtime": real, "shim": str(shim), "hook": str(hook), "policy": policy,
-                                 "cache_dir": cache_dir, "log": log}), 0o644, say)
+                                 "cache_dir": cache_dir, "log": log, "containerd_root": containerd_root}), 0o644, say)
     files.write(bin_dir / PY_LAUNCHER, py_launcher(lib, conf), 0o755, say)
     files.write(shim, sh_front(real, interpreter(), bin_dir / PY_LAUNCHER), 0o755, say)
     users = _users(bin_dir)

@@ -7,6 +7,7 @@ from ._spec import get, objects
 # A missing entry means "the host's namespace" (runtime-spec). user, cgroup and
 # time are not required: rootful engines run without them by default.
 REQUIRED = ("pid", "network", "ipc", "uts", "mount")
+POD_FIELDS = {"network": "hostNetwork", "pid": "hostPID", "ipc": "hostIPC"}  # what a pod spec calls them
 
 
 def apply(spec: dict, ctx) -> None:
@@ -32,6 +33,10 @@ def apply(spec: dict, ctx) -> None:
         if kind == "network" and ctx.tier["network"] is not None:
             ctx.refuse(f"tier {ctx.tier['name']} has a network policy, which cannot be enforced "
                        "in the host's network namespace (--network host)")
+        if ctx.facts.get("refuse_host_ns"):
+            ctx.refuse(f"tier {ctx.tier['name']} forbids the host's {kind} namespace "
+                       f"({POD_FIELDS.get(kind, kind)}); clamped away, the pod would not work")
+            continue
         ctx.escalation(f"shares the host's {kind} namespace (--{'net' if kind == 'network' else kind} host)")
         entries.append({"type": kind})
         ctx.change("$.linux.namespaces", f"added a private {kind} namespace",

@@ -73,6 +73,15 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
             raise fail(f"invalid digest {rule.digest!r}", "trust", i, "digest")
         trust.append({"match": rule.match, "digest": rule.digest and rule.digest.removeprefix("sha256:"),
                       "max_tier": rule.max_tier, "over_ceiling": rule.over_ceiling or model.over_ceiling})
+    if model.sandbox_tier is not None:
+        known(model.sandbox_tier, "sandbox_tier")
+    namespaces = {}
+    for ns, rule in model.namespaces.items():
+        for field in ("max_tier", "min_tier"):
+            if getattr(rule, field) is not None:
+                known(getattr(rule, field), "namespaces", ns, field)
+        namespaces[ns] = {"max_tier": rule.max_tier, "min_tier": rule.min_tier,
+                          "over_ceiling": rule.over_ceiling or model.over_ceiling}
     sens = model.sensitive
     for p in sens.paths:
         if not p.startswith("/"):
@@ -92,6 +101,8 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
         "sensitive": {"paths": sorted({os.path.normpath(p) for p in sens.paths}),
                       "sockets": sorted(set(sens.sockets))},
         "trust": trust,
+        "sandbox_tier": model.sandbox_tier,
+        "namespaces": namespaces,
         "tiers": compiled_tiers,
     }
 

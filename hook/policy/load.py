@@ -11,7 +11,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn
 
 from ..errors import PolicyError
-from .model import EngineSettings, PolicyFile, Sensitive, TierSpec, TrustRule
+from .model import EngineSettings, NamespaceRule, PolicyFile, Sensitive, TierSpec, TrustRule
 
 
 def _strict(kind: type):
@@ -61,7 +61,7 @@ def _converter() -> cattrs.Converter:
     # cattrs would split "net.core" into characters where a list belongs.
     conv.register_structure_hook_func(lambda t: get_origin(t) is list, lambda v, t: _list(conv, v, t))
     conv.register_structure_hook_func(lambda t: get_origin(t) is dict, lambda v, t: _dict(conv, v, t))
-    for cls in (PolicyFile, TierSpec, TrustRule, Sensitive, EngineSettings):
+    for cls in (PolicyFile, TierSpec, TrustRule, NamespaceRule, Sensitive, EngineSettings):
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True))
     return conv
 

@@ -54,6 +54,16 @@ class TrustRule:
 
 
 @attrs.define(kw_only=True)
+class NamespaceRule:
+    """A Kubernetes namespace (from containerd's CRI records, which a pod cannot forge):
+    `max_tier` replaces the trust rules' ceiling for its pods, `min_tier` is a floor."""
+
+    max_tier: str | None = None
+    min_tier: str | None = None
+    over_ceiling: Escalation | None = None
+
+
+@attrs.define(kw_only=True)
 class Sensitive:
     paths: list[str] = attrs.Factory(list)
     sockets: list[str] = attrs.Factory(list)
@@ -78,6 +88,8 @@ class PolicyFile:
     audit: bool = False
     label_sources: list[Literal["docker", "cri", "storage", "annotation"]] = attrs.Factory(
         lambda: ["docker", "cri", "storage", "annotation"])
+    sandbox_tier: str | None = None
+    namespaces: dict[str, NamespaceRule] = attrs.Factory(dict)
     sensitive: Sensitive = attrs.Factory(Sensitive)
     trust: list[TrustRule] = attrs.Factory(list)
     tiers: dict[str, TierSpec] = attrs.Factory(dict)

@@ -108,7 +108,7 @@ def test_containerd_keeps_builtin_runc(tmp_path, runc):
 def test_containerd_version_1_refused(tmp_path, runc):
     config = tmp_path / "config.toml"
     config.write_text('[plugins.cri]\n  sandbox_image = "x"\n')
-    with pytest.raises(ValueError, match="version 2"):
+    with pytest.raises(EngineConfigError, match=f"^{config}: containerd config version 1: tiergate needs version 2"):
         containerd.install(config, tmp_path / "bin", runtime=runc, **quiet)
     assert not (tmp_path / "bin").exists()
 
@@ -136,3 +136,30 @@ def test_podman_runtime_drop_in(tmp_path, runc):
     assert "tiergate" in conf["engine"]["runtime_supports_json"]
     podman_runtime.uninstall(tmp_path / "conf.d", tmp_path / "bin", **quiet)
     assert not (tmp_path / "conf.d" / "99-tiergate.conf").exists() and not (tmp_path / "bin").exists()
+
+
+def test_containerd_handler_copies_runc_and_supports_version_3(tmp_path, runc):
+    """Like nvidia-ctk: the handler carries runc's options (SystemdCgroup) and settings; containerd 2.x
+    (config version 3) names the CRI runtime plugin io.containerd.cri.v1.runtime."""
+    for version, plugin in ((2, "io.containerd.grpc.v1.cri"), (3, "io.containerd.cri.v1.runtime")):
+        config = tmp_path / f"v{version}.toml"
+        table = f'plugins."{plugin}".containerd.runtimes.runc'
+        config.write_text(f'version = {version}\nroot = "/srv/ctd"\n[{table}]\n  runtime_type = "io.containerd.runc.v2"\n'
+                          f'  privileged_without_host_devices = true\n  pod_annotations = ["example.com/*"]\n'
+                          f'[{table}.options]\n  SystemdCgroup = true\n  BinaryName = "/usr/bin/runc"\n')
+        exe = containerd.install(config, tmp_path / f"bin{version}", runtime=runc, **quiet)
+        rt = tomllib.loads(config.read_text())["plugins"][plugin]["containerd"]["runtimes"]
+        assert rt["tiergate"]["options"] == {"SystemdCgroup": True, "BinaryName": str(exe)}
+        assert rt["tiergate"]["privileged_without_host_devices"] is True
+        assert rt["tiergate"]["pod_annotations"] == ["io.tiergate.*", "example.com/*"]
+        assert rt["runc"]["options"]["BinaryName"] == "/usr/bin/runc"
+        assert "containerd_root=/srv/ctd\n" in (tmp_path / f"bin{version}" / shim.CONF).read_text()
+
+
+def test_containerd_broken_config_is_one_line_with_its_line(tmp_path, runc):
+    config = tmp_path / "config.toml"
+    config.write_text('version = 2\n[plugins\n')
+    with pytest.raises(EngineConfigError) as exc:
+        containerd.install(config, tmp_path / "bin", runtime=runc, **quiet)
+    assert str(exc.value).startswith(f"{config}:2: not valid TOML") and "\n" not in str(exc.value)
+    assert config.read_text() == 'version = 2\n[plugins\n' and not (tmp_path / "bin").exists()

@@ -77,9 +77,15 @@ class TestDocker:
 
 
 class TestCri:
-    def test_containerd(self):
-        img = cri.image_for_spec({"annotations": {"io.kubernetes.cri.image-name": "nginx:1.27"}})
-        assert img.known and img.refs == ["docker.io/library/nginx:1.27"] and img.labels == {}
+    def test_containerd_annotations_are_not_the_record(self, tmp_path):
+        """containerd's CRI annotations name an image, but only containerd's own records count:
+        without them (a ctr caller sets any annotation) the image is unknown, never guessed."""
+        spec = {"annotations": {"io.kubernetes.cri.container-type": "container",
+                                "io.kubernetes.cri.image-name": "nginx:1.27"}}
+        assert not cri.image_for_spec(spec).known
+        bundle = tmp_path / "state" / "io.containerd.runtime.v2.task" / "k8s.io" / "c1"
+        img = cri.image_for_spec(spec, str(bundle), str(tmp_path / "root"))
+        assert not img.known and "meta.db" in img.problem
 
     def test_crio_labels(self):
         img = cri.image_for_spec({"annotations": {
@@ -100,7 +106,7 @@ def test_label_sources_follow_the_policy_order() -> None:
     """The shim asks the sources in the order the policy's label_sources sets; an unlisted source is never asked."""
     from tiergate.hook.runtime import resolve_image
 
-    spec = {"annotations": {"io.kubernetes.cri.image-name": "docker.io/library/nginx:1.27",
+    spec = {"annotations": {"io.kubernetes.cri-o.ImageName": "docker.io/library/nginx:1.27",
                             "io.tiergate.tier": "restricted"}, "root": {"path": "rootfs"}}
     policy = {"label_key": "io.tiergate.tier"}
     image, engine = resolve_image(spec, None, {**policy, "label_sources": ["docker", "cri", "storage", "annotation"]})

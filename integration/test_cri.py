@@ -1,0 +1,179 @@
+"""tiergate as a Kubernetes runtime handler: containerd 1.6's CRI plugin driven as kubelet drives it.
+
+A private node (cri.CriNode: containerd with CRI, a CNI bridge in a namespace
+of its own, images imported without a registry) gets tiergate's handler from
+`tiergate install --engine containerd --config <its config>`. Every test
+runs the same pod under the plain `runc` handler (the control) and under
+`tiergate`; containers get the image by the id ImageStatus reports, as
+kubelet sends it, and no pod carries a tiergate annotation unless it says so.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+
+import cri
+from harness import caps_from_hex, probe_status
+from tiergate_fixtures import STATUS_SH, compiled_policy, tiergate
+
+pytestmark = pytest.mark.docker
+
+LABEL = "io.tiergate.tier"
+IMAGES = {  # key -> (reference, labels); localhost/tiergate-* may ask for up to privileged (shipped trust)
+    "restricted": ("localhost/tiergate-cri-restricted:1", {LABEL: "restricted"}),
+    "plain": ("localhost/tiergate-cri-plain:1", {}),
+}
+NODE_POLICY = """
+[namespaces.kube-system]
+max_tier = "privileged"
+
+[namespaces.shop]
+min_tier = "restricted"
+"""
+DEFAULT_CAPS = caps_from_hex("00000000a80425fb")  # containerd's default set
+
+
+@pytest.fixture(scope="module")
+def node(it_dir, busybox_rootfs):
+    """The node: shipped policy plus namespace rules; tiergate's handler beside runc."""
+    from tiergate.hook.policy.compile import shipped_dir
+
+    d = it_dir / "cri"
+    n = cri.CriNode(d / "node", busybox_rootfs.tar)
+    n.write_config()
+    policy = d / "policy.toml"
+    policy.write_text((shipped_dir() / "policy.toml").read_text() + NODE_POLICY)
+    n.log = d / "decisions.jsonl"
+    tiergate("install", "--engine", "containerd", "--config", n.config, "--bin-dir", d / "bin",
+             "--policy", policy, "--log", n.log, "--cache-dir", d / "cache")
+    try:
+        n.start()
+        n.images = {key: n.import_image(ref, labels) for key, (ref, labels) in IMAGES.items()}
+        yield n
+    finally:
+        n.stop()
+
+
+@pytest.fixture(autouse=True)
+def pods_removed(node):
+    yield
+    for sid in list(node.pods):
+        node.remove_pod(sid)
+
+
+def records(node) -> list[dict]:
+    return [json.loads(line) for line in node.log.read_text().splitlines()] if node.log.exists() else []
+
+
+def run(node, handler: str, image: str = "plain", *, cmd=("/bin/sleep", "3600"), namespace: str = "default",
+        annotations=None, host_network: bool = False, sidecar: str | None = None, **container):
+    """One pod with one container (plus a sidecar): (sandbox config, {name: container id}) once started."""
+    config = node.sandbox_config(f"p-{handler}", namespace=namespace, annotations=annotations,
+                                 host_network=host_network, privileged=container.get("privileged", False))
+    sid = node.run_pod(config, handler)
+    ids = {"app": node.create(sid, config, node.images[image], cmd, **container)}
+    if sidecar:
+        ids["sidecar"] = node.create(sid, config, node.images[sidecar], ("/bin/sleep", "3600"), name="sidecar")
+    for cid in ids.values():
+        node.start_container(cid)
+    return config, ids
+
+
+def status(node, cid: str) -> dict[str, str]:
+    r = node.exec_sync(cid, "/bin/sh", "-c", STATUS_SH)
+    assert r.exit_code == 0, r.stderr
+    return probe_status(r.stdout.decode())
+
+
+def refused(call) -> str:
+    """The CRI error of a call that must fail; its detail is what kubelet shows."""
+    with pytest.raises(grpc.RpcError) as exc:
+        call()
+    return exc.value.details()
+
+
+# -- the image's label alone picks the tier ---------------------------------------
+
+def test_image_label_picks_the_tier(node):
+    _, control = run(node, "runc", "restricted", cmd=("/bin/sh", "-c", f"{STATUS_SH}; sleep 3600"))
+    s = status(node, control["app"])
+    assert caps_from_hex(s["CapEff"]) == DEFAULT_CAPS and s["NoNewPrivs"] == "0" and s["Seccomp"] == "0"
+
+    config, ids = run(node, "tiergate", "restricted", cmd=("/bin/sh", "-c", f"{STATUS_SH}; sleep 3600"))
+    first = probe_status(cri.container_log(node, config))  # the container's own process
+    assert caps_from_hex(first["CapEff"]) == {"CAP_NET_BIND_SERVICE"}
+    assert first["NoNewPrivs"] == "1" and first["Seccomp"] == "2"
+    rec = [r for r in records(node) if r.get("container") == ids["app"]][-1]
+    assert rec["tier"] == "restricted" and rec["image"] == IMAGES["restricted"][0] and "label" in rec["why"]
+
+
+def test_exec_is_hardened(node):
+    _, ids = run(node, "tiergate", "restricted")
+    s = status(node, ids["app"])  # ExecSync: containerd builds the process from its defaults
+    assert caps_from_hex(s["CapEff"]) == {"CAP_NET_BIND_SERVICE"} and s["NoNewPrivs"] == "1" and s["Seccomp"] == "2"
+
+
+def test_pod_without_any_annotation_starts(node):
+    """An unlabelled image, no annotation: the pod (its sandbox too) runs under default_tier."""
+    policy = compiled_policy(str(node.dir.parent / "policy.toml"))
+    baseline = set(policy["tiers"]["baseline"]["capabilities"])
+    _, ids = run(node, "tiergate", "plain")
+    s = status(node, ids["app"])
+    assert caps_from_hex(s["CapEff"]) == baseline and s["NoNewPrivs"] == "1" and s["Seccomp"] == "2"
+    sandbox = [r for r in records(node) if r.get("stage") == "create" and r.get("tier") and "sandbox" in r.get("why", "")]
+    assert sandbox and sandbox[-1]["tier"] == "baseline" and sandbox[-1]["outcome"] == "allowed"
+
+
+def test_sidecar_keeps_its_own_tier(node):
+    _, ids = run(node, "tiergate", "restricted", sidecar="plain")
+    app, side = status(node, ids["app"]), status(node, ids["sidecar"])
+    assert caps_from_hex(app["CapEff"]) == {"CAP_NET_BIND_SERVICE"}
+    assert "CAP_CHOWN" in caps_from_hex(side["CapEff"]) and side["Seccomp"] == "2"
+
+
+def test_namespace_floor(node):
+    """[namespaces.shop] min_tier = restricted: an unlabelled image runs restricted there, baseline elsewhere."""
+    _, ids = run(node, "tiergate", "plain", namespace="shop")
+    assert caps_from_hex(status(node, ids["app"])["CapEff"]) == {"CAP_NET_BIND_SERVICE"}
+
+
+# -- refusals reach kubelet --------------------------------------------------------
+
+@pytest.mark.parametrize("attack", [
+    {"add_caps": ["SYS_ADMIN"]},
+    {"mounts": [("CONTAINERD_SOCK", "/run/containerd/containerd.sock")]},
+])
+def test_escalations_refused_with_the_reason(node, attack):
+    attack = dict(attack)
+    if "mounts" in attack:
+        attack["mounts"] = [(str(node.sock), dest) for _, dest in attack["mounts"]]
+    run(node, "runc", "restricted", **attack)  # the control: containerd runs it
+    detail = refused(lambda: run(node, "tiergate", "restricted", **attack))
+    assert "tiergate: refused:" in detail, detail
+
+
+def test_privileged_refused_with_the_reason(node):
+    detail = refused(lambda: run(node, "tiergate", "restricted", privileged=True))
+    assert "tiergate: refused:" in detail and "restricted" in detail, detail
+
+
+@pytest.mark.parametrize("field", ["host_network", "host_pid"])
+def test_host_namespace_pod_refused_not_broken(node, field):
+    """hostNetwork / hostPID under baseline: the sandbox is refused with the reason (its stderr is
+    read-only: the line reaches kubelet through runc's --log), never clamped into a broken pod."""
+    node.run_pod(node.sandbox_config("hn-runc", **{field: True}), "runc")  # the control
+    detail = refused(lambda: node.run_pod(node.sandbox_config("hn-tg", **{field: True}), "tiergate"))
+    assert "tiergate: refused:" in detail, detail
+    assert {"host_network": "hostNetwork", "host_pid": "hostPID"}[field] in detail, detail
+
+
+def test_trusted_system_pod_keeps_host_network(node):
+    """kube-system may be privileged (a namespace only the cluster admin fills): a CNI-daemon-like pod
+    keeps the node's network, where the node's bridge is."""
+    _, ids = run(node, "tiergate", "plain", namespace="kube-system", host_network=True,
+                 annotations={LABEL: "privileged"})
+    r = node.exec_sync(ids["app"], "/bin/ip", "link")
+    assert r.exit_code == 0 and b"tgcri0" in r.stdout, r.stdout

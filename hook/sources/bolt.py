@@ -43,20 +43,21 @@ class Snapshot:
         self.fd = fd
         self.reads = 0
         head = os.pread(fd, 4096, 0)
-        meta = self._meta(head)
+        meta = self._meta(head, checked=False)
         if meta is None:
             raise BoltError("not a bolt database (bad magic)")
-        self.page_size = meta[2]
+        # A torn page 0 may carry a wrong size: then bbolt's rule, the OS page size, finds page 1.
+        self.page_size = meta[2] if self._meta(head) else os.sysconf("SC_PAGE_SIZE")
         self.txid, self.root = self._newest()
 
     @staticmethod
-    def _meta(page: bytes):
+    def _meta(page: bytes, checked: bool = True):
         if len(page) < _HDR.size + _META.size:
             return None
         fields = _META.unpack_from(page, _HDR.size)
-        if fields[0] != MAGIC or fields[1] != 2:
+        if fields[0] != MAGIC or fields[1] != 2 or not 512 <= fields[2] <= 1 << 20:
             return None
-        if _fnv64a(page[_HDR.size:_HDR.size + _META.size - 8]) != fields[9]:
+        if checked and _fnv64a(page[_HDR.size:_HDR.size + _META.size - 8]) != fields[9]:
             return None  # torn or stale: the other meta page counts
         return fields
 

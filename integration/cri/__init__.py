@@ -135,8 +135,10 @@ class CriNode:
                     "enable_selinux": False,
                     "containerd": {
                         "default_runtime_name": "runc",
+                        # runc's state under dir too (its default is /run/containerd/runc); the
+                        # tiergate handler copies these options, Root included
                         "runtimes": {"runc": {"runtime_type": "io.containerd.runc.v2",
-                                              "options": {"SystemdCgroup": False}}},
+                                              "options": {"SystemdCgroup": False, "Root": str(self.dir / "runc")}}},
                     },
                     "cni": {"bin_dir": CNI_BIN, "conf_dir": str(self.dir / "net.d"), "max_conf_num": 1},
                 },

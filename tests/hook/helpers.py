@@ -243,3 +243,92 @@ def run(module: str, args: list[str], stdin: bytes = b"", env: dict | None = Non
 
 def assert_no_traceback(stderr: bytes) -> None:
     assert b"Traceback" not in stderr, stderr.decode(errors="replace")
+
+
+# -- containerd's records: a bbolt file and a content store, written from the format --------------
+
+class BoltWriter:
+    """A bbolt file from nested dicts (bytes -> bytes value | dict bucket), written from the
+    format (page header, meta with FNV-1a checksum, branch/leaf elements, inline buckets), not
+    from the reader under test. Buckets of more than `fanout` keys get a branch page."""
+
+    def __init__(self, page_size: int = 4096, fanout: int = 4):
+        self.ps, self.fanout = page_size, fanout
+        self.pages: dict[int, bytes] = {}
+        self.next = 3  # 0, 1: meta; 2: freelist
+
+    @staticmethod
+    def _page(pgid: int, flags: int, count: int, body: bytes, overflow: int = 0) -> bytes:
+        import struct
+        return struct.pack("<QHHI", pgid, flags, count, overflow) + body
+
+    def _leaf_body(self, items: list) -> bytes:
+        import struct
+        elems, data = b"", b""
+        n = len(items)
+        for i, (key, value, flags) in enumerate(items):
+            pos = (n - i) * 16 + len(data)  # from this element to its key
+            elems += struct.pack("<IIII", flags, pos, len(key), len(value))
+            data += key + value
+        return elems + data
+
+    def _store(self, flags: int, count: int, body: bytes) -> int:
+        pgid = self.next
+        raw = self._page(pgid, flags, count, body)
+        overflow = max(0, (len(raw) - 1) // self.ps)
+        self.pages[pgid] = self._page(pgid, flags, count, body, overflow)
+        self.next += overflow + 1
+        return pgid
+
+    def bucket(self, tree: dict, inline: bool = False) -> bytes:
+        """A bucket's value in its parent: header (root pgid, sequence) [+ inline page]."""
+        import struct
+        items = []
+        for key in sorted(tree):
+            value = tree[key]
+            if isinstance(value, dict):
+                items.append((key, self.bucket(value, inline=len(value) <= 1), 0x01))
+            else:
+                items.append((key, value, 0x00))
+        if inline:
+            return struct.pack("<QQ", 0, 0) + self._page(0, 0x02, len(items), self._leaf_body(items))
+        chunks = [items[i:i + self.fanout] for i in range(0, len(items), self.fanout)] or [[]]
+        leaves = [(chunk[0][0] if chunk else b"", self._store(0x02, len(chunk), self._leaf_body(chunk))) for chunk in chunks]
+        if len(leaves) == 1:
+            return struct.pack("<QQ", leaves[0][1], 0)
+        elems, data = b"", b""
+        for i, (key, pgid) in enumerate(leaves):
+            elems += struct.pack("<IIQ", (len(leaves) - i) * 16 + len(data), len(key), pgid)
+            data += key
+        return struct.pack("<QQ", self._store(0x01, len(leaves), elems + data), 0)
+
+    def meta(self, pgid: int, root: int, txid: int, good: bool = True) -> bytes:
+        import struct
+        fields = struct.pack("<IIIIQQQQQ", 0xED0CDAED, 2, self.ps, 0, root, 0, 2, self.next, txid)
+        h = 0xCBF29CE484222325
+        for b in fields:
+            h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+        return self._page(pgid, 0x04, 0, fields + struct.pack("<Q", h if good else h ^ 1))
+
+    def write(self, path, tree: dict, txid: int = 7) -> None:
+        import struct
+        root = struct.unpack_from("<Q", self.bucket(tree))[0]
+        out = bytearray(self.next * self.ps)
+        for pgid, raw in [(0, self.meta(0, root, txid)), (1, self.meta(1, root, txid - 1)),
+                          (2, self._page(2, 0x10, 0, b"")), *self.pages.items()]:
+            out[pgid * self.ps:pgid * self.ps + len(raw)] = raw
+        Path(path).write_bytes(bytes(out))
+
+
+def containerd_any(type_url: str, doc: dict) -> bytes:
+    """A protobuf google.protobuf.Any holding JSON, as containerd stores its CRI records."""
+    def field(num: int, data: bytes) -> bytes:
+        size, out = len(data), b""
+        while True:
+            byte = size & 0x7F
+            size >>= 7
+            out += bytes([byte | (0x80 if size else 0)])
+            if not size:
+                break
+        return bytes([num << 3 | 2]) + out + data
+    return field(1, type_url.encode()) + field(2, json.dumps(doc).encode())

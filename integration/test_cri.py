@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 import cri
-from harness import caps_from_hex, probe_status
+from harness import caps_from_hex, probe_status, wait_until
 from tiergate_fixtures import STATUS_SH, compiled_policy, tiergate
 
 pytestmark = pytest.mark.docker
@@ -103,7 +103,9 @@ def test_image_label_picks_the_tier(node):
     assert caps_from_hex(s["CapEff"]) == DEFAULT_CAPS and s["NoNewPrivs"] == "0" and s["Seccomp"] == "0"
 
     config, ids = run(node, "tiergate", "restricted", cmd=("/bin/sh", "-c", f"{STATUS_SH}; sleep 3600"))
-    first = probe_status(cri.container_log(node, config))  # the container's own process
+    log = wait_until(lambda: "Seccomp:" in (text := cri.container_log(node, config)) and text,
+                     timeout=20, what="the container's status lines in its log")
+    first = probe_status(log)  # the container's own process
     assert caps_from_hex(first["CapEff"]) == {"CAP_NET_BIND_SERVICE"}
     assert first["NoNewPrivs"] == "1" and first["Seccomp"] == "2"
     rec = [r for r in records(node) if r.get("container") == ids["app"]][-1]

@@ -25,6 +25,7 @@ LABEL = "io.tiergate.tier"
 IMAGES = {  # key -> (reference, labels); localhost/tiergate-* may ask for up to privileged (shipped trust)
     "restricted": ("localhost/tiergate-cri-restricted:1", {LABEL: "restricted"}),
     "plain": ("localhost/tiergate-cri-plain:1", {}),
+    "daemon": ("registry.example/cni-daemon:1", {LABEL: "privileged"}),  # no trust rule matches its name
 }
 NODE_POLICY = """
 [namespaces.kube-system]
@@ -108,7 +109,7 @@ def test_image_label_picks_the_tier(node):
     first = probe_status(log)  # the container's own process
     assert caps_from_hex(first["CapEff"]) == {"CAP_NET_BIND_SERVICE"}
     assert first["NoNewPrivs"] == "1" and first["Seccomp"] == "2"
-    rec = [r for r in records(node) if r.get("container") == ids["app"]][-1]
+    rec = [r for r in records(node) if r.get("container") == ids["app"] and r.get("stage") == "create"][-1]
     assert rec["tier"] == "restricted" and rec["image"] == IMAGES["restricted"][0] and "label" in rec["why"]
 
 
@@ -122,6 +123,9 @@ def test_pod_without_any_annotation_starts(node):
     """An unlabelled image, no annotation: the pod (its sandbox too) runs under default_tier."""
     policy = compiled_policy(str(node.dir.parent / "policy.toml"))
     baseline = set(policy["tiers"]["baseline"]["capabilities"])
+    _, control = run(node, "runc", "plain")
+    s = status(node, control["app"])
+    assert caps_from_hex(s["CapEff"]) == DEFAULT_CAPS and s["Seccomp"] == "0"
     _, ids = run(node, "tiergate", "plain")
     s = status(node, ids["app"])
     assert caps_from_hex(s["CapEff"]) == baseline and s["NoNewPrivs"] == "1" and s["Seccomp"] == "2"
@@ -158,6 +162,8 @@ def test_escalations_refused_with_the_reason(node, attack):
 
 
 def test_privileged_refused_with_the_reason(node):
+    _, control = run(node, "runc", "restricted", privileged=True)
+    assert "CAP_SYS_ADMIN" in caps_from_hex(status(node, control["app"])["CapEff"])
     detail = refused(lambda: run(node, "tiergate", "restricted", privileged=True))
     assert "tiergate: refused:" in detail and "restricted" in detail, detail
 
@@ -179,3 +185,21 @@ def test_trusted_system_pod_keeps_host_network(node):
                  annotations={LABEL: "privileged"})
     r = node.exec_sync(ids["app"], "/bin/ip", "link")
     assert r.exit_code == 0 and b"tgcri0" in r.stdout, r.stdout
+
+
+def test_digest_trusted_container_gets_its_tier(node):
+    """A trust rule by digest (the image id CRI resolved, from containerd's record): the same image
+    that is clamped to baseline by name gets privileged once its digest is trusted."""
+    policy = node.dir.parent / "policy.toml"
+    before = policy.read_text()
+    _, ids = run(node, "tiergate", "daemon", privileged=True)
+    assert "CAP_SYS_ADMIN" not in caps_from_hex(status(node, ids["app"])["CapEff"])  # clamped
+    rule = f'[[trust]]\ndigest = "{node.images["daemon"]}"\nmax_tier = "privileged"\n\n'
+    policy.write_text(before.replace("[[trust]]", rule + "[[trust]]", 1))
+    try:
+        _, ids = run(node, "tiergate", "daemon", privileged=True)
+        assert "CAP_SYS_ADMIN" in caps_from_hex(status(node, ids["app"])["CapEff"])
+        rec = [r for r in records(node) if r.get("container") == ids["app"] and r.get("stage") == "create"][-1]
+        assert rec["tier"] == "privileged" and "digest" in rec["why"]
+    finally:
+        policy.write_text(before)

@@ -53,9 +53,10 @@ _HEX = frozenset("0123456789abcdef")
 
 
 def image_for_spec(spec: dict, bundle_dir: str | None = None, containerd_root: str | None = None) -> Image | None:
-    """The image of a CRI container; None when the spec carries no CRI annotation at all."""
+    """The image of a CRI container; None when this is neither a containerd task with CRI
+    annotations nor a CRI-O container (an annotation alone claims nothing: the next source asks)."""
     annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
-    if isinstance(annotations.get(CONTAINER_TYPE), str):
+    if isinstance(annotations.get(CONTAINER_TYPE), str) and task_path(bundle_dir):
         return containerd_image(bundle_dir, containerd_root or DEFAULT_ROOT)
     if isinstance(annotations.get(CRIO_NAME), str) and annotations[CRIO_NAME]:
         return _crio(annotations)
@@ -76,10 +77,7 @@ def task_path(bundle_dir: str | None) -> tuple[str, str] | None:
 
 
 def containerd_image(bundle_dir: str | None, root: str) -> Image:
-    where = task_path(bundle_dir)
-    if where is None:
-        return Image.unknown(f"CRI annotations, but the bundle {str(bundle_dir)[:120]} is not a containerd task's")
-    ns, cid = where
+    ns, cid = task_path(bundle_dir) or ("", "")
     db = os.path.join(root, META_DB)
 
     def lookup(snap: bolt.Snapshot) -> dict:

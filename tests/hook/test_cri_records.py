@@ -85,13 +85,17 @@ def test_tampered_blob_is_unknown(tmp_path):
     assert not img.known and "digest" in img.problem
 
 
-@pytest.mark.parametrize("case", ["no record", "not a task bundle", "no root"])
+@pytest.mark.parametrize("case", ["no record", "no root"])
 def test_unresolvable_is_unknown_never_a_guess(tmp_path, case):
     root, _ = node(tmp_path)
-    where = {"no record": bundle(tmp_path, "d" * 64), "not a task bundle": str(tmp_path / "x" / CID),
-             "no root": bundle(tmp_path, CID)}[case]
+    where = {"no record": bundle(tmp_path, "d" * 64), "no root": bundle(tmp_path, CID)}[case]
     img = cri.image_for_spec(SPEC, where, str(tmp_path / "elsewhere") if case == "no root" else str(root))
     assert not img.known and img.problem
+
+
+def test_annotation_outside_containerd_claims_nothing(tmp_path):
+    """podman-runtime or runc with a caller-set CRI annotation: the next label source decides."""
+    assert cri.image_for_spec(SPEC, str(tmp_path / "overlay-containers" / CID / "userdata")) is None
 
 
 def test_torn_newest_meta_falls_back_to_the_other(tmp_path):

@@ -154,6 +154,8 @@ def test_containerd_handler_copies_runc_and_supports_version_3(tmp_path, runc):
         assert rt["tiergate"]["pod_annotations"] == ["io.tiergate.*", "example.com/*"]
         assert rt["runc"]["options"]["BinaryName"] == "/usr/bin/runc"
         assert "containerd_root=/srv/ctd\n" in (tmp_path / f"bin{version}" / shim.CONF).read_text()
+        containerd.uninstall(config, tmp_path / f"bin{version}", **quiet)
+        assert "tiergate" not in config.read_text() and not (tmp_path / f"bin{version}" / shim.SHIM).exists()
 
 
 def test_containerd_broken_config_is_one_line_with_its_line(tmp_path, runc):
@@ -163,3 +165,20 @@ def test_containerd_broken_config_is_one_line_with_its_line(tmp_path, runc):
         containerd.install(config, tmp_path / "bin", runtime=runc, **quiet)
     assert str(exc.value).startswith(f"{config}:2: not valid TOML") and "\n" not in str(exc.value)
     assert config.read_text() == 'version = 2\n[plugins\n' and not (tmp_path / "bin").exists()
+
+
+
+def test_policy_path_kept_as_given(tmp_path, runc):
+    """A ConfigMap volume: policy.toml -> ..data/policy.toml, ..data -> ..2026_x; kubelet swaps ..data."""
+    from tiergate.hook.cli import main
+    from tiergate.hook.policy.compile import shipped_dir
+
+    vol = tmp_path / "cm"
+    (vol / "..2026_a").mkdir(parents=True)
+    (vol / "..2026_a" / "policy.toml").write_text((shipped_dir() / "policy.toml").read_text())
+    (vol / "..data").symlink_to("..2026_a")
+    (vol / "policy.toml").symlink_to("..data/policy.toml")
+    bin_dir = tmp_path / "bin"
+    assert main(["install", "--engine", "containerd", "--config", str(tmp_path / "config.toml"), "--bin-dir",
+                 str(bin_dir), "--runtime", runc, "--policy", str(vol / "policy.toml")]) == 0
+    assert f"policy={vol / 'policy.toml'}\n" in (bin_dir / shim.CONF).read_text()

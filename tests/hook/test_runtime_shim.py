@@ -112,3 +112,18 @@ def test_write_log_formats(tmp_path):
     runtime.write_log(str(tmp_path / "link"), "json", "x")
     assert not (tmp_path / "target").exists()
     assert stat.S_IMODE((tmp_path / "j").stat().st_mode) == 0o600
+
+
+def test_refusal_reaches_the_log_when_stderr_is_read_only(tmp_path, monkeypatch):
+    """containerd gives a pod's sandbox a read-only stderr: the --log line must be written first."""
+    import json
+    import sys
+
+    ro = open(os.devnull, "r")  # writing raises, as on the sandbox's read-only /dev/null
+    monkeypatch.setattr(sys, "stderr", ro)
+    log = tmp_path / "log.json"
+    try:
+        runtime._fail(["--log", str(log), "--log-format", "json", "create", "--bundle", "/b", "id"], "tiergate: refused: x")
+    finally:
+        ro.close()
+    assert json.loads(log.read_text())["msg"] == "tiergate: refused: x"

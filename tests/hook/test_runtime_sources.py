@@ -82,7 +82,7 @@ class TestCri:
         without them (a ctr caller sets any annotation) the image is unknown, never guessed."""
         spec = {"annotations": {"io.kubernetes.cri.container-type": "container",
                                 "io.kubernetes.cri.image-name": "nginx:1.27"}}
-        assert not cri.image_for_spec(spec).known
+        assert cri.image_for_spec(spec) is None  # not a containerd task: another source decides
         bundle = tmp_path / "state" / "io.containerd.runtime.v2.task" / "k8s.io" / "c1"
         img = cri.image_for_spec(spec, str(bundle), str(tmp_path / "root"))
         assert not img.known and "meta.db" in img.problem

@@ -11,6 +11,8 @@ kubelet sends it, and no pod carries a tiergate annotation unless it says so.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 
 import grpc
 import pytest
@@ -26,7 +28,9 @@ IMAGES = {  # key -> (reference, labels); localhost/tiergate-* may ask for up to
     "restricted": ("localhost/tiergate-cri-restricted:1", {LABEL: "restricted"}),
     "plain": ("localhost/tiergate-cri-plain:1", {}),
     "daemon": ("registry.example/cni-daemon:1", {LABEL: "privileged"}),  # no trust rule matches its name
+    "web": ("localhost/tiergate-cri-web:1", {LABEL: "web"}),  # EXPOSE 8080
 }
+EXPOSE = {"web": ["8080/tcp"]}
 NODE_POLICY = """
 [namespaces.kube-system]
 max_tier = "privileged"
@@ -52,7 +56,7 @@ def node(it_dir, busybox_rootfs):
              "--policy", policy, "--log", n.log, "--cache-dir", d / "cache")
     try:
         n.start()
-        n.images = {key: n.import_image(ref, labels) for key, (ref, labels) in IMAGES.items()}
+        n.images = {key: n.import_image(ref, labels, expose=EXPOSE.get(key, ())) for key, (ref, labels) in IMAGES.items()}
         yield n
     finally:
         n.stop()
@@ -203,3 +207,29 @@ def test_digest_trusted_container_gets_its_tier(node):
         assert rec["tier"] == "privileged" and "digest" in rec["why"]
     finally:
         policy.write_text(before)
+
+
+def test_web_pod_takes_probes_on_its_exposed_port_only(node):
+    """Tier web (ingress "published"): what the node sends (kubelet's probes; Services arrive DNAT-ed
+    the same way) reaches the image's EXPOSEd port, read from the image config, and nothing else."""
+    serve = ("/bin/sh", "-c", "mkdir -p /tmp/w && echo ok > /tmp/w/index.html && "
+             "(httpd -f -p 8081 -h /tmp/w &) && exec httpd -f -p 8080 -h /tmp/w")
+
+    def fetch(ids, port: int) -> bool:
+        """One GET from the node's network namespace (the one the harness made), bounded."""
+        out = node.exec_sync(ids["app"], "/bin/ip", "-4", "addr", "show", "eth0").stdout.decode()
+        ip = re.search(r"inet ([0-9.]+)/", out).group(1)
+        argv = ["/usr/bin/nsenter", f"--net=/run/netns/{node.netns}", "/usr/bin/timeout", "5",
+                "/bin/busybox", "wget", "-q", "-O", "-", f"http://{ip}:{port}/"]
+        return subprocess.run(argv, capture_output=True, timeout=10).stdout == b"ok\n"
+
+    def serves(ids, port: int) -> bool:
+        return wait_until(lambda: fetch(ids, port), timeout=10, what=f"port {port}")
+
+    _, control = run(node, "runc", "web", cmd=serve)
+    assert serves(control, 8080) and serves(control, 8081)
+    _, ids = run(node, "tiergate", "web", cmd=serve)
+    assert serves(ids, 8080)
+    inside = node.exec_sync(ids["app"], "/bin/sh", "-c", "timeout 5 wget -q -O - http://127.0.0.1:8081/")
+    assert inside.stdout == b"ok\n", inside.stderr  # 8081 is served, inside the pod
+    assert not fetch(ids, 8081)  # but not exposed: the node cannot reach it

@@ -51,14 +51,15 @@ CRI = "io.containerd.grpc.v1.cri"
 
 
 def image_archive(path: Path, rootfs_tar: Path, ref: str, labels: Mapping[str, str] | None = None,
-                  cmd: Sequence[str] = ("/bin/sleep", "3600")) -> str:
+                  cmd: Sequence[str] = ("/bin/sleep", "3600"), expose: Sequence[str] = ()) -> str:
     """A docker-archive tar (what `podman save` writes) of one layer; returns the image id (config digest)."""
     layer = Path(rootfs_tar).read_bytes()
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                   "Cmd": list(cmd), "Labels": dict(labels or {})},
+                   "Cmd": list(cmd), "Labels": dict(labels or {}),
+                   "ExposedPorts": {p: {} for p in expose}},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     }, sort_keys=True).encode()
     config_hex = hashlib.sha256(config).hexdigest()
@@ -194,10 +195,10 @@ class CriNode:
                        timeout=timeout or self.timeout)
 
     def import_image(self, ref: str, labels: Mapping[str, str] | None = None,
-                     cmd: Sequence[str] = ("/bin/sleep", "3600")) -> str:
+                     cmd: Sequence[str] = ("/bin/sleep", "3600"), expose: Sequence[str] = ()) -> str:
         """Import an image built from the busybox rootfs; returns its id (sha256:<config digest>)."""
         tar = self.dir / f"img-{uuid.uuid4().hex[:8]}.tar"
-        image_id = image_archive(tar, self.rootfs_tar, ref, labels, cmd)
+        image_id = image_archive(tar, self.rootfs_tar, ref, labels, cmd, expose)
         proc = self.ctr_cmd("images", "import", "--no-unpack=false", str(tar), timeout=120)
         if proc.returncode != 0:  # older ctr: no --no-unpack flag
             proc = self.ctr_cmd("images", "import", str(tar), timeout=120)

@@ -51,8 +51,9 @@ def test_install_and_uninstall_agree():
     assert "install --engine containerd" in install and "uninstall --engine containerd" in uninstall
     for text in (install, uninstall):
         assert "--bin-dir /opt/tiergate/bin" in text and '--config "$CONTAINERD_CONFIG"' in text
-        assert "/opt/tiergate/bin/tiergate-cli" in text
-    assert "bin/tiergate-cli" in (DEPLOY / "Containerfile").read_text()
+        assert "/opt/tiergate/dist/bin/tiergate-cli" in text
+    containerfile = (DEPLOY / "Containerfile").read_text()
+    assert "bin/tiergate-cli" in containerfile and "/opt/tiergate/VERSION" in containerfile
     assert "policy check" in install  # a ConfigMap update is checked before it is used
     (ds,) = [d for d in docs(DEPLOY / "install.yaml") if d["kind"] == "DaemonSet"]
     volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}

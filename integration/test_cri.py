@@ -172,14 +172,14 @@ def test_privileged_refused_with_the_reason(node):
     assert "tiergate: refused:" in detail and "restricted" in detail, detail
 
 
-@pytest.mark.parametrize("field", ["host_network", "host_pid"])
+@pytest.mark.parametrize("field", ["host_network", "host_pid", "host_ipc"])
 def test_host_namespace_pod_refused_not_broken(node, field):
     """hostNetwork / hostPID under baseline: the sandbox is refused with the reason (its stderr is
     read-only: the line reaches kubelet through runc's --log), never clamped into a broken pod."""
     node.run_pod(node.sandbox_config("hn-runc", **{field: True}), "runc")  # the control
     detail = refused(lambda: node.run_pod(node.sandbox_config("hn-tg", **{field: True}), "tiergate"))
     assert "tiergate: refused:" in detail, detail
-    assert {"host_network": "hostNetwork", "host_pid": "hostPID"}[field] in detail, detail
+    assert {"host_network": "hostNetwork", "host_pid": "hostPID", "host_ipc": "hostIPC"}[field] in detail, detail
 
 
 def test_trusted_system_pod_keeps_host_network(node):
@@ -233,3 +233,25 @@ def test_web_pod_takes_probes_on_its_exposed_port_only(node):
     inside = node.exec_sync(ids["app"], "/bin/sh", "-c", "timeout 5 wget -q -O - http://127.0.0.1:8081/")
     assert inside.stdout == b"ok\n", inside.stderr  # 8081 is served, inside the pod
     assert not fetch(ids, 8081)  # but not exposed: the node cannot reach it
+
+
+def test_default_handler_install(it_dir, busybox_rootfs):
+    """`tiergate install --engine containerd --default`, nothing else: pods that name no RuntimeClass go
+    through tiergate, and one without any annotation starts (its sandbox too), hardened."""
+    d = it_dir / "cri-default"
+    n = cri.CriNode(d / "node", busybox_rootfs.tar)
+    n.write_config()
+    tiergate("install", "--engine", "containerd", "--default", "--config", n.config, "--bin-dir", d / "bin",
+             "--log", d / "decisions.jsonl", "--cache-dir", d / "cache")
+    try:
+        n.start()
+        image = n.import_image("registry.example/app:1")
+        config = n.sandbox_config("p")
+        cid = n.create(n.run_pod(config, ""), config, image)
+        n.start_container(cid)
+        s = status(n, cid)
+        assert s["Seccomp"] == "2" and s["NoNewPrivs"] == "1" and "CAP_NET_RAW" in caps_from_hex(s["CapEff"])
+        recs = [json.loads(line) for line in (d / "decisions.jsonl").read_text().splitlines()]
+        assert [r["tier"] for r in recs if r["stage"] == "create"] == ["baseline", "baseline"]
+    finally:
+        n.stop()

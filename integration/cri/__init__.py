@@ -214,7 +214,8 @@ class CriNode:
 
     # -- pods -----------------------------------------------------------------
     def sandbox_config(self, name: str, *, namespace: str = "default", annotations: Mapping[str, str] | None = None,
-                       host_network: bool = False, host_pid: bool = False, privileged: bool = False):
+                       host_network: bool = False, host_pid: bool = False, host_ipc: bool = False,
+                       privileged: bool = False):
         pb = self.pb
         uid = uuid.uuid4().hex
         mode = lambda host: pb.NODE if host else pb.POD  # noqa: E731
@@ -226,7 +227,8 @@ class CriNode:
                 cgroup_parent=f"{self.cgroup_parent}/{uid}",
                 security_context=pb.LinuxSandboxSecurityContext(
                     privileged=privileged,
-                    namespace_options=pb.NamespaceOption(network=mode(host_network), pid=mode(host_pid)))))
+                    namespace_options=pb.NamespaceOption(network=mode(host_network), pid=mode(host_pid),
+                                                         ipc=mode(host_ipc)))))
 
     def run_pod(self, config, handler: str = "runc") -> str:
         (self.dir / "logs" / config.metadata.uid).mkdir(parents=True, exist_ok=True)

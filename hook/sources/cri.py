@@ -134,7 +134,7 @@ def containerd_image(bundle_dir: str | None, root: str) -> Image:
     return Image(refs=refs, id=image_id, labels=labels, exposed=exposed, namespace=pod_ns)
 
 
-def pod_namespace(raw: bytes) -> str | None:
+def pod_namespace(raw: object) -> str | None:
     """The pod's Kubernetes namespace from a CRI sandbox record (io.cri-containerd.sandbox.metadata)."""
     meta = _any_json(raw).get("Metadata")
     config = meta.get("Config") if isinstance(meta, dict) else None
@@ -183,8 +183,10 @@ def _names_config(root: str, target: dict, image_id: str) -> bool:
         return False
 
 
-def _any_json(raw: bytes) -> dict:
+def _any_json(raw: object) -> dict:
     """The JSON inside a protobuf google.protobuf.Any (field 1 type_url, field 2 value) as containerd stores it."""
+    if not isinstance(raw, bytes):
+        return {}  # absent, or a bucket where a value belongs
     value, i = b"", 0
     try:
         while i < len(raw):

@@ -152,3 +152,16 @@ def test_sandbox_tier_namespace_ceiling_and_floor(tmp_path):
     d = decide(policy, shop)
     assert d.tier == "restricted" and "floor of namespace shop" in d.why
     assert decide(policy, Image(refs=["localhost/tiergate-x:1"], namespace="default")).tier == "baseline"
+
+
+def test_malformed_records_are_unknown(tmp_path):
+    """Extensions that are buckets or not JSON: an unknown image with a reason, not an internal error."""
+    root = tmp_path / "root"
+    db = root / cri.META_DB
+    db.parent.mkdir(parents=True)
+    BoltWriter().write(db, {b"v1": {b"k8s.io": {b"containers": {
+        CID.encode(): {b"image": b"x", b"extensions": {cri.CONTAINER_EXT: {b"odd": b"bucket"}}},
+        SID.encode(): {b"image": b"p", b"extensions": {cri.SANDBOX_EXT: b"\x0a\x01x\x12\x03{{{"}}}}}})
+    for cid in (CID, SID):
+        img = cri.image_for_spec(SPEC, bundle(tmp_path, cid), str(root))
+        assert not img.known and img.problem

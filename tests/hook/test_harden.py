@@ -614,3 +614,16 @@ def test_malformed_destination_is_a_spec_error_in_every_tier() -> None:
     spec = _set(["mounts", 1, "destination"], ["/dev"])(runc_default())
     with pytest.raises(SpecError, match=r"@ \$\.mounts\[1\]\.destination"):
         run(spec, tier("baseline", sensitive_mounts=True))
+
+
+def test_kubernetes_host_namespace_refused_not_clamped() -> None:
+    """A hostNetwork pod under baseline: elsewhere clamped to a private namespace; under Kubernetes
+    (refuse_host_ns) refused, since the pod would run without its network."""
+    spec = {"process": {"args": ["/pause"]}, "root": {"path": "rootfs"},
+            "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]}}
+    out, _, _ = run(copy.deepcopy(spec), "baseline")
+    assert {"type": "network"} in out["linux"]["namespaces"]
+    with pytest.raises(Refusal, match="hostNetwork"):
+        run(copy.deepcopy(spec), "baseline", {"refuse_host_ns": True})
+    out, _, _ = run(copy.deepcopy(spec), tier("baseline", host_namespaces=["network"]), {"refuse_host_ns": True})
+    assert {"type": "network"} not in out["linux"]["namespaces"]

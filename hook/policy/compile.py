@@ -259,4 +259,8 @@ def warnings(compiled: dict) -> list[str]:
         if net and net["allow"] and all(a["cidr"].startswith(_DOC_RANGES) for a in net["allow"]):
             out.append(f"network policy {net['name']} (tier {name}) allows only documentation address ranges: "
                        "edit it for your services")
+    for ns, rule in sorted((compiled.get("namespaces") or {}).items()):
+        if rule["max_tier"] and tiers[rule["max_tier"]]["passthrough"]:
+            out.append(f"namespace {ns}: any image there may run {rule['max_tier']} (unhardened); "
+                       "only cluster administrators should be able to create pods in it")
     return list(dict.fromkeys(out))

@@ -56,3 +56,12 @@ def test_shipped_policy_warns_only_about_placeholder_cidrs() -> None:
 
     shipped = Path(tiergate.configs.__file__).parent / "policy.toml"
     assert all("documentation address ranges" in w for w in warnings(compile_file(shipped)))
+
+
+def test_namespace_that_may_run_unhardened_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(POLICY + '[tiers.open]\npassthrough = true\n[namespaces.kube-system]\nmax_tier = "open"\n'
+                    '[namespaces.shop]\nmin_tier = "web"\n')
+    found = [w for w in warnings(compile_file(path)) if w.startswith("namespace")]
+    assert found == ["namespace kube-system: any image there may run open (unhardened); "
+                     "only cluster administrators should be able to create pods in it"]

@@ -139,9 +139,9 @@ def build_probe(dest: Path) -> Path:
 class Peers:
     """Test netns S, the veth into it, the podman macvlan network and the listeners."""
 
-    def __init__(self, podman: Podman, tmp: Path) -> None:
+    def __init__(self, podman: Podman, tmp: Path, ports: tuple[int, ...] = PEER_PORTS) -> None:
         sfx = secrets.token_hex(3)
-        self.podman, self.tmp = podman, tmp
+        self.podman, self.tmp, self.ports = podman, tmp, ports
         self.ns, self.host_if, self.ns_if = f"tg-peers-{sfx}", f"tgh{sfx}", f"tgs{sfx}"
         self.network = f"tgnet-{sfx}"
         n = 1 + secrets.randbelow(250)
@@ -178,15 +178,15 @@ class Peers:
                            "--ipv6", "--subnet", f"{self.net6}:/64", "--gateway", self.api6,
                            self.network, check=True)
         self.made_net = True
-        www = self.tmp / "peer-www"
-        www.mkdir(parents=True, exist_ok=True)
-        (www / "index.html").write_text(BODY + "\n")
-        for port in PEER_PORTS:
-            self.spawn(BUSYBOX, "httpd", "-f", "-p", str(port), "-h", str(www))
+        self.www = self.tmp / "peer-www"
+        self.www.mkdir(parents=True, exist_ok=True)
+        (self.www / "index.html").write_text(BODY + "\n")
+        for port in self.ports:
+            self.spawn(BUSYBOX, "httpd", "-f", "-p", str(port), "-h", str(self.www))
         deadline = time.monotonic() + 10
         while True:
             out = sh(IP, "netns", "exec", self.ns, BUSYBOX, "netstat", "-ltn", check=False).stdout
-            if all(f":{p} " in out for p in PEER_PORTS):
+            if all(f":{p} " in out for p in self.ports):
                 break
             for p in self.procs:
                 assert p.poll() is None, f"a peer server exited early: {p.args}"
@@ -213,9 +213,13 @@ class Peers:
 
     def http_from_peers(self, url: str, secs: int = 2) -> bool:
         """wget from S (the outside world) to a container."""
+        return self.get_from_peers(url, secs) is not None
+
+    def get_from_peers(self, url: str, secs: int = 2) -> str | None:
+        """The body wget from S gets from url, or None when it fails."""
         r = run_cmd([IP, "netns", "exec", self.ns, "/usr/bin/timeout", "-s", "KILL", str(secs),
                      BUSYBOX, "wget", "-q", "-O", "-", url], timeout=secs + 10)
-        return r.returncode == 0
+        return r.stdout if r.returncode == 0 else None
 
 
 def make_test_policy(peers: Peers, dest: Path) -> Path:
@@ -244,6 +248,15 @@ class RoleEnv:
         self.log = self.dir / "decisions.jsonl"
         self.images: list[str] = []
 
+    def install(self) -> None:
+        """The peers up and tiergate installed with the test policy (make_test_policy)."""
+        self.peers.setup()
+        policy = make_test_policy(self.peers, self.dir / "policy.toml")
+        r = run_cmd([*TIERGATE, "--policy", str(policy), "install", "--engine", "podman",
+                     "--hooks-dir", str(self.podman.hooks_dir), "--bin-dir", str(self.dir / "bin"),
+                     "--log", str(self.log), "--cache-dir", str(self.dir / "cache")], timeout=60)
+        assert r.returncode == 0, r.stderr
+
     def start(self) -> "RoleEnv":
         t = time.monotonic()
         # image: busybox tree + /www/index.html + /bin/tgprobe
@@ -256,12 +269,7 @@ class RoleEnv:
         (root / "bin" / "tgprobe.c").unlink()
         tar = self.dir / "roles.tar"
         sh("tar", "--numeric-owner", "-C", str(root), "-cf", str(tar), ".", timeout=60)
-        self.peers.setup()
-        policy = make_test_policy(self.peers, self.dir / "policy.toml")
-        r = run_cmd([*TIERGATE, "--policy", str(policy), "install", "--engine", "podman",
-                     "--hooks-dir", str(self.podman.hooks_dir), "--bin-dir", str(self.dir / "bin"),
-                     "--log", str(self.log), "--cache-dir", str(self.dir / "cache")], timeout=60)
-        assert r.returncode == 0, r.stderr
+        self.install()
         for role in self.ROLES:
             self.image(role, {"io.tiergate.tier": role}, expose=[5432] if role == "database" else
                        [80] if role == "web" else [], tar=tar)

@@ -20,6 +20,7 @@ PACKAGES=(
   # Depends it takes from Debian, so installing and purging it leaves the package set as it was
   debhelper dh-python python3-all python3-setuptools python3-wheel python3-pip dpkg-dev fakeroot
   python3-prctl python3-pyroute2
+  debootstrap openssl  # test_roles_software.py: the Debian image of nginx, postgres... and a test CA
 )
 PYTHON=/usr/bin/python3
 VENV=.venv

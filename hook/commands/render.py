@@ -19,6 +19,9 @@ def register(sub) -> None:
         c.add_argument("--image-id", default="", help="image id or digest (for digest trust rules)")
         c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="an image label (repeatable)")
         c.add_argument("--config", default="-", help="config.json to harden (default: stdin)")
+        if name == "explain":  # or a container that ran: its decision and the likely causes of a failure
+            who.add_argument("container", nargs="?", help="a container's id (prefix) or engine name")
+            c.add_argument("--log", metavar="F", help="decision log for CONTAINER (default: $TIERGATE_LOG or the system log)")
         c.set_defaults(func=cmd_render if name == "render" else cmd_explain)
 
 def _read_spec(path: str) -> dict:
@@ -90,6 +93,10 @@ def _denied_groups(tier: dict, args) -> list[str]:
 
 
 def cmd_explain(args) -> int:
+    if args.container:
+        from .diagnose import explain_container
+
+        return explain_container(args)
     _, decision, tier, changes, notes = _decide_and_harden(args)
     out = [f"tier: {tier['name']} - {tier['description']}"]
     if decision is not None:

@@ -79,10 +79,13 @@ def software_rootfs_tar() -> Path:
     """The cached tar of the Debian rootfs, built first if it is missing."""
     mirror = debian_mirror()
     tar = CACHE_DIR / f"roles-{cache_key(mirror)}.tar"
+    CACHE_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for path in (CACHE_DIR, tar):  # root runs what is in the tar: only root may have written it
+        if path.exists() and (path.stat().st_uid != 0 or path.stat().st_mode & 0o022):
+            raise RuntimeError(f"{path} is not root-owned or is group/world-writable: remove it")
     if tar.exists():
         return tar
     debootstrap = require_binary("debootstrap", "/usr/sbin/debootstrap")
-    CACHE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(CACHE_DIR / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another run may be building the same tar
         if tar.exists():

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 from ..capabilities import ENGINE_DEFAULTS
+from .log import NOT_ALLOWED, same_container
 
 # What software typically reports when the tier took the capability away.
 SYMPTOMS: dict[str, str] = {
@@ -52,14 +53,14 @@ LOG_CAUSES: tuple[tuple[str, str], ...] = (
 def decision_for(container: str, path: str) -> dict | None:
     """The last record that decided a tier for container (an id prefix, or a name an engine resolves)."""
     from .. import record
-    from .log import same_container
 
-    records = [r for r in record.read(path) if r.get("tier")]
-    for wanted in (container, *_engine_ids(container)):
+    records = [r for r in record.read(path) if r.get("tier") or r.get("outcome") in NOT_ALLOWED]
+    found = [r for r in records if same_container(container, r.get("container"))]
+    for wanted in [] if found else _engine_ids(container):  # a name: ask the engines for its id
         found = [r for r in records if same_container(wanted, r.get("container"))]
         if found:
-            return found[-1]
-    return None
+            break
+    return found[-1] if found else None
 
 
 def _inspect(container: str, fmt: str) -> list[str]:
@@ -169,6 +170,10 @@ def explain_container(args) -> int:
     if rec.get("changes"):
         out.append(f"changes ({len(rec['changes'])}):")
         out += [f"  - {_short(c)}" for c in rec["changes"]]
+    if rec.get("outcome") in NOT_ALLOWED:
+        out.append("it did not start: tiergate refused it (the why line says what to change)")
+        print("\n".join(out))
+        return 0
     tier = policy["tiers"].get(name)
     seen = [(c, line) for c, line in causes_in_log(_log_lines(args.container)) if tier and c in removed(tier)]
     if seen:

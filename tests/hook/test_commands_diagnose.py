@@ -84,3 +84,12 @@ def test_log_patterns_and_what_each_tier_removes() -> None:
     assert "CAP_CHOWN" not in removed(policy["tiers"]["baseline"])
     assert set(SYMPTOMS) == ENGINE_DEFAULTS  # one symptom per capability an engine grants
     assert {c for _, c in LOG_CAUSES if c.startswith("CAP_")} <= set(SYMPTOMS)
+
+
+def test_a_refused_container_says_so(capsys, fake_engine, tmp_path: Path) -> None:
+    log = tmp_path / "d.jsonl"
+    log.write_text(json.dumps({"stage": "precreate", "container": "abc123def456", "image": "x", "tier": None,
+                               "outcome": "refused", "reason": "--privileged is not allowed"}) + "\n")
+    code, out, _ = explain(capsys, ["web1", "--log", str(log)])
+    assert code == 0 and "why:  --privileged is not allowed" in out and "did not start" in out
+    assert "likely causes" not in out

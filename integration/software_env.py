@@ -12,7 +12,9 @@ runs build it once); later runs only import it. One image holds every role's
 software: one debootstrap and one import are much cheaper than one per role,
 and the packages share most of their libraries. Each role's image is that
 base plus its label (and EXPOSE), made with `podman build` from a Containerfile
-with no RUN step, so the layer is shared and nothing is modified.
+with no RUN step, so the layer is shared and nothing is modified; the one
+variant docs/roles.md gives for web (nginx and PHP-FPM as www-data) is the
+base with that RUN line applied in a container and committed.
 
 SoftwareEnv reuses roles_env: the same peers netns and macvlan network and
 tiergate installed with the shipped policy whose documentation CIDRs point at
@@ -31,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import _unavailable, require_binary, run_cmd
+from harness import _change_flags, _unavailable, require_binary, run_cmd
 from roles_env import IMAGE_PREFIX, Peers, RoleEnv, skip_unless_tools, wait_for
 from tiergate_fixtures import podman_argv
 
@@ -43,10 +45,11 @@ SOFTWARE = ("nginx", "php8.2-fpm", "postgresql-15", "nodejs", "imagemagick-6.q16
 LABEL = "io.tiergate.tier"
 # docs/roles.md, web: the change that lets Debian's nginx and PHP-FPM run with no capability
 # but NET_BIND_SERVICE (as www-data, so they need no chown and no setuid/setgid)
-WEB_UNPRIVILEGED = ("RUN chown -R www-data: /var/lib/nginx /var/log/nginx && "
-                    "sed -i -e '/^user /d' -e 's#^pid .*#pid /tmp/nginx.pid;#' /etc/nginx/nginx.conf && "
-                    "install -o www-data -m 640 /dev/null /var/log/php8.2-fpm.log\n"
-                    "USER www-data")
+WEB_RUN = ("chown -R www-data: /var/lib/nginx /var/log/nginx && "
+           "sed -i -e '/^user /d' -e 's#^pid .*#pid /tmp/nginx.pid;#' /etc/nginx/nginx.conf && "
+           "install -o www-data -m 640 /dev/null /var/log/php8.2-fpm.log")
+WEB_USER = "www-data"
+WEB_UNPRIVILEGED = f"RUN {WEB_RUN}\nUSER {WEB_USER}"  # as docs/roles.md shows it
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 CACHE_DIR = Path(os.environ.get("TIERGATE_IT_CACHE", "/var/cache/tiergate-tests"))
 TRIM = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man",
@@ -143,22 +146,29 @@ class SoftwareEnv(RoleEnv):
         self.images.append(self.base)
         for role in self.ROLES:
             self.derive(role, {LABEL: role}, expose=[5432] if role == "database" else [80] if role == "web" else [])
-        self.derive("web-unprivileged", {LABEL: "web"}, expose=[80], steps=WEB_UNPRIVILEGED)
+        self.derive("web-unprivileged", {LABEL: "web"}, expose=[80], run=WEB_RUN, user=WEB_USER)
         self.install()
         print(f"\nsoftware env ready in {time.monotonic() - t:.1f} s; versions {self.versions}")
         return self
 
-    def derive(self, name: str, labels: dict, expose=(), steps: str = "") -> str:
-        """IMAGE_PREFIX+name: the base image plus labels, EXPOSE and steps (podman build)."""
-        ctx = self.dir / f"build-{name}"
-        ctx.mkdir()
-        lines = [f"FROM {self.base}", *(f'LABEL "{k}"="{v}"' for k, v in labels.items()),
-                 *(f"EXPOSE {p}" for p in expose), steps]
-        (ctx / "Containerfile").write_text("\n".join(lines) + "\n")
+    def derive(self, name: str, labels: dict, expose=(), run: str = "", user: str = "") -> str:
+        """IMAGE_PREFIX+name: the base image plus labels and EXPOSE (podman build, no container), or,
+        with run, what `sh -c run` left in a container of it (podman commit, USER user)."""
         ref = IMAGE_PREFIX + name
-        # built with no hooks: buildah reads the hooks dir for RUN and knows no precreate stage
-        run_cmd(self.argv(False, "build", "-q", "--network", "none", "--cgroup-parent", self.podman.cgroup_parent,
-                          "-t", ref, str(ctx)), env=self.podman.env, check=True, timeout=300)
+        if run:  # as a Containerfile's RUN, without podman build's RUN container (it ignores our cgroup parent)
+            tmp = f"tg-sw-build-{secrets.token_hex(4)}"
+            run_cmd(self.argv(False, "run", "--name", tmp, self.base, "/bin/sh", "-c", run), env=self.podman.env,
+                    check=True, timeout=120)
+            changes = _change_flags(labels, expose, None) + (["--change", f"USER {user}"] if user else [])
+            run_cmd(self.argv(False, "commit", "-q", *changes, tmp, ref), env=self.podman.env, check=True, timeout=300)
+            self.podman.podman("rm", "-f", tmp, timeout=60)
+        else:
+            ctx = self.dir / f"build-{name}"
+            ctx.mkdir()
+            lines = [f"FROM {self.base}", *(f'LABEL "{k}"="{v}"' for k, v in labels.items()),
+                     *(f"EXPOSE {p}" for p in expose)]
+            (ctx / "Containerfile").write_text("\n".join(lines) + "\n")
+            run_cmd(self.argv(False, "build", "-q", "-t", ref, str(ctx)), env=self.podman.env, check=True, timeout=300)
         self.images.append(ref)
         return ref
 

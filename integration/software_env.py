@@ -7,7 +7,7 @@ No registry is reachable, so the image is built from the Debian mirror with
 (apt caches, docs, man pages, locales) and packed into one tar cached outside
 the repository, in a root-owned directory keyed by suite, mirror and package
 list: ``/var/cache/tiergate-tests/roles-<hash>.tar`` (TIERGATE_IT_CACHE moves
-it). The first run builds it (about 2 minutes here, under a lock so parallel
+it). The first run builds it (about 3.5 minutes here, under a lock so parallel
 runs build it once); later runs only import it. One image holds every role's
 software: one debootstrap and one import are much cheaper than one per role,
 and the packages share most of their libraries. Each role's image is that
@@ -43,8 +43,8 @@ PACKAGES = ("nginx", "php-fpm", "postgresql", "nodejs", "imagemagick", "python3"
 # the packages docs/roles.md names, with the versions the tests print
 SOFTWARE = ("nginx", "php8.2-fpm", "postgresql-15", "nodejs", "imagemagick-6.q16", "python3", "openssl")
 LABEL = "io.tiergate.tier"
-# docs/roles.md, web: the change that lets Debian's nginx and PHP-FPM run with no capability
-# but NET_BIND_SERVICE (as www-data, so they need no chown and no setuid/setgid)
+# docs/roles.md, web: the change that lets Debian's nginx and PHP-FPM run with no capability at all
+# (as www-data from the start, so they need no chown and no setuid/setgid)
 WEB_RUN = ("chown -R www-data: /var/lib/nginx /var/log/nginx && "
            "sed -i -e '/^user /d' -e 's#^pid .*#pid /tmp/nginx.pid;#' /etc/nginx/nginx.conf && "
            "install -o www-data -m 640 /dev/null /var/log/php8.2-fpm.log")

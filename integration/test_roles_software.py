@@ -181,10 +181,14 @@ PG_START = ("printf 'local all all peer\\nhost all all 0.0.0.0/0 scram-sha-256\\
 
 
 def test_database_postgresql(env):
-    """PostgreSQL serves a client on another host; COPY ... TO PROGRAM cannot open a connection out."""
+    """PostgreSQL serves a client on another host; it cannot open a connection out, neither itself
+    (dblink to a peer's port 5432, closed: without tiergate the peer's RST comes back, "Connection
+    refused") nor through COPY ... TO PROGRAM."""
     p = env.peers
     out_sql = f"COPY (SELECT 1) TO PROGRAM 'timeout 3 busybox wget -q -O - http://{p.api}:80/'"
-    results = {}
+    dblink = (f"CREATE EXTENSION IF NOT EXISTS dblink; "
+              f"SELECT dblink_connect('host={p.api} port=5432 connect_timeout=3 sslmode=disable')")
+    results, links = {}, {}
     for hooked in (True, False):
         ip = p.next_ip()
         name = env.serve("database", PG_START, args=[*env.net_args(ip), "--user", "postgres"], hooked=hooked)
@@ -192,13 +196,16 @@ def test_database_postgresql(env):
                          args=[*env.net_args(), "-e", "PGPASSWORD=tg", "-e", "PGCONNECT_TIMEOUT=5"], hooked=False)
         out = env.exec(name, "psql", "-tAc", out_sql)
         results[hooked] = (client.stdout.strip(), out.returncode, out.stderr.strip())
-        print(f"\n{'database' if hooked else 'control (no tiergate)'}:", results[hooked])
+        links[hooked] = env.exec(name, "psql", "-tAc", dblink).stderr.strip()
+        print(f"\n{'database' if hooked else 'control (no tiergate)'}:", results[hooked], links[hooked])
         env.podman.podman("rm", "-f", "--time", "0", name)
     print("proven with", versions_line(env, "postgresql-15"))
     assert env.tier_granted("database") == {"database"}
     assert results[True][0] == "42" and results[False][0] == "42"
     assert results[True][1] != 0 and "failed" in results[True][2]
     assert results[False][1] == 0, results[False]
+    assert "timeout expired" in links[True], links[True]
+    assert "Connection refused" in links[False], links[False]
 
 
 # --------------------------------------------------------------------------- node-worker: Node.js

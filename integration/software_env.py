@@ -144,7 +144,7 @@ class SoftwareEnv(RoleEnv):
         self.versions = package_versions(tar, SOFTWARE)
         self.podman.import_image(self.base, {}, tar=tar)
         self.images.append(self.base)
-        for role in self.ROLES:
+        for role in (*self.ROLES, "restricted"):  # restricted: the roles' base
             self.derive(role, {LABEL: role}, expose=[5432] if role == "database" else [80] if role == "web" else [])
         self.derive("web-unprivileged", {LABEL: "web"}, expose=[80], run=WEB_RUN, user=WEB_USER)
         self.install()

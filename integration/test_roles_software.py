@@ -97,25 +97,26 @@ SITE = """server {
 """
 
 
-def test_web_stock_nginx_fails_and_names_the_cause(env):
-    """Debian's nginx as shipped starts as root and chowns its temp dirs: web (no CAP_CHOWN) stops it,
-    and `tiergate explain CONTAINER` names that cause in one step."""
-    name = f"tg-sw-nginx-{os.getpid()}"
-    proc = run_cmd(env.argv(True, "run", "--name", name, *env.net_args(), IMAGE_PREFIX + "web",
+@pytest.mark.parametrize("tier", ["web", "restricted"])
+def test_stock_nginx_fails_and_explain_names_the_cause(env, tier):
+    """Debian's nginx as shipped starts as root and chowns its temp dirs: web and restricted (no
+    CAP_CHOWN) stop it, and `tiergate explain CONTAINER` names that cause in one step."""
+    name = f"tg-sw-nginx-{tier}-{os.getpid()}"
+    proc = run_cmd(env.argv(True, "run", "--name", name, *env.net_args(), IMAGE_PREFIX + tier,
                             "nginx", "-g", "daemon off;"), env=env.podman.env, timeout=90)
-    print("\nstock nginx under web:", proc.returncode, proc.stderr.strip()[-300:])
+    print(f"\nstock nginx under {tier}:", proc.returncode, proc.stderr.strip()[-300:])
     assert proc.returncode == 1
     assert 'chown("/var/lib/nginx/body", 33) failed (1: Operation not permitted)' in proc.stderr
     why = run_cmd([*TIERGATE, "--policy", env.dir / "policy.toml", "explain", name, "--log", env.log],
                   env=env.podman.env, timeout=60)
     print(why.stdout, why.stderr)
     assert why.returncode == 0, why.stderr
-    assert "tier: web" in why.stdout and "exit status 1 (exited)" in why.stdout
-    assert re.search(r"most likely.*\n  CAP_CHOWN, which tier web removes: .*chown\(\"/var/lib/nginx/body\"",
+    assert f"tier: {tier} " in why.stdout and "exit status 1 (exited)" in why.stdout
+    assert re.search(rf"most likely.*\n  CAP_CHOWN, which tier {tier} removes: .*chown\(\"/var/lib/nginx/body\"",
                      why.stdout), why.stdout
     env.podman.podman("rm", "-f", name)
     ip = env.peers.next_ip()
-    name = env.serve("web", "nginx && echo READY && exec sleep 300", args=env.net_args(ip), hooked=False)
+    name = env.serve(tier, "nginx && echo READY && exec sleep 300", args=env.net_args(ip), hooked=False)
     page = env.peers.get_from_peers(f"http://{ip}/")
     print("control (no tiergate):", (page or "")[:60])
     assert page and "Welcome to nginx" in page

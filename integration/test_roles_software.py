@@ -259,7 +259,7 @@ def test_image_processor_imagemagick(env):
     crafted = f"convert http://{p.api}:80/rose.png /out/fetched-$0.png && identify /out/fetched-$0.png"
     got = env.run("image-processor", "sh", "-c", crafted, "tg", args=[*env.net_args(), *vol])
     ctl = env.run("image-processor", "sh", "-c", crafted, "ctl", args=[*env.net_args(), *vol], hooked=False)
-    print("crafted MVG:", got.returncode, got.stderr.strip()[-300:], "\ncontrol:", ctl.stdout.strip())
+    print("URL coder:", got.returncode, got.stderr.strip()[-300:], "\ncontrol:", ctl.stdout.strip())
     print("proven with", versions_line(env, "imagemagick-6.q16"))
     assert env.tier_granted("image-processor") == {"image-processor"}
     assert ctl.returncode == 0 and (out / "fetched-ctl.png").exists()

@@ -11,28 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import file_tree as tree
 from tiergate_fixtures import REPO, tiergate
 
 PRE, POST = "99-tiergate-precreate.json", "99-tiergate-prestart.json"
-
-
-def tree(root: Path) -> dict[str, tuple]:
-    """Every entry under root (root itself included): type, mode, content or link target."""
-    out: dict[str, tuple] = {}
-    if not os.path.lexists(root):
-        return out
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in ["", *dirnames, *filenames]:
-            p = Path(dirpath) / name if name else Path(dirpath)
-            rel = str(p.relative_to(root))
-            st = p.lstat()
-            if p.is_symlink():
-                out[rel] = ("link", os.readlink(p))
-            elif p.is_dir():
-                out[rel] = ("dir", st.st_mode & 0o7777)
-            else:
-                out[rel] = ("file", st.st_mode & 0o7777, p.read_bytes())
-    return out
 
 
 def install(hooks: Path, bin_dir: Path, *extra: str) -> list[str]:

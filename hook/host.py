@@ -220,15 +220,23 @@ def cgroup_mode(mounts_text: str) -> str:
     return "hybrid" if types else "none"
 
 
-def check_cgroups(mounts: str = "/proc/self/mounts") -> Check:
+ROOTLESS_NO_CGROUPS = ("rootless containers get no cgroup limits (no cgroup v2 delegation): a tier's pids_limit "
+                      "becomes RLIMIT_NPROC, and a tier keeping CAP_SETUID is refused")
+
+
+def check_cgroups(mounts: str = "/proc/self/mounts", delegated=None) -> Check:
+    from .facts import cgroup_delegated
+
     mode = cgroup_mode(read_text(mounts) or "")
+    rootless = ("; rootless: pids limits work (cgroup v2 delegated to this user)"
+                if (delegated or cgroup_delegated)() else f"; {ROOTLESS_NO_CGROUPS}")
     if mode == "unified":
-        return Check("cgroups", OK, "v2 (unified)")
+        return Check("cgroups", OK, "v2 (unified)" + rootless)
     if mode == "hybrid":
         return Check("cgroups", WARN, "hybrid (v1 controllers plus a v2 mount): crun refuses it, use runc "
-                     "(podman --runtime runc --cgroup-manager cgroupfs)")
+                     "(podman --runtime runc --cgroup-manager cgroupfs)" + rootless)
     if mode == "legacy":
-        return Check("cgroups", WARN, "v1 only (legacy): pids limits work, crun may not")
+        return Check("cgroups", WARN, "v1 only (legacy): pids limits work, crun may not" + rootless)
     return Check("cgroups", FAIL, "no cgroup filesystem mounted: pids limits cannot be enforced")
 
 

@@ -35,8 +35,8 @@ def user_dir(xdg: str, fallback: str, name: str) -> str:
 
         try:
             home = os.environ.get("HOME") or pwd.getpwuid(os.geteuid()).pw_dir
-        except KeyError:
-            home = f"/tmp/tiergate-{os.geteuid()}"
+        except KeyError:  # never a shared temp dir someone else could create first: writes fail, and say so
+            home = "/nonexistent"
         base = os.path.join(home, fallback)
     return os.path.join(base, "tiergate", name)
 

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pytest
 
 import harness
 from harness import caps_from_hex, file_tree, probe_status, run_cmd
-from tiergate_fixtures import LABEL, STATUS_SH, compiled_policy, tiergate
+from tiergate_fixtures import IMAGES, LABEL, STATUS_SH, compiled_policy, tg_images, tiergate  # noqa: F401
 
 PODMAN_TREES = ("/etc/containers", "/usr/share/containers")
 HOST_FLAGS = ["--cgroup-manager", "cgroupfs"]
@@ -211,3 +212,23 @@ def test_docker_default_install_hardens_plain_run(docker_conf, it_dir, busybox_r
         tiergate("uninstall", "--engine", "docker", check=False)
     assert daemon_json.read_text() == user_text
     assert not os.path.exists("/usr/local/libexec/tiergate")
+
+
+def test_a_hung_hook_fails_the_start_closed(podman, tg_images, tmp_path):
+    """The hooks.d entry install writes carries a timeout; on it podman kills the hook and fails the start."""
+    from tiergate.hook.engines import podman as engine
+
+    hung = tmp_path / "hung-hook"
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")
+    hung.chmod(0o755)
+    doc = json.loads(engine.hook_json(hung, "precreate", []))
+    assert doc["hook"]["timeout"] == engine.HOOK_TIMEOUT
+    doc["hook"]["timeout"] = 2  # the same entry with a shorter wait, for the test's sake
+    (podman.hooks_dir / engine.HOOK_FILES["precreate"]).write_text(json.dumps(doc))
+    started = time.monotonic()
+    proc = podman.run(IMAGES["restricted"][0], "sh", "-c", "echo started")
+    took = time.monotonic() - started
+    assert proc.returncode == 126 and "started" not in proc.stdout, (proc.returncode, proc.stdout)
+    assert "setting up OCI Hooks: context deadline exceeded" in proc.stderr, proc.stderr
+    assert took < 30, took
+    print(f"\nhung precreate hook (timeout 2 s): start failed after {took:.1f} s")

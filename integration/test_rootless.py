@@ -33,6 +33,11 @@ PYTHON = "/usr/bin/python3"
 RESTRICTED_CAPS = {"CAP_NET_BIND_SERVICE"}
 DEPS = ("attr", "attrs", "cattr", "cattrs", "typing_extensions.py", "pyseccomp.py")
 STATUS_AND_NPROC = STATUS_SH + "; echo nproc=$(ulimit -u)"
+# Bounded: at most FORKS background sleeps, each counted with a builtin; busybox sh exits (rc 2) at
+# the first fork that fails, so the last n= is how many it made. They die with the container's init.
+FORKS = 400
+FORK_BOMB = ("ulimit -H -u 100000 2>/dev/null && echo raised || echo kept; "
+             f"i=0; while [ $i -lt {FORKS} ]; do sleep 60 & i=$((i+1)); echo n=$i; done; echo all")
 
 
 class User:
@@ -115,7 +120,7 @@ def user(busybox_rootfs):
         shutil.copy2(busybox_rootfs.tar, tar)
         tar.chmod(0o644)
         u.images = {}
-        for tier in ("restricted", "baseline"):
+        for tier in ("restricted", "baseline", "isolated"):
             ref = f"localhost/tg-rootless-{tier}"
             u.podman("import", "--quiet", *harness._change_flags({LABEL: tier}, (), ("/bin/sh",)), str(tar), ref,
                      check=True)
@@ -194,6 +199,22 @@ def test_rootless_install_hardens_logs_and_caches(user):
                        STATUS_AND_NPROC))
     print(f"\nrootless restricted start, warm cache: {took * 1000:.0f} ms through tiergate (hook + runtime), "
           f"{(time.monotonic() - t) * 1000:.0f} ms on runc with the hook only")
+
+    # an annotation the caller sets is a request, not authority (rootless too): no privileged from it
+    a = status(user.podman("run", "--rm", "--network", "none", "--annotation", f"{LABEL}=privileged",
+                           user.images["restricted"], "sh", "-c", STATUS_AND_NPROC))
+    assert caps_from_hex(a["CapEff"]) <= caps_from_hex(ctl["baseline"]["CapEff"]) and a["NoNewPrivs"] == "1"
+
+    # the pids limit holds without cgroups: isolated (pids_limit 256) cannot fork FORKS processes, nor lift it
+    limit = compiled_policy()["tiers"]["isolated"]["pids_limit"]
+    assert limit < FORKS
+    bomb = user.podman("run", "--rm", "--network", "none", user.images["isolated"], "sh", "-c", FORK_BOMB)
+    made = int(bomb.stdout.split("n=")[-1].split()[0]) if "n=" in bomb.stdout else 0
+    assert "kept" in bomb.stdout and "all" not in bomb.stdout and 0 < made < limit, (bomb.stdout[-200:], bomb.stderr)
+    ctl_bomb = user.podman("run", "--rm", "--network", "none", "--runtime", "runc", "--hooks-dir", str(user.home / "none"),
+                           user.images["isolated"], "sh", "-c", FORK_BOMB)
+    assert ctl_bomb.stdout.rstrip().endswith("all"), ctl_bomb.stdout[-200:]  # CONTROL: no tiergate, no limit
+    print(f"\nisolated (pids_limit {limit} as RLIMIT_NPROC) made {made} of {FORKS} processes; the control all")
 
     # exec goes through the runtime too
     cid = user.podman("run", "-d", "--network", "none", user.images["restricted"], "sleep", "120",

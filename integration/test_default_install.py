@@ -111,7 +111,16 @@ def test_podman_default_install_hardens_plain_run_and_exec(podman_images):
     assert before_doctor["podman engine"]["status"] == "warn", before_doctor["podman engine"]
 
     try:
+        # The reproduction: a hook in /etc/containers/oci/hooks.d (where install wrote before)
+        # is not read by podman 4.3: the container runs unhardened, and doctor must be red.
+        tiergate("install", "--engine", "podman", "--hooks-dir", "/etc/containers/oci/hooks.d")
+        old = status(podman("run", "--rm", "--runtime", "runc", *RUN_FLAGS, restricted, "sh", "-c", STATUS_SH))
+        assert old["NoNewPrivs"] == "0" and caps(old) == caps(control)
+        doc = {c["name"]: c for c in json.loads(tiergate("doctor", "--json", check=False).stdout)["checks"]}
+        assert doc["podman engine"]["status"] == "fail" and "NOT read by podman" in doc["podman engine"]["detail"]
+
         out = tiergate("install", "--engine", "podman").stdout
+        assert "removed /etc/containers/oci/hooks.d/99-tiergate-precreate.json" in out, out
         assert "wrote /usr/share/containers/oci/hooks.d/99-tiergate-precreate.json" in out, out
         assert "wrote /etc/containers/containers.conf.d/99-tiergate.conf" in out, out
         again = tiergate("install", "--engine", "podman").stdout.splitlines()

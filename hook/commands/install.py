@@ -107,7 +107,7 @@ def cmd_install(args, remove: bool = False) -> int:
 
 def _podman(args, bin_dir: Path, home: str | None, remove: bool) -> int:
     """The hook where podman reads hooks, plus (unless only --hooks-dir was named) the shim as its runtime."""
-    from ..engines import podman, podman_runtime
+    from ..engines import files, podman, podman_runtime
 
     conf_dir = args.config or (None if args.hooks_dir else
                                user_paths(home)["conf_dir"] if home else podman_runtime.DEFAULT_DROP_IN_DIR)
@@ -132,6 +132,10 @@ def _podman(args, bin_dir: Path, home: str | None, remove: bool) -> int:
     for key, value in settings.items():
         extra += ["--" + key.replace("_", "-"), value]
     podman.install(hooks_dir, bin_dir, extra, args.prestart)
+    if not args.hooks_dir:  # ours left where an older install wrote (podman 4 does not read /etc/...)
+        stale = [d for d in (*podman.PODMAN_BUILTIN_HOOKS_DIRS, *podman.OTHER_HOOKS_DIRS) if Path(d) != hooks_dir]
+        for path in podman.hooks_using(bin_dir / "tiergate-hook", dirs=stale):
+            files.remove(path, str(bin_dir / "tiergate-hook"))
     if conf_dir:
         podman_runtime.install(conf_dir, bin_dir, default=True, runtime=args.runtime, hooks_dirs=listed, **settings)
     else:

@@ -99,11 +99,12 @@ def uninstall(hooks_dirs: list[Path], bin_dir: Path, say=print) -> None:
         remove_hook(bin_dir, say)
 
 
-def hooks_using(exe: Path, home: str | None = None) -> list[Path]:
-    """Our hook files, in any dir podman reads or we ever wrote to, that call `exe`."""
-    dirs = [*hooks_dirs_read(containers_confs(home))[0], *PODMAN_BUILTIN_HOOKS_DIRS, *OTHER_HOOKS_DIRS]
-    if home:
-        dirs.append(user_hooks_dir(home))
+def hooks_using(exe: Path, home: str | None = None, dirs: list[str] | None = None) -> list[Path]:
+    """Our hook files that call `exe`, in `dirs` (default: any dir podman reads or we ever wrote to)."""
+    if dirs is None:
+        dirs = [*hooks_dirs_read(containers_confs(home))[0], *PODMAN_BUILTIN_HOOKS_DIRS, *OTHER_HOOKS_DIRS]
+        if home:
+            dirs.append(user_hooks_dir(home))
     found = []
     for d in dict.fromkeys(Path(x) for x in dirs):
         for name in HOOK_FILES.values():

@@ -76,3 +76,16 @@ def test_user_paths_stay_in_home():
 
     paths = user_paths("/home/u")
     assert all(str(v).startswith("/home/u/") for v in paths.values())
+
+
+def test_owner_uid_sees_through_the_user_namespace(tmp_path):
+    import os
+
+    from tiergate.hook.record import owner_uid
+
+    m = tmp_path / "uid_map"
+    m.write_text(f"{os.geteuid()} 1234 1\n")  # as a rootless hook sees it: uid 0 (here: ours) is host uid 1234
+    assert owner_uid(str(m)) == 1234
+    m.write_text("0 0 4294967295\n")
+    assert owner_uid(str(m)) == os.geteuid()
+    assert owner_uid(str(tmp_path / "absent")) == os.geteuid()

@@ -137,3 +137,34 @@ def test_missing_parent_dirs_are_removed_again(tmp_path):
     install(hooks, bin_dir)
     uninstall(hooks, bin_dir)
     assert tree(tmp_path) == before
+
+
+def test_hook_and_runtime_round_trip_with_a_shared_bin_dir(dirs, tmp_path):
+    """`--hooks-dir` + `--config`: the hook AND the shim as podman's default runtime; docker sharing the
+    bin dir keeps the launcher through a podman uninstall; both uninstalls restore every tree."""
+    hooks, bin_dir = dirs
+    conf_d, daemon_json = tmp_path / "containers.conf.d", tmp_path / "daemon.json"
+    before = tree(tmp_path)
+    args = ["--engine", "podman", "--hooks-dir", hooks, "--config", conf_d, "--bin-dir", bin_dir]
+    out = tiergate("install", *args).stdout.splitlines()
+    assert f"wrote {conf_d / '99-tiergate.conf'}" in out and f"wrote {hooks / PRE}" in out
+    assert 'runtime = "tiergate"' in (conf_d / "99-tiergate.conf").read_text()
+    installed = tree(tmp_path)
+    again = tiergate("install", *args).stdout.splitlines()
+    assert all(line.startswith(("unchanged ", "absent ", "podman now")) for line in again), again
+    assert tree(tmp_path) == installed
+    tiergate("install", "--engine", "docker", "--daemon-json", daemon_json, "--bin-dir", bin_dir)
+    tiergate("uninstall", *args)
+    assert os.access(bin_dir / "tiergate-hook", os.X_OK) and os.access(bin_dir / "tiergate-runtime", os.X_OK)
+    assert not (conf_d / "99-tiergate.conf").exists() and not (hooks / PRE).exists()
+    tiergate("uninstall", "--engine", "docker", "--daemon-json", daemon_json, "--bin-dir", bin_dir)
+    assert tree(tmp_path) == before
+
+
+def test_no_runtime_writes_nothing(dirs, tmp_path):
+    hooks, bin_dir = dirs
+    before = tree(tmp_path)
+    proc = tiergate("install", "--engine", "podman", "--hooks-dir", hooks, "--config", tmp_path / "c.d",
+                    "--bin-dir", bin_dir, "--runtime", str(tmp_path / "no-such-runc"), check=False)
+    assert proc.returncode != 0 and "no-such-runc" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert tree(tmp_path) == before

@@ -128,6 +128,10 @@ def _podman(args, bin_dir: Path, home: str | None, remove: bool) -> int:
         return 0
     _check_runnable(hooks_dir, bin_dir)
     settings = _settings(args, home)
+    if conf_dir:  # no runc (or a loop) must fail before anything is written
+        from ..engines import shim
+
+        shim.real_runtime(args.runtime, bin_dir / shim.SHIM)
     extra = []
     for key, value in settings.items():
         extra += ["--" + key.replace("_", "-"), value]

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -169,23 +170,30 @@ def test_podman_default_install_hardens_plain_run_and_exec(podman_images):
 
 @pytest.fixture
 def docker_conf():
-    """/etc/docker as a user has it: a daemon.json whose key path keeps dockerd out of /etc/docker."""
+    """/etc/docker as a user has it: a daemon.json (the host's own, if any, plus a key path that keeps
+    dockerd out of /etc/docker); put back byte for byte afterwards."""
     harness.require_root()
     etc = Path("/etc/docker")
     existed = etc.exists()
     daemon_json = etc / "daemon.json"
-    if daemon_json.exists():
-        pytest.skip(f"{daemon_json} exists on this host: this test writes its own")  # never clobber an operator's
+    original = daemon_json.read_bytes() if daemon_json.exists() else None
+    mode = daemon_json.stat().st_mode & 0o7777 if original is not None else 0o644
     snap = Restore(("/etc/docker",))
-    keydir = Path(os.environ.get("TMPDIR", "/tmp")) / f"tg-default-docker-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    keydir.mkdir()
+    keydir = Path(tempfile.mkdtemp(prefix="tg-default-docker-"))
     etc.mkdir(exist_ok=True)
-    user_text = json.dumps({"deprecated-key-path": str(keydir / "key.json")}, indent=2) + "\n"
+    user = json.loads(original or b"{}")
+    user.setdefault("deprecated-key-path", str(keydir / "key.json"))
+    user_text = json.dumps(user, indent=2) + "\n"
     daemon_json.write_text(user_text)
+    daemon_json.chmod(mode)
     try:
         yield daemon_json, user_text
     finally:
-        daemon_json.unlink(missing_ok=True)
+        if original is None:
+            daemon_json.unlink(missing_ok=True)
+        else:
+            daemon_json.write_bytes(original)
+            daemon_json.chmod(mode)
         if not existed:
             shutil.rmtree(etc, ignore_errors=True)
         harness.remove_tree(keydir)

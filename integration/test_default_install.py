@@ -62,7 +62,15 @@ class Restore:
 
     def __init__(self, trees: tuple[str, ...]):
         self.trees = {t: file_tree(Path(t)) for t in trees}
-        self.state = {d for d in STATE_DIRS if os.path.lexists(d)}
+        self.state = self._state()
+
+    @staticmethod
+    def _state() -> set[str]:
+        out = set()
+        for d in STATE_DIRS:
+            for dirpath, dirnames, filenames in os.walk(d):
+                out.update(os.path.join(dirpath, n) for n in ["", *dirnames, *filenames])
+        return out
 
     def differences(self) -> list[str]:
         out = []
@@ -72,9 +80,14 @@ class Restore:
         return out
 
     def remove_state(self) -> None:
-        for d in STATE_DIRS:
-            if d not in self.state and os.path.isdir(d):
-                shutil.rmtree(d, ignore_errors=True)
+        """Files the hook added to its default log and cache dirs, then the dirs it made, if empty
+        (another test's cache entry at worst costs it a recompile; nothing that was here goes)."""
+        new = sorted(self._state() - self.state, key=len, reverse=True)
+        for p in new:
+            try:
+                os.rmdir(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+            except OSError:
+                pass
 
 
 @pytest.fixture

@@ -218,7 +218,7 @@ def test_docker_default_install_hardens_plain_run(docker_conf, it_dir, busybox_r
     daemon_json, user_text = docker_conf
     engine = None
     try:
-        out = tiergate("install", "--engine", "docker", "--default").stdout
+        out = tiergate("install", "--engine", "docker").stdout
         assert f"wrote {daemon_json}" in out
         conf = json.loads(daemon_json.read_text())
         assert conf["default-runtime"] == "tiergate" and conf["deprecated-key-path"]

@@ -4,7 +4,7 @@ Engines:
   podman           the precreate hook in the hooks.d dir podman reads AND the shim as podman's
                    default runtime (a containers.conf.d drop-in), so `podman exec` is hardened
                    too; with --hooks-dir and no --config: the hook alone, where you said
-  docker           a `tiergate` runtime in daemon.json (--default: the default runtime)
+  docker           a `tiergate` runtime in daemon.json, made the default runtime (--no-default: only added)
   containerd       a `tiergate` runtime handler in a config.toml drop-in (RuntimeClass, ctr)
   podman-runtime   a `tiergate` runtime in a containers.conf drop-in (hooks.d alternative)
 The three runtime engines install the tiergate-runtime shim and the hook launcher in --bin-dir.
@@ -39,7 +39,10 @@ def register(sub) -> None:
         if name == "install":
             c.add_argument("--policy", default=argparse.SUPPRESS, help="policy file the hook uses (checked first)")
             c.add_argument("--prestart", action="store_true", help="podman: also register the prestart verify hook")
-            c.add_argument("--default", action="store_true", help="docker, containerd, podman-runtime: make tiergate the default runtime")
+            c.add_argument("--default", action="store_true",
+                           help="containerd, podman-runtime: make tiergate the default runtime (docker: already the default)")
+            c.add_argument("--no-default", action="store_true",
+                           help="docker: only add the `tiergate` runtime (plain `docker run` stays unhardened)")
             c.add_argument("--runtime", help="the real runtime the shim hands over to (default: runc on PATH; crun works)")
             c.add_argument("--log", help="decision log file for the hook, or 'journal' for systemd-journald")
             c.add_argument("--cache-dir", help="compiled-policy cache directory for the hook")
@@ -180,6 +183,7 @@ def _runtime_engine(args, bin_dir: Path, home: str | None, remove: bool) -> int:
     if remove:
         module.uninstall(target, bin_dir)
     else:
-        module.install(target, bin_dir, default=args.default, runtime=args.runtime,
+        default = not args.no_default if args.engine == "docker" else args.default  # secure by default
+        module.install(target, bin_dir, default=default, runtime=args.runtime,
                        **_settings(args, home if args.engine == "podman-runtime" else None))
     return 0

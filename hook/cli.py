@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except OSError as exc:
-        print(f"tiergate: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        print(f"tiergate: {exc.filename or ''}: {exc.strerror}" if exc.strerror else f"tiergate: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -36,6 +36,8 @@ def gather(spec: dict, tier: dict, notes: list | None = None) -> dict:
         for m in mounts
         if isinstance(m, dict) and isinstance(m.get("source"), str) and m["source"].startswith("/")
     }
+    if tier.get("pids_limit"):
+        facts["cgroup_limits"] = cgroup_limits()
     if tier.get("apparmor", "off") != "off":
         facts["apparmor"] = None  # the apparmor modifier notes ("prefer") or refuses ("require")
         if not _apparmor_enabled():
@@ -47,6 +49,35 @@ def gather(spec: dict, tier: dict, notes: list | None = None) -> dict:
         except apparmor.AppArmorError:
             pass
     return facts
+
+
+def cgroup_limits(uid_map: str = "/proc/self/uid_map", cgroup: str = "/proc/self/cgroup",
+                  root: str = "/sys/fs/cgroup") -> bool:
+    """Can the runtime apply cgroup limits? Always outside a user namespace; rootless, only when delegated."""
+    try:
+        with open(uid_map) as fh:
+            if fh.read().split() == ["0", "0", "4294967295"]:
+                return True
+    except OSError:
+        return False
+    return cgroup_delegated(cgroup, root)
+
+
+def cgroup_delegated(cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> bool:
+    """A delegated cgroup v2: pure unified, `pids` offered in our own cgroup, which we may write."""
+    try:
+        with open(cgroup) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return False
+    if len(lines) != 1 or not lines[0].startswith("0::"):
+        return False  # v1 controllers (legacy or hybrid): never delegated to a user
+    here = os.path.join(root, lines[0][3:].lstrip("/"))
+    try:
+        with open(os.path.join(here, "cgroup.controllers")) as fh:
+            return "pids" in fh.read().split() and os.access(here, os.W_OK)
+    except OSError:
+        return False
 
 
 def fresh_netns(spec: dict) -> bool:

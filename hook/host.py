@@ -20,7 +20,7 @@ from . import access
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 ENGINES = ("podman", "runc", "crun", "docker", "containerd")
-PODMAN_DEFAULT_HOOKS_DIRS = access.SHARED_HOOKS_DIRS
+PODMAN_DEFAULT_HOOKS_DIRS = ("/usr/share/containers/oci/hooks.d",)  # podman 4's built-in list: not /etc/...
 CONTAINERS_CONFS = ("/usr/share/containers/containers.conf", "/etc/containers/containers.conf")
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
 TIMEOUT = 5.0
@@ -220,15 +220,23 @@ def cgroup_mode(mounts_text: str) -> str:
     return "hybrid" if types else "none"
 
 
-def check_cgroups(mounts: str = "/proc/self/mounts") -> Check:
+ROOTLESS_NO_CGROUPS = ("rootless containers get no cgroup limits (no cgroup v2 delegation): a tier's pids_limit "
+                      "becomes RLIMIT_NPROC, and a tier keeping CAP_SETUID is refused")
+
+
+def check_cgroups(mounts: str = "/proc/self/mounts", delegated=None) -> Check:
+    from .facts import cgroup_delegated
+
     mode = cgroup_mode(read_text(mounts) or "")
+    rootless = ("; rootless: pids limits work (cgroup v2 delegated to this user)"
+                if (delegated or cgroup_delegated)() else f"; {ROOTLESS_NO_CGROUPS}")
     if mode == "unified":
-        return Check("cgroups", OK, "v2 (unified)")
+        return Check("cgroups", OK, "v2 (unified)" + rootless)
     if mode == "hybrid":
         return Check("cgroups", WARN, "hybrid (v1 controllers plus a v2 mount): crun refuses it, use runc "
-                     "(podman --runtime runc --cgroup-manager cgroupfs)")
+                     "(podman --runtime runc --cgroup-manager cgroupfs)" + rootless)
     if mode == "legacy":
-        return Check("cgroups", WARN, "v1 only (legacy): pids limits work, crun may not")
+        return Check("cgroups", WARN, "v1 only (legacy): pids limits work, crun may not" + rootless)
     return Check("cgroups", FAIL, "no cgroup filesystem mounted: pids limits cannot be enforced")
 
 
@@ -371,6 +379,75 @@ def check_podman_registration(dirs: list[str], source: str) -> Check:
     return Check("podman hook", worst, " | ".join(d for _, d in found))
 
 
+def podman_engine_account(podman: str = "podman", timeout: float = 30.0) -> tuple[dict | None, list[str], str]:
+    """Podman's own account: `podman info` (its default runtime) and the containers.conf files it merged."""
+    try:
+        proc = subprocess.run([podman, "--log-level=debug", "info", "--format", "json"], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None, [], "podman info did not answer"
+    except OSError as exc:
+        return None, [], f"cannot run {podman}: {exc.strerror}"
+    import re
+
+    confs = re.findall(r'msg="Merged system config \\"([^"\\]+)\\""', proc.stderr)
+    try:
+        info = json.loads(proc.stdout)
+    except ValueError:
+        last = [line for line in proc.stderr.splitlines() if "level=debug" not in line]
+        return None, confs, f"podman info failed: {(last or ['exit ' + str(proc.returncode)])[-1].strip()}"
+    return info if isinstance(info, dict) else None, confs, ""
+
+
+def check_podman_engine(account=None, stray_dirs: tuple[str, ...] | None = None) -> Check:
+    """From podman's side: is tiergate its default runtime, and is our hook in a dir it reads?
+
+    fail when a tiergate hook sits only where podman does not read (the install does nothing),
+    or when what podman would run is broken; warn when only part is there (exec open).
+    """
+    from .engines import podman as engine
+    from .engines.shim import is_shim
+
+    info, confs, problem = account or podman_engine_account()
+    if info is None:
+        return Check("podman engine", WARN, problem or "podman info gave nothing")
+    runtime = (info.get("host") or {}).get("ociRuntime") or {}
+    rt_path = str(runtime.get("path") or "")
+    ours_rt = bool(rt_path) and is_shim(rt_path)
+    dirs, source = engine.hooks_dirs_read(confs)
+    read = []
+    for d in dirs:
+        for name in engine.HOOK_FILES.values():
+            if os.path.exists(os.path.join(d, name)):
+                read.append(os.path.join(d, name))
+    if stray_dirs is None:
+        stray_dirs = (*engine.PODMAN_BUILTIN_HOOKS_DIRS, *engine.OTHER_HOOKS_DIRS)
+    stray = [os.path.join(d, n) for d in stray_dirs if d not in dirs for n in engine.HOOK_FILES.values() if os.path.exists(os.path.join(d, n))]
+    where = f"podman reads hooks from {', '.join(dirs)} ({source}); default runtime {runtime.get('name')} ({rt_path})"
+    broken = []
+    for p in read:
+        reg = check_podman_registration([os.path.dirname(p)], source)
+        if reg.status == FAIL:
+            broken.append(reg.detail)
+    if ours_rt:
+        st, _, detail = launcher_interpreter(rt_path)
+        if st == FAIL:
+            broken.append(f"runtime: {detail}")
+    if broken:
+        return Check("podman engine", FAIL, f"{where}: {'; '.join(broken)}")
+    if not read and not ours_rt:
+        if stray:
+            return Check("podman engine", FAIL, f"{where}: {', '.join(stray)} is NOT read by podman: containers "
+                         "start unhardened (run tiergate install --engine podman again)")
+        return Check("podman engine", WARN, f"{where}: tiergate is not registered")
+    if not ours_rt:
+        return Check("podman engine", WARN, f"{where}: hook {', '.join(read)} hardens starts, but podman exec is "
+                     "not hardened and a missing hook program is skipped (fails open)")
+    if not read:
+        return Check("podman engine", WARN, f"{where}: no tiergate hook: `podman --runtime runc` bypasses tiergate")
+    return Check("podman engine", OK, f"{where}: hook {', '.join(read)} and runtime tiergate (exec hardened)")
+
+
 def check_docker_registration(daemon_json: str = DOCKER_DAEMON_JSON) -> Check:
     text = read_text(daemon_json)
     if text is None:
@@ -426,9 +503,10 @@ def gather(policy: str | None = None, hooks_dirs: list[str] | None = None) -> li
               check_userns(), check_landlock(), check_cgroups()]
     engines = find_engines()
     checks += check_engines(engines)
-    if "podman" in engines or hooks_dirs:
-        dirs, source = (hooks_dirs, "--hooks-dir") if hooks_dirs else podman_hooks_dirs()
-        checks.append(check_podman_registration(dirs, source))
+    if hooks_dirs:
+        checks.append(check_podman_registration(hooks_dirs, "--hooks-dir"))
+    elif "podman" in engines:
+        checks.append(check_podman_engine(podman_engine_account(engines["podman"])))
     if "docker" in engines or os.path.exists("/usr/bin/dockerd"):
         checks.append(check_docker_registration())
     checks.append(pol)

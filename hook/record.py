@@ -23,8 +23,22 @@ MAX_BYTES = 64 * 1024 * 1024  # rotate to .1 beyond this
 
 def log_path(explicit: str | None = None) -> str:
     """--log, else $TIERGATE_LOG, else the system log (root) or the user's state dir (rootless)."""
-    return explicit or os.environ.get("TIERGATE_LOG") or (DEFAULT_LOG if os.geteuid() == 0 else user_dir(
+    return explicit or os.environ.get("TIERGATE_LOG") or (DEFAULT_LOG if owner_uid() == 0 else user_dir(
         "XDG_STATE_HOME", ".local/state", "decisions.jsonl"))
+
+
+def owner_uid(uid_map: str = "/proc/self/uid_map") -> int:
+    """Who this process is on the host: a rootless engine runs hooks as uid 0 of the user's namespace."""
+    euid = os.geteuid()
+    try:
+        with open(uid_map, encoding="ascii") as fh:
+            for line in fh:
+                inside, outside, count = (int(x) for x in line.split())
+                if inside <= euid < inside + count:
+                    return outside + euid - inside
+    except (OSError, ValueError):
+        pass
+    return euid
 
 
 def user_dir(xdg: str, fallback: str, name: str) -> str:
@@ -34,9 +48,9 @@ def user_dir(xdg: str, fallback: str, name: str) -> str:
         import pwd
 
         try:
-            home = os.environ.get("HOME") or pwd.getpwuid(os.geteuid()).pw_dir
-        except KeyError:
-            home = f"/tmp/tiergate-{os.geteuid()}"
+            home = os.environ.get("HOME") or pwd.getpwuid(owner_uid()).pw_dir
+        except KeyError:  # never a shared temp dir someone else could create first: writes fail, and say so
+            home = "/nonexistent"
         base = os.path.join(home, fallback)
     return os.path.join(base, "tiergate", name)
 

@@ -357,7 +357,7 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
 
     from . import capabilities, facts
     from .harden import Context, clone
-    from .modifiers import process
+    from .modifiers import linux, process
     from .policy import cache
 
     policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
@@ -393,6 +393,8 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
     if proc_path:
         process.capabilities(spec, ctx)
         process.no_new_privileges(spec, ctx)
+        if ctx.facts.get("cgroup_limits") is False:
+            linux.pids(spec, ctx)  # rootless: the exec'd process gets the container's RLIMIT_NPROC
     process.apparmor(spec, ctx)
     allowed = set(tier["capabilities"])
     bad_caps = set()

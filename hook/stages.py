@@ -23,8 +23,9 @@ from .policy import cache
 
 USAGE = ("usage: tiergate-hook {precreate|createRuntime|prestart} "
          "[--policy FILE] [--cache-dir DIR] [--log FILE]")
-EXEC_GAP = ("podman exec runs no hook: an exec'd process keeps the tier's capabilities but not "
-            "no_new_privs, and exec --privileged gets every capability; the podman-runtime shim closes this")
+EXEC_GAP = ("podman exec runs no hook: unless tiergate-runtime is podman's runtime (as the default install "
+            "makes it), an exec'd process keeps the tier's capabilities but not no_new_privs, and exec "
+            "--privileged gets every capability")
 
 
 class Options:

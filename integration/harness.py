@@ -334,6 +334,25 @@ class HostFootprint:
         return left
 
 
+def file_tree(root: Path) -> dict[str, tuple]:
+    """Every entry under root (root itself included): type, mode, owner, content or link target."""
+    out: dict[str, tuple] = {}
+    if not os.path.lexists(root):
+        return out
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in ["", *dirnames, *filenames]:
+            p = Path(dirpath) / name if name else Path(dirpath)
+            rel = str(p.relative_to(root))
+            st = p.lstat()
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir", st.st_mode & 0o7777, st.st_uid, st.st_gid)
+            else:
+                out[rel] = ("file", st.st_mode & 0o7777, st.st_uid, st.st_gid, p.read_bytes())
+    return out
+
+
 # --------------------------------------------------------------------------
 # busybox rootfs
 # --------------------------------------------------------------------------
@@ -717,8 +736,11 @@ class Docker:
     def __init__(self, dir: Path, *, image_tar: Path | None = None,
                  runtimes: Mapping[str, str] | None = None,
                  default_runtime: str | None = None, ulimits: Sequence[str] | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, start_timeout: float = 30.0):
+                 timeout: float = DEFAULT_TIMEOUT, start_timeout: float = 30.0, config_file: bool = True):
+        """config_file=False: no --config-file, so dockerd reads /etc/docker/daemon.json (the default
+        install's test); that file must then name deprecated-key-path, or dockerd writes /etc/docker/key.json."""
         require_root()
+        self.config_file = config_file
         self.cli = require_binary("docker", DOCKER_CLI)
         self.dockerd = require_binary("dockerd")
         self.containerd = require_binary("containerd")
@@ -772,7 +794,7 @@ class Docker:
         argv = [self.dockerd, "-H", f"unix://{self.sock}",
                 "--containerd", str(self.containerd_sock),
                 "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
-                "--pidfile", str(d / "dockerd.pid"), "--config-file", str(daemon_json),
+                "--pidfile", str(d / "dockerd.pid"), *(["--config-file", str(daemon_json)] if self.config_file else []),
                 "--iptables=false", "--ip6tables=false", "--ip-forward=false",
                 "--ip-masq=false", "--bridge=none", "--userland-proxy=false",
                 "--exec-opt", "native.cgroupdriver=cgroupfs",

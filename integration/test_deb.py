@@ -114,7 +114,8 @@ def test_default_install_dry_run_changes_nothing(installed) -> None:
     """`tiergate install --engine podman` as the docs say, dry: the diff it would apply, with the system interpreter
     (and the check that rootless users could run it passed). That nothing changes is tests/hook/test_commands_install.py's."""
     proc = run_cmd([CLI, "install", "--engine", "podman", "--dry-run"], check=True)
-    assert "+++ /etc/containers/oci/hooks.d/99-tiergate-precreate.json" in proc.stdout
+    assert "+++ /usr/share/containers/oci/hooks.d/99-tiergate-precreate.json" in proc.stdout  # where podman 4 reads
+    assert "+++ /etc/containers/containers.conf.d/99-tiergate.conf" in proc.stdout  # the shim, its runtime
     assert "+#!/usr/bin/python3 -IS" in proc.stdout
     assert "/usr/lib/tiergate" in proc.stdout  # the launcher imports from the package's dir
 

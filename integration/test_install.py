@@ -11,28 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import file_tree as tree
 from tiergate_fixtures import REPO, tiergate
 
 PRE, POST = "99-tiergate-precreate.json", "99-tiergate-prestart.json"
-
-
-def tree(root: Path) -> dict[str, tuple]:
-    """Every entry under root (root itself included): type, mode, content or link target."""
-    out: dict[str, tuple] = {}
-    if not os.path.lexists(root):
-        return out
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in ["", *dirnames, *filenames]:
-            p = Path(dirpath) / name if name else Path(dirpath)
-            rel = str(p.relative_to(root))
-            st = p.lstat()
-            if p.is_symlink():
-                out[rel] = ("link", os.readlink(p))
-            elif p.is_dir():
-                out[rel] = ("dir", st.st_mode & 0o7777)
-            else:
-                out[rel] = ("file", st.st_mode & 0o7777, p.read_bytes())
-    return out
 
 
 def install(hooks: Path, bin_dir: Path, *extra: str) -> list[str]:
@@ -154,4 +136,35 @@ def test_missing_parent_dirs_are_removed_again(tmp_path):
     hooks, bin_dir = tmp_path / "etc/containers/oci/hooks.d", tmp_path / "usr/local/libexec/tiergate"
     install(hooks, bin_dir)
     uninstall(hooks, bin_dir)
+    assert tree(tmp_path) == before
+
+
+def test_hook_and_runtime_round_trip_with_a_shared_bin_dir(dirs, tmp_path):
+    """`--hooks-dir` + `--config`: the hook AND the shim as podman's default runtime; docker sharing the
+    bin dir keeps the launcher through a podman uninstall; both uninstalls restore every tree."""
+    hooks, bin_dir = dirs
+    conf_d, daemon_json = tmp_path / "containers.conf.d", tmp_path / "daemon.json"
+    before = tree(tmp_path)
+    args = ["--engine", "podman", "--hooks-dir", hooks, "--config", conf_d, "--bin-dir", bin_dir]
+    out = tiergate("install", *args).stdout.splitlines()
+    assert f"wrote {conf_d / '99-tiergate.conf'}" in out and f"wrote {hooks / PRE}" in out
+    assert 'runtime = "tiergate"' in (conf_d / "99-tiergate.conf").read_text()
+    installed = tree(tmp_path)
+    again = tiergate("install", *args).stdout.splitlines()
+    assert all(line.startswith(("unchanged ", "absent ", "podman now")) for line in again), again
+    assert tree(tmp_path) == installed
+    tiergate("install", "--engine", "docker", "--daemon-json", daemon_json, "--bin-dir", bin_dir)
+    tiergate("uninstall", *args)
+    assert os.access(bin_dir / "tiergate-hook", os.X_OK) and os.access(bin_dir / "tiergate-runtime", os.X_OK)
+    assert not (conf_d / "99-tiergate.conf").exists() and not (hooks / PRE).exists()
+    tiergate("uninstall", "--engine", "docker", "--daemon-json", daemon_json, "--bin-dir", bin_dir)
+    assert tree(tmp_path) == before
+
+
+def test_no_runtime_writes_nothing(dirs, tmp_path):
+    hooks, bin_dir = dirs
+    before = tree(tmp_path)
+    proc = tiergate("install", "--engine", "podman", "--hooks-dir", hooks, "--config", tmp_path / "c.d",
+                    "--bin-dir", bin_dir, "--runtime", str(tmp_path / "no-such-runc"), check=False)
+    assert proc.returncode != 0 and "no-such-runc" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert tree(tmp_path) == before

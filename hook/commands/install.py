@@ -1,11 +1,17 @@
 """`tiergate install` / `uninstall`: register with an engine, idempotently; print what was done.
 
 Engines:
-  podman           OCI hooks in a hooks.d directory (precreate, optional prestart)
-  docker           a `tiergate` runtime in daemon.json (--default: the default runtime)
+  podman           the precreate hook in the hooks.d dir podman reads AND the shim as podman's
+                   default runtime (a containers.conf.d drop-in), so `podman exec` is hardened
+                   too; with --hooks-dir and no --config: the hook alone, where you said
+  docker           a `tiergate` runtime in daemon.json, made the default runtime (--no-default: only added)
   containerd       a `tiergate` runtime handler in a config.toml drop-in (RuntimeClass, ctr)
   podman-runtime   a `tiergate` runtime in a containers.conf drop-in (hooks.d alternative)
 The three runtime engines install the tiergate-runtime shim and the hook launcher in --bin-dir.
+Run by a non-root user, podman and podman-runtime default to per-user paths (user_paths):
+~/.local/libexec/tiergate, ~/.config/containers/{oci/hooks.d,containers.conf.d}, and the
+hook is told its cache and log in its argv (rootless hooks run as uid 0 of a user namespace,
+without HOME).
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ def register(sub) -> None:
         c.add_argument("--daemon-json", type=Path, default=None, help="docker: daemon.json (default /etc/docker/daemon.json)")
         c.add_argument("--config", type=Path, default=None,
                        help="containerd: config.toml (default /etc/containerd/config.toml); "
-                            "podman-runtime: containers.conf.d directory (default /etc/containers/containers.conf.d)")
+                            "podman, podman-runtime: containers.conf.d directory (default "
+                            "/etc/containers/containers.conf.d, ~/.config/containers/containers.conf.d for a user)")
         c.add_argument("--dry-run", action="store_true",
                        help="print the exact changes (unified diffs of each file) and change nothing")
         if name == "install":
             c.add_argument("--policy", default=argparse.SUPPRESS, help="policy file the hook uses (checked first)")
             c.add_argument("--prestart", action="store_true", help="podman: also register the prestart verify hook")
-            c.add_argument("--default", action="store_true", help="docker, containerd, podman-runtime: make tiergate the default runtime")
+            c.add_argument("--default", action="store_true",
+                           help="containerd, podman-runtime: make tiergate the default runtime (docker: already the default)")
+            c.add_argument("--no-default", action="store_true",
+                           help="docker: only add the `tiergate` runtime (plain `docker run` stays unhardened)")
             c.add_argument("--runtime", help="the real runtime the shim hands over to (default: runc on PATH; crun works)")
             c.add_argument("--log", help="decision log file for the hook, or 'journal' for systemd-journald")
             c.add_argument("--cache-dir", help="compiled-policy cache directory for the hook")
@@ -53,7 +63,8 @@ def _dry_run_aware(func):
     return run
 
 
-def _settings(args) -> dict:
+def _settings(args, home: str | None = None) -> dict:
+    """Hook settings from the flags; a non-root user's cache and log default to their home."""
     out = {}
     if getattr(args, "policy", None):
         from ..policy.compile import compile_file
@@ -66,24 +77,79 @@ def _settings(args) -> dict:
         value = getattr(args, flag, None)
         if value:  # "journal" is a log target, not a path
             out[flag] = value if (flag, value) == ("log", "journal") else str(Path(value).resolve())
+        elif home:
+            out[flag] = user_paths(home)[flag]
     return out
+
+
+def user_paths(home: str) -> dict:
+    """A non-root user's defaults: nothing outside their home, nothing in a shared temp dir."""
+    return {"bin_dir": Path(home, ".local/libexec/tiergate"),
+            "conf_dir": Path(home, ".config/containers/containers.conf.d"),
+            "log": str(Path(home, ".local/state/tiergate/decisions.jsonl")),
+            "cache_dir": str(Path(home, ".cache/tiergate"))}
+
+
+def _home() -> str | None:
+    """The installing user's home (None for root: system paths)."""
+    import os
+    import pwd
+
+    return None if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_dir
 
 
 def cmd_install(args, remove: bool = False) -> int:
     from ..engines import podman
 
-    bin_dir = args.bin_dir or podman.DEFAULT_BIN_DIR
-    if args.engine in RUNTIME_ENGINES:
-        return _runtime_engine(args, bin_dir, remove)
-    hooks_dir = args.hooks_dir or podman.DEFAULT_HOOKS_DIR
+    home = _home()
+    bin_dir = args.bin_dir or (user_paths(home)["bin_dir"] if home else podman.DEFAULT_BIN_DIR)
+    if args.engine == "podman":
+        return _podman(args, bin_dir, home, remove)
+    return _runtime_engine(args, bin_dir, home, remove)
+
+
+def _podman(args, bin_dir: Path, home: str | None, remove: bool) -> int:
+    """The hook where podman reads hooks, plus (unless only --hooks-dir was named) the shim as its runtime."""
+    from ..engines import files, podman, podman_runtime
+
+    conf_dir = args.config or (None if args.hooks_dir else
+                               user_paths(home)["conf_dir"] if home else podman_runtime.DEFAULT_DROP_IN_DIR)
+    read, _ = podman.hooks_dirs_read(podman.containers_confs(home), skip=podman_runtime.DROP_IN)
+    if args.hooks_dir:
+        hooks_dir, listed = args.hooks_dir, None
+    elif home:  # the user can write no dir podman reads: list theirs after podman's own
+        hooks_dir = Path(podman.user_hooks_dir(home))
+        listed = list(dict.fromkeys([*read, str(hooks_dir)]))
+    else:  # the last dir podman reads: a same-named file in a later dir would override ours
+        hooks_dir, listed = Path(read[-1]), None
     if remove:
-        podman.uninstall(hooks_dir, bin_dir)
+        dirs = [args.hooks_dir] if args.hooks_dir else [*read, *podman.PODMAN_BUILTIN_HOOKS_DIRS,
+                                                       *podman.OTHER_HOOKS_DIRS, hooks_dir]
+        podman.uninstall(dirs, bin_dir)
+        if conf_dir:
+            podman_runtime.uninstall(conf_dir, bin_dir)
         return 0
     _check_runnable(hooks_dir, bin_dir)
+    settings = _settings(args, home)
+    if conf_dir:  # no runc (or a loop) must fail before anything is written
+        from ..engines import shim
+
+        shim.real_runtime(args.runtime, bin_dir / shim.SHIM)
     extra = []
-    for key, value in _settings(args).items():
+    for key, value in settings.items():
         extra += ["--" + key.replace("_", "-"), value]
     podman.install(hooks_dir, bin_dir, extra, args.prestart)
+    if not args.hooks_dir:  # ours left where an older install wrote (podman 4 does not read /etc/...)
+        stale = [d for d in (*podman.PODMAN_BUILTIN_HOOKS_DIRS, *podman.OTHER_HOOKS_DIRS) if Path(d) != hooks_dir]
+        for path in podman.hooks_using(bin_dir / "tiergate-hook", dirs=stale):
+            files.remove(path, str(bin_dir / "tiergate-hook"))
+    if conf_dir:
+        podman_runtime.install(conf_dir, bin_dir, default=True, runtime=args.runtime, hooks_dirs=listed, **settings)
+    else:
+        import sys
+
+        print("tiergate: note: hooks.d only: `podman exec` is not hardened and a missing hook program is skipped; "
+              "add --config DIR to install the runtime too", file=sys.stderr)
     return 0
 
 
@@ -105,16 +171,19 @@ def _check_runnable(hooks_dir: Path, bin_dir: Path) -> None:
                                     "where every user can read it: the Debian package, or a venv outside /root)")
 
 
-def _runtime_engine(args, bin_dir: Path, remove: bool) -> int:
+def _runtime_engine(args, bin_dir: Path, home: str | None, remove: bool) -> int:
     from ..engines import containerd, docker, podman_runtime
 
     module, target = {
         "docker": (docker, args.daemon_json or docker.DEFAULT_DAEMON_JSON),
         "containerd": (containerd, args.config or containerd.DEFAULT_CONFIG),
-        "podman-runtime": (podman_runtime, args.config or podman_runtime.DEFAULT_DROP_IN_DIR),
+        "podman-runtime": (podman_runtime, args.config or (user_paths(home)["conf_dir"] if home
+                                                           else podman_runtime.DEFAULT_DROP_IN_DIR)),
     }[args.engine]
     if remove:
         module.uninstall(target, bin_dir)
     else:
-        module.install(target, bin_dir, default=args.default, runtime=args.runtime, **_settings(args))
+        default = not args.no_default if args.engine == "docker" else args.default  # secure by default
+        module.install(target, bin_dir, default=default, runtime=args.runtime,
+                       **_settings(args, home if args.engine == "podman-runtime" else None))
     return 0

@@ -41,7 +41,7 @@ def install(daemon_json: Path, bin_dir: Path, default: bool = False, say=print, 
             files.write(backup, text, daemon_json.stat().st_mode & 0o7777, say)
         files.write(daemon_json, json.dumps(want, indent=2) + "\n", 0o644 if text is None else daemon_json.stat().st_mode & 0o7777, say)
     say("reload dockerd to use it: kill -HUP $(pidof dockerd) (or systemctl restart docker); "
-        f"then docker run --runtime {NAME} ..." + ("" if default else ", or reinstall with --default"))
+        f"then docker run --runtime {NAME} ..." + ("" if default else ", or reinstall without --no-default"))
     return exe
 
 

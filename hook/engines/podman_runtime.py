@@ -20,10 +20,12 @@ NAME = "tiergate"
 SUPPORTS_JSON = ["crun", "runc", "kata", "runsc", "youki", "krun", NAME]
 
 
-def drop_in_text(exe: Path, default: bool) -> str:
+def drop_in_text(exe: Path, default: bool, hooks_dirs: list[str] | None = None) -> str:
     lines = [f"{MARKER}: podman runtime {NAME}", "[engine]"]
     if default:
         lines.append(f"runtime = {json.dumps(NAME)}")
+    if hooks_dirs:  # replaces podman's list as a whole: install passes the list it read, plus ours
+        lines.append(f"hooks_dir = {json.dumps(hooks_dirs)}")
     lines += [f"runtime_supports_json = {json.dumps(SUPPORTS_JSON)}", "", "[engine.runtimes]",
               f"{NAME} = [{json.dumps(str(exe))}]", ""]
     return "\n".join(lines)
@@ -40,11 +42,12 @@ def check_confs(drop_in_dir: Path) -> None:
             parse.toml(conf, text)
 
 
-def install(drop_in_dir: Path, bin_dir: Path, default: bool = False, say=print, **settings) -> Path:
+def install(drop_in_dir: Path, bin_dir: Path, default: bool = False, say=print,
+            hooks_dirs: list[str] | None = None, **settings) -> Path:
     drop = Path(drop_in_dir) / DROP_IN
     check_confs(Path(drop_in_dir))
     exe = shim.install(bin_dir, f"podman-runtime {drop}", say=say, **settings)
-    files.write(drop, drop_in_text(exe, default), 0o644, say)
+    files.write(drop, drop_in_text(exe, default, hooks_dirs), 0o644, say)
     say(f"podman --runtime {NAME} ... (or reinstall with --default)" if not default else "podman now runs every container through tiergate-runtime")
     return exe
 

@@ -123,13 +123,13 @@ def install(bin_dir: Path, user: str, runtime: str | None = None, policy: str | 
                                  "cache_dir": cache_dir, "log": log, "containerd_root": containerd_root}), 0o644, say)
     files.write(bin_dir / PY_LAUNCHER, py_launcher(lib, conf), 0o755, say)
     files.write(shim, sh_front(real, interpreter(), bin_dir / PY_LAUNCHER), 0o755, say)
-    users = _users(bin_dir)
-    if user not in users:
-        files.write(bin_dir / USERS, "".join(f"{u}\n" for u in [*users, user]), 0o644, say)
+    known = users(bin_dir)
+    if user not in known:
+        files.write(bin_dir / USERS, "".join(f"{u}\n" for u in [*known, user]), 0o644, say)
     return shim
 
 
-def _users(bin_dir: Path) -> list[str]:
+def users(bin_dir: Path) -> list[str]:
     try:
         return [line for line in (Path(bin_dir) / USERS).read_text().splitlines() if line.strip()]
     except OSError:
@@ -139,26 +139,19 @@ def _users(bin_dir: Path) -> list[str]:
 def uninstall(bin_dir: Path, user: str, say=print) -> None:
     """Unregister `user`; the last one out removes the shim (and the hook launcher unless podman's hooks use it)."""
     bin_dir = Path(bin_dir)
-    users = [u for u in _users(bin_dir) if u != user]
-    if users:
-        files.write(bin_dir / USERS, "".join(f"{u}\n" for u in users), 0o644, say)
-        say(f"kept {bin_dir / SHIM}: still used by {', '.join(users)}")
+    rest = [u for u in users(bin_dir) if u != user]
+    if rest:
+        files.write(bin_dir / USERS, "".join(f"{u}\n" for u in rest), 0o644, say)
+        say(f"kept {bin_dir / SHIM}: still used by {', '.join(rest)}")
         return
     files.remove(bin_dir / USERS, None, say)
     for rel in (SHIM, PY_LAUNCHER, CONF):
         files.remove(bin_dir / rel, MARKER, say)
-    from .podman import DEFAULT_HOOKS_DIR, HOOK_FILES
+    from .podman import hooks_using
 
     hook = bin_dir / "tiergate-hook"
-    if any(hook.as_posix() in _read(DEFAULT_HOOKS_DIR / f) for f in HOOK_FILES.values()):
+    if hooks_using(hook):
         say(f"kept {hook}: podman's hooks use it")
         return
     remove_hook(bin_dir, say)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
 

@@ -58,9 +58,9 @@ def load_compiled(explicit: str | None = None, cache_dir: str | None = None) -> 
     if not cache_dir:
         cache_dir = os.environ.get("TIERGATE_CACHE_DIR")
     if not cache_dir:
-        from ..record import user_dir
+        from ..record import owner_uid, user_dir
 
-        cache_dir = DEFAULT_CACHE_DIR if os.geteuid() == 0 else os.path.dirname(user_dir("XDG_CACHE_HOME", ".cache", "x"))
+        cache_dir = DEFAULT_CACHE_DIR if owner_uid() == 0 else os.path.dirname(user_dir("XDG_CACHE_HOME", ".cache", "x"))
     # Keyed by the policy's path, spelled safely (hashlib would cost ~2 ms of import per start).
     entry = os.path.join(cache_dir, "policy" + path.replace("%", "%25").replace("/", "%2F") + ".json")
     inputs = _inputs(path)

@@ -206,3 +206,55 @@ def test_gather_runs_here(monkeypatch, tmp_path):
     assert names[:6] == ["seccomp", "nftables", "apparmor", "user namespaces", "landlock", "cgroups"]
     assert names[-1] == "policy" and "podman hook" in names
     assert all(c.status in ("ok", "warn", "fail") and c.detail for c in checks)
+
+
+def test_podman_engine_side(tmp_path):
+    """From podman's own account (the runtime `podman info` reports, the confs it merged): red when
+    our hook sits only where podman does not read; warn for the hook alone; ok for hook + runtime."""
+    from tiergate.hook.engines import podman, podman_runtime
+
+    read, stray = tmp_path / "read", tmp_path / "etc-hooks"
+    conf = tmp_path / "containers.conf"
+    conf.write_text(f'[engine]\nhooks_dir = ["{read}"]\n')
+    crun = {"host": {"ociRuntime": {"name": "crun", "path": "/usr/bin/crun"}}}
+    quiet = {"say": lambda *a: None}
+
+    def check(info):
+        return host.check_podman_engine((info, [str(conf)], ""), stray_dirs=(str(stray),))
+
+    assert check(crun).status == "warn"  # nothing registered
+    podman.install(stray, tmp_path / "bin", [], False, **quiet)
+    c = check(crun)
+    assert c.status == "fail" and "NOT read by podman" in c.detail and str(stray) in c.detail
+    podman.install(read, tmp_path / "bin", [], False, **quiet)
+    c = check(crun)
+    assert c.status == "warn" and "podman exec is not hardened" in c.detail
+    exe = podman_runtime.install(tmp_path / "conf.d", tmp_path / "bin", default=True, **quiet)
+    ours = {"host": {"ociRuntime": {"name": "tiergate", "path": str(exe)}}}
+    c = check(ours)
+    assert c.status == "ok" and "exec hardened" in c.detail
+    (tmp_path / "bin" / "tiergate-hook").unlink()  # podman would skip the hook: a broken install is red
+    assert check(ours).status == "fail"
+    assert host.check_podman_engine((None, [], "podman info failed: x")).status == "warn"
+
+
+def test_hook_json_has_a_timeout(tmp_path):
+    from tiergate.hook.engines import podman
+
+    doc = json.loads(podman.hook_json(tmp_path / "x", "precreate", []))
+    assert doc["hook"]["timeout"] == podman.HOOK_TIMEOUT and 0 < podman.HOOK_TIMEOUT <= 30
+
+
+def test_hooks_dirs_read_follows_podman(tmp_path):
+    from tiergate.hook.engines import podman
+
+    assert podman.hooks_dirs_read([])[0] == ["/usr/share/containers/oci/hooks.d"]  # not /etc/containers/oci/hooks.d
+    a, d = tmp_path / "a.conf", tmp_path / "a.conf.d"
+    a.write_text('[engine]\nhooks_dir = ["/x"]\n')
+    d.mkdir()
+    (d / "50-b.conf").write_text('[engine]\nhooks_dir = ["/y", "/z"]\n')
+    (d / "99-tiergate.conf").write_text('[engine]\nhooks_dir = ["/ours"]\n')
+    confs = [str(a), str(d / "50-b.conf"), str(d / "99-tiergate.conf")]
+    assert podman.hooks_dirs_read(confs)[0] == ["/ours"]
+    assert podman.hooks_dirs_read(confs, skip="99-tiergate.conf") == (["/y", "/z"], f"hooks_dir in {d / '50-b.conf'}")
+    assert podman.containers_confs(env={"CONTAINERS_CONF": str(a)}) == [str(a)]

@@ -228,7 +228,8 @@ def _engine(bundle_dir: str, found: str) -> str:
     return found
 
 
-def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> None:
+def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> tuple[dict, dict] | None:
+    """Harden the bundle; (spec, tier) when the caller must program the namespace after `create`."""
     from tiergate.oci import bundle
 
     from . import stages
@@ -245,10 +246,79 @@ def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> None:
     opts.engine = rec["engine"] = _engine(bundle_dir, found)
     rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
                label=image.labels.get(policy["label_key"]))
-    hardened, _, _ = stages.decide_and_harden(spec, policy, image, opts, rec, netns_ready=_empty_netns(spec, opts.engine),
-                                             network_hook=hook_for(conf, _hook_args(conf)))
+    empty = _empty_netns(spec, opts.engine)
+    # create: this shim programs the namespace itself once the runtime has made it (create_and_program);
+    # run and restore start the workload at once, so a createRuntime hook does it there.
+    hardened, tier, _ = stages.decide_and_harden(spec, policy, image, opts, rec,
+                                                 netns_ready=empty or parsed.command == "create",
+                                                 network_hook=hook_for(conf, _hook_args(conf)))
     if hardened != spec:
         bundle.write_config(bundle_dir, hardened)
+    if empty and tier["network"] is not None:
+        rec["network"] = f"{tier['network']['name']}: fresh namespace, loopback only, nothing to filter"
+    if parsed.command == "create" and not empty and stages.needs_netns(tier):
+        return hardened, tier
+    return None
+
+
+def _spawn(path: str, argv: list[str]) -> int:
+    """Run the real runtime as a child (same fds, environment marked against loops); its exit code."""
+    env = dict(os.environ)
+    env[LOOP_ENV] = "1"
+    pid = os.posix_spawn(path, [path, *argv], env)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        except InterruptedError:
+            continue
+
+
+def _init_pid(parsed: runc_args.RuncArgs) -> int:
+    """The container's init pid: the --pid-file the engine asked for, else runc's state.json."""
+    from tiergate.oci import bundle
+
+    path = parsed.value("pid-file")
+    if path:
+        with open(path, "rb") as fh:
+            text = fh.read(64).strip()
+        if not text.isdigit():
+            raise ValueError(f"pid file {path} holds no pid")
+        return int(text)
+    root = parsed.root or _default_root(find_runtime({}))
+    state = bundle.read_json_file(os.path.join(root, parsed.container_id or "", "state.json"), "runc state")
+    pid = state.get("init_process_pid")
+    if not isinstance(pid, int) or pid <= 1:
+        raise ValueError("the runtime's state names no init pid")
+    return pid
+
+
+def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, plan: tuple[dict, dict],
+                       rec: dict) -> int:
+    """`runtime create`, then program the new container's namespace before anything runs in it.
+
+    Between create and start the container's init waits in runc's exec fifo: no
+    workload code has run, so rules loaded now hold from its first instruction.
+    If programming fails the container is deleted and create fails (closed).
+    """
+    from . import stages
+
+    if os.environ.get(LOOP_ENV):
+        raise LoopError("tiergate-runtime was started by itself through the real runtime")
+    path = find_runtime(conf)
+    code = _spawn(path, argv)
+    if code != 0:
+        return code  # the runtime reported its own error in its log
+    spec, tier = plan
+    try:
+        pid = _init_pid(parsed)
+        stages.program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, spec.get("annotations") or {})
+    except Exception as exc:
+        _spawn(path, [*argv[:parsed.command_index], "delete", "--force", parsed.container_id or ""])
+        if isinstance(exc, stages.TiergateError):
+            raise
+        raise stages.TiergateError(f"cannot program the container's network namespace: {exc}") from None
+    return 0
 
 
 def _empty_netns(spec: dict, engine: str) -> bool:
@@ -445,13 +515,16 @@ def enforce(argv: list[str], conf: dict) -> int:
     rec: dict = {"stage": None, "engine": "runc", "shim": True}
     run_argv = argv
     code = 0
+    ran = None  # the runtime's exit code once this process ran it (create, then programming)
     try:
         parsed = runc_args.parse(argv)
         rec["stage"] = parsed.command
         if parsed.command == "exec":
             run_argv = enforce_exec(parsed, conf, rec)
         else:
-            enforce_create(parsed, conf, rec)
+            plan = enforce_create(parsed, conf, rec)
+            if plan is not None:
+                ran = create_and_program(argv, parsed, conf, plan, rec)
         rec["outcome"] = "allowed"
     except (Refusal, TiergateError, OciError, runc_args.ArgsError, LoopError) as exc:
         rec.update(outcome="refused" if isinstance(exc, Refusal) else "error", reason=str(exc))
@@ -466,7 +539,7 @@ def enforce(argv: list[str], conf: dict) -> int:
         return code
     if problem:
         print(f"tiergate: warning: {problem}", file=sys.stderr)
-    return exec_runtime(run_argv, conf)
+    return ran if ran is not None else exec_runtime(run_argv, conf)
 
 
 def main(argv: list[str] | None = None, conf: str | None = None) -> int:

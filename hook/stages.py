@@ -114,9 +114,10 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
     # A pod whose host namespace were clamped away would run broken (hostNetwork without
     # its network): under Kubernetes a forbidden host namespace is refused instead.
     facts["refuse_host_ns"] = bool(image.namespace)
-    if tier["network"] is not None:
+    if needs_netns(tier):
         facts["network_hook"] = network_hook or _hook_self(opts, "createRuntime")
         facts["network_applied"] = netns_ready
+    if tier["network"] is not None:
         facts["ports"] = _ports(image)
     hardened, changes, notes = harden(spec, tier, policy, facts, decision.why)
     rec["changes"] = [f"{c['field']}: {c['what']}" for c in changes]
@@ -145,11 +146,11 @@ def precreate(opts: Options, rec: dict) -> int:
         from .facts import empty_netns, netns_path
 
         netns = netns_path(spec)
-        # podman made the namespace already (apply it here), or runc will make an empty one.
+        # podman made the namespace already (program it here), or runc will make an empty one.
         hardened, tier, _ = decide_and_harden(spec, policy, image, opts, rec,
                                               netns_ready=bool(netns) or empty_netns(spec))
-        if tier["network"] is not None and netns:
-            apply_network(hardened, tier, netns, hardened.get("annotations", {}), rec)
+        if netns and needs_netns(tier):
+            program_netns(hardened, tier, netns, rec, hardened.get("annotations", {}))
         elif tier["network"] is not None:
             rec["network"] = f"{tier['network']['name']}: fresh namespace, loopback only, nothing to filter"
     except Refusal as exc:
@@ -221,13 +222,49 @@ def create_runtime(opts: Options, rec: dict) -> int:
     if tier is None:
         raise Refusal(f"the bundle carries no valid tiergate tier ({show(tier_name)}); it was not hardened")
     rec.update(tier=tier_name)
-    if tier["network"] is None:
+    if not needs_netns(tier):
         return 0
     pid = state.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         raise OciError("the hook state has no pid")
-    apply_network(spec, tier, f"/proc/{pid}/ns/net", annotations, rec)
+    program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, annotations)
     return 0
+
+
+def needs_netns(tier: dict) -> bool:
+    """Does this tier program the container's network namespace (metadata block, network policy)?"""
+    from .network.metadata import closes
+
+    return tier["network"] is not None or closes(tier)
+
+
+def program_netns(spec: dict, tier: dict, netns: str, rec: dict, annotations: dict) -> None:
+    """Close metadata, then load the network policy, in the namespace at `netns`; TiergateError if not."""
+    from .network import metadata
+    from .network.apply import NetworkApplyError
+    from .network.netns import NetnsError
+
+    if metadata.closes(tier):
+        try:
+            rec["metadata"] = f"closed ({metadata.close(netns, metadata_nameservers(spec))} rules)"
+        except (NetnsError, NetworkApplyError, OSError) as exc:
+            raise TiergateError(f"cannot close cloud metadata in the container's network namespace: {exc}") from None
+    if tier["network"] is not None:
+        apply_network(spec, tier, netns, annotations, rec)
+
+
+def metadata_nameservers(spec: dict) -> list[str]:
+    """Nameservers of the file the engine bind-mounts at /etc/resolv.conf (empty if none or unreadable)."""
+    from .network.metadata import nameservers
+
+    for m in spec.get("mounts") or []:
+        if isinstance(m, dict) and m.get("destination") == "/etc/resolv.conf" and isinstance(m.get("source"), str):
+            try:
+                with open(m["source"], "rb") as fh:
+                    return nameservers(fh.read(65536).decode("utf-8", "replace"))
+            except OSError:
+                return []
+    return []
 
 
 def apply_network(spec: dict, tier: dict, netns: str, annotations: dict, rec: dict) -> None:

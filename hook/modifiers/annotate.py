@@ -8,17 +8,19 @@ PREFIX = "io.tiergate."
 
 
 def network(spec: dict, ctx) -> None:
-    """Tiers with a network policy get a createRuntime hook unless the edge applied the rules already."""
+    """Tiers that program the network namespace (network policy, metadata block) get a createRuntime
+    hook unless the edge programs it itself (the namespace exists already, or the shim does it)."""
     policy = ctx.tier["network"]
     hook = ctx.facts.get("network_hook")
-    if policy is None or hook is None or ctx.facts.get("network_applied"):
+    if hook is None or ctx.facts.get("network_applied"):
         return
+    what = f"network policy {policy['name']}" if policy is not None else "the cloud metadata block"
     hooks = get(spec, "hooks", dict, "$", create=True)
     stage = objects(hooks, "createRuntime", "$.hooks")
     if hook not in stage:
         hooks["createRuntime"] = stage + [hook]
         ctx.change("$.hooks.createRuntime", f"added {hook['path']} {' '.join(hook.get('args', [])[1:])}",
-                   f"applies network policy {policy['name']} inside the container's namespace before it starts")
+                   f"applies {what} inside the container's namespace before it starts")
 
 
 def decision(spec: dict, ctx) -> None:

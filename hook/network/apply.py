@@ -12,7 +12,6 @@ ctypes in the child); see `bench()` and the report in the tests.
 from __future__ import annotations
 
 import os
-import subprocess
 
 from tiergate.oci.errors import OciError
 from tiergate.oci.jsonio import dumps, parse
@@ -89,6 +88,8 @@ def check_not_host(path: str) -> os.stat_result:
 
 
 def _run_in_netns(path: str, args: list[str], stdin: str | None, timeout: float) -> str:
+    import subprocess
+
     try:
         proc = subprocess.run(
             [NSENTER, f"--net={path}", *args], input=stdin, capture_output=True, text=True,

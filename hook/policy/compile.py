@@ -185,6 +185,13 @@ def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], 
         if "network" in t["host_namespaces"]:
             raise fail(f"tier {name!r} has a network policy but allows the host network namespace, "
                        "where it cannot be enforced", "tiers", name, "host_namespaces")
+    if not t["passthrough"] and not t["allow_metadata"]:  # the metadata block (hook/network/metadata.py)
+        if "CAP_NET_ADMIN" in allowed:
+            raise fail(f"tier {name!r} closes cloud metadata but grants CAP_NET_ADMIN, which would let the "
+                       "workload remove the block; drop it or set allow_metadata = true", "tiers", name, "capabilities")
+        if "network" in t["host_namespaces"]:
+            raise fail(f"tier {name!r} allows the host network namespace, where cloud metadata cannot be "
+                       "closed; set allow_metadata = true or drop it", "tiers", name, "host_namespaces")
     if t["strictness"] < 0:
         raise fail(f"tier {name!r}: strictness must be >= 0", "tiers", name, "strictness")
     seccomp = None
@@ -226,6 +233,7 @@ def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], 
         "sysctls": list(t["sysctls"]),
         "pids_limit": t["pids_limit"],
         "network": network,
+        "allow_metadata": t["allow_metadata"],
     }
 
 
@@ -259,6 +267,9 @@ def warnings(compiled: dict) -> list[str]:
         if net and net["allow"] and all(a["cidr"].startswith(_DOC_RANGES) for a in net["allow"]):
             out.append(f"network policy {net['name']} (tier {name}) allows only documentation address ranges: "
                        "edit it for your services")
+        if net and net["allow_link_local"] and not tier["allow_metadata"] and not tier["passthrough"]:
+            out.append(f"network policy {net['name']} allows link-local, but tier {name} closes cloud metadata "
+                       "and link-local (allow_metadata = false): they stay closed")
     for ns, rule in sorted((compiled.get("namespaces") or {}).items()):
         if rule["max_tier"] and tiers[rule["max_tier"]]["passthrough"]:
             out.append(f"namespace {ns}: any image there may run {rule['max_tier']} (unhardened); "

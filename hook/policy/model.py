@@ -41,6 +41,7 @@ class TierSpec:
     pids_limit: int | None = None
     network: str | None = None
     allow_net_admin_with_network: bool | None = None
+    allow_metadata: bool | None = None
 
 
 @attrs.define(kw_only=True)
@@ -120,4 +121,5 @@ TIER_DEFAULTS: dict[str, object] = {
     "pids_limit": None,
     "network": None,
     "allow_net_admin_with_network": False,
+    "allow_metadata": False,
 }

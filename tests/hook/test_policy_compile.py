@@ -42,6 +42,10 @@ ERRORS = [
      "tier 'a' has network policy 'none' but grants CAP_NET_ADMIN, which would let the workload flush its own rules"),
     ("host network with a network policy", policy('host_namespaces = ["network"]\nnetwork = "none"\n', NET), 7,
      "tier 'a' has a network policy but allows the host network namespace, where it cannot be enforced"),
+    ("NET_ADMIN with metadata closed", policy('capabilities = ["NET_ADMIN"]\n'), 7,
+     "tier 'a' closes cloud metadata but grants CAP_NET_ADMIN, which would let the workload remove the block"),
+    ("host network with metadata closed", policy('host_namespaces = ["network"]\n'), 7,
+     "tier 'a' allows the host network namespace, where cloud metadata cannot be closed"),
     ("bad network policy", policy('\n[networks.web]\negress = "sometimes"\n'), 8,
      "network policy 'web': network.web: egress: must be one of none|allowlist|any, got 'sometimes'"),
     ("trust rule with match and digest", policy(f'\n[[trust]]\nmatch = "*"\ndigest = "{"a" * 64}"\nmax_tier = "a"\n'), 8,
@@ -91,10 +95,22 @@ def test_contradictions_and_unknown_names_are_file_line_errors(text: str, line: 
 
 
 def test_net_admin_with_network_policy_can_be_allowed_explicitly() -> None:
-    """allow_net_admin_with_network = true is the documented opt-out of the contradiction."""
-    compiled = compile_text(policy('capabilities = ["NET_ADMIN"]\nnetwork = "none"\nallow_net_admin_with_network = true\n', NET))
+    """allow_net_admin_with_network and allow_metadata are the documented opt-outs of the contradictions."""
+    compiled = compile_text(policy('capabilities = ["NET_ADMIN"]\nnetwork = "none"\nallow_net_admin_with_network = true\n'
+                                   'allow_metadata = true\n', NET))
     assert compiled["tiers"]["a"]["capabilities"] == ["CAP_NET_ADMIN"]
     assert compiled["tiers"]["a"]["network"]["name"] == "none"
+    assert compiled["tiers"]["a"]["allow_metadata"] is True
+
+
+def test_metadata_is_closed_unless_a_tier_opts_out_and_passthrough_may_share_the_host_network() -> None:
+    """allow_metadata defaults to false and is inherited; a passthrough tier may use the host network."""
+    compiled = compile_text(policy('\n[tiers.b]\nextends = "a"\nstrictness = 0\nallow_metadata = true\n'
+                                   '\n[tiers.c]\nextends = "b"\nstrictness = 0\n'
+                                   '\n[tiers.p]\nstrictness = 0\npassthrough = true\nhost_namespaces = ["network"]\n'
+                                   'capabilities = ["NET_ADMIN"]\n'))
+    t = compiled["tiers"]
+    assert (t["a"]["allow_metadata"], t["b"]["allow_metadata"], t["c"]["allow_metadata"]) == (False, True, True)
 
 
 @pytest.mark.parametrize("spelling", ["net_raw", "NET_RAW", "CAP_NET_RAW", " cap_net_raw "])

@@ -277,11 +277,23 @@ def test_prestart_refuses_a_symlinked_config(hook: Hook, tmp_path: Path) -> None
     assert_no_traceback(res.stderr)
 
 
-def test_create_runtime_without_network_policy_is_a_no_op(hook: Hook) -> None:
-    """createRuntime on a baseline bundle has nothing to apply: exit 0, silent."""
+def test_create_runtime_of_a_passthrough_tier_is_a_no_op(hook: Hook) -> None:
+    """createRuntime on a privileged (passthrough) bundle has nothing to apply: exit 0, silent."""
     hardened = json.loads(hook.precreate(json.dumps(hook.spec()).encode()).stdout)
+    hardened["annotations"]["io.tiergate.tier"] = "privileged"
     res = run(MODULE, hook.args("createRuntime"), _state(_bundle(hook.tmp, hardened)))
     assert (res.returncode, res.stdout, res.stderr) == (0, b"", b"")
+
+
+def test_create_runtime_fails_closed_when_metadata_cannot_be_closed(hook: Hook) -> None:
+    """baseline closes metadata even without a network policy: a namespace it cannot enter is one refusal line."""
+    hardened = json.loads(hook.precreate(json.dumps(hook.spec()).encode()).stdout)
+    state = json.loads(_state(_bundle(hook.tmp, hardened)))
+    state["pid"] = 999_999_999  # above any pid_max: no such process
+    res = run(MODULE, hook.args("createRuntime"), json.dumps(state).encode())
+    assert_no_traceback(res.stderr)
+    assert res.returncode == 1 and res.stderr.count(b"\n") == 1
+    assert res.stderr.startswith(b"tiergate: error: cannot close cloud metadata"), res.stderr
 
 
 def test_create_runtime_refuses_an_unhardened_bundle(hook: Hook) -> None:

@@ -312,7 +312,7 @@ def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, 
     spec, tier = plan
     try:
         pid = _init_pid(parsed)
-        stages.program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, spec.get("annotations") or {})
+        stages.program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, stages.port_list(rec.get("ports") or []))
     except Exception as exc:
         _spawn(path, [*argv[:parsed.command_index], "delete", "--force", parsed.container_id or ""])
         if isinstance(exc, stages.TiergateError):

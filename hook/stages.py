@@ -85,12 +85,15 @@ def _short_id(spec: dict) -> str:
     return str(spec.get("hostname") or "")[:64]
 
 
-def _ports(image: Image) -> list[dict]:
+def port_list(items) -> list[dict]:
+    """[{"port", "proto"}] from "80/tcp" strings, without duplicates; anything else is dropped."""
     out = []
-    for item in image.exposed:
+    for item in items:
         port, _, proto = str(item).partition("/")
         if port.isdigit() and 0 < int(port) < 65536:
-            out.append({"port": int(port), "proto": proto if proto in ("tcp", "udp") else "tcp"})
+            entry = {"port": int(port), "proto": proto if proto in ("tcp", "udp") else "tcp"}
+            if entry not in out:
+                out.append(entry)
     return out
 
 
@@ -118,7 +121,13 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
         facts["network_hook"] = network_hook or _hook_self(opts, "createRuntime")
         facts["network_applied"] = netns_ready
     if tier["network"] is not None:
-        facts["ports"] = _ports(image)
+        items = list(image.exposed)
+        if tier["network"].get("ingress") == "published":  # what the caller published, from the engine's records
+            from .sources import published
+
+            items += published.ports(spec, opts.engine)
+        facts["ports"] = port_list(items)
+        rec["ports"] = [f"{p['port']}/{p['proto']}" for p in facts["ports"]]
     hardened, changes, notes = harden(spec, tier, policy, facts, decision.why)
     rec["changes"] = [f"{c['field']}: {c['what']}" for c in changes]
     rec["notes"] = [f"{k}: {v}" for k, v in notes if k != "exec"]
@@ -150,7 +159,7 @@ def precreate(opts: Options, rec: dict) -> int:
         hardened, tier, _ = decide_and_harden(spec, policy, image, opts, rec,
                                               netns_ready=bool(netns) or empty_netns(spec))
         if netns and needs_netns(tier):
-            program_netns(hardened, tier, netns, rec, hardened.get("annotations", {}))
+            program_netns(hardened, tier, netns, rec, port_list(rec.get("ports") or []))
         elif tier["network"] is not None:
             rec["network"] = f"{tier['network']['name']}: fresh namespace, loopback only, nothing to filter"
     except Refusal as exc:
@@ -227,7 +236,8 @@ def create_runtime(opts: Options, rec: dict) -> int:
     pid = state.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         raise OciError("the hook state has no pid")
-    program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, annotations)
+    # the ports precreate (or the shim) read from the engine's records and wrote down
+    program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, port_list((annotations.get("io.tiergate.ports") or "").split(",")))
     return 0
 
 
@@ -238,7 +248,7 @@ def needs_netns(tier: dict) -> bool:
     return tier["network"] is not None or closes(tier)
 
 
-def program_netns(spec: dict, tier: dict, netns: str, rec: dict, annotations: dict) -> None:
+def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dict]) -> None:
     """Close metadata, then load the network policy, in the namespace at `netns`; TiergateError if not."""
     from .network import metadata
     from .network.apply import NetworkApplyError
@@ -250,7 +260,7 @@ def program_netns(spec: dict, tier: dict, netns: str, rec: dict, annotations: di
         except (NetnsError, NetworkApplyError, OSError) as exc:
             raise TiergateError(f"cannot close cloud metadata in the container's network namespace: {exc}") from None
     if tier["network"] is not None:
-        apply_network(spec, tier, netns, annotations, rec)
+        apply_network(spec, tier, netns, ports, rec)
 
 
 def metadata_nameservers(spec: dict) -> list[str]:
@@ -267,15 +277,10 @@ def metadata_nameservers(spec: dict) -> list[str]:
     return []
 
 
-def apply_network(spec: dict, tier: dict, netns: str, annotations: dict, rec: dict) -> None:
+def apply_network(spec: dict, tier: dict, netns: str, ports: list[dict], rec: dict) -> None:
     from . import facts as host
     from .network import apply, ruleset
 
-    ports = []
-    for item in (annotations.get("io.tiergate.ports") or "").split(","):
-        port, _, proto = item.partition("/")
-        if port.isdigit():
-            ports.append({"port": int(port), "proto": proto or "tcp"})
     facts = {"id": rec.get("container", ""),
              "nameservers": host.resolv_conf_nameservers(spec), "ports": ports}
     doc = ruleset.build(tier["network"], facts)

@@ -139,7 +139,7 @@ def build_probe(dest: Path) -> Path:
 class Peers:
     """Test netns S, the veth into it, the podman macvlan network and the listeners."""
 
-    def __init__(self, podman: Podman, tmp: Path, ports: tuple[int, ...] = PEER_PORTS) -> None:
+    def __init__(self, podman: Podman | None, tmp: Path, ports: tuple[int, ...] = PEER_PORTS) -> None:
         sfx = secrets.token_hex(3)
         self.podman, self.tmp, self.ports = podman, tmp, ports
         self.ns, self.host_if, self.ns_if = f"tg-peers-{sfx}", f"tgh{sfx}", f"tgs{sfx}"
@@ -173,11 +173,12 @@ class Peers:
             sh(IP, "-n", self.ns, "addr", "add", a, "dev", self.ns_if)
         for a in (f"{self.api6}/64", f"{self.other6}/64", f"{self.metadata6}/128"):
             sh(IP, "-n", self.ns, "addr", "add", a, "dev", self.ns_if, "nodad")
-        self.podman.podman("network", "create", "-d", "macvlan", "-o", f"parent={self.host_if}",
-                           "--subnet", f"{self.net4}.0/24", "--gateway", self.api,
-                           "--ipv6", "--subnet", f"{self.net6}:/64", "--gateway", self.api6,
-                           self.network, check=True)
-        self.made_net = True
+        if self.podman is not None:  # None: the caller puts its own engine's network on host_if
+            self.podman.podman("network", "create", "-d", "macvlan", "-o", f"parent={self.host_if}",
+                               "--subnet", f"{self.net4}.0/24", "--gateway", self.api,
+                               "--ipv6", "--subnet", f"{self.net6}:/64", "--gateway", self.api6,
+                               self.network, check=True)
+            self.made_net = True
         self.www = self.tmp / "peer-www"
         self.www.mkdir(parents=True, exist_ok=True)
         (self.www / "index.html").write_text(BODY + "\n")
@@ -276,8 +277,9 @@ class RoleEnv:
         self.image("unlabelled", {}, tar=tar)  # control: same image, no role label (baseline)
         self.image("restricted", {"io.tiergate.tier": "restricted"}, tar=tar)  # control: the roles' base
         self.image("privileged", {"io.tiergate.tier": "privileged"}, tar=tar)  # control: untouched
-        self.image("control-db", {}, expose=[5432], tar=tar)
-        self.image("control-web", {}, expose=[80], tar=tar)
+        # controls without tiergate (tier privileged: untouched), with the roles' EXPOSE
+        self.image("control-db", {"io.tiergate.tier": "privileged"}, expose=[5432], tar=tar)
+        self.image("control-web", {"io.tiergate.tier": "privileged"}, expose=[80], tar=tar)
         print(f"\nrole env ready in {time.monotonic() - t:.1f} s (peers {self.peers.net4}.0/24)")
         return self
 

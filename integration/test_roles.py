@@ -71,13 +71,13 @@ def test_web(env):
     cip = p.next_ip()
     control = env.serving("control-web", cip, serve, probes, {"exposed 80": f"http://{cip}:80/",
                                                                "unexposed 8081": f"http://{cip}:8081/"})
-    print("control (no label -> baseline):", control)
+    print("control (tier privileged: untouched):", control)
     assert env.tier_granted("web") == {"web"}
     assert got == {"api 443": True, "api v6 443": True, "api other port 8080": False, "other peer 443": False,
                    "metadata 169.254.169.254": False, "raw socket": False, "packet socket": False,
                    "mount tmpfs": False, "in exposed 80": True, "in unexposed 8081": False}
-    # baseline, like podman's default here, has neither CAP_NET_RAW nor CAP_SYS_ADMIN: the
-    # control for raw sockets and mounts is the untouched (privileged-tier) image given them
+    # podman's default here has neither CAP_NET_RAW nor CAP_SYS_ADMIN: the control for raw
+    # sockets and mounts is the untouched (privileged-tier) image given them
     assert control == dict.fromkeys(got, True) | {"raw socket": False, "packet socket": False, "mount tmpfs": False}
     caps_ctl = env.run("privileged", "/bin/sh", "-c", "/bin/tgprobe raw; /bin/tgprobe packet; "
                        "mount -t tmpfs none /mnt && echo MOUNTED", args=["--cap-add", "NET_RAW,SYS_ADMIN"])
@@ -114,7 +114,7 @@ def test_payment_worker(env):
     probes = {"psp 443": wget(f"http://{p.psp}:443/"), "api 443": wget(f"http://{p.api}:443/"),
               "metadata": wget(f"http://{p.metadata}/")}
     got = env.script("payment-worker", probes, args=env.net_args())
-    control = env.script("unlabelled", probes, args=env.net_args())
+    control = env.script("privileged", probes, args=env.net_args())
     print("\npayment-worker:", got, "\ncontrol:", control)
     assert env.tier_granted("payment-worker") == {"payment-worker"}
     assert control == dict.fromkeys(probes, True)
@@ -192,7 +192,7 @@ def test_queue_worker(env):
     probes = {"broker 5672": wget(f"http://{p.broker}:5672/"), "broker other port 443": wget(f"http://{p.broker}:443/"),
               "api 443": wget(f"http://{p.api}:443/"), "metadata": wget(f"http://{p.metadata}/")}
     got = env.script("queue-worker", probes, args=env.net_args())
-    control = env.script("unlabelled", probes, args=env.net_args())
+    control = env.script("privileged", probes, args=env.net_args())
     print("\nqueue-worker:", got, "\ncontrol:", control)
     assert env.tier_granted("queue-worker") == {"queue-worker"}
     assert control == dict.fromkeys(probes, True)
@@ -219,7 +219,7 @@ def test_scheduler(env):
               "loopback": wget("http://127.0.0.1:8080/")}
     prologue = "httpd -p 127.0.0.1:8080 -h /www"
     got = env.script("scheduler", probes, args=env.net_args(), prologue=prologue)
-    control = env.script("unlabelled", probes, args=env.net_args(), prologue=prologue)
+    control = env.script("privileged", probes, args=env.net_args(), prologue=prologue)
     print("\nscheduler:", got, "\ncontrol:", control)
     assert env.tier_granted("scheduler") == {"scheduler"}
     assert control == dict.fromkeys(probes, True)

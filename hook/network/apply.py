@@ -3,10 +3,10 @@
 Never the host's namespace: the target is compared (st_dev, st_ino) with
 /proc/1/ns/net and with our own namespace, and refused if equal.
 
-Default loader: `/usr/bin/nsenter --net=<path> /usr/sbin/nft -j -f -` with the
-document on stdin (absolute paths: hooks run with an empty environment).
-`_load_libnftables` is the measured alternative (fork, setns, libnftables via
-ctypes in the child); see `bench()` and the report in the tests.
+Loader: libnftables (through `_ctypes`) in a thread that joined the namespace
+(network/netns.py): no nft process, no subprocess import. `_nsenter`
+(`/usr/bin/nsenter --net=<path> /usr/sbin/nft -j -f -`, ~20 ms) is kept for
+bench() and read_counters (the CLI).
 """
 
 from __future__ import annotations
@@ -106,9 +106,7 @@ def _run_in_netns(path: str, args: list[str], stdin: str | None, timeout: float)
 
 def apply(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> None:
     """Load `doc` (from ruleset.build) in one nft transaction inside `netns` (path or pid)."""
-    path = netns_path(netns)
-    check_not_host(path)
-    _run_in_netns(path, [NFT, "-j", "-f", "-"], dumps(doc).decode(), timeout)
+    _load(doc, netns, timeout)
 
 
 def read_counters(netns: str | int, timeout: float = TIMEOUT) -> list[dict]:
@@ -134,84 +132,75 @@ def read_counters(netns: str | int, timeout: float = TIMEOUT) -> list[dict]:
     return rows
 
 
-# -- measured alternative: libnftables in a forked child after setns ---------
+# -- loading: libnftables in-process, in a thread that joined the namespace ------------------
 
-def _load_libnftables(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> None:
-    """Same contract as apply(), via libnftables (ctypes) in a forked child that setns()es first."""
-    import ctypes
-    import select
-    import signal
-    import time
+LIBNFTABLES = "libnftables.so.1"
+NFT_CTX_OUTPUT_JSON = 1 << 4
+_nft = None
+
+
+def _libnftables() -> dict:
+    global _nft
+    if _nft is None:
+        from .netns import c_function
+
+        f = {name: c_function(LIBNFTABLES, "nft_" + name, res, args) for name, res, args in (
+            ("ctx_new", "void*", ("int",)), ("ctx_free", "int", ("void*",)),
+            ("ctx_output_set_flags", "int", ("void*", "int")), ("ctx_buffer_error", "int", ("void*",)),
+            ("ctx_buffer_output", "int", ("void*",)), ("ctx_get_error_buffer", "char*", ("void*",)),
+            ("run_cmd_from_buffer", "int", ("void*", "char*")))}
+        _nft = f
+    return _nft
+
+
+def _load(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> None:
+    """Load `doc` with libnftables in a thread inside the namespace: one transaction, no process."""
+    from .netns import NetnsError, run_in
 
     path = netns_path(netns)
     check_not_host(path)
     payload = dumps(doc)
-    lib = ctypes.CDLL("libnftables.so.1")
-    lib.nft_ctx_new.restype = ctypes.c_void_p
-    lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-    lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-    lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-    lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    libc = ctypes.CDLL(None, use_errno=True)  # os.setns is Python >= 3.12
-    libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: no Python-level cleanup, only os._exit
-        rc = 1
-        msg = b""
-        try:
-            os.close(r)
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            ctx = lib.nft_ctx_new(0)
-            lib.nft_ctx_output_set_flags(ctx, 1 << 4)  # NFT_CTX_OUTPUT_JSON
-            lib.nft_ctx_buffer_error(ctx)
-            lib.nft_ctx_buffer_output(ctx)
-            rc = 0 if lib.nft_run_cmd_from_buffer(ctx, payload) == 0 else 1
-            if rc:
-                msg = lib.nft_ctx_get_error_buffer(ctx) or b""
-        except BaseException as exc:  # noqa: BLE001 - report, never raise in the child
-            msg = repr(exc).encode()
-        finally:
-            try:
-                os.write(w, (msg[:1000] or b"") if rc else b"")
-            finally:
-                os._exit(rc)
-    os.close(w)
-    os.close(fd)
-    deadline = time.monotonic() + timeout
-    err = b""
     try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise NetworkApplyError(f"libnftables in {path} timed out after {timeout:g}s")
-            ready, _, _ = select.select([r], [], [], left)
-            if ready:
-                chunk = os.read(r, 4096)
-                if not chunk:
-                    break
-                err += chunk
-        _, status = os.waitpid(pid, 0)
-    finally:
-        os.close(r)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise NetworkApplyError(f"libnftables in {path} failed: {_one_line(err.decode(errors='replace'))}")
+        nft = _libnftables()
+    except OSError as exc:
+        raise NetworkApplyError(f"cannot load {LIBNFTABLES}: {exc}") from None
+
+    def work() -> bytes:
+        ctx = nft["ctx_new"](0)
+        if not ctx:
+            return b"nft_ctx_new failed"
+        try:
+            nft["ctx_output_set_flags"](ctx, NFT_CTX_OUTPUT_JSON)
+            nft["ctx_buffer_error"](ctx)
+            nft["ctx_buffer_output"](ctx)
+            if nft["run_cmd_from_buffer"](ctx, payload) == 0:
+                return b""
+            return nft["ctx_get_error_buffer"](ctx) or b"libnftables failed"
+        finally:
+            nft["ctx_free"](ctx)
+
+    try:
+        err = run_in(path, work, timeout)
+    except NetnsError as exc:
+        raise NetworkApplyError(f"nft in {path}: {exc}") from None
+    if err:
+        raise NetworkApplyError(f"nft in {path} failed: {_one_line(err.decode(errors='replace'))}")
+
+
+def _nsenter(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> None:
+    """The former loader, kept for bench(): `nsenter --net=<path> nft -j -f -` (~20 ms a start)."""
+    path = netns_path(netns)
+    check_not_host(path)
+    _run_in_netns(path, [NFT, "-j", "-f", "-"], dumps(doc).decode(), timeout)
 
 
 def bench(doc: dict, netns: str | int, rounds: int = 5) -> dict:
-    """Median wall seconds of apply() (nsenter+nft) and _load_libnftables() for `doc`."""
+    """Median wall seconds of the nsenter+nft loader and apply() (in-process libnftables) for `doc`."""
     import statistics
     import time
 
     out = {}
-    for name, fn in (("nsenter", apply), ("libnftables", _load_libnftables)):
+    for name, fn in (("nsenter", _nsenter), ("libnftables", apply)):
         times = []
         for _ in range(max(1, min(rounds, 50))):
             t = time.perf_counter()

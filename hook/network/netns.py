@@ -26,15 +26,30 @@ class _Int(_ctypes._SimpleCData):
     _type_ = "i"
 
 
+class _Ptr(_ctypes._SimpleCData):
+    _type_ = "P"
+
+
+class _Str(_ctypes._SimpleCData):
+    _type_ = "z"
+
+
+C_TYPES = {"int": _Int, "void*": _Ptr, "char*": _Str}
+
+
 class _Func(_ctypes.CFuncPtr):
     _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
     _restype_ = _Int
 
 
-def c_function(library: str | None, name: str):
-    """A C function of `library` (None: the process's own symbols) returning int, arguments as given."""
+def c_function(library: str | None, name: str, restype: str = "int", argtypes: tuple[str, ...] = ()):
+    """A C function of `library` (None: the process's own symbols); types named as in C_TYPES."""
     handle = _ctypes.dlopen(library, os.RTLD_NOW)
-    return _Func(_ctypes.dlsym(handle, name))
+    func = _Func(_ctypes.dlsym(handle, name))
+    func.restype = C_TYPES[restype]
+    if argtypes:
+        func.argtypes = tuple(C_TYPES[t] for t in argtypes)
+    return func
 
 
 _setns = None

@@ -165,3 +165,31 @@ def test_exec_privileged_tier_untouched(env):
 
 def test_exec_unknown_container_refused(env):
     assert _main(env, ["--root", str(env["tmp"] / "none"), "exec", "../../etc", "sh"]) == 1
+
+
+def test_create_that_cannot_program_the_namespace_deletes_the_container(env, monkeypatch):
+    """A namespace the shim must program after `create` (docker's kind: fresh, filled by a prestart
+    hook) that it cannot enter: the real runtime's container is deleted and create fails, one line."""
+    calls = env["tmp"] / "calls"
+    fake = env["tmp"] / "fake-runtime"
+    # create: writes its own pid (gone once it exits) as the container's init pid
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                    'for a in "$@"; do [ "$prev" = --pid-file ] && echo $$ > "$a"; prev="$a"; done\nexit 0\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("TIERGATE_RUNTIME", str(fake))
+    b = _bundle(env["tmp"], {"io.tiergate.tier": "restricted"}, caps=("CAP_KILL",))
+    spec = json.loads((b / "config.json").read_text())
+    spec["hooks"] = {"prestart": [{"path": "/bin/true"}]}  # an interface may be moved in: not empty
+    (b / "config.json").write_text(json.dumps(spec))
+    log = b / "log.json"
+    argv = ["--root", "/r", "--log", str(log), "--log-format", "json", "create", "--bundle", str(b),
+            "--pid-file", str(b / "init.pid"), "id9"]
+    assert _main(env, argv) == 1
+    assert env["calls"] == []  # never exec'd: the shim ran create as a child
+    ran = calls.read_text().splitlines()
+    assert ran[0].startswith("--root /r --log") and " create " in ran[0]
+    assert ran[1] == "--root /r --log " + str(log) + " --log-format json delete --force id9"
+    err = json.loads(log.read_text().splitlines()[-1])
+    assert err["level"] == "error" and err["msg"].startswith("tiergate: error: cannot close cloud metadata")
+    rec = json.loads(env["log"].read_text().splitlines()[-1])
+    assert rec["outcome"] == "error" and "createRuntime" not in json.dumps(json.loads((b / "config.json").read_text()).get("hooks"))

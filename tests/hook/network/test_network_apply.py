@@ -47,7 +47,7 @@ def test_error_is_one_line_with_first_nft_error(tmp_path, monkeypatch):
     monkeypatch.setattr(A, "NSENTER", str(fake))
     monkeypatch.setattr(A, "check_not_host", lambda path: None)
     with pytest.raises(A.NetworkApplyError) as ei:
-        A.apply({"nftables": []}, "/run/netns/whatever")
+        A._nsenter({"nftables": []}, "/run/netns/whatever")
     msg = str(ei.value)
     assert "\n" not in msg and "Could not process rule" in msg and "rc 1" in msg
 
@@ -59,7 +59,7 @@ def test_timeout(tmp_path, monkeypatch):
     monkeypatch.setattr(A, "NSENTER", str(fake))
     monkeypatch.setattr(A, "check_not_host", lambda path: None)
     with pytest.raises(A.NetworkApplyError, match="timed out"):
-        A.apply({"nftables": []}, "/run/netns/whatever", timeout=0.3)
+        A._nsenter({"nftables": []}, "/run/netns/whatever", timeout=0.3)
 
 
 def test_apply_runs_with_empty_env_and_absolute_paths(tmp_path, monkeypatch):
@@ -69,7 +69,7 @@ def test_apply_runs_with_empty_env_and_absolute_paths(tmp_path, monkeypatch):
     fake.chmod(0o755)
     monkeypatch.setattr(A, "NSENTER", str(fake))
     monkeypatch.setattr(A, "check_not_host", lambda path: None)
-    A.apply({"nftables": [{"add": {"table": {"family": "inet", "name": "tiergate"}}}]}, "/run/netns/c1")
+    A._nsenter({"nftables": [{"add": {"table": {"family": "inet", "name": "tiergate"}}}]}, "/run/netns/c1")
     lines = out.read_text().splitlines()
     assert lines[0] == "--net=/run/netns/c1 /usr/sbin/nft -j -f -"
     assert not any(l.startswith("PATH=") and "/usr" in l for l in lines[1:-1])

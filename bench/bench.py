@@ -18,6 +18,8 @@ the end. Sections (bench/README.md says how to read them):
            10,000-CIDR allowlist (build + apply in a netns), 20 parallel starts
   seccomp  bench/syscalls.c (static) in a container per tier, unconfined and
            under podman's default profile (derived from Docker's); ns/syscall
+  metadata baseline with and without the metadata block on a macvlan network
+           (podman; docker through the shim), and the two mechanisms alone
 
 Writes OUT/latest.json, OUT/latest.md and OUT/latest.png (a copy of each
 under a timestamped name too) and prints the Markdown at the end.
@@ -105,6 +107,16 @@ def last_line(data: bytes | str) -> str:
 
 class Failed(Exception):
     pass
+
+
+def start_cmd(argv: list, env: dict | None, what: str):
+    """A callable for alternate(): runs argv, returns its wall seconds, raises Failed on a non-zero exit."""
+    def run() -> float:
+        wall, _, proc = timed(argv, env=env)
+        if proc.returncode != 0:
+            raise Failed(f"{what} exited {proc.returncode}: {last_line(proc.stderr)}")
+        return wall
+    return run
 
 
 def alternate(configs: dict, rounds: int, what: str, warmup: bool = True) -> dict[str, dict]:
@@ -274,14 +286,7 @@ class Bench:
         return [p.binary, *flags, *args_l]
 
     def podman_start(self, hooks: str, image: str, *extra: str):
-        argv = self.podman_argv(hooks, "run", "--rm", *extra, image, "true")
-
-        def run() -> float:
-            wall, _, proc = timed(argv, env=self.podman.env)
-            if proc.returncode != 0:
-                raise Failed(f"podman run exited {proc.returncode}: {last_line(proc.stderr)}")
-            return wall
-        return run
+        return start_cmd(self.podman_argv(hooks, "run", "--rm", *extra, image, "true"), self.podman.env, "podman run")
 
     # -- saved precreate specs ------------------------------------------------------
     def capture_specs(self) -> None:
@@ -432,13 +437,7 @@ class Bench:
 
         def start(image: str, *extra: str):
             argv = [dk.cli, "-H", f"unix://{dk.sock}", "run", "--rm", "--network", "none", *extra, image, "true"]
-
-            def run() -> float:
-                wall, _, proc = timed(argv, env=dk.env)
-                if proc.returncode != 0:
-                    raise Failed(f"docker run exited {proc.returncode}: {last_line(proc.stderr)}")
-                return wall
-            return run
+            return start_cmd(argv, dk.env, "docker run")
 
         configs = {"docker bare": start(self.bare_image)}
         for tier in tiers:
@@ -779,6 +778,106 @@ class Bench:
             raise Failed(f"no timing in output: {text[-200:]!r}")
         return row
 
+    # -- 5. the metadata block: the same tier with and without it, on a real network --------------
+    def section_metadata(self) -> None:
+        """baseline (metadata closed) beside baseline with allow_metadata = true, on a macvlan network
+        whose parent is a veth into a throwaway netns (podman, and docker through the shim); plus the
+        two mechanisms alone in a namespace: policy-routing rules vs an nft table (libnftables)."""
+        open_policy = self.d / "policy-open.toml"
+        text = Path(self.policy).read_text()
+        open_policy.write_text(text.replace("[tiers.baseline]\n", "[tiers.baseline]\nallow_metadata = true\n", 1))
+        sfx = uuid.uuid4().hex[:6]
+        self.md_ns, host_if = f"tgb-md-{sfx}", f"tgbm{sfx}"
+        subprocess.run(["ip", "netns", "add", self.md_ns], check=True, timeout=30)
+        subprocess.run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", f"tgbs{sfx}", "netns",
+                        self.md_ns], check=True, timeout=30)
+        subprocess.run(["ip", "link", "set", host_if, "up"], check=True, timeout=30)
+        out: dict = {"mechanism": self._md_mechanisms()}
+        hooks_open = self.d / "hooks-tiergate-open"
+        hooks_open.mkdir()
+        self.hooks["tiergate-open"] = hooks_open
+        self.tiergate("install", "--engine", "podman", "--hooks-dir", hooks_open, "--bin-dir", self.d / "bin-open",
+                      "--log", self.log, "--cache-dir", self.d / "cache-open", "--policy", open_policy)
+        net = f"tgb-md-{sfx}"
+        self.podman.podman("network", "create", "-d", "macvlan", "-o", f"parent={host_if}", "--subnet",
+                           "10.215.7.0/24", "--gateway", "10.215.7.1", net, check=True)
+        p = self.podman
+
+        def start(hooks: str):
+            flags = list(p.global_flags)
+            flags[flags.index("--hooks-dir") + 1] = str(self.hooks[hooks])
+            argv = [p.binary, *flags, "run", "--rm", "--network", net, "--cgroup-parent", p.cgroup_parent,
+                    self.images["baseline"], "true"]
+            return start_cmd(argv, p.env, "podman run")
+        say(f"metadata podman: {self.rounds} rounds, baseline with / without the block, macvlan network")
+        res = alternate({"podman baseline, allow_metadata": start("tiergate-open"),
+                         "podman baseline, metadata closed": start("tiergate")}, self.rounds, "metadata podman")
+        out["podman"] = with_deltas(res, "podman baseline, allow_metadata")
+        if self.shim:
+            out["docker"] = self._md_docker(open_policy, host_if)
+        self.results["metadata"] = out
+
+    def _md_docker(self, open_policy: Path, host_if: str) -> dict:
+        h = self.h
+        self.tiergate("install", "--engine", "docker", "--daemon-json", self.d / "docker-open/daemon.json",
+                      "--bin-dir", self.d / "bin-shim-open", "--log", self.log, "--cache-dir", self.d / "cache-open",
+                      "--policy", open_policy)
+        self.docker = h.Docker(self.d / "docker-md", image_tar=self.rootfs.tar,
+                               runtimes={"tiergate": self.shim,
+                                         "tiergate-open": str(self.d / "bin-shim-open" / "tiergate-runtime")})
+        self.docker.start()
+        dk = self.docker
+        try:
+            dk.docker("network", "create", "-d", "macvlan", "-o", f"parent={host_if}", "--subnet",
+                      "10.215.8.0/24", "--gateway", "10.215.8.1", "tgb-md", check=True)
+            image = "localhost/tiergate-bench-md:1"
+            dk.import_image(image, {LABEL: "baseline"})
+
+            def start(runtime: str):
+                argv = [dk.cli, "-H", f"unix://{dk.sock}", "run", "--rm", "--network", "tgb-md", "--runtime",
+                        runtime, image, "true"]
+                return start_cmd(argv, dk.env, "docker run")
+            say(f"metadata docker: {self.rounds} rounds, baseline with / without the block (shim create path)")
+            res = alternate({"docker baseline, allow_metadata": start("tiergate-open"),
+                             "docker baseline, metadata closed": start("tiergate")}, self.rounds, "metadata docker")
+            return with_deltas(res, "docker baseline, allow_metadata")
+        finally:
+            dk.remove_containers()
+            dk.docker("network", "rm", "tgb-md", timeout=60)
+            dk.stop()
+            self.docker = None
+
+    def _md_mechanisms(self) -> dict:
+        """The block alone, timed inside a fresh process (its imports included, the interpreter's
+        start excluded) in a fresh netns each time: policy-routing rules vs an nft table."""
+        rules = "from tiergate.hook.network import metadata as m; m.close(P, [])"
+        table = ("from tiergate.hook.network import apply as a, metadata as m\n"
+                 "e=[{'match':{'op':'==','left':{'payload':{'protocol':'ip' if f==4 else 'ip6','field':'daddr'}},"
+                 "'right':{'prefix':{'addr':ad,'len':n}}}} for f,ad,n,_ in m.BLOCKED]\n"
+                 "c=[{'add':{'table':{'family':'inet','name':'tgmd'}}},{'add':{'chain':{'family':'inet','table':'tgmd',"
+                 "'name':'o','type':'filter','hook':'output','prio':-1,'policy':'accept'}}}]\n"
+                 "c+=[{'add':{'rule':{'family':'inet','table':'tgmd','chain':'o','expr':[x,{'drop':None}]}}} for x in e]\n"
+                 "a.apply({'nftables':c}, P)")
+        samples: dict[str, list[float]] = {"ip rules (netlink)": [], "nft table (libnftables)": []}
+        for r in range(self.rounds * 2):
+            for name, body in samples.items():
+                ns = f"tgb-mm-{uuid.uuid4().hex[:8]}"
+                subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+                try:
+                    code = ("import time, tiergate.hook.stages\nT=time.perf_counter()\n"
+                            f"P='/run/netns/{ns}'\n" + (rules if name.startswith("ip") else table) +
+                            "\nprint(time.perf_counter()-T)")
+                    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                                          timeout=60, cwd="/")
+                    if proc.returncode != 0:
+                        raise Failed(last_line(proc.stderr))
+                    body.append(float(proc.stdout.strip().splitlines()[-1]))
+                finally:
+                    subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
+        say("metadata mechanisms (ms, median): " + ", ".join(
+            f"{n} {statistics.median(v) * 1000:.2f}" for n, v in samples.items()))
+        return {n: stats(v) for n, v in samples.items()}
+
     # -- teardown ------------------------------------------------------------------------------
     def cleanup(self) -> None:
         say("cleaning up")
@@ -787,8 +886,9 @@ class Bench:
                 self.docker.stop()
             except Exception as exc:  # noqa: BLE001
                 say(f"docker stop: {exc}")
-        if self.netns:
-            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, timeout=30)
+        for ns in (self.netns, getattr(self, "md_ns", None)):
+            if ns:  # deleting the namespace removes the veth pair with it
+                subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
         if self.podman is not None:
             try:
                 self.podman.cleanup()
@@ -927,6 +1027,24 @@ def markdown(res: dict) -> str:
             L += ["", f"Goal: every tier's filter costs no more than Docker's default (ratio <= 1.00 within noise, "
                       f"~3%): worst {worst.removeprefix('tiergate ')} {tiers[worst]:.3f}: "
                       f"**{'met' if tiers[worst] <= 1.03 else 'NOT met'}**."]
+        L.append("")
+    md = res.get("metadata") or {}
+    if md:
+        L += ["## The metadata block (issue 16): the same tier with and without it", "",
+              "baseline with the shipped policy (cloud metadata and link-local closed) beside baseline with "
+              "`allow_metadata = true`, both on a macvlan network (a real namespace to program), "
+              "configurations alternating within each round.", "",
+              "| engine | configuration | median ms | p25–p75 | added by the block |", "|---|---|---:|---:|---:|"]
+        for engine in ("podman", "docker"):
+            for name, r in (md.get(engine) or {}).items():
+                L.append(f"| {engine} | {name} | {fmt(r.get('median_ms'))} | {fmt(r.get('p25_ms'))}–{fmt(r.get('p75_ms'))} | "
+                         f"{fmt(r.get('added_vs_bare_ms'), 1, True) if 'closed' in name else ''} |")
+        mech = md.get("mechanism") or {}
+        if mech:
+            L += ["", "The mechanisms alone, timed inside the process that applies them (imports included, "
+                      "a fresh namespace each time): " + "; ".join(
+                          f"{n} {fmt(r.get('median_ms'), 2)} ms (min {fmt(r.get('min_ms'), 2)})" for n, r in mech.items())
+                  + "."]
         L.append("")
     if res.get("skipped"):
         L += ["## Skipped", ""] + [f"- {s['what']}: {s['why']}" for s in res["skipped"]] + [""]

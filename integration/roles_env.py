@@ -230,6 +230,9 @@ def make_test_policy(peers: Peers, dest: Path) -> Path:
                      ("198.51.100.0/24", f"{peers.psp}/32"), ("203.0.113.10/32", f"{peers.broker}/32")):
         assert text.count(f'"{old}"') == 1, f"shipped policy no longer holds {old}"
         text = text.replace(f'"{old}"', f'"{new}"')
+    # a tier that opts out of the metadata block by name (issue 16)
+    text += ('\n[tiers.metadata-reader]\ndescription = "baseline that may reach cloud metadata"\n'
+             'extends = "baseline"\nstrictness = 10\nallow_metadata = true\n')
     dest.write_text(text)
     # the seccomp profiles are looked up next to the policy first, then in the shipped dir
     return dest
@@ -277,6 +280,7 @@ class RoleEnv:
         self.image("unlabelled", {}, tar=tar)  # control: same image, no role label (baseline)
         self.image("restricted", {"io.tiergate.tier": "restricted"}, tar=tar)  # control: the roles' base
         self.image("privileged", {"io.tiergate.tier": "privileged"}, tar=tar)  # control: untouched
+        self.image("metadata-reader", {"io.tiergate.tier": "metadata-reader"}, tar=tar)  # allow_metadata
         # controls without tiergate (tier privileged: untouched), with the roles' EXPOSE
         self.image("control-db", {"io.tiergate.tier": "privileged"}, expose=[5432], tar=tar)
         self.image("control-web", {"io.tiergate.tier": "privileged"}, expose=[80], tar=tar)

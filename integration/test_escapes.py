@@ -35,8 +35,6 @@ PROBE_SRC = Path(__file__).resolve().parent / "probes" / "escape.c"
 PREFIX = "localhost/tiergate-esc-"
 TIERS = ("baseline", "restricted", "isolated", "web", "payment-worker", "image-processor",
          "node-worker", "queue-worker", "scheduler", "database")
-NETWORK_TIERS = ("isolated", "web", "payment-worker", "image-processor", "queue-worker", "scheduler",
-                 "database")
 
 # technique -> what it would give an attacker (the doc's second column)
 TECHNIQUES = {
@@ -273,9 +271,6 @@ def test_blocked_in_tier(esc, tier, technique):
     assert got is not None, f"{tier}: probe printed no line for {technique}:\n{esc.raw[tier]}"
     if (tier, technique) in ALLOWED_BY_DESIGN:
         pytest.skip(f"{tier} allows {technique} by design: {ALLOWED_BY_DESIGN[tier, technique]}")
-    if technique == "metadata_169_254_169_254" and tier not in NETWORK_TIERS:
-        pytest.skip(f"{tier} has no network policy: on a network with a route to 169.254.169.254 it reaches it "
-                    f"(give the container --network none or a tier with a policy); got {got[0]}")
     assert blocked(got), f"{tier}: {technique} WORKED: {got[1]}"
     if technique == "mknod_block_read":  # the mknod itself must fail (the open fails on this host anyway)
         assert not got[1].startswith("mknod ok"), f"{tier}: mknod of a block device worked: {got}"
@@ -290,7 +285,7 @@ def test_escalation_flags_refused_or_clamped(esc, tier):
         return
     got = h["clamped"]
     worked = {k: v for k, v in got.items() if v[0] == "OK" and (tier, k) not in ALLOWED_BY_DESIGN
-              and (tier, k) not in ALLOWED_WHEN_ASKED and not (k == "metadata_169_254_169_254" and tier not in NETWORK_TIERS)}
+              and (tier, k) not in ALLOWED_WHEN_ASKED}
     assert not worked, f"{tier} with escalation flags: {worked}"
 
 

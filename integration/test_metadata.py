@@ -16,6 +16,7 @@ ruleset` with the host's nft bind-mounted in) before probing again.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 
 import pytest
@@ -90,6 +91,33 @@ def test_podman_every_tier_but_privileged_is_closed_even_after_undo_attempts(env
 
 
 @pytest.mark.podman
+def test_podman_slirp4netns_is_closed_too(env):
+    """slirp4netns (podman's user-mode network, host connections made for the container): the rules are
+    in its namespace and a connect to the metadata address is refused inside, before any packet leaves.
+    (No control here: its packets would leave this machine for a real metadata service.)"""
+    import shutil
+
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns is not installed")
+    script = ("ip rule; timeout 3 wget -q -O - http://169.254.169.254/ 2>&1; echo RC=$?; "
+              "timeout 3 wget -q -O - http://[fd00:ec2::254]/ 2>&1; echo RC6=$?")
+    proc = env.run("unlabelled", "/bin/sh", "-c", script, args=["--network", "slirp4netns:enable_ipv6=true"])
+    print("\nslirp4netns:", proc.stdout, proc.stderr[-300:])
+    assert re.search(r"to 169\.254\.0\.0/16 .*prohibit", proc.stdout)  # busybox: "lookup unspec prohibit"
+    assert "Permission denied" in proc.stdout and "RC=0" not in proc.stdout and "RC6=0" not in proc.stdout
+
+
+@pytest.mark.podman
+def test_a_tier_opts_out_by_name(env):
+    """allow_metadata = true (tier metadata-reader, baseline otherwise): metadata reachable, no rules."""
+    proc = env.run("metadata-reader", "/bin/sh", "-c", probe_script(env.peers.other, False) + "\nip rule",
+                   args=env.net_args())
+    print("\nmetadata-reader:", proc.stdout)
+    assert results(proc.stdout) == {k: True for k in expected(True, undo=False)}
+    assert "prohibit" not in proc.stdout and env.tier_granted("metadata-reader") == {"metadata-reader"}
+
+
+@pytest.mark.podman
 def test_podman_decision_log_and_rules_from_outside(env):
     """The rules sit in the container's namespace (seen from the host with ip -n), not the host's."""
     name = f"tg-md-{secrets.token_hex(4)}"
@@ -135,8 +163,10 @@ def docker_peers(docker_factory, it_dir, tmp_path_factory):
                           "--subnet", f"{peers.net6}:/64", "--gateway", peers.api6, net, check=True)
             nets.append((engine, net))
             for tier in ("baseline", "restricted", "web", "database"):
-                engine.import_image(f"tg-md-{tier}:1", {"io.tiergate.tier": tier}, expose=[5432])
-        yield {"control": control, "tg": tg, "peers": peers, "nets": dict((id(e), n) for e, n in nets), "log": log}
+                # localhost/tiergate-*: the shipped policy's trust rule lets these ask for any tier
+                engine.import_image(f"localhost/tiergate-md-{tier}:1", {"io.tiergate.tier": tier}, expose=[5432])
+        yield {"control": control, "tg": tg, "peers": peers, "nets": dict((id(e), n) for e, n in nets), "log": log,
+               "database_image": "localhost/tiergate-md-database:1"}
     finally:
         for engine, net in nets:
             engine.remove_containers()
@@ -154,11 +184,11 @@ def _docker_run(d, engine, image: str, script: str, *extra: str, runtime: str | 
 def test_docker_through_the_shim_every_tier_is_closed_and_the_control_reaches_all(docker_peers):
     d = docker_peers
     peer = d["peers"].other
-    ctl = _docker_run(d, d["control"], "tg-md-baseline:1", probe_script(peer, False))
+    ctl = _docker_run(d, d["control"], "localhost/tiergate-md-baseline:1", probe_script(peer, False))
     print("\ncontrol (no tiergate):", ctl.stdout, ctl.stderr[-300:])
     assert results(ctl.stdout) == {k: True for k in expected(True, undo=False)}
-    # docker's shipped ceiling for docker.io/library/* is baseline: web and database clamp to it
-    for image, reach in (("tg-md-baseline:1", True), ("tg-md-restricted:1", True)):
+    for image, reach in (("localhost/tiergate-md-baseline:1", True), ("localhost/tiergate-md-restricted:1", True),
+                         ("localhost/tiergate-md-web:1", False), ("localhost/tiergate-md-database:1", False)):
         proc = _docker_run(d, d["tg"], image, probe_script(peer, True), *NFT_MOUNTS, runtime="tiergate")
         print(f"\n{image}: {proc.stdout} {proc.stderr[-300:]}")
         assert proc.returncode == 0, proc.stderr[-500:]

@@ -58,7 +58,9 @@ def test_every_rule_kind_against_a_control(env):
 
 def test_rules_are_in_place_before_the_first_instruction(env):
     """The workload's very first command already meets the policy (no window before a later hook)."""
-    cmd = f"wget -q -O - http://{env.peers.metadata}/ & sleep 2; kill $! 2>/dev/null && echo BLOCKED"
+    # blocked: refused at once (the metadata route is prohibited: EACCES) or dropped (a timeout)
+    cmd = (f"if timeout 2 wget -q -O - http://{env.peers.metadata}/ | grep -q tiergate-peer-ok; "
+           "then echo tiergate-peer-ok; else echo BLOCKED; fi")
     got = env.run("web", "/bin/sh", "-c", cmd, args=env.net_args())
     ctl = env.run("privileged", "/bin/sh", "-c", cmd, args=env.net_args())
     assert "BLOCKED" in got.stdout, (got.stdout, got.stderr)

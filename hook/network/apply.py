@@ -3,7 +3,7 @@
 Never the host's namespace: the target is compared (st_dev, st_ino) with
 /proc/1/ns/net and with our own namespace, and refused if equal.
 
-Loader: libnftables (through `_ctypes`) in a thread that joined the namespace
+Loader: libnftables (through `_ctypes`) while this thread is in the namespace
 (network/netns.py): no nft process, no subprocess import. `_nsenter`
 (`/usr/bin/nsenter --net=<path> /usr/sbin/nft -j -f -`, ~20 ms) is kept for
 bench() and read_counters (the CLI).
@@ -105,8 +105,10 @@ def _run_in_netns(path: str, args: list[str], stdin: str | None, timeout: float)
 
 
 def apply(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> None:
-    """Load `doc` (from ruleset.build) in one nft transaction inside `netns` (path or pid)."""
-    _load(doc, netns, timeout)
+    """Load `doc` (from ruleset.build) in one nft transaction inside `netns` (path or pid).
+
+    `timeout` bounds only the nsenter loader: a netlink transaction in-process does not hang."""
+    _load(doc, netns)
 
 
 def read_counters(netns: str | int, timeout: float = TIMEOUT) -> list[dict]:
@@ -153,8 +155,8 @@ def _libnftables() -> dict:
     return _nft
 
 
-def _load(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> None:
-    """Load `doc` with libnftables in a thread inside the namespace: one transaction, no process."""
+def _load(doc: dict, netns: str | int) -> None:
+    """Load `doc` with libnftables from inside the namespace: one transaction, no process."""
     from .netns import NetnsError, run_in
 
     path = netns_path(netns)
@@ -180,7 +182,7 @@ def _load(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> None:
             nft["ctx_free"](ctx)
 
     try:
-        err = run_in(path, work, timeout)
+        err = run_in(path, work)
     except NetnsError as exc:
         raise NetworkApplyError(f"nft in {path}: {exc}") from None
     if err:

@@ -640,8 +640,8 @@ class Bench:
                                                    "allow": allow}))
             compile_s = time.perf_counter() - t0
             facts = {"id": "benchcontainer", "nameservers": ["10.0.0.53"], "ports": []}
-            builds, applies, libnft = [], [], []
-            libnft_error = None
+            builds, applies, nsent = [], [], []
+            nsent_error = None
             doc = None
             for _ in range(reps):
                 t0 = time.perf_counter()
@@ -650,18 +650,18 @@ class Bench:
                 t0 = time.perf_counter()
                 apply.apply(doc, path, timeout=120)
                 applies.append(time.perf_counter() - t0)
-                if libnft_error is None and hasattr(apply, "_load_libnftables"):
-                    # apply.py's measured alternative: fork, setns, libnftables (ctypes) in the child.
+                if nsent_error is None:
+                    # the former loader, for comparison: an nsenter + nft process
                     try:
                         t0 = time.perf_counter()
-                        apply._load_libnftables(doc, path, timeout=120)
-                        libnft.append(time.perf_counter() - t0)
+                        apply._nsenter(doc, path, timeout=120)
+                        nsent.append(time.perf_counter() - t0)
                     except Exception as exc:  # noqa: BLE001
-                        libnft_error = str(exc)[:200]
+                        nsent_error = str(exc)[:200]
             listed = subprocess.run(["ip", "netns", "exec", self.netns, "nft", "list", "table", "inet", "tiergate"],
                                     capture_output=True, text=True, timeout=60).stdout
             out.append({"cidrs": n, "model_compile_ms": round(compile_s * 1000, 2), "build": stats(builds),
-                        "apply": stats(applies), "apply_libnftables": stats(libnft), "libnftables_error": libnft_error,
+                        "apply": stats(applies), "apply_nsenter": stats(nsent), "nsenter_error": nsent_error,
                         "doc_bytes": len(json.dumps(doc, separators=(",", ":"))),
                         "loaded_ok": "allow4_0" in listed})
         subprocess.run(["ip", "netns", "delete", self.netns], timeout=30)
@@ -989,11 +989,11 @@ def markdown(res: dict) -> str:
                      f"{fmt(row.get('added_vs_bare_ms'), sign=True)} |")
         L.append("")
     if sc.get("cidrs"):
-        L += ["Network allowlist (ruleset.build in-process; apply.apply = nsenter + nft -j into a scratch netns):", "",
-              "| CIDRs | model (compile) ms | build ms | apply ms (nsenter + nft) | apply ms (libnftables, in-process) | "
+        L += ["Network allowlist (ruleset.build in-process; apply.apply = libnftables in-process into a scratch netns):", "",
+              "| CIDRs | model (compile) ms | build ms | apply ms (libnftables, in-process) | apply ms (nsenter + nft) | "
               "nft JSON KiB | loaded |", "|---:|---:|---:|---:|---:|---:|---|"]
         for row in sc["cidrs"]:
-            lib = row.get("apply_libnftables") or {}
+            lib = row.get("apply_nsenter") or {}
             L.append(f"| {row['cidrs']} | {fmt(row['model_compile_ms'])} | {fmt(row['build']['median_ms'])} | "
                      f"{fmt(row['apply']['median_ms'])} | {fmt(lib.get('median_ms'))} | {row['doc_bytes'] / 1024:.0f} | "
                      f"{'yes' if row['loaded_ok'] else 'NO'} |")

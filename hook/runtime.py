@@ -274,7 +274,7 @@ def _spawn(path: str, argv: list[str]) -> int:
             continue
 
 
-def _init_pid(parsed: runc_args.RuncArgs) -> int:
+def _init_pid(parsed: runc_args.RuncArgs, runtime: str) -> int:
     """The container's init pid: the --pid-file the engine asked for, else runc's state.json."""
     from tiergate.oci import bundle
 
@@ -285,7 +285,7 @@ def _init_pid(parsed: runc_args.RuncArgs) -> int:
         if not text.isdigit():
             raise ValueError(f"pid file {path} holds no pid")
         return int(text)
-    root = parsed.root or _default_root(find_runtime({}))
+    root = parsed.root or _default_root(runtime)
     state = bundle.read_json_file(os.path.join(root, parsed.container_id or "", "state.json"), "runc state")
     pid = state.get("init_process_pid")
     if not isinstance(pid, int) or pid <= 1:
@@ -311,7 +311,7 @@ def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, 
         return code  # the runtime reported its own error in its log
     spec, tier = plan
     try:
-        pid = _init_pid(parsed)
+        pid = _init_pid(parsed, path)
         stages.program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, stages.port_list(rec.get("ports") or []))
     except Exception as exc:
         _spawn(path, [*argv[:parsed.command_index], "delete", "--force", parsed.container_id or ""])

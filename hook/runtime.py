@@ -312,7 +312,10 @@ def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, 
     spec, tier = plan
     try:
         pid = _init_pid(parsed, path)
-        stages.program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, stages.port_list(rec.get("ports") or []))
+        # the engine's shim (containerd-shim, conmon) is a subreaper: the nft socket's slow last
+        # close may happen in an orphaned child it reaps
+        stages.program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, stages.port_list(rec.get("ports") or []),
+                             detach_close=True)
     except Exception as exc:
         _spawn(path, [*argv[:parsed.command_index], "delete", "--force", parsed.container_id or ""])
         if isinstance(exc, stages.TiergateError):

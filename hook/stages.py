@@ -248,19 +248,24 @@ def needs_netns(tier: dict) -> bool:
     return tier["network"] is not None or closes(tier)
 
 
-def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dict]) -> None:
-    """Close metadata, then load the network policy, in the namespace at `netns`; TiergateError if not."""
+def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dict], detach_close: bool = False) -> None:
+    """Close metadata, then load the network policy, in the namespace at `netns`; TiergateError if not.
+
+    detach_close: the caller's parent reaps orphans (the shim): see network/apply.py."""
     from .network import metadata
     from .network.apply import NetworkApplyError
     from .network.netns import NetnsError
 
     if metadata.closes(tier):
+        proc = spec.get("process") if isinstance(spec.get("process"), dict) else {}
+        caps = proc.get("capabilities") if isinstance(proc.get("capabilities"), dict) else {}
+        raw = "CAP_NET_RAW" in (caps.get("bounding") or [])
         try:
-            rec["metadata"] = f"closed ({metadata.close(netns, metadata_nameservers(spec))} rules)"
+            rec["metadata"] = metadata.close(netns, metadata_nameservers(spec), raw, detach_close)
         except (NetnsError, NetworkApplyError, OSError) as exc:
             raise TiergateError(f"cannot close cloud metadata in the container's network namespace: {exc}") from None
     if tier["network"] is not None:
-        apply_network(spec, tier, netns, ports, rec)
+        apply_network(spec, tier, netns, ports, rec, detach_close)
 
 
 def metadata_nameservers(spec: dict) -> list[str]:
@@ -277,7 +282,7 @@ def metadata_nameservers(spec: dict) -> list[str]:
     return []
 
 
-def apply_network(spec: dict, tier: dict, netns: str, ports: list[dict], rec: dict) -> None:
+def apply_network(spec: dict, tier: dict, netns: str, ports: list[dict], rec: dict, detach_close: bool = False) -> None:
     from . import facts as host
     from .network import apply, ruleset
 
@@ -287,7 +292,7 @@ def apply_network(spec: dict, tier: dict, netns: str, ports: list[dict], rec: di
     if tier.get("audit"):
         doc = log_only(doc)
     try:
-        apply.apply(doc, netns)
+        apply.apply(doc, netns, detach_close=detach_close)
         if tier["network"].get("rate"):
             from .network import shaping  # pyroute2: only tiers that shape pay its import
 

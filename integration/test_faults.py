@@ -40,12 +40,16 @@ def _policy(dest: Path, extra: str = "", replace: tuple[str, str] | None = None)
     return dest
 
 
-def hide_sbin(names: tuple[str, ...], scratch: Path) -> str:
-    """Shell lines that, in a private mount namespace, make /usr/sbin lack `names` (ENOENT)."""
+def hide_sbin(names: tuple[str, ...], scratch: Path, where: str = "/usr/sbin") -> str:
+    """Shell lines that, in a private mount namespace, make `where` lack `names` (ENOENT)."""
     skip = " ".join(names)
-    return (f'mkdir -p {scratch}/orig {scratch}/view && mount --bind /usr/sbin {scratch}/orig && '
+    return (f'mkdir -p {scratch}/orig {scratch}/view && mount --bind {where} {scratch}/orig && '
             f'for f in {scratch}/orig/*; do n=${{f##*/}}; case " {skip} " in *" $n "*) ;; '
-            f'*) ln -s "$f" {scratch}/view/"$n";; esac; done && mount --bind {scratch}/view /usr/sbin')
+            f'*) ln -s "$f" {scratch}/view/"$n";; esac; done && mount --bind {scratch}/view {where}')
+
+
+# network policies load through libnftables in-process (no nft binary): "nft missing" is this
+NO_LIBNFT = (("libnftables.so.1",), "/usr/lib/x86_64-linux-gnu")
 
 
 def in_private_mounts(setup: str, argv: list[str], env, after: str = "", timeout: float = 90):
@@ -119,10 +123,10 @@ def test_nft_missing_with_a_fresh_netns_needs_no_nft(podman, tg_images, tmp_path
 
 
 def test_nft_missing_at_precreate_refuses(podman, fimg, netns, tmp_path):
-    """A network namespace given to podman (--network ns:PATH): the rules load at precreate; no nft -> refused."""
+    """A network namespace given to podman (--network ns:PATH): the rules load at precreate; no libnftables -> refused."""
     hooks = Hooks(podman, tmp_path / "tg")
     argv = podman_argv(podman, hooks.hooks_dir, "run", "--rm", "--network", f"ns:{netns}", fimg["web"], "true")
-    proc = in_private_mounts(hide_sbin(("nft",), tmp_path / "sb"), argv, podman.env)
+    proc = in_private_mounts(hide_sbin(NO_LIBNFT[0], tmp_path / "sb", NO_LIBNFT[1]), argv, podman.env)
     line = one_line_refusal(proc, "tiergate: error:", "nft")
     print("\n" + line)
     rec = records(hooks.log)[-1]
@@ -135,7 +139,7 @@ def test_on_error_allow_runs_the_container_and_says_so(podman, fimg, netns, tmp_
     hooks = Hooks(podman, tmp_path / "tg", policy=policy)
     argv = podman_argv(podman, hooks.hooks_dir, "run", "--rm", "--network", f"ns:{netns}", fimg["web"],
                        "sh", "-c", STATUS_SH)
-    proc = in_private_mounts(hide_sbin(("nft",), tmp_path / "sb"), argv, podman.env)
+    proc = in_private_mounts(hide_sbin(NO_LIBNFT[0], tmp_path / "sb", NO_LIBNFT[1]), argv, podman.env)
     assert proc.returncode == 0, proc.stderr[-600:]
     assert "Traceback" not in proc.stderr
     st = probe_status(proc.stdout)

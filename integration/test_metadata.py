@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +106,42 @@ def test_podman_slirp4netns_is_closed_too(env):
     print("\nslirp4netns:", proc.stdout, proc.stderr[-300:])
     assert re.search(r"to 169\.254\.0\.0/16 .*prohibit", proc.stdout)  # busybox: "lookup unspec prohibit"
     assert "Permission denied" in proc.stdout and "RC=0" not in proc.stdout and "RC6=0" not in proc.stdout
+
+
+@pytest.mark.podman
+def test_cap_net_raw_cannot_send_a_frame_to_metadata(env, tmp_path):
+    """baseline with CAP_NET_RAW (docker's default set has it; podman grants it when asked): an
+    AF_PACKET frame addressed to 169.254.169.254 needs no route, so the rules alone would not stop
+    it; the egress chains tiergate adds for such a workload do. Counted where it would arrive (S)."""
+    import subprocess
+
+    p = env.peers
+    probe = tmp_path / "pktsend"
+    sh("gcc", "-static", "-O1", "-o", str(probe), str(Path(__file__).resolve().parent / "probes" / "pktsend.c"),
+       timeout=120)
+    table = "tgmdcount"
+    subprocess.run([IP, "netns", "exec", p.ns, "nft", "-f", "-"], check=True, timeout=30, text=True,
+                   input=f"table ip {table} {{\n chain in {{\n type filter hook input priority 0;\n"
+                         f" ip daddr 169.254.169.254 icmp type echo-request counter;\n }}\n}}\n")
+    mac = json.loads(sh(IP, "-n", p.ns, "-j", "link", "show", p.ns_if).stdout)[0]["address"]
+
+    def arrived() -> int:
+        out = sh(IP, "netns", "exec", p.ns, "nft", "list", "table", "ip", table).stdout
+        return int(re.search(r"counter packets (\d+)", out).group(1))
+
+    got = {}
+    for image in ("privileged", "unlabelled"):
+        ip = p.next_ip()
+        before = arrived()
+        proc = env.run(image, "/bin/pktsend", "eth0", mac, ip, p.metadata,
+                       args=[*env.net_args(ip), "--cap-add", "NET_RAW", "-v", f"{probe}:/bin/pktsend:ro"])
+        got[image] = (proc.stdout.strip(), arrived() - before)
+        print(f"\n{image}: {proc.stdout.strip()} {proc.stderr[-200:]} arrived {got[image][1]}")
+    assert got["privileged"] == ("sent 2", 2)  # control: both frames reach the metadata address
+    # the socket opened (CAP_NET_RAW held) but the device's egress hook dropped both frames (ENOBUFS)
+    assert got["unlabelled"][0].startswith("sent ") and got["unlabelled"][1] == 0
+    recs = [json.loads(x) for x in env.log.read_text().splitlines()]
+    assert any("CAP_NET_RAW: egress drops on eth0" in str(r.get("metadata")) for r in recs)
 
 
 @pytest.mark.podman
@@ -196,4 +233,6 @@ def test_docker_through_the_shim_every_tier_is_closed_and_the_control_reaches_al
     recs = [json.loads(x) for x in d["log"].read_text().splitlines()]
     creates = [r for r in recs if r.get("stage") == "create" and r.get("engine") == "docker"]
     assert creates and all("closed" in str(r.get("metadata")) for r in creates), creates
+    # docker's default set holds CAP_NET_RAW, which baseline keeps: egress chains too (restricted: none)
+    assert any("CAP_NET_RAW: egress drops on eth0" in str(r.get("metadata")) for r in creates), creates
     assert not any(r.get("stage") == "createRuntime" for r in recs)  # no second process per start

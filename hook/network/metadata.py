@@ -7,11 +7,15 @@ for a blocked destination fails with EACCES at once, for TCP, UDP, ICMP and raw
 IP sockets alike. Undoing them needs CAP_NET_ADMIN in that namespace, which a
 tier that closes metadata never gets (the policy compiler refuses the pair).
 
-Why rules and not an nftables table: both hold against a workload without
-NET_ADMIN; rules are one netlink batch on a socket opened in the namespace
-(~0.1 ms in-kernel, no library to load), an nft table needs libnftables
-(dlopen + JSON parse, ~2-3 ms) or an nft process (~20 ms). bench/ measures
-both (docs/benchmark).
+Why rules and not an nftables table: for a workload without CAP_NET_RAW
+both hold (neither can be undone without NET_ADMIN); rules are one netlink
+batch on a socket opened in the namespace (~0.3 ms in-kernel, no library), an
+nft table needs libnftables (dlopen, JSON parse, and the socket's close waits
+for the kernel's deferred destroy: 3-7 ms here) or an nft process (~20 ms).
+bench/ measures both. A workload WITH CAP_NET_RAW (baseline when the engine
+asks for it, as docker's default set does) can put a closed address in a
+frame that needs no route lookup (AF_PACKET, IP_HDRINCL): for it an egress
+chain on each of its interfaces (`netdev tiergate-metadata`) drops them too.
 
 Kept working: the container's own addresses (the `local` table, priority 0,
 is consulted before these rules), IPv6 neighbour discovery and router
@@ -113,6 +117,39 @@ def rules(dns: list[str]) -> list[dict]:
     return out
 
 
+def egress_doc(devices: list[str], dns: list[str]) -> dict:
+    """nft JSON: table `netdev tiergate-metadata`, an egress chain per device dropping the closed ranges.
+
+    For workloads holding CAP_NET_RAW: a packet socket (AF_PACKET) or an IP_HDRINCL
+    raw socket can put a closed address in a frame without a route lookup; the
+    device's egress hook still sees every frame, packet sockets' qdisc bypass
+    included (measured here). IPv6 link-local is left to the rules: neighbour
+    advertisements go to fe80:: addresses; the OpenStack address is dropped here.
+    """
+    name = "tiergate-metadata"
+    table = {"family": "netdev", "name": name}
+    cmds: list = [{"add": {"table": dict(table)}}, {"delete": {"table": dict(table)}}, {"add": {"table": dict(table)}}]
+    dns_ok = [a for a in dns if blocked(a)]
+    closed = [(f, a, p) for f, a, p, _ in BLOCKED if (f, a, p) != (6, "fe80::", 10)] + [(6, "fe80::a9fe:a9fe", 128)]
+
+    def daddr(family: int, addr: str, plen: int) -> dict:
+        right = addr if plen == _BITS[family] else {"prefix": {"addr": addr, "len": plen}}
+        return {"match": {"op": "==", "left": {"payload": {"protocol": "ip" if family == 4 else "ip6", "field": "daddr"}},
+                          "right": right}}
+
+    dns53 = [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp"]}}},
+             {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": DNS_PORT}},
+             {"accept": None}]
+    for i, dev in enumerate(devices):
+        chain = f"egress{i}"
+        cmds.append({"add": {"chain": {"family": "netdev", "table": name, "name": chain, "type": "filter",
+                                       "hook": "egress", "dev": dev, "prio": 0, "policy": "accept"}}})
+        rules = [[daddr(6 if ":" in a else 4, a, _BITS[6 if ":" in a else 4]), *dns53] for a in dns_ok]
+        rules += [[daddr(f, a, p), {"counter": None}, {"drop": None}] for f, a, p in closed]
+        cmds += [{"add": {"rule": {"family": "netdev", "table": name, "chain": chain, "expr": e}}} for e in rules]
+    return {"nftables": [{"metainfo": {"json_schema_version": 1}}] + cmds}
+
+
 def _attr(kind: int, payload: bytes) -> bytes:
     size = 4 + len(payload)
     return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
@@ -161,8 +198,9 @@ def load(msgs: list[bytes]) -> list[int]:
         sock.close()
 
 
-def close(netns: str, dns: list[str]) -> int:
-    """Install the rules in the namespace at `netns` (idempotent); how many. Raises NetnsError.
+def close(netns: str, dns: list[str], raw: bool = False, detach_close: bool = False) -> str:
+    """Install the rules in the namespace at `netns` (idempotent), and with `raw` (the workload holds
+    CAP_NET_RAW) the egress chains too; what was done, in words. Raises NetnsError or NetworkApplyError.
 
     IPv6 rules are skipped only when the kernel has no IPv6 at all (EAFNOSUPPORT):
     then no IPv6 address can be reached either.
@@ -172,8 +210,15 @@ def close(netns: str, dns: list[str]) -> int:
 
     check_not_host(netns)
     todo = rules(dns)
-    errs = run_in(netns, lambda: load([encode(r, i + 1) for i, r in enumerate(todo)]))
+    errs, devices = run_in(netns, lambda: (load([encode(r, i + 1) for i, r in enumerate(todo)]),
+                                           [n for _, n in _socket.if_nameindex() if n != "lo"] if raw else []))
     for rule, err in zip(todo, errs):
         if err and err != EEXIST and not (err == 97 and rule["family"] == 6):
             raise NetnsError(f"ip rule {rule['dst']}/{rule['len']}: {os.strerror(err)}")
-    return len(todo)
+    done = f"closed ({len(todo)} rules"
+    if devices:
+        from .apply import apply
+
+        apply(egress_doc(devices, dns), netns, detach_close=detach_close)
+        done += f"; CAP_NET_RAW: egress drops on {', '.join(devices)}"
+    return done + ")"

@@ -79,3 +79,19 @@ def test_encode_dns_exception_looks_up_main_for_port_53_only():
 ])
 def test_which_tiers_close(tier, closes):
     assert md.closes(tier) is closes
+
+
+def test_egress_doc_drops_closed_ranges_per_device_and_keeps_dns_and_neighbour_discovery():
+    doc = md.egress_doc(["eth0", "eth1"], ["168.63.129.16", "10.0.0.1"])["nftables"]
+    chains = [c["add"]["chain"] for c in doc if "add" in c and "chain" in c["add"]]
+    assert [(c["dev"], c["hook"], c["policy"]) for c in chains] == [("eth0", "egress", "accept"), ("eth1", "egress", "accept")]
+    rules = [c["add"]["rule"] for c in doc if "add" in c and "rule" in c["add"] and c["add"]["rule"]["chain"] == "egress0"]
+    first = rules[0]["expr"]
+    assert first[0]["match"]["right"] == "168.63.129.16" and first[-1] == {"accept": None}  # DNS to the resolver
+    drops = [r["expr"][0]["match"]["right"] for r in rules[1:]]
+    assert all(r["expr"][-1] == {"drop": None} for r in rules[1:])
+    assert {"prefix": {"addr": "169.254.0.0", "len": 16}} in drops and "fe80::a9fe:a9fe" in drops
+    assert {"prefix": {"addr": "fe80::", "len": 10}} not in drops  # neighbour advertisements go to fe80::
+    assert doc[1:4] == [{"add": {"table": {"family": "netdev", "name": "tiergate-metadata"}}},
+                        {"delete": {"table": {"family": "netdev", "name": "tiergate-metadata"}}},
+                        {"add": {"table": {"family": "netdev", "name": "tiergate-metadata"}}}]

@@ -851,6 +851,9 @@ class Bench:
         """The block alone, timed inside a fresh process (its imports included, the interpreter's
         start excluded) in a fresh netns each time: policy-routing rules vs an nft table."""
         rules = "from tiergate.hook.network import metadata as m; m.close(P, [])"
+        # as the shim does for a workload holding CAP_NET_RAW (docker's baseline): the nft socket's
+        # last close goes to a child; this process is made a subreaper to reap it, as containerd-shim is
+        raw = "from tiergate.hook.network import metadata as m; m.close(P, [], True, True)"
         table = ("from tiergate.hook.network import apply as a, metadata as m\n"
                  "e=[{'match':{'op':'==','left':{'payload':{'protocol':'ip' if f==4 else 'ip6','field':'daddr'}},"
                  "'right':{'prefix':{'addr':ad,'len':n}}}} for f,ad,n,_ in m.BLOCKED]\n"
@@ -858,25 +861,59 @@ class Bench:
                  "'name':'o','type':'filter','hook':'output','prio':-1,'policy':'accept'}}}]\n"
                  "c+=[{'add':{'rule':{'family':'inet','table':'tgmd','chain':'o','expr':[x,{'drop':None}]}}} for x in e]\n"
                  "a.apply({'nftables':c}, P)")
-        samples: dict[str, list[float]] = {"ip rules (netlink)": [], "nft table (libnftables)": []}
+        import ctypes
+
+        ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+        bodies = {"ip rules (netlink)": rules, "nft table (libnftables)": table,
+                  "ip rules + egress chains (CAP_NET_RAW, shim)": raw}
+        samples: dict[str, list[float]] = {name: [] for name in bodies}
         for r in range(self.rounds * 2):
-            for name, body in samples.items():
+            for name, body in bodies.items():
                 ns = f"tgb-mm-{uuid.uuid4().hex[:8]}"
                 subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+                subprocess.run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "p0"],
+                               check=True, timeout=30)
                 try:
                     code = ("import time, tiergate.hook.stages\nT=time.perf_counter()\n"
-                            f"P='/run/netns/{ns}'\n" + (rules if name.startswith("ip") else table) +
-                            "\nprint(time.perf_counter()-T)")
+                            f"P='/run/netns/{ns}'\n" + body + "\nprint(time.perf_counter()-T)")
                     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                                           timeout=60, cwd="/")
                     if proc.returncode != 0:
                         raise Failed(last_line(proc.stderr))
-                    body.append(float(proc.stdout.strip().splitlines()[-1]))
+                    samples[name].append(float(proc.stdout.strip().splitlines()[-1]))
                 finally:
                     subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
+                    while True:  # orphans reparented here (the detached close)
+                        try:
+                            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                                break
+                        except ChildProcessError:
+                            break
         say("metadata mechanisms (ms, median): " + ", ".join(
             f"{n} {statistics.median(v) * 1000:.2f}" for n, v in samples.items()))
-        return {n: stats(v) for n, v in samples.items()}
+        out = {n: stats(v) for n, v in samples.items()}
+        if shutil.which("valgrind"):  # deterministic: user-space instructions of the whole process
+            counts = {}
+            for name, body in {"imports only": "pass", **bodies}.items():
+                ns = f"tgb-mm-{uuid.uuid4().hex[:8]}"
+                subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+                subprocess.run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "p0"],
+                               check=True, timeout=30)
+                try:
+                    code = f"import tiergate.hook.stages\nP='/run/netns/{ns}'\n" + body
+                    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                                           sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                                          timeout=600, cwd="/")
+                    found = re.search(r"Collected : (\d+)", proc.stderr)
+                    if found:
+                        counts[name] = int(found.group(1))
+                finally:
+                    subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
+            base = counts.get("imports only")
+            for name, n in counts.items():
+                if name in out and base:
+                    out[name]["added_instructions_M"] = round((n - base) / 1e6, 2)
+        return out
 
     # -- teardown ------------------------------------------------------------------------------
     def cleanup(self) -> None:
@@ -1043,8 +1080,11 @@ def markdown(res: dict) -> str:
         if mech:
             L += ["", "The mechanisms alone, timed inside the process that applies them (imports included, "
                       "a fresh namespace each time): " + "; ".join(
-                          f"{n} {fmt(r.get('median_ms'), 2)} ms (min {fmt(r.get('min_ms'), 2)})" for n, r in mech.items())
-                  + "."]
+                          f"{n} {fmt(r.get('median_ms'), 2)} ms (min {fmt(r.get('min_ms'), 2)}"
+                          + (f", +{r['added_instructions_M']} M instructions" if "added_instructions_M" in r else "")
+                          + ")" for n, r in mech.items())
+                  + ". Instructions: callgrind, user space, over the same process that only imports the hook "
+                    "(deterministic; the wall figures move with the machine's load)."]
         L.append("")
     if res.get("skipped"):
         L += ["## Skipped", ""] + [f"- {s['what']}: {s['why']}" for s in res["skipped"]] + [""]

@@ -114,13 +114,13 @@ def netns_path(spec: dict) -> str | None:
 
 def resolv_conf_nameservers(spec: dict) -> list[str]:
     """Nameservers from the file the engine bind-mounts at /etc/resolv.conf."""
-    from .network.ruleset import nameservers_from_resolv_conf
+    from .network.metadata import nameservers
 
     for m in spec.get("mounts") or []:
         if isinstance(m, dict) and m.get("destination") == "/etc/resolv.conf" and isinstance(m.get("source"), str):
             try:
                 with open(m["source"], "rb") as fh:
-                    return nameservers_from_resolv_conf(fh.read(65536).decode("utf-8", "replace"))
+                    return nameservers(fh.read(65536).decode("utf-8", "replace"))
             except OSError:
                 return []
     return []

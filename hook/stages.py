@@ -252,6 +252,7 @@ def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dic
     """Close metadata, then load the network policy, in the namespace at `netns`; TiergateError if not.
 
     detach_close: the caller's parent reaps orphans (the shim): see network/apply.py."""
+    from . import facts as host
     from .network import metadata
     from .network.apply import NetworkApplyError
     from .network.netns import NetnsError
@@ -261,25 +262,11 @@ def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dic
         caps = proc.get("capabilities") if isinstance(proc.get("capabilities"), dict) else {}
         raw = "CAP_NET_RAW" in (caps.get("bounding") or [])
         try:
-            rec["metadata"] = metadata.close(netns, metadata_nameservers(spec), raw, detach_close)
+            rec["metadata"] = metadata.close(netns, host.resolv_conf_nameservers(spec), raw, detach_close)
         except (NetnsError, NetworkApplyError, OSError) as exc:
             raise TiergateError(f"cannot close cloud metadata in the container's network namespace: {exc}") from None
     if tier["network"] is not None:
         apply_network(spec, tier, netns, ports, rec, detach_close)
-
-
-def metadata_nameservers(spec: dict) -> list[str]:
-    """Nameservers of the file the engine bind-mounts at /etc/resolv.conf (empty if none or unreadable)."""
-    from .network.metadata import nameservers
-
-    for m in spec.get("mounts") or []:
-        if isinstance(m, dict) and m.get("destination") == "/etc/resolv.conf" and isinstance(m.get("source"), str):
-            try:
-                with open(m["source"], "rb") as fh:
-                    return nameservers(fh.read(65536).decode("utf-8", "replace"))
-            except OSError:
-                return []
-    return []
 
 
 def apply_network(spec: dict, tier: dict, netns: str, ports: list[dict], rec: dict, detach_close: bool = False) -> None:

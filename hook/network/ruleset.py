@@ -66,18 +66,6 @@ def _addr(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         return None
 
 
-def nameservers_from_resolv_conf(text: str) -> list[str]:
-    """The valid `nameserver` IPs of a resolv.conf, in order, without duplicates (zone ids dropped)."""
-    out: list[str] = []
-    for line in text.splitlines()[:1000]:
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == "nameserver":
-            ip = _addr(parts[1])
-            if ip is not None and str(ip) not in out:
-                out.append(str(ip))
-    return out
-
-
 # -- JSON expression helpers ------------------------------------------------
 
 def _match(left: dict, right: object, op: str = "==") -> dict:

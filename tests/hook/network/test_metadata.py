@@ -35,8 +35,11 @@ def test_rules_put_dns_exceptions_for_blocked_resolvers_first():
 
 
 def test_nameservers_from_resolv_conf():
-    text = "# c\nnameserver 168.63.129.16\nnameserver fe80::1%eth0\nnameserver bogus\nsearch x\nnameserver 168.63.129.16\n"
-    assert md.nameservers(text) == ["168.63.129.16", "fe80::1"]
+    text = ("# comment\nnameserver 10.88.0.1\nnameserver fe80::1%eth0\nnameserver bogus\n"
+            "nameserver 10.88.0.1\nsearch dns.podman\n nameserver   2001:db8::53  \noptions ndots:1\n"
+            "nameserver 1.2.3.4;rm\nnameserver\n")
+    assert md.nameservers(text) == ["10.88.0.1", "fe80::1", "2001:db8::53"]
+    assert md.nameservers("") == []
 
 
 def _attrs(data: bytes) -> dict[int, bytes]:

@@ -11,7 +11,6 @@ import pytest
 
 from tiergate.hook.network.ruleset import (
     build,
-    nameservers_from_resolv_conf,
     sanitize_id,
 )
 
@@ -229,14 +228,6 @@ def test_dns_none():
 def test_dns_other_dropped_even_with_egress_any():
     doc = build(pol(egress="any"), FACTS)
     assert verdict(rule(doc, "output", "dns-other")) == "drop"
-
-
-def test_nameservers_from_resolv_conf():
-    text = ("# comment\nnameserver 10.88.0.1\nnameserver fe80::1%eth0\nnameserver bogus\n"
-            "nameserver 10.88.0.1\nsearch dns.podman\n nameserver   2001:db8::53  \noptions ndots:1\n"
-            "nameserver 1.2.3.4;rm\nnameserver\n")
-    assert nameservers_from_resolv_conf(text) == ["10.88.0.1", "fe80::1", "2001:db8::53"]
-    assert nameservers_from_resolv_conf("") == []
 
 
 # ---- egress -----------------------------------------------------------------

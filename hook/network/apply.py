@@ -207,6 +207,14 @@ def _is_socket(fd: int) -> bool:
         return False
 
 
+def close_socket(sock, detach: bool) -> None:
+    """Close a netlink socket that committed an nf_tables transaction; with detach, off the start path."""
+    if detach:
+        _close_later([sock.detach()])
+    else:
+        sock.close()
+
+
 def _close_later(fds: list[int]) -> None:
     """Close the nfnetlink socket without waiting: the last close of a socket that committed a
     transaction flushes nf_tables' deferred destroy work, a synchronize_rcu (2-15 ms here). A

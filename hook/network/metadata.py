@@ -15,7 +15,10 @@ for the kernel's deferred destroy: 3-7 ms here) or an nft process (~20 ms).
 bench/ measures both. A workload WITH CAP_NET_RAW (baseline when the engine
 asks for it, as docker's default set does) can put a closed address in a
 frame that needs no route lookup (AF_PACKET, IP_HDRINCL): for it an egress
-chain on each of its interfaces (`netdev tiergate-metadata`) drops them too.
+chain on each of its interfaces (`netdev tiergate-metadata`) drops them too,
+sent as one nf_tables batch written here (libnftables' dlopen and JSON parse
+would cost +5 M instructions). Interfaces added later (`docker network
+connect`) get no chain: the rules still hold there for ordinary sockets.
 
 Kept working: the container's own addresses (the `local` table, priority 0,
 is consulted before these rules), IPv6 neighbour discovery and router
@@ -117,37 +120,100 @@ def rules(dns: list[str]) -> list[dict]:
     return out
 
 
-def egress_doc(devices: list[str], dns: list[str]) -> dict:
-    """nft JSON: table `netdev tiergate-metadata`, an egress chain per device dropping the closed ranges.
+# linux/netfilter/nfnetlink.h, nf_tables.h: the egress chains as one nf_tables batch, no libnftables
+# (its dlopen and JSON parse cost ~5 M instructions here). Integers in nf_tables attributes are big-endian.
+NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFPROTO_NETDEV, NF_NETDEV_EGRESS = 12, 10, 5, 1
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
+NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE = 0, 2, 3, 6
+NLA_F_NESTED, NLM_F_APPEND = 0x8000, 0x800
+NF_DROP, NF_ACCEPT, NFT_REG_VERDICT, NFT_REG_1 = 0, 1, 0, 1
+NFT_META_PROTOCOL, NFT_META_L4PROTO = 1, 16
+NFT_PAYLOAD_NETWORK, NFT_PAYLOAD_TRANSPORT = 1, 2
+EGRESS_TABLE = "tiergate-metadata"
 
-    For workloads holding CAP_NET_RAW: a packet socket (AF_PACKET) or an IP_HDRINCL
-    raw socket can put a closed address in a frame without a route lookup; the
-    device's egress hook still sees every frame, packet sockets' qdisc bypass
-    included (measured here). IPv6 link-local is left to the rules: neighbour
-    advertisements go to fe80:: addresses; the OpenStack address is dropped here.
-    """
-    name = "tiergate-metadata"
-    table = {"family": "netdev", "name": name}
-    cmds: list = [{"add": {"table": dict(table)}}, {"delete": {"table": dict(table)}}, {"add": {"table": dict(table)}}]
-    dns_ok = [a for a in dns if blocked(a)]
+
+def _be32(v: int) -> bytes:
+    return struct.pack(">I", v & 0xFFFFFFFF)
+
+
+def _nest(kind: int, *attrs: bytes) -> bytes:
+    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
+
+
+def _str(kind: int, text: str) -> bytes:
+    return _attr(kind, text.encode() + b"\0")
+
+
+def _expr(name: str, *attrs: bytes) -> bytes:
+    return _nest(1, _str(1, name), *((_nest(2, *attrs),) if attrs else ()))  # NFTA_LIST_ELEM {NAME, DATA}
+
+
+def _load_cmp(load: bytes, value: bytes) -> list[bytes]:
+    """A load into register 1, then `== value` (NFTA_CMP_SREG, OP eq, DATA {VALUE})."""
+    return [load, _expr("cmp", _attr(1, _be32(NFT_REG_1)), _attr(2, _be32(0)), _nest(3, _attr(1, value)))]
+
+
+def _meta(key: int, value: bytes) -> list[bytes]:
+    return _load_cmp(_expr("meta", _attr(2, _be32(key)), _attr(1, _be32(NFT_REG_1))), value)
+
+
+def _payload(base: int, offset: int, value: bytes) -> list[bytes]:
+    return _load_cmp(_expr("payload", _attr(1, _be32(NFT_REG_1)), _attr(2, _be32(base)), _attr(3, _be32(offset)),
+                           _attr(4, _be32(len(value)))), value)
+
+
+def _verdict(code: int) -> bytes:
+    return _expr("immediate", _attr(1, _be32(NFT_REG_VERDICT)), _nest(2, _nest(2, _attr(1, _be32(code)))))
+
+
+def _nfmsg(kind: int, flags: int, seq: int, family: int, body: bytes, res_id: int = 0) -> bytes:
+    head = struct.pack("=IHHII", 16 + 4 + len(body), kind, NLM_F_REQUEST | flags, seq, 0)
+    return head + struct.pack("=BBH", family, 0, _socket.htons(res_id)) + body
+
+
+def egress_rules(dns: list[str]) -> list[list[bytes]]:
+    """Expressions of the egress chain's rules: DNS to a resolver in a closed range (udp, tcp 53), then
+    a counted drop of every closed range (IPv6 link-local itself left to the routing rules: neighbour
+    advertisements go to fe80::; the OpenStack address is dropped). Prefixes here are whole bytes."""
+    ip4, ip6 = _meta(NFT_META_PROTOCOL, struct.pack(">H", 0x0800)), _meta(NFT_META_PROTOCOL, struct.pack(">H", 0x86DD))
+    out = []
+    for addr in (a for a in dns if blocked(a)):
+        family = 6 if ":" in addr else 4
+        dst = _payload(NFT_PAYLOAD_NETWORK, 16 if family == 4 else 24, _socket.inet_pton(_AF[family], addr))
+        for proto in (_socket.IPPROTO_UDP, _socket.IPPROTO_TCP):
+            out.append([*(ip4 if family == 4 else ip6), *dst, *_meta(NFT_META_L4PROTO, bytes((proto,))),
+                        *_payload(NFT_PAYLOAD_TRANSPORT, 2, struct.pack(">H", DNS_PORT)), _verdict(NF_ACCEPT)])
     closed = [(f, a, p) for f, a, p, _ in BLOCKED if (f, a, p) != (6, "fe80::", 10)] + [(6, "fe80::a9fe:a9fe", 128)]
+    for family, addr, plen in closed:
+        assert plen % 8 == 0, "egress prefixes must be whole bytes"
+        dst = _payload(NFT_PAYLOAD_NETWORK, 16 if family == 4 else 24, _socket.inet_pton(_AF[family], addr)[:plen // 8])
+        out.append([*(ip4 if family == 4 else ip6), *dst, _expr("counter"), _verdict(NF_DROP)])
+    return out
 
-    def daddr(family: int, addr: str, plen: int) -> dict:
-        right = addr if plen == _BITS[family] else {"prefix": {"addr": addr, "len": plen}}
-        return {"match": {"op": "==", "left": {"payload": {"protocol": "ip" if family == 4 else "ip6", "field": "daddr"}},
-                          "right": right}}
 
-    dns53 = [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp"]}}},
-             {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": DNS_PORT}},
-             {"accept": None}]
+def egress_batch(devices: list[str], dns: list[str]) -> tuple[list[bytes], int]:
+    """(the batch's messages, how many acks to expect): table `netdev tiergate-metadata` replaced,
+    an egress chain per device (`egress0`, ...), the rules of egress_rules() in each."""
+    table = _str(1, EGRESS_TABLE)  # NFTA_TABLE_NAME / NFTA_CHAIN_TABLE / NFTA_RULE_TABLE
+    create = NLM_F_CREATE | NLM_F_ACK
+    msgs = [_nfmsg(NFNL_MSG_BATCH_BEGIN, 0, 1, 0, b"", NFNL_SUBSYS_NFTABLES)]
+
+    def add(kind: int, flags: int, body: bytes) -> None:
+        msgs.append(_nfmsg((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, len(msgs) + 1, NFPROTO_NETDEV, body))
+
+    add(NFT_MSG_NEWTABLE, create, table)
+    add(NFT_MSG_DELTABLE, NLM_F_ACK, table)
+    add(NFT_MSG_NEWTABLE, create, table)
+    rules = egress_rules(dns)
     for i, dev in enumerate(devices):
-        chain = f"egress{i}"
-        cmds.append({"add": {"chain": {"family": "netdev", "table": name, "name": chain, "type": "filter",
-                                       "hook": "egress", "dev": dev, "prio": 0, "policy": "accept"}}})
-        rules = [[daddr(6 if ":" in a else 4, a, _BITS[6 if ":" in a else 4]), *dns53] for a in dns_ok]
-        rules += [[daddr(f, a, p), {"counter": None}, {"drop": None}] for f, a, p in closed]
-        cmds += [{"add": {"rule": {"family": "netdev", "table": name, "chain": chain, "expr": e}}} for e in rules]
-    return {"nftables": [{"metainfo": {"json_schema_version": 1}}] + cmds}
+        chain = _str(3, f"egress{i}")  # NFTA_CHAIN_NAME
+        hook = _nest(4, _attr(1, _be32(NF_NETDEV_EGRESS)), _attr(2, _be32(0)), _str(3, dev))
+        add(NFT_MSG_NEWCHAIN, create, table + chain + hook + _attr(5, _be32(NF_ACCEPT)) + _str(7, "filter"))
+        for exprs in rules:
+            add(NFT_MSG_NEWRULE, create | NLM_F_APPEND, table + _str(2, f"egress{i}") + _nest(4, *exprs))
+    acks = len(msgs) - 1
+    msgs.append(_nfmsg(NFNL_MSG_BATCH_END, 0, len(msgs) + 1, 0, b"", NFNL_SUBSYS_NFTABLES))
+    return msgs, acks
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -172,10 +238,10 @@ def encode(rule: dict, seq: int) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), RTM_NEWRULE, flags, seq, 0) + body
 
 
-def _errors(sock, count: int) -> list[int]:
-    """Read `count` acks; the errno of each (0 = done)."""
+def _errors(sock, count: int, batch: bool = False) -> list[int]:
+    """Read `count` acks; the errno of each (0 = done). batch (nf_tables): an error ends the batch."""
     errs: list[int] = []
-    while len(errs) < count:
+    while len(errs) < count and not (batch and any(errs)):
         data = sock.recv(65536)
         off = 0
         while off + 16 <= len(data):
@@ -186,16 +252,21 @@ def _errors(sock, count: int) -> list[int]:
     return errs
 
 
-def load(msgs: list[bytes]) -> list[int]:
-    """Send the messages on a NETLINK_ROUTE socket of the current thread's namespace; their errnos."""
-    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+def load(msgs: list[bytes], protocol: int = NETLINK_ROUTE, acks: int | None = None, keep: list | None = None) -> list[int]:
+    """Send the messages on a netlink socket of the current thread's namespace; the acks' errnos.
+
+    keep: the socket is appended there open, not closed (see close()), instead of closed here."""
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, protocol)
     try:
         sock.settimeout(5.0)
         sock.bind((0, 0))
         sock.send(b"".join(msgs))
-        return _errors(sock, len(msgs))
+        return _errors(sock, len(msgs) if acks is None else acks, protocol == NETLINK_NETFILTER)
     finally:
-        sock.close()
+        if keep is None:
+            sock.close()
+        else:
+            keep.append(sock)
 
 
 def close(netns: str, dns: list[str], raw: bool = False, detach_close: bool = False) -> str:
@@ -210,15 +281,31 @@ def close(netns: str, dns: list[str], raw: bool = False, detach_close: bool = Fa
 
     check_not_host(netns)
     todo = rules(dns)
-    errs, devices = run_in(netns, lambda: (load([encode(r, i + 1) for i, r in enumerate(todo)]),
-                                           [n for _, n in _socket.if_nameindex() if n != "lo"] if raw else []))
+    held: list = []
+
+    def work():
+        errs = load([encode(r, i + 1) for i, r in enumerate(todo)])
+        devices = [n for _, n in _socket.if_nameindex() if n != "lo"] if raw else []
+        nft: list[int] = []
+        if devices:
+            msgs, acks = egress_batch(devices, dns)
+            nft = load(msgs, NETLINK_NETFILTER, acks, held)
+        return errs, devices, nft
+
+    try:
+        errs, devices, nft = run_in(netns, work)
+    finally:
+        if held:
+            from .apply import close_socket
+
+            close_socket(held[0], detach_close)
     for rule, err in zip(todo, errs):
         if err and err != EEXIST and not (err == 97 and rule["family"] == 6):
             raise NetnsError(f"ip rule {rule['dst']}/{rule['len']}: {os.strerror(err)}")
+    bad = next((e for e in nft if e), 0)
+    if bad:
+        raise NetnsError(f"nf_tables egress chains: {os.strerror(bad)}")
     done = f"closed ({len(todo)} rules"
     if devices:
-        from .apply import apply
-
-        apply(egress_doc(devices, dns), netns, detach_close=detach_close)
         done += f"; CAP_NET_RAW: egress drops on {', '.join(devices)}"
     return done + ")"

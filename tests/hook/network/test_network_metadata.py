@@ -84,17 +84,25 @@ def test_which_tiers_close(tier, closes):
     assert md.closes(tier) is closes
 
 
-def test_egress_doc_drops_closed_ranges_per_device_and_keeps_dns_and_neighbour_discovery():
-    doc = md.egress_doc(["eth0", "eth1"], ["168.63.129.16", "10.0.0.1"])["nftables"]
-    chains = [c["add"]["chain"] for c in doc if "add" in c and "chain" in c["add"]]
-    assert [(c["dev"], c["hook"], c["policy"]) for c in chains] == [("eth0", "egress", "accept"), ("eth1", "egress", "accept")]
-    rules = [c["add"]["rule"] for c in doc if "add" in c and "rule" in c["add"] and c["add"]["rule"]["chain"] == "egress0"]
-    first = rules[0]["expr"]
-    assert first[0]["match"]["right"] == "168.63.129.16" and first[-1] == {"accept": None}  # DNS to the resolver
-    drops = [r["expr"][0]["match"]["right"] for r in rules[1:]]
-    assert all(r["expr"][-1] == {"drop": None} for r in rules[1:])
-    assert {"prefix": {"addr": "169.254.0.0", "len": 16}} in drops and "fe80::a9fe:a9fe" in drops
-    assert {"prefix": {"addr": "fe80::", "len": 10}} not in drops  # neighbour advertisements go to fe80::
-    assert doc[1:4] == [{"add": {"table": {"family": "netdev", "name": "tiergate-metadata"}}},
-                        {"delete": {"table": {"family": "netdev", "name": "tiergate-metadata"}}},
-                        {"add": {"table": {"family": "netdev", "name": "tiergate-metadata"}}}]
+def test_egress_batch_is_one_nf_tables_transaction_with_a_chain_per_device():
+    msgs, acks = md.egress_batch(["eth0", "eth1"], ["168.63.129.16", "10.0.0.1"])
+    kinds = [struct.unpack_from("=IHHII", m)[1] for m in msgs]
+    nft = md.NFNL_SUBSYS_NFTABLES << 8
+    rules = md.egress_rules(["168.63.129.16", "10.0.0.1"])
+    assert kinds[0] == md.NFNL_MSG_BATCH_BEGIN and kinds[-1] == md.NFNL_MSG_BATCH_END
+    assert kinds[1:4] == [nft | md.NFT_MSG_NEWTABLE, nft | md.NFT_MSG_DELTABLE, nft | md.NFT_MSG_NEWTABLE]
+    chain_at = [i for i, k in enumerate(kinds) if k == nft | md.NFT_MSG_NEWCHAIN]
+    assert len(chain_at) == 2 and kinds.count(nft | md.NFT_MSG_NEWRULE) == 2 * len(rules)
+    assert acks == len(msgs) - 2  # every message but the batch markers is acknowledged
+    assert b"eth0\0" in msgs[chain_at[0]] and b"eth1\0" in msgs[chain_at[1]]
+    assert all(struct.unpack_from("=B", m, 16)[0] == md.NFPROTO_NETDEV for m in msgs[1:-1])
+    assert [len(m) for m in msgs] == [struct.unpack_from("=I", m)[0] for m in msgs]
+
+
+def test_egress_rules_keep_dns_to_a_closed_resolver_and_drop_every_closed_range():
+    rules = md.egress_rules(["168.63.129.16", "10.0.0.1"])
+    accepts = [r for r in rules if b"immediate" in r[-1] and struct.pack(">I", md.NF_ACCEPT) in r[-1][-8:]]
+    assert len(accepts) == 2  # udp and tcp 53 to 168.63.129.16 only (10.0.0.1 is not closed)
+    assert len(rules) - len(accepts) == len(md.BLOCKED)  # fe80::/10 swapped for fe80::a9fe:a9fe
+    joined = b"".join(b"".join(r) for r in rules)
+    assert socket.inet_pton(socket.AF_INET6, "fe80::a9fe:a9fe") in joined and bytes((169, 254)) in joined

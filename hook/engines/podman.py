@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from . import files
-from .launcher import install_hook, remove_hook
+from .launcher import install_hook, release_hook
 
 PODMAN_BUILTIN_HOOKS_DIRS = ("/usr/share/containers/oci/hooks.d",)  # containers/common's DefaultHooksDirs
 OTHER_HOOKS_DIRS = ("/etc/containers/oci/hooks.d",)  # read by CRI-O and by older podman; where we wrote before
@@ -77,8 +77,12 @@ def hooks_dirs_read(confs: list[str], skip: str | None = None) -> tuple[list[str
     return dirs, source
 
 
+def _user(hooks_dir: Path) -> str:
+    return f"podman hooks dir {Path(hooks_dir).absolute()}"
+
+
 def install(hooks_dir: Path, bin_dir: Path, extra: list[str], prestart: bool, say=print) -> None:
-    exe = install_hook(bin_dir, say)
+    exe = install_hook(bin_dir, say, user=_user(hooks_dir))
     files.write(hooks_dir / HOOK_FILES["precreate"], hook_json(exe, "precreate", extra), 0o644, say)
     if prestart:
         files.write(hooks_dir / HOOK_FILES["prestart"], hook_json(exe, "prestart", extra), 0o644, say)
@@ -87,16 +91,18 @@ def install(hooks_dir: Path, bin_dir: Path, extra: list[str], prestart: bool, sa
 
 
 def uninstall(hooks_dirs: list[Path], bin_dir: Path, say=print) -> None:
-    """Remove our hook files from each dir; the launcher too unless a runtime shim still uses it."""
+    """Remove our hook files from each dir; the launcher too unless a runtime shim or another hooks
+    dir (registered at install, or one podman reads) still uses it."""
     from .shim import users
 
     exe = bin_dir / "tiergate-hook"
-    for d in dict.fromkeys(Path(x) for x in hooks_dirs):
+    dirs = list(dict.fromkeys(Path(x) for x in hooks_dirs))
+    for d in dirs:
         for name in HOOK_FILES.values():
             if (d / name).exists() or len(hooks_dirs) == 1:
                 files.remove(d / name, str(exe), say)
-    if not users(bin_dir):
-        remove_hook(bin_dir, say)
+    release_hook(bin_dir, [_user(d) for d in dirs], say,
+                 still_used=[*users(bin_dir), *(str(p) for p in hooks_using(exe))])
 
 
 def hooks_using(exe: Path, home: str | None = None, dirs: list[str] | None = None) -> list[Path]:

@@ -13,9 +13,6 @@ import sys
 from pathlib import Path
 
 MARKER = "# written by tiergate install"
-# One line per registration that runs the hook launcher (a podman hooks dir, the runtime
-# shim): uninstall removes the launcher only when the last one goes.
-HOOK_USERS = "tiergate-hook.users"
 
 
 def package_dirs() -> dict[str, Path]:
@@ -70,9 +67,8 @@ def needs() -> list[tuple[str, int]]:
             + [(d, os.R_OK | os.X_OK) for d in dependency_dirs()])
 
 
-def install_hook(bin_dir: Path, say=print, user: str | None = None) -> Path:
-    """The hook launcher and its symlinked package dir; shared by hooks.d and the shim.
-    `user` registers who runs it (see release_hook)."""
+def install_hook(bin_dir: Path, say=print) -> Path:
+    """The hook launcher and its symlinked package dir; shared by hooks.d and the shim."""
     from . import files
 
     lib = Path(bin_dir) / "lib"
@@ -80,24 +76,7 @@ def install_hook(bin_dir: Path, say=print, user: str | None = None) -> Path:
         files.symlink(lib / "tiergate" / name, target, say)
     exe = Path(bin_dir) / "tiergate-hook"
     files.write(exe, script(lib, "tiergate.hook.stages"), 0o755, say)
-    users = files.lines(Path(bin_dir) / HOOK_USERS)
-    if user and user not in users:
-        files.set_lines(Path(bin_dir) / HOOK_USERS, [*users, user], say)
     return exe
-
-
-def release_hook(bin_dir: Path, gone: list[str], say=print, still_used: list[str] = ()) -> None:
-    """Unregister `gone`; remove the launcher only when no other registration (listed, or found
-    by the caller in `still_used`) runs it: a podman hooks dir without its program runs no hook."""
-    from . import files
-
-    users = [u for u in files.lines(Path(bin_dir) / HOOK_USERS) if u not in gone]
-    files.set_lines(Path(bin_dir) / HOOK_USERS, users, say)
-    users += [u for u in still_used if u not in users]
-    if users:
-        say(f"kept {Path(bin_dir) / 'tiergate-hook'}: still used by {', '.join(users)}")
-        return
-    remove_hook(bin_dir, say)
 
 
 def remove_hook(bin_dir: Path, say=print) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from tiergate.oci import args as runc_args
 
 from . import files
-from .launcher import MARKER, install_hook, interpreter, release_hook, script
+from .launcher import MARKER, install_hook, interpreter, script
 
 SHIM = "tiergate-runtime"
 CONF = "tiergate-runtime.conf"
@@ -117,7 +117,7 @@ def install(bin_dir: Path, user: str, runtime: str | None = None, policy: str | 
     """Install (idempotently) the hook launcher and the shim; register `user` (e.g. "docker /etc/docker/daemon.json")."""
     bin_dir = Path(bin_dir)
     lib = bin_dir / "lib"
-    hook = install_hook(bin_dir, say, user=SHIM)
+    hook = install_hook(bin_dir, say)
     shim = bin_dir / SHIM
     real = real_runtime(runtime, shim)
     conf = bin_dir / CONF
@@ -146,7 +146,7 @@ def uninstall(bin_dir: Path, user: str, say=print) -> None:
     files.remove(bin_dir / USERS, None, say)
     for rel in (SHIM, PY_LAUNCHER, CONF):
         files.remove(bin_dir / rel, MARKER, say)
-    from .podman import hooks_using
+    from .podman import release_hook
 
-    release_hook(bin_dir, [SHIM], say, still_used=[str(p) for p in hooks_using(bin_dir / "tiergate-hook")])
+    release_hook(bin_dir, say)
 

@@ -25,24 +25,38 @@ def show(value: object, limit: int = 64) -> str:
 class Image:
     """What tiergate knows about a container's image (plain data from a source).
 
+    refs: names the image goes by (anyone who can tag may add one: shown, and matched
+    only by trust rules that cannot lift the ceiling); pulled: names the engine recorded
+    from a registry pull together with the image's digest (what a lifting name rule
+    needs); labels: the image's own labels (its config, never the caller's);
+    container_labels: labels the caller set on the container (docker --label).
     Under Kubernetes (containerd's CRI records) also the pod's namespace and
     whether this is the pod's sandbox (pause) container, which has no image of
     its own to ask for a tier.
     """
 
-    __slots__ = ("refs", "id", "digest", "labels", "exposed", "known", "problem", "namespace", "sandbox")
+    __slots__ = ("refs", "_pulled", "id", "digest", "labels", "container_labels", "exposed", "known", "problem",
+                 "namespace", "sandbox")
 
     def __init__(self, refs=(), id="", labels=None, exposed=(), known=True, problem="", digest="",
-                 namespace="", sandbox=False):
+                 namespace="", sandbox=False, pulled=(), container_labels=None):
         self.refs = list(refs)
+        self._pulled = pulled if callable(pulled) else list(pulled)  # a callable: read only when a rule asks
         self.id = id.removeprefix("sha256:") if id else ""
         self.digest = digest.removeprefix("sha256:") if digest else ""
         self.labels = dict(labels or {})
+        self.container_labels = dict(container_labels or {})
         self.exposed = list(exposed)
         self.known = known
         self.problem = problem
         self.namespace = namespace
         self.sandbox = sandbox
+
+    @property
+    def pulled(self) -> list:
+        if callable(self._pulled):
+            self._pulled = list(self._pulled())
+        return self._pulled
 
     @classmethod
     def unknown(cls, problem: str) -> "Image":
@@ -61,17 +75,38 @@ class Decision:
 
 
 def ceiling_for(policy: dict, image: Image) -> tuple[str, str, str]:
-    """(max tier, over-ceiling action, rule description): the pod namespace's rule, else the first matching trust rule."""
+    """(max tier, over-ceiling action, rule description): the pod namespace's rule, else the first matching trust rule.
+
+    A digest rule matches the full image id or manifest digest. A name rule that would
+    lift the ceiling above default_ceiling matches only names the engine recorded from a
+    registry pull (image.pulled); one that does not lift may match any name (it only tightens).
+    """
     ns_rule = (policy.get("namespaces") or {}).get(image.namespace) if image.namespace else None
     if ns_rule and ns_rule.get("max_tier"):
         return ns_rule["max_tier"], ns_rule.get("over_ceiling") or policy["over_ceiling"], f"namespace {image.namespace}"
+    tiers = policy["tiers"]
+    floor = tiers[policy["default_ceiling"]]["strictness"]
     for i, rule in enumerate(policy["trust"]):
         if rule["digest"]:
-            if any(d and d.startswith(rule["digest"]) for d in (image.id, image.digest)):
+            if rule["digest"] in (image.id, image.digest):
                 return rule["max_tier"], rule["over_ceiling"], f"trust[{i}] digest {rule['digest'][:12]}"
-        elif any(glob.match(rule["match"], ref) for ref in image.refs):
+            continue
+        names = image.pulled if tiers[rule["max_tier"]]["strictness"] < floor else image.refs + image.pulled
+        if any(glob.match(rule["match"], ref) for ref in names):
             return rule["max_tier"], rule["over_ceiling"], f"trust[{i}] match {rule['match']!r}"
     return policy["default_ceiling"], policy["over_ceiling"], "default ceiling"
+
+
+def caller_request(policy: dict, image: Image, annotations: dict) -> tuple[str, str] | None:
+    """(tier, source) the caller asked for: a spec annotation, else a container label that is
+    not the image's own (docker merges `--label` into the image's labels)."""
+    key = policy["label_key"]
+    if isinstance(annotations.get(key), str):
+        return annotations[key], f"annotation {key}"
+    asked = image.container_labels.get(key)
+    if isinstance(asked, str) and asked != image.labels.get(key):
+        return asked, f"container label {key}"
+    return None
 
 
 def decide(policy: dict, image: Image, annotations: dict | None = None) -> Decision:
@@ -86,14 +121,26 @@ def decide(policy: dict, image: Image, annotations: dict | None = None) -> Decis
         requested, source = fallback, f"unknown image ({image.problem})"
     elif image.sandbox and policy.get("sandbox_tier"):
         requested, source = policy["sandbox_tier"], "policy sandbox_tier (the pod's sandbox)"
-    elif isinstance(annotations.get(key), str):
-        requested, source = annotations[key], f"annotation {key}"
     elif isinstance(image.labels.get(key), str):
         requested, source = image.labels[key], f"label {key}"
     else:
         requested, source = policy["default_tier"], "policy default (no tier label)"
     if not valid_tier_name(requested) or requested not in tiers:
         raise Refusal(f"unknown tier {show(requested)} asked by {source}; valid tiers: {', '.join(sorted(tiers))}")
+    # A caller's request (annotation, docker --label, a pod annotation) may tighten, never loosen,
+    # unless the policy says caller_may_loosen or the pod's namespace has a ceiling of its own (who
+    # may create pods there is the trust); a sandbox with sandbox_tier has its tier.
+    asked = None if image.sandbox and policy.get("sandbox_tier") else caller_request(policy, image, annotations)
+    ns_rule = (policy.get("namespaces") or {}).get(image.namespace) if image.namespace else None
+    may_loosen = policy.get("caller_may_loosen") or bool(ns_rule and ns_rule.get("max_tier"))
+    if asked is not None and asked[0] != requested:
+        tier, where = asked
+        if not valid_tier_name(tier) or tier not in tiers:
+            raise Refusal(f"unknown tier {show(tier)} asked by {where}; valid tiers: {', '.join(sorted(tiers))}")
+        if tiers[tier]["strictness"] > tiers[requested]["strictness"] or may_loosen:
+            requested, source = tier, where
+        else:
+            source = f"{source} (the caller's {where} asks for weaker {tier}: a caller may only tighten)"
 
     ceiling, action, rule = ceiling_for(policy, image)
     ref = show(image.refs[0] if image.refs else image.id[:12] or ("pod sandbox" if image.sandbox else "unknown image"))

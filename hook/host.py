@@ -361,6 +361,8 @@ def check_podman_registration(dirs: list[str], source: str) -> Check:
                 continue
             stages = doc.get("stages") or []
             status, _, detail = launcher_interpreter(exe)
+            if not os.path.lexists(exe):
+                detail = f"{exe} is MISSING: podman runs every container with no tiergate hook at all"
             lib = _launcher_lib_ok(exe) if status != FAIL else None
             if lib:
                 status, detail = FAIL, lib
@@ -465,12 +467,16 @@ def check_docker_registration(daemon_json: str = DOCKER_DAEMON_JSON) -> Check:
     status = OK
     for n, path in ours.items():
         st, _, detail = launcher_interpreter(str(path))
+        if not os.path.lexists(str(path)):
+            detail = f"{path} is MISSING: dockerd cannot start containers with runtime {n}"
         if st == FAIL:
             status = FAIL
         elif st == WARN and status == OK:
             status = WARN
         parts.append(f"{n} -> {path}: {detail}")
-    note = "" if default in ours else f"; default-runtime is {default}: only --runtime {next(iter(ours))} is hardened"
+    from .engines.docker import BYPASS
+
+    note = f"; {BYPASS}" if default in ours else f"; default-runtime is {default}: only --runtime {next(iter(ours))} is hardened"
     if status == OK and default not in ours:
         status = WARN
     return Check("docker runtime", status, ", ".join(parts) + note)

@@ -11,6 +11,9 @@
   --process file is hardened to the container's tier (read from the
   container's state), --cap flags beyond the tier are stripped, and what the
   tier forbids (exec --privileged) is clamped or refused.
+- update (docker update, podman update): the container's tier holds its pids
+  limit (a --resources document, file or stdin, and --pids-limit): refused or
+  clamped as the tier says.
 - every other subcommand execs the real runtime at once: this module imports
   only os, sys and tiergate.oci.args before that.
 
@@ -19,7 +22,7 @@ line, to the runtime's --log file (JSON with --log-format json): that line is
 all docker and containerd show their user ("OCI runtime create failed: ...").
 
 The installed `tiergate-runtime` is a /bin/sh front that does the
-pass-through itself and starts Python only for create, run and exec
+pass-through itself and starts Python only for the subcommands in oci.args.ENFORCED
 (hook/engines/shim.py); this module is what it starts, and it accepts any
 subcommand on its own too.
 """
@@ -36,9 +39,12 @@ LOOP_ENV = "TIERGATE_SHIM_ACTIVE"
 CONF_ENV = "TIERGATE_RUNTIME_CONF"
 TIER_KEY = "io.tiergate.tier"
 CREATE_LIKE = frozenset({"create", "run", "restore"})
-ENFORCED = CREATE_LIKE | {"exec"}
+ENFORCED = runc_args.ENFORCED
 _CONF_KEYS = ("runtime", "shim", "hook", "policy", "cache_dir", "log", "containerd_root")
-LABEL_SOURCES = ("docker", "cri", "storage", "annotation")  # the default order (policy: label_sources)
+LABEL_SOURCES = ("docker", "storage", "cri", "annotation")  # the default order (policy: label_sources)
+# The engine's own records; cri and annotation read spec annotations, which a caller can set
+# (podman --annotation), so they are consulted only when no engine record recognises the bundle.
+ENGINE_RECORDS = ("docker", "storage")
 
 
 class LoopError(Exception):
@@ -211,12 +217,14 @@ def resolve_image(spec: dict, container_id: str | None, policy: dict, bundle_dir
 
     sources = {"docker": (docker, "docker"), "cri": (cri, "containerd"),
                "storage": (storage, "podman-runtime"), "annotation": (annotation, "runc")}
-    for name in policy.get("label_sources") or LABEL_SOURCES:
+    order = policy.get("label_sources") or LABEL_SOURCES
+    order = [s for s in order if s in ENGINE_RECORDS] + [s for s in order if s not in ENGINE_RECORDS]
+    for name in order:
         find, engine = sources[name]
         image = find()
         if image is not None:
             return image, engine
-    return Image.unknown(f"no image source recognised this bundle (tried {', '.join(policy.get('label_sources') or LABEL_SOURCES)})"), "runc"
+    return Image.unknown(f"no image source recognised this bundle (tried {', '.join(order)})"), "runc"
 
 
 def _engine(bundle_dir: str, found: str) -> str:
@@ -424,6 +432,20 @@ def _refusal(reason: str):
     return Refusal(reason)
 
 
+def _existing_container(parsed: runc_args.RuncArgs, conf: dict, rec: dict, seen: dict | None = None):
+    """(policy, tier, where the tier came from) for the container an exec or update names."""
+    from .policy import cache
+
+    policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
+    rec.update(container=parsed.container_id or "", policy=policy["digest"][:16])
+    name, source = container_tier(parsed, conf, policy, seen)
+    tier = policy["tiers"].get(name)
+    if tier is None:
+        raise _refusal(f"container {parsed.container_id} carries unknown tier {name[:64]!r} ({source})")
+    rec.update(tier=name, why=source)
+    return policy, tier, source
+
+
 def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]:
     """Harden an exec to the container's tier; returns the argv to run (the original, minus stripped options)."""
     from tiergate.oci import bundle
@@ -431,16 +453,10 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
     from . import capabilities, facts
     from .harden import Context, clone
     from .modifiers import linux, process
-    from .policy import cache
 
-    policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
-    rec.update(container=parsed.container_id or "", policy=policy["digest"][:16])
     seen: dict = {}
-    name, source = container_tier(parsed, conf, policy, seen)
-    tier = policy["tiers"].get(name)
-    if tier is None:
-        raise _refusal(f"container {parsed.container_id} carries unknown tier {name[:64]!r} ({source})")
-    rec.update(tier=name, why=source)
+    policy, tier, source = _existing_container(parsed, conf, rec, seen)
+    name = tier["name"]
     if seen.get("bundle"):
         rec["engine"] = _engine(seen["bundle"], "runc")
     if tier["passthrough"]:
@@ -506,6 +522,66 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
     return parsed.with_options(extra, argv) if extra else argv
 
 
+MAX_RESOURCES = 60 * 1024  # fits a pipe's buffer (64 KiB): handed on without a writer process
+
+
+def enforce_update(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]:
+    """`update` (docker update, podman update) goes straight to the runtime: hold the container's
+    tier there too (its pids limit), in the --resources JSON (a file, or stdin as `-`) and in the
+    flags. Returns the argv to run; a rewritten stdin is put back on fd 0 for the runtime."""
+    from tiergate.oci import bundle, jsonio
+
+    from .harden import Context
+    from .modifiers import linux
+
+    policy, tier, source = _existing_container(parsed, conf, rec)
+    if tier["passthrough"]:
+        return parsed.argv
+    ctx = Context(tier, policy, {}, source)
+    where = parsed.value("resources", "r")
+    stdin = None
+    resources: dict = {}
+    if where == "-":
+        stdin = b""
+        while len(stdin) <= MAX_RESOURCES:
+            more = os.read(0, MAX_RESOURCES + 1 - len(stdin))
+            if not more:
+                break
+            stdin += more
+        if len(stdin) > MAX_RESOURCES:
+            raise _refusal(f"update resources on stdin are larger than {MAX_RESOURCES} bytes")
+        resources = jsonio.loads(stdin, "update resources")
+    elif where:
+        resources = bundle.read_json_file(where, "update resources")
+    original = jsonio.dumps(resources)
+    linux.pids_update(resources, ctx)
+    flag = parsed.value("pids-limit")
+    flag_res: dict = {}
+    if flag is not None:
+        try:
+            flag_res = {"pids": {"limit": int(flag)}}
+        except ValueError:
+            raise _refusal(f"invalid --pids-limit {flag[:32]!r}") from None
+        linux.pids_update(flag_res, ctx)
+    if ctx.refusals:
+        raise _refusal(ctx.refusals[0].replace("a container that", "an update that", 1))
+    rec["changes"] = [f"{c['field']}: {c['what']}" for c in ctx.changes]
+    argv = parsed.argv
+    if flag_res and flag_res["pids"]["limit"] != int(flag):
+        argv = parsed.without(lambda opt: opt.name == "pids-limit")
+        argv = parsed.with_options(["--pids-limit", str(flag_res["pids"]["limit"])], argv)
+    if where and where != "-" and jsonio.dumps(resources) != original:
+        bundle.write_json_file(where, resources)
+    if stdin is not None:  # consumed: hand the (clamped) document on through a pipe
+        data = jsonio.dumps(resources) if jsonio.dumps(resources) != original else stdin
+        r, w = os.pipe()
+        os.write(w, data)
+        os.close(w)
+        os.dup2(r, 0)
+        os.close(r)
+    return argv
+
+
 def enforce(argv: list[str], conf: dict) -> int:
     import time
 
@@ -524,6 +600,8 @@ def enforce(argv: list[str], conf: dict) -> int:
         rec["stage"] = parsed.command
         if parsed.command == "exec":
             run_argv = enforce_exec(parsed, conf, rec)
+        elif parsed.command == "update":
+            run_argv = enforce_update(parsed, conf, rec)
         else:
             plan = enforce_create(parsed, conf, rec)
             if plan is not None:

@@ -1,5 +1,9 @@
 """The main job: tiers enforced on real podman containers, with the shipped default policy.
 
+The shipped policy trusts no image name, so the demo brings its own policy: the
+shipped one plus a digest rule letting its privileged image (by its id) run
+privileged.
+
 Builds busybox-static images labelled with each shipped tier, registers
 tiergate's precreate hook with a scratch podman (its own storage, config and
 hooks dir: nothing shared is touched), runs the same probes in each container
@@ -17,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Podman, busybox_rootfs, caps_from_hex, probe_status  # noqa: E402
+from tiergate_fixtures import trusting_policy  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TIERGATE = [sys.executable, "-m", "tiergate.hook.cli"]
@@ -89,12 +94,14 @@ def main() -> int:
         podman = Podman(d / "podman", image_tar=rootfs.tar)
         try:
             print(f"tiergate demo: scratch podman in {podman.dir} (runtime {podman.runtime})\n")
-            subprocess.run([*TIERGATE, "install", "--engine", "podman", "--hooks-dir", str(podman.hooks_dir),
-                            "--bin-dir", str(d / "bin"), "--log", str(d / "decisions.jsonl"),
+            ids = {name: podman.import_image(name, labels) for name, labels, _ in IMAGES}
+            policy = trusting_policy(d / "demo-policy.toml", [ids[IMAGES[0][0]]])
+            print(f"policy: the shipped one plus a digest rule: {IMAGES[0][0]} (sha256:{ids[IMAGES[0][0]][:12]}...) "
+                  f"may be privileged ({policy})\n")
+            subprocess.run([*TIERGATE, "--policy", str(policy), "install", "--engine", "podman", "--hooks-dir",
+                            str(podman.hooks_dir), "--bin-dir", str(d / "bin"), "--log", str(d / "decisions.jsonl"),
                             "--cache-dir", str(d / "cache")], check=True)
             print()
-            for name, labels, _ in IMAGES:
-                podman.import_image(name, labels)
             results, tiers, errors = [], [], []
             for name, _, _ in IMAGES:
                 res, err = run_probes(podman, name)

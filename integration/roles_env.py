@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from harness import Podman, kill_procs, require_binary, run_cmd
+from tiergate_fixtures import trusting_policy
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_POLICY = REPO / "configs" / "policy.toml"
@@ -252,10 +253,12 @@ class RoleEnv:
         self.log = self.dir / "decisions.jsonl"
         self.images: list[str] = []
 
-    def install(self) -> None:
-        """The peers up and tiergate installed with the test policy (make_test_policy)."""
+    def install(self, trusted: list[str] = ()) -> None:
+        """The peers up and tiergate installed with the test policy (make_test_policy), trusting
+        the `trusted` image ids up to privileged."""
         self.peers.setup()
         policy = make_test_policy(self.peers, self.dir / "policy.toml")
+        trusting_policy(policy, trusted, base=policy)
         r = run_cmd([*TIERGATE, "--policy", str(policy), "install", "--engine", "podman",
                      "--hooks-dir", str(self.podman.hooks_dir), "--bin-dir", str(self.dir / "bin"),
                      "--log", str(self.log), "--cache-dir", str(self.dir / "cache")], timeout=60)
@@ -273,17 +276,18 @@ class RoleEnv:
         (root / "bin" / "tgprobe.c").unlink()
         tar = self.dir / "roles.tar"
         sh("tar", "--numeric-owner", "-C", str(root), "-cf", str(tar), ".", timeout=60)
-        self.install()
         for role in self.ROLES:
             self.image(role, {"io.tiergate.tier": role}, expose=[5432] if role == "database" else
                        [80] if role == "web" else [], tar=tar)
         self.image("unlabelled", {}, tar=tar)  # control: same image, no role label (baseline)
         self.image("restricted", {"io.tiergate.tier": "restricted"}, tar=tar)  # control: the roles' base
-        self.image("privileged", {"io.tiergate.tier": "privileged"}, tar=tar)  # control: untouched
         self.image("metadata-reader", {"io.tiergate.tier": "metadata-reader"}, tar=tar)  # allow_metadata
-        # controls without tiergate (tier privileged: untouched), with the roles' EXPOSE
-        self.image("control-db", {"io.tiergate.tier": "privileged"}, expose=[5432], tar=tar)
-        self.image("control-web", {"io.tiergate.tier": "privileged"}, expose=[80], tar=tar)
+        # controls without tiergate (tier privileged: untouched, trusted by image id: no name earns
+        # trust), the last two with the roles' EXPOSE
+        controls = [self.image("privileged", {"io.tiergate.tier": "privileged"}, tar=tar),
+                    self.image("control-db", {"io.tiergate.tier": "privileged"}, expose=[5432], tar=tar),
+                    self.image("control-web", {"io.tiergate.tier": "privileged"}, expose=[80], tar=tar)]
+        self.install(trusted=[self.podman.image_inspect(ref)["Id"] for ref in controls])
         print(f"\nrole env ready in {time.monotonic() - t:.1f} s (peers {self.peers.net4}.0/24)")
         return self
 

@@ -12,7 +12,7 @@ import secrets
 import pytest
 
 from tiergate.hook import apparmor
-from tiergate_fixtures import STATUS_SH, Hooks, refusal_line, tg, tg_images, tiergate  # noqa: F401
+from tiergate_fixtures import STATUS_SH, Hooks, refusal_line, tg, tg_images, tg_policy, tiergate  # noqa: F401
 
 ENABLED = apparmor.host_enabled()
 

@@ -18,7 +18,7 @@ import pytest
 
 from harness import caps_from_hex, probe_status
 from tiergate_fixtures import EXPECTED_TIER, STATUS_SH, Hooks, compiled_policy
-from tiergate_fixtures import tg_control, tg_images  # noqa: F401  (fixtures)
+from tiergate_fixtures import tg_control, tg_images, tg_policy  # noqa: F401  (fixtures)
 
 N = 30
 START_TIMEOUT = 120.0
@@ -65,8 +65,8 @@ def _expected_caps(tier: str, engine_default: set[str]) -> set[str]:
 
 
 @pytest.mark.podman
-def test_thirty_podman_containers_at_once(podman, tg_images, tg_control, tmp_path):
-    hooks = Hooks(podman, tmp_path / "tg")
+def test_thirty_podman_containers_at_once(podman, tg_images, tg_policy, tg_control, tmp_path):
+    hooks = Hooks(podman, tmp_path / "tg", policy=tg_policy)
     default = caps_from_hex(tg_control.status(tg_images["baseline"])["CapEff"])
     plan = [KEYS[i % len(KEYS)] for i in range(N)]
 

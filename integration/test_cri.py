@@ -24,7 +24,7 @@ from tiergate_fixtures import STATUS_SH, compiled_policy, tiergate
 pytestmark = pytest.mark.docker
 
 LABEL = "io.tiergate.tier"
-IMAGES = {  # key -> (reference, labels); localhost/tiergate-* may ask for up to privileged (shipped trust)
+IMAGES = {  # key -> (reference, labels); no name is trusted above baseline (shipped policy)
     "restricted": ("localhost/tiergate-cri-restricted:1", {LABEL: "restricted"}),
     "plain": ("localhost/tiergate-cri-plain:1", {}),
     "daemon": ("registry.example/cni-daemon:1", {LABEL: "privileged"}),  # no trust rule matches its name

@@ -138,9 +138,13 @@ class TestAddedRuntime:
         assert caps_from_hex(s["CapEff"]) == DEFAULT_CAPS and s["NoNewPrivs"] == "1"
 
     def test_run_label_cannot_raise_above_ceiling(self, tg):
-        """`docker run --label io.tiergate.tier=privileged` is clamped to the image's ceiling (baseline)."""
-        s = status(tg, "tg-restricted:1", "--label", "io.tiergate.tier=privileged", "--cap-add", "SYS_ADMIN")
+        """`docker run --label io.tiergate.tier=privileged` on an unlabelled image stays within baseline."""
+        s = status(tg, "tg-plain:1", "--label", "io.tiergate.tier=privileged", "--cap-add", "SYS_ADMIN")
         assert "CAP_SYS_ADMIN" not in caps_from_hex(s["CapEff"]) and s["NoNewPrivs"] == "1"
+
+    def test_run_label_cannot_loosen_the_images_own_tier(self, tg):
+        """The restricted image stays restricted under `--label io.tiergate.tier=privileged`: --cap-add is refused."""
+        refused(tg, "tg-restricted:1", "--label", "io.tiergate.tier=privileged", "--cap-add", "SYS_ADMIN")
 
     def test_cap_add_refused_on_restricted(self, tg):
         refused(tg, "tg-restricted:1", "--cap-add", "SYS_ADMIN")

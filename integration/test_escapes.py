@@ -27,7 +27,7 @@ import pytest
 
 from harness import run_cmd
 from roles_env import Peers, make_test_policy, skip_unless_tools
-from tiergate_fixtures import LABEL, Hooks, refusal_line
+from tiergate_fixtures import LABEL, Hooks, refusal_line, trusting_policy
 
 pytestmark = pytest.mark.podman
 
@@ -182,6 +182,8 @@ class EscapeEnv:
             self.images.append(ref)
         self.peers.setup()
         policy = make_test_policy(self.peers, self.dir / "policy.toml")
+        # the privileged control image is trusted by its id (no name earns trust)
+        trusting_policy(policy, [self.podman.image_inspect(PREFIX + "privileged")["Id"]], base=policy)
         self.hooks = Hooks(self.podman, self.dir / "tg", policy=policy)
         self.marker = self.dir / "host-marker"  # only on the host's filesystem
         self.marker.write_text("host\n")

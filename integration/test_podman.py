@@ -17,7 +17,7 @@ import pytest
 
 from harness import caps_from_hex, probe_status
 from tiergate_fixtures import (EXPECTED_TIER, IMAGES, LABEL, STATUS_SH, Hooks, caps, compiled_policy,  # noqa: F401
-                               probe_lines, probe_script, refusal_line, tg, tg_control, tg_images, tgp)
+                               probe_lines, probe_script, refusal_line, tg, tg_control, tg_images, tg_policy, tgp)
 
 pytestmark = pytest.mark.podman
 
@@ -107,17 +107,24 @@ class TestTiers:
         full = runs["control-full"]
         assert full[1][probe], full[3].stdout
 
-    def test_same_image_under_an_untrusted_reference(self, tgp, tg_images, podman_env):
-        """Trust judges the reference the container was created from: the privileged image's own id
-        tagged registry.example/same is clamped to baseline."""
+    def test_trust_follows_the_image_not_its_name(self, tgp, tg_images, podman_env):
+        """The untrusted image tagged with the trusted image's own name stays baseline; the trusted
+        image (a digest rule on its id) stays privileged under any name."""
+        alias = tg_images["privileged"] + ":alias"
+        podman_env.podman("tag", tg_images["untrusted"], alias, check=True)
+        try:
+            status = tgp.status(alias)
+        finally:
+            podman_env.podman("untag", tg_images["untrusted"], alias)
+        rec = tgp.last()
+        assert rec["tier"] == "baseline" and rec["requested"] == "privileged" and "clamped to baseline" in rec["why"]
+        assert status["NoNewPrivs"] == "1"
         podman_env.podman("tag", tg_images["privileged"], "registry.example/same:latest", check=True)
         try:
             status = tgp.status("registry.example/same:latest")
         finally:
             podman_env.podman("untag", tg_images["privileged"], "registry.example/same:latest")
-        rec = tgp.last()
-        assert rec["tier"] == "baseline" and rec["requested"] == "privileged" and "clamped to baseline" in rec["why"]
-        assert status["NoNewPrivs"] == "1"
+        assert tgp.last()["tier"] == "privileged" and status["NoNewPrivs"] == "0"
 
     def test_plain_podman_allows_what_tiergate_removes(self, runs):
         """Without any flag podman's defaults allow these: the tiers' refusals below are tiergate's doing."""
@@ -314,7 +321,7 @@ class TestEscalation:
 # --------------------------------------------------------------------------
 
 class TestAnnotations:
-    def test_podman_inspect_shows_the_decision(self, tgp, tg_images):
+    def test_podman_inspect_shows_the_decision(self, tgp, tg_images, tg_policy):
         """io.tiergate.tier/why/policy/notes added at precreate are in `podman inspect` (.Config.Annotations)."""
         mark = tgp.mark()
         tgp.run(tg_images["untrusted"], "true", args=["--name", "tg-ann"], rm=False, check=True)
@@ -322,7 +329,7 @@ class TestAnnotations:
         rec = tgp.records()[mark:][-1]
         assert ann["io.tiergate.tier"] == "baseline" == rec["tier"]
         assert ann["io.tiergate.why"] == rec["why"] and "clamped to baseline" in ann["io.tiergate.why"]
-        assert ann["io.tiergate.policy"] == rec["policy"] == compiled_policy()["digest"][:16]
+        assert ann["io.tiergate.policy"] == rec["policy"] == compiled_policy(str(tg_policy))["digest"][:16]
         assert "podman exec runs no hook" in ann["io.tiergate.notes"]
 
     def test_create_runtime_hook_receives_them(self, podman, tg_images, tmp_path):

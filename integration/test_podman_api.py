@@ -14,7 +14,7 @@ import pytest
 
 import harness
 from harness import probe_status
-from tiergate_fixtures import caps, compiled_policy, podman_argv, tg, tg_images  # noqa: F401
+from tiergate_fixtures import caps, compiled_policy, podman_argv, tg, tg_images, tg_policy  # noqa: F401
 
 pytestmark = pytest.mark.podman
 

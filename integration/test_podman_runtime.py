@@ -40,15 +40,15 @@ DROP_IN = "99-tiergate.conf"
 class RuntimePodman:
     """A scratch podman whose default runtime is tiergate-runtime (from the installed drop-in)."""
 
-    def __init__(self, dir: Path, image_tar: Path):
+    def __init__(self, dir: Path, image_tar: Path, policy: Path | None = None):
         self.dir = Path(dir)
         self.conf_d = self.dir / "containers.conf.d"
         self.bin_dir = self.dir / "bin"
         self.log = self.dir / "decisions.jsonl"
         self.conf_d.mkdir(parents=True, exist_ok=True)
         self.install_args = ["--engine", "podman-runtime", "--config", self.conf_d, "--bin-dir", self.bin_dir]
-        self.install_output = tiergate("install", *self.install_args, "--default", "--log", self.log,
-                                       "--cache-dir", self.dir / "cache").stdout
+        self.install_output = tiergate(*(["--policy", policy] if policy else []), "install", *self.install_args,
+                                       "--default", "--log", self.log, "--cache-dir", self.dir / "cache").stdout
         self.drop_in = tomllib.loads((self.conf_d / DROP_IN).read_text())
         self.shim = self.bin_dir / "tiergate-runtime"
         self.podman = harness.Podman(self.dir / "podman", image_tar=image_tar, containers_conf=self.drop_in)

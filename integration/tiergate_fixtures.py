@@ -10,7 +10,8 @@ built here names one of them with ``--hooks-dir`` in place of the harness's
 and a CONTROL run "without any hook" differ by that directory only.
 
 Session fixtures: tg_images (one image per tier, unlabelled, untrusted),
-                  tg (tiergate installed: precreate hook, own log and cache),
+                  tg_policy (the shipped policy trusting the privileged test image by its id),
+                  tg (tiergate installed with tg_policy: precreate hook, own log and cache),
                   tg_control (hooks dir with no hook at all)
 Function fixture: tgp (tg, containers removed after the test)
 """
@@ -34,7 +35,7 @@ TIERGATE = [sys.executable, "-m", "tiergate.hook.cli"]
 LABEL = "io.tiergate.tier"
 STATUS_SH = "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status"
 
-# key -> (reference, labels). Trust: localhost/tiergate-* may be privileged, anything else baseline.
+# key -> (reference, labels). Trust (tg_policy): the privileged image by its id, anything else baseline.
 IMAGES: dict[str, tuple[str, dict[str, str]]] = {
     "privileged": ("localhost/tiergate-it-privileged", {LABEL: "privileged"}),
     "baseline": ("localhost/tiergate-it-baseline", {LABEL: "baseline"}),
@@ -53,6 +54,26 @@ def tiergate(*args: str | os.PathLike, check: bool = True, input: str | None = N
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """The operator CLI (`tiergate ARGS`) from the test's own interpreter."""
     return run_cmd([*TIERGATE, *args], check=check, input=input, timeout=timeout, cwd=REPO)
+
+
+SHIPPED_POLICY = REPO / "configs" / "policy.toml"
+
+
+def trusting_policy(dest: Path, image_ids, max_tier: str = "privileged", base: Path = SHIPPED_POLICY) -> Path:
+    """`base` with a digest trust rule per image id ahead of its own rules: how a test (or the
+    demo) lets an image it imported reach `max_tier`, now that no name earns trust."""
+    rules = "".join(f'[[trust]]\ndigest = "sha256:{i.removeprefix("sha256:")}"\nmax_tier = "{max_tier}"\n\n'
+                    for i in image_ids)
+    Path(dest).write_text(with_trust_rules(Path(base).read_text(), rules))
+    return Path(dest)
+
+
+def with_trust_rules(text: str, rules: str) -> str:
+    """Policy text with `rules` (TOML [[trust]] tables) put before its first trust rule."""
+    import re
+
+    at = re.search(r"^\[\[trust\]\]", text, re.M).start()
+    return text[:at] + rules + text[at:]
 
 
 def compiled_policy(policy: str | None = None) -> dict:
@@ -188,9 +209,16 @@ def tg_images(podman_env):
 
 
 @pytest.fixture(scope="session")
-def tg(podman_env, it_dir, tg_images) -> Hooks:
-    """tiergate's precreate hook installed (shipped policy) in a hooks dir of its own."""
-    return Hooks(podman_env, it_dir / "tg")
+def tg_policy(podman_env, it_dir, tg_images) -> Path:
+    """The shipped policy plus one digest rule: the privileged test image (by its id) may be privileged."""
+    image_id = podman_env.image_inspect(tg_images["privileged"])["Id"]
+    return trusting_policy(it_dir / "tg-policy.toml", [image_id])
+
+
+@pytest.fixture(scope="session")
+def tg(podman_env, it_dir, tg_images, tg_policy) -> Hooks:
+    """tiergate's precreate hook installed (tg_policy) in a hooks dir of its own."""
+    return Hooks(podman_env, it_dir / "tg", policy=tg_policy)
 
 
 @pytest.fixture(scope="session")

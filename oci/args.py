@@ -45,8 +45,9 @@ COMMAND_VALUE_FLAGS: dict[str, frozenset[str]] = {
 }
 # Subcommands whose options stop at the first positional (urfave/cli SkipArgReorder).
 NO_REORDER = frozenset({"exec"})
-# Subcommands that tiergate inspects; everything else is passed through unread.
-ENFORCED = frozenset({"create", "run", "exec"})
+# Subcommands that tiergate inspects; everything else is passed through unread (the one
+# table: the runtime shim and its /bin/sh front use it too).
+ENFORCED = frozenset({"create", "run", "restore", "exec", "update"})
 
 
 class ArgsError(ValueError):

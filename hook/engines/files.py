@@ -137,3 +137,19 @@ def remove(path: Path, marker: str | None = None, say=print) -> None:
     path.unlink()
     say(f"removed {path}")
     prune(path.parent, say)
+
+
+def lines(path: Path) -> list[str]:
+    """The non-empty lines of a registration list (e.g. who uses a shared launcher); [] if absent."""
+    try:
+        return [line for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def set_lines(path: Path, entries: list[str], say=print) -> None:
+    """Write a registration list, or remove it once empty."""
+    if entries:
+        write(path, "".join(f"{e}\n" for e in entries), 0o644, say)
+    else:
+        remove(path, None, say)

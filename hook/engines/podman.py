@@ -77,6 +77,12 @@ def hooks_dirs_read(confs: list[str], skip: str | None = None) -> tuple[list[str
     return dirs, source
 
 
+# In the bin dir: every hooks dir install wrote to (any path, `--hooks-dir` included), so that
+# uninstalling one never removes the program another still calls (podman would then run
+# every container there with no hook at all).
+HOOKS_DIRS_FILE = "tiergate-hook.dirs"
+
+
 def install(hooks_dir: Path, bin_dir: Path, extra: list[str], prestart: bool, say=print) -> None:
     exe = install_hook(bin_dir, say)
     files.write(hooks_dir / HOOK_FILES["precreate"], hook_json(exe, "precreate", extra), 0o644, say)
@@ -84,19 +90,39 @@ def install(hooks_dir: Path, bin_dir: Path, extra: list[str], prestart: bool, sa
         files.write(hooks_dir / HOOK_FILES["prestart"], hook_json(exe, "prestart", extra), 0o644, say)
     else:
         files.remove(hooks_dir / HOOK_FILES["prestart"], str(exe), say)
+    known = files.lines(Path(bin_dir) / HOOKS_DIRS_FILE)
+    if str(Path(hooks_dir).absolute()) not in known:
+        files.set_lines(Path(bin_dir) / HOOKS_DIRS_FILE, [*known, str(Path(hooks_dir).absolute())], say)
 
 
 def uninstall(hooks_dirs: list[Path], bin_dir: Path, say=print) -> None:
-    """Remove our hook files from each dir; the launcher too unless a runtime shim still uses it."""
+    """Remove our hook files from each dir; the launcher too unless a runtime shim or another hooks
+    dir still calls it."""
     from .shim import users
 
     exe = bin_dir / "tiergate-hook"
-    for d in dict.fromkeys(Path(x) for x in hooks_dirs):
+    dirs = list(dict.fromkeys(Path(x).absolute() for x in hooks_dirs))
+    for d in dirs:
         for name in HOOK_FILES.values():
             if (d / name).exists() or len(hooks_dirs) == 1:
                 files.remove(d / name, str(exe), say)
-    if not users(bin_dir):
-        remove_hook(bin_dir, say)
+    release_hook(bin_dir, say, users(bin_dir), gone=dirs)
+
+
+def release_hook(bin_dir: Path, say=print, still: list[str] = (), gone: list[Path] = ()) -> None:
+    """Remove the hook launcher unless `still` (e.g. runtime shim users) or a hook file in a hooks
+    dir install wrote to, or one podman reads, calls it (`gone`: dirs being emptied now). The list
+    of dirs keeps only live ones."""
+    exe = Path(bin_dir) / "tiergate-hook"
+    listed = files.lines(Path(bin_dir) / HOOKS_DIRS_FILE)
+    live = [p for p in hooks_using(exe, dirs=listed) if p.parent.absolute() not in gone]
+    files.set_lines(Path(bin_dir) / HOOKS_DIRS_FILE, [d for d in listed if any(p.parent == Path(d) for p in live)], say)
+    live += [p for p in hooks_using(exe) if p.parent.absolute() not in gone]
+    users = [*still, *dict.fromkeys(str(p) for p in live)]
+    if users:
+        say(f"kept {exe}: still used by {', '.join(users)}")
+        return
+    remove_hook(bin_dir, say)
 
 
 def hooks_using(exe: Path, home: str | None = None, dirs: list[str] | None = None) -> list[Path]:

@@ -20,8 +20,10 @@ import os
 import shlex
 from pathlib import Path
 
+from tiergate.oci import args as runc_args
+
 from . import files
-from .launcher import MARKER, install_hook, interpreter, remove_hook, script
+from .launcher import MARKER, install_hook, interpreter, script
 
 SHIM = "tiergate-runtime"
 CONF = "tiergate-runtime.conf"
@@ -30,7 +32,7 @@ PY_LAUNCHER = "lib/tiergate-runtime.py"
 # Global flags taking a value: runc 1.1's, plus crun's that runc rejects anyway
 # (never a runc boolean: `--debug create` must still be seen as create).
 VALUE_FLAGS = ("root", "log", "log-format", "criu", "rootless", "cgroup-manager")
-ENFORCED = ("create", "run", "restore", "exec")
+ENFORCED = tuple(sorted(runc_args.ENFORCED))
 
 
 def is_shim(path: Path) -> bool:
@@ -125,15 +127,12 @@ def install(bin_dir: Path, user: str, runtime: str | None = None, policy: str | 
     files.write(shim, sh_front(real, interpreter(), bin_dir / PY_LAUNCHER), 0o755, say)
     known = users(bin_dir)
     if user not in known:
-        files.write(bin_dir / USERS, "".join(f"{u}\n" for u in [*known, user]), 0o644, say)
+        files.set_lines(bin_dir / USERS, [*known, user], say)
     return shim
 
 
 def users(bin_dir: Path) -> list[str]:
-    try:
-        return [line for line in (Path(bin_dir) / USERS).read_text().splitlines() if line.strip()]
-    except OSError:
-        return []
+    return files.lines(Path(bin_dir) / USERS)
 
 
 def uninstall(bin_dir: Path, user: str, say=print) -> None:
@@ -141,17 +140,13 @@ def uninstall(bin_dir: Path, user: str, say=print) -> None:
     bin_dir = Path(bin_dir)
     rest = [u for u in users(bin_dir) if u != user]
     if rest:
-        files.write(bin_dir / USERS, "".join(f"{u}\n" for u in rest), 0o644, say)
+        files.set_lines(bin_dir / USERS, rest, say)
         say(f"kept {bin_dir / SHIM}: still used by {', '.join(rest)}")
         return
     files.remove(bin_dir / USERS, None, say)
     for rel in (SHIM, PY_LAUNCHER, CONF):
         files.remove(bin_dir / rel, MARKER, say)
-    from .podman import hooks_using
+    from .podman import release_hook
 
-    hook = bin_dir / "tiergate-hook"
-    if hooks_using(hook):
-        say(f"kept {hook}: podman's hooks use it")
-        return
-    remove_hook(bin_dir, say)
+    release_hook(bin_dir, say)
 

@@ -35,8 +35,16 @@ def decision(spec: dict, ctx) -> None:
         if ctx.facts.get("ports"):
             want[PREFIX + "ports"] = ",".join(f"{p['port']}/{p['proto']}" for p in ctx.facts["ports"])
     # Notes describe what this pass clamped; a pass that changed nothing keeps the first pass's record.
-    if ctx.notes and (ctx.changes or PREFIX + "notes" not in annotations):
+    again = not ctx.changes and all(annotations.get(k) == want[k] for k in (PREFIX + "tier", PREFIX + "policy"))
+    kept = annotations.get(PREFIX + "notes") if again else None
+    if isinstance(kept, str):
+        want[PREFIX + "notes"] = kept
+    elif ctx.notes:
         want[PREFIX + "notes"] = "; ".join(f"{k}: {v}" for k, v in ctx.notes)
+    # Only what tiergate wrote is read back (createRuntime: tier, ports; exec: tier; status: why,
+    # notes): a caller's io.tiergate.* annotation is no fact, so every other one goes.
+    for key in [k for k in annotations if isinstance(k, str) and k.startswith(PREFIX) and k not in want]:
+        del annotations[key]
     for key, value in want.items():
         if annotations.get(key) != value:
             annotations[key] = value

@@ -85,3 +85,24 @@ def nproc_instead(spec: dict, ctx, limit: int) -> None:
                    f"tier {name} caps processes; without cgroups, per uid in the user namespace")
     ctx.note("pids", f"pids_limit {limit} applied as RLIMIT_NPROC {hard} (no cgroup delegation: shared by the "
              "user's containers running as the same uid)")
+
+
+def pids_update(resources: dict, ctx) -> None:
+    """`runc update` resources (docker update, podman update): the tier's pids limit holds after
+    create too. 0 leaves the limit as it is (runc); below 0 is unlimited; cgroup v2 `unified`
+    pids.* keys would bypass the field."""
+    limit = ctx.tier["pids_limit"]
+    if not limit:
+        return
+    pids = resources.get("pids")
+    have = pids.get("limit") if isinstance(pids, dict) else None
+    if isinstance(have, int) and not isinstance(have, bool) and (have < 0 or have > limit):
+        ctx.escalation(f"raises its pids limit to {'unlimited' if have < 0 else have} by update (the tier caps it at {limit})")
+        pids["limit"] = limit
+        ctx.change("$.pids.limit", f"set to {limit}", f"tier {ctx.tier['name']} caps processes (fork bombs)")
+    unified = resources.get("unified")
+    if isinstance(unified, dict) and any(str(k).startswith("pids.") for k in unified):
+        ctx.escalation(f"writes cgroup pids files by update ({', '.join(sorted(str(k) for k in unified if str(k).startswith('pids.')))})")
+        for key in [k for k in unified if str(k).startswith("pids.")]:
+            del unified[key]
+        ctx.change("$.unified", "dropped pids.*", f"tier {ctx.tier['name']} sets the pids limit")

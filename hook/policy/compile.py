@@ -69,8 +69,9 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
             raise fail("a trust rule needs exactly one of 'match' or 'digest'", "trust", i)
         if rule.match is not None and any(c in rule.match for c in "[]"):
             raise fail(f"trust rule pattern {rule.match!r}: only * and ? are wildcards", "trust", i, "match")
-        if rule.digest is not None and not re.match(r"^(sha256:)?[0-9a-f]{12,64}$", rule.digest):
-            raise fail(f"invalid digest {rule.digest!r}", "trust", i, "digest")
+        if rule.digest is not None and not re.match(r"^(sha256:)?[0-9a-f]{64}$", rule.digest):
+            raise fail(f"invalid digest {rule.digest!r}: a digest rule needs the full sha256 (64 hex digits); "
+                       "a prefix could be searched for", "trust", i, "digest")
         trust.append({"match": rule.match, "digest": rule.digest and rule.digest.removeprefix("sha256:"),
                       "max_tier": rule.max_tier, "over_ceiling": rule.over_ceiling or model.over_ceiling})
     if model.sandbox_tier is not None:
@@ -96,6 +97,7 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
         "default_ceiling": model.default_ceiling,
         "on_unknown_image": model.on_unknown_image,
         "over_ceiling": model.over_ceiling,
+        "caller_may_loosen": model.caller_may_loosen,
         "label_sources": list(dict.fromkeys(model.label_sources)),
         "on_error": {"*": model.on_error, **{name: e.on_error for name, e in model.engines.items() if e.on_error}},
         "sensitive": {"paths": sorted({os.path.normpath(p) for p in sens.paths}),
@@ -253,6 +255,16 @@ def warnings(compiled: dict) -> list[str]:
             for j in range(i + 1, len(compiled["trust"])):
                 out.append(f"trust[{j}] can never match: trust[{i}] matches every image first")
             break
+    floor = min(tiers[compiled["default_ceiling"]]["strictness"],
+                tiers["baseline"]["strictness"] if "baseline" in tiers else 1 << 30)
+    for i, rule in enumerate(compiled["trust"]):
+        if rule["match"] is not None and tiers[rule["max_tier"]]["strictness"] < floor:
+            out.append(f"trust[{i}] lets images named {rule['match']!r} reach {rule['max_tier']}: a name counts only "
+                       "when the engine recorded it from a registry pull with its digest (never a local tag, "
+                       "commit, import or load); prefer a digest rule")
+    if compiled.get("caller_may_loosen"):
+        out.append("caller_may_loosen = true: a caller's label or annotation may ask for a weaker tier than "
+                   "the image's own, up to its ceiling")
     for name, tier in tiers.items():
         parent = tiers.get(tier["extends"]) if tier["extends"] else None
         if parent and tier["strictness"] < parent["strictness"]:

@@ -85,10 +85,11 @@ class PolicyFile:
     on_unknown_image: str = "refuse"
     default_ceiling: str = "baseline"
     over_ceiling: Escalation = "clamp"
+    caller_may_loosen: bool = False
     on_error: Literal["refuse", "allow"] = "refuse"
     audit: bool = False
     label_sources: list[Literal["docker", "cri", "storage", "annotation"]] = attrs.Factory(
-        lambda: ["docker", "cri", "storage", "annotation"])
+        lambda: ["docker", "storage", "cri", "annotation"])
     sandbox_tier: str | None = None
     namespaces: dict[str, NamespaceRule] = attrs.Factory(dict)
     sensitive: Sensitive = attrs.Factory(Sensitive)

@@ -231,4 +231,6 @@ def _crio(annotations: dict) -> Image:
             labels = {k: v for k, v in parsed.items() if isinstance(k, str) and isinstance(v, str)}
     image_id = annotations.get(CRIO_ID) if isinstance(annotations.get(CRIO_ID), str) else ""
     refs = [normalize_ref(name)] if not name.startswith("sha256:") else []
-    return Image(refs=refs, id=image_id if not image_id.count("@") else "", labels=labels)
+    # The pod's labels are the caller's (a request that may only tighten), never the image's;
+    # an annotated name is no pull record, so it lifts no ceiling (Image.pulled stays empty).
+    return Image(refs=refs, id=image_id if not image_id.count("@") else "", container_labels=labels)

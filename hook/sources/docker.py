@@ -7,7 +7,12 @@ to the data root, whatever `--data-root` is (never assume /var/lib/docker).
 
 config.v2.json: Config.Labels (the image's labels merged with `docker run
 --label`), Config.Image (the reference the user gave: `busybox`,
-`localhost/x:1`, or an image id), Image (the image id), Config.ExposedPorts.
+`localhost/x:1`, or an image id), Image (the image id), Config.ExposedPorts,
+Driver. The image's own labels come from its config in
+`<data-root>/image/<driver>/imagedb/content/sha256/<id>`; which names it was
+pulled under from `<data-root>/image/<driver>/repositories.json`, where a pull
+records `repo@sha256:<digest>` beside the tag and `docker tag`, `commit`,
+`import` and `load` record tags only.
 
 The directory must be docker's, not a look-alike a user bind-mounted at
 /etc/hostname: its name is the container id runc was given, the file names
@@ -135,5 +140,46 @@ def image_for_spec(spec: dict, container_id: str | None = None) -> Image | None:
     refs = []
     if asked and not (_hex(asked.removeprefix("sha256:"), 12, 64) and image_id.removeprefix("sha256:").startswith(asked.removeprefix("sha256:"))):
         refs.append(normalize_ref(asked))
-    return Image(refs=refs, id=image_id, labels={k: v for k, v in labels.items() if isinstance(v, str)},
-                 exposed=list(exposed))
+    store = os.path.join(os.path.dirname(os.path.dirname(directory)), "image", str(doc.get("Driver") or ""))
+    own = image_labels(store, image_id)
+    if isinstance(own, str):
+        return Image.unknown(own)
+    return Image(refs=refs, id=image_id, labels=own,
+                 pulled=lambda: [r for r in refs if _pulled(r, pulled_repos(store, image_id))],
+                 container_labels={k: v for k, v in labels.items() if isinstance(v, str)}, exposed=list(exposed))
+
+
+def image_labels(store: str, image_id: str) -> dict | str:
+    """The image's own labels from its config in docker's image store, or why they cannot be read."""
+    digest = image_id.removeprefix("sha256:")
+    if not _hex(digest, 64, 64) or not os.path.basename(store):
+        return f"docker's container config names no image id or storage driver ({image_id[:20]!r})"
+    path = os.path.join(store, "imagedb", "content", "sha256", digest)
+    try:
+        cfg = _read_owned(path).get("config")
+    except OSError as exc:
+        return f"cannot read docker's image record {path}: {exc.strerror}"
+    except (ValueError, UnicodeDecodeError, OciError) as exc:
+        return f"docker's image record {path}: {str(exc)[:100]}"
+    labels = cfg.get("Labels") if isinstance(cfg, dict) and isinstance(cfg.get("Labels"), dict) else {}
+    return {k: v for k, v in labels.items() if isinstance(v, str)}
+
+
+def pulled_repos(store: str, image_id: str) -> set[str]:
+    """Repositories this image was pulled from: those with a `repo@sha256:` entry for its id in
+    repositories.json. Read only when a trust rule that lifts the ceiling asks; unreadable: none."""
+    want = "sha256:" + image_id.removeprefix("sha256:")
+    try:
+        repos = _read_owned(os.path.join(store, "repositories.json")).get("Repositories")
+    except (OSError, ValueError, UnicodeDecodeError, OciError):
+        return set()
+    return {repo for repo, refs in (repos if isinstance(repos, dict) else {}).items()
+            if isinstance(refs, dict) and any("@" in r and v == want for r, v in refs.items())}
+
+
+def _pulled(ref: str, repos: set[str]) -> bool:
+    """Was `ref` (normalized) pulled, i.e. does its repository carry a digest for this image?"""
+    name = ref.partition("@")[0]
+    last = name.rsplit("/", 1)[-1]
+    repo = name.rsplit(":", 1)[0] if ":" in last else name
+    return repo in repos or repo.removeprefix(DEFAULT_DOMAIN + "/").removeprefix("library/") in repos

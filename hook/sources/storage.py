@@ -4,6 +4,12 @@ Podman holds the container's lock while hooks run, so asking podman would
 deadlock; its storage metadata is plain JSON on disk. The precreate spec's
 root.path is `<graphroot>/overlay/<layer>/merged`: the graphroot comes from
 it, which honours storage.conf, --root and rootless storage alike.
+
+Names here are no identity: `podman tag`, `import`, `load` and `commit` record
+a name together with a (locally made) manifest digest exactly as a pull does,
+so no name in images.json proves a pull. An image from containers-storage
+therefore earns a lifted ceiling only by a digest rule (its id or manifest
+digest); name rules may still tighten it.
 """
 
 from __future__ import annotations

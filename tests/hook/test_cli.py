@@ -117,7 +117,7 @@ def test_explain_says_which_rule_and_what_changes(capsys, monkeypatch) -> None:
     assert (code, err) == (0, "")
     assert out.startswith("tier: baseline - ")
     assert "why:  label io.tiergate.tier asks for privileged, clamped to baseline" in out
-    assert "trust[1] match '*'" in out
+    assert "trust[0] match '*'" in out
     assert "seccomp: profile baseline" in out and "denied (errno 1): " in out and "because " in out
     assert "  - $.linux.devices: removed 3 host devices" in out and "      because tier baseline" in out
 

@@ -153,12 +153,14 @@ def test_docker_registration(tmp_path):
     f.write_text("{")
     assert host.check_docker_registration(str(f)).status == "fail"
     f.write_text(json.dumps({"runtimes": {"tiergate": {"path": sys.executable}}, "default-runtime": "tiergate"}))
-    assert host.check_docker_registration(str(f)).status == "ok"
+    c = host.check_docker_registration(str(f))
+    assert c.status == "ok" and "--runtime {runc,io.containerd.runc.v2,io.containerd.runtime.v1.linux} still bypasses" in c.detail
     f.write_text(json.dumps({"runtimes": {"tiergate": {"path": sys.executable}}}))
     c = host.check_docker_registration(str(f))
     assert c.status == "warn" and "--runtime tiergate" in c.detail
     f.write_text(json.dumps({"runtimes": {"tiergate": {"path": "/nonexistent/tiergate-runtime"}}}))
-    assert host.check_docker_registration(str(f)).status == "fail"
+    c = host.check_docker_registration(str(f))
+    assert c.status == "fail" and "/nonexistent/tiergate-runtime is MISSING" in c.detail
 
 
 def test_nftables_missing(tmp_path):
@@ -258,3 +260,23 @@ def test_hooks_dirs_read_follows_podman(tmp_path):
     assert podman.hooks_dirs_read(confs)[0] == ["/ours"]
     assert podman.hooks_dirs_read(confs, skip="99-tiergate.conf") == (["/y", "/z"], f"hooks_dir in {d / '50-b.conf'}")
     assert podman.containers_confs(env={"CONTAINERS_CONF": str(a)}) == [str(a)]
+
+
+def test_two_hooks_dirs_share_a_program_until_the_last_uninstall(tmp_path):
+    """Uninstalling one hooks dir keeps the program another still runs; doctor names a missing program."""
+    from tiergate.hook.engines import podman
+
+    quiet = {"say": lambda *a: None}
+    h1, h2, bin_dir = tmp_path / "h1", tmp_path / "h2", tmp_path / "bin"
+    podman.install(h1, bin_dir, [], False, **quiet)
+    podman.install(h2, bin_dir, [], False, **quiet)
+    podman.uninstall([h1], bin_dir, **quiet)
+    assert (bin_dir / "tiergate-hook").exists() and not (h1 / podman.HOOK_FILES["precreate"]).exists()
+    assert host.check_podman_registration([str(h2)], "test").status == "ok"
+    podman.uninstall([h2], bin_dir, **quiet)
+    assert not bin_dir.exists()  # the last one out removes everything install made
+    # a registration whose program is gone (removed by hand, or by an older uninstall): fail, said plainly
+    podman.install(h2, bin_dir, [], False, **quiet)
+    (bin_dir / "tiergate-hook").unlink()
+    c = host.check_podman_registration([str(h2)], "test")
+    assert c.status == "fail" and "MISSING" in c.detail and "no tiergate hook" in c.detail

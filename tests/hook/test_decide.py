@@ -60,6 +60,11 @@ def img(ref: str = "docker.io/library/nginx:1.27", labels: dict | None = None, *
     return Image(refs=[ref] if ref else [], labels=labels or {}, **kw)
 
 
+def pulled(ref: str, labels: dict | None = None, **kw) -> Image:
+    """An image the engine recorded as pulled under `ref` with its digest."""
+    return img(ref, labels, pulled=[ref], **kw)
+
+
 # (id, image, annotations, expected tier, requested, words expected in why)
 ALLOWED = [
     ("no label: default tier", img(), None, "mid", "mid", ["policy default (no tier label)"]),
@@ -68,9 +73,13 @@ ALLOWED = [
     ("label equal to the ceiling", img(labels={KEY: "mid"}), None, "mid", "mid", []),
     ("label above the ceiling is clamped", img(labels={KEY: "top"}), None, "mid", "top",
      ["asks for top, clamped to mid", "default ceiling"]),
-    ("trusted glob lifts the ceiling", img("registry.example/infra/dns:1", {KEY: "top"}), None, "top", "top",
-     ["trust[1] match 'registry.example/infra/*'"]),
-    ("first match wins over a later stricter rule", img("registry.example/infra/evil:1", {KEY: "top"}), None, "top", "top",
+    ("trusted glob lifts the ceiling for a pulled name", pulled("registry.example/infra/dns:1", {KEY: "top"}), None,
+     "top", "top", ["trust[1] match 'registry.example/infra/*'"]),
+    ("a local name (tag, import, commit) lifts nothing: the next rule that matches it applies",
+     img("registry.example/infra/dns:1", {KEY: "tight"}), None, "tight", "tight", ["trust[2]"]),
+    ("a local name on a clamping path stays at the default ceiling", img("quay.io/infra/dns:1", {KEY: "top"}), None,
+     "mid", "top", ["default ceiling"]),
+    ("first match wins over a later stricter rule", pulled("registry.example/infra/evil:1", {KEY: "top"}), None, "top", "top",
      ["trust[1]"]),
     ("digest rule on the image id", img("", {KEY: "top"}, id="sha256:" + DIGEST), None, "top", "top",
      [f"trust[0] digest {DIGEST[:12]}"]),
@@ -80,7 +89,16 @@ ALLOWED = [
      ["trust[0]"]),
     ("annotation request honoured within the ceiling", img(labels={KEY: "mid"}), {KEY: "tight"}, "tight", "tight",
      [f"annotation {KEY}"]),
-    ("annotation request clamped like a label", img(), {KEY: "top"}, "mid", "top", ["annotation", "clamped to mid"]),
+    ("annotation asking for weaker than the image's own tier is ignored", img(labels={KEY: "tight"}), {KEY: "mid"},
+     "tight", "tight", ["label", "a caller may only tighten"]),
+    ("annotation asking for weaker than the default tier is ignored", img(), {KEY: "top"}, "mid", "mid",
+     ["policy default", "a caller may only tighten"]),
+    ("container label weaker than the image's own is ignored",
+     img(labels={KEY: "tight"}, container_labels={KEY: "mid"}), None, "tight", "tight", ["a caller may only tighten"]),
+    ("container label tightens", img(labels={KEY: "mid"}, container_labels={KEY: "tight"}), None, "tight", "tight",
+     [f"container label {KEY}"]),
+    ("container label equal to the image's own label is the image's", img(labels={KEY: "tight"}, container_labels={KEY: "tight"}),
+     None, "tight", "tight", [f"label {KEY}"]),
     ("non-string annotation is ignored", img(labels={KEY: "tight"}), {KEY: 5}, "tight", "tight", ["label"]),
     ("look-alike label key (Cyrillic i) is no label", img(labels={"io.tiergate.t\u0456er": "top"}), None, "mid", "mid",
      ["policy default"]),
@@ -113,9 +131,25 @@ def test_request_above_ceiling_is_refused_when_the_rule_says_so(policy: dict) ->
 
 
 def test_annotation_above_ceiling_is_refused_like_a_label(policy: dict) -> None:
-    """An annotation cannot buy what the image's trust rule forbids."""
+    """Even where a caller may loosen, an annotation cannot buy what the image's trust rule forbids."""
     with pytest.raises(Refusal, match=r"asks for tier top \(annotation io.tiergate.tier\) but may get at most tight"):
-        decide(policy, img("registry.example/app:1"), {KEY: "top"})
+        decide(dict(policy, caller_may_loosen=True), img("registry.example/app:1"), {KEY: "top"})
+
+
+def test_caller_may_loosen_up_to_the_ceiling(policy: dict) -> None:
+    """caller_may_loosen = true: a weaker request than the image's own label is honoured, within the ceiling."""
+    loose = dict(policy, caller_may_loosen=True)
+    d = decide(loose, img(labels={KEY: "tight"}), {KEY: "mid"})
+    assert (d.tier, d.requested, d.source) == ("mid", "mid", f"annotation {KEY}")
+    d = decide(loose, img(labels={KEY: "tight"}), {KEY: "top"})
+    assert (d.tier, d.requested) == ("mid", "top") and "clamped to mid" in d.why
+
+
+def test_digest_rules_match_only_the_full_digest(policy: dict) -> None:
+    """A digest rule matches the whole id or manifest digest, never an image whose id merely starts alike."""
+    assert ceiling_for(policy, img("", id=DIGEST))[0] == "top"
+    assert ceiling_for(policy, img("", id=DIGEST[:12] + "0" * 52))[0] == "mid"
+    assert ceiling_for(policy, img("", digest=DIGEST[:-1] + "0"))[0] == "mid"
 
 
 def test_no_label_default_above_ceiling_obeys_ceiling(policy: dict) -> None:
@@ -197,18 +231,24 @@ def test_unknown_image_ignores_its_labels_and_annotations(policy: dict) -> None:
 
 
 def test_shipped_policy_decisions() -> None:
-    """Shipped policy: unlabelled -> baseline; privileged clamped for strangers; tiergate-* images trusted."""
+    """Shipped policy: unlabelled -> baseline; privileged clamped for every image, whatever its name;
+    a caller's annotation may tighten a tier, never loosen it."""
     p = shipped_policy()
     assert decide(p, img()).tier == "baseline"
     assert decide(p, img(labels={KEY: "restricted"})).tier == "restricted"
     assert decide(p, img(labels={KEY: "privileged"})).tier == "baseline"
-    assert decide(p, img("localhost/tiergate-probe:1", {KEY: "privileged"})).tier == "privileged"
-    assert decide(p, img("localhost/tiergate-probe:1")).tier == "baseline"
+    assert decide(p, img("localhost/tiergate-probe:1", {KEY: "privileged"})).tier == "baseline"
+    assert decide(p, pulled("localhost/tiergate-probe:1", {KEY: "privileged"})).tier == "baseline"
+    assert decide(p, img(labels={KEY: "restricted"}), {KEY: "baseline"}).tier == "restricted"
+    assert decide(p, img(labels={KEY: "restricted"}), {KEY: "isolated"}).tier == "isolated"
+    assert not p["caller_may_loosen"]
 
 
 def test_ceiling_for_reports_the_rule(policy: dict) -> None:
     """ceiling_for returns (tier, action, rule) of the first match, else the default ceiling."""
     assert ceiling_for(policy, img("registry.example/app:1")) == ("tight", "refuse", "trust[2] match 'registry.example/*'")
+    assert ceiling_for(policy, pulled("registry.example/infra/x:1"))[2] == "trust[1] match 'registry.example/infra/*'"
+    assert ceiling_for(policy, img("registry.example/infra/x:1"))[2] == "trust[2] match 'registry.example/*'"
     assert ceiling_for(policy, img("quay.io/x:1")) == ("mid", "clamp", "default ceiling")
     assert ceiling_for(policy, img("", id="cd" * 32)) == ("mid", "clamp", "default ceiling")
 

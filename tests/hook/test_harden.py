@@ -627,3 +627,20 @@ def test_kubernetes_host_namespace_refused_not_clamped() -> None:
         run(copy.deepcopy(spec), "baseline", {"refuse_host_ns": True})
     out, _, _ = run(copy.deepcopy(spec), tier("baseline", host_namespaces=["network"]), {"refuse_host_ns": True})
     assert {"type": "network"} not in out["linux"]["namespaces"]
+
+
+@pytest.mark.parametrize("tier", ["privileged", "baseline", "web"])
+def test_callers_io_tiergate_annotations_never_survive(tier: str) -> None:
+    """A caller's io.tiergate.* annotation (ports, notes, refused, anything) is dropped: what later
+    stages read back (createRuntime: tier, ports) is only what tiergate wrote."""
+    spec = runc_default()
+    forged = {"io.tiergate.ports": "2222/tcp", "io.tiergate.notes": "all fine", "io.tiergate.refused": "x",
+              "io.tiergate.network": "none", "io.tiergate.anything": "1", "org.example.keep": "yes"}
+    spec["annotations"] = dict(forged, **{"io.tiergate.tier": "privileged"})
+    out, _, _ = harden(spec, POLICY["tiers"][tier], POLICY, {"ports": [{"port": 80, "proto": "tcp"}]}, "test")
+    ann = out["annotations"]
+    assert ann["org.example.keep"] == "yes" and ann["io.tiergate.tier"] == tier
+    assert ann.get("io.tiergate.ports") in (None, "80/tcp")  # only the image's own exposed ports, for a network tier
+    assert ann.get("io.tiergate.notes") != "all fine"
+    assert tier != "privileged" or "io.tiergate.network" not in ann
+    assert "io.tiergate.refused" not in ann and "io.tiergate.anything" not in ann

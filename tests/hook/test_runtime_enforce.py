@@ -193,3 +193,60 @@ def test_create_that_cannot_program_the_namespace_deletes_the_container(env, mon
     assert err["level"] == "error" and err["msg"].startswith("tiergate: error: cannot close cloud metadata")
     rec = json.loads(env["log"].read_text().splitlines()[-1])
     assert rec["outcome"] == "error" and "createRuntime" not in json.dumps(json.loads((b / "config.json").read_text()).get("hooks"))
+
+
+# -- update (docker update, podman update): the tier's pids limit holds after create -------
+
+@pytest.mark.parametrize("limit, outcome", [(-1, 1), (100000, 1), (100, "exec"), (0, "exec")])
+def test_update_resources_file_refused_above_restricted(env, limit, outcome):
+    """restricted refuses (on_escalation = refuse) an update that lifts pids.max; within the limit passes."""
+    root = _state(env)
+    res = env["tmp"] / "res.json"
+    res.write_text(json.dumps({"pids": {"limit": limit}, "memory": {"limit": 1 << 30}}))
+    assert _main(env, ["--root", root, "update", "--resources", str(res), "c1"]) == outcome
+    assert json.loads(res.read_text())["pids"]["limit"] == limit
+
+
+@pytest.mark.parametrize("limit", [-1, 100000])
+def test_update_clamped_by_a_clamping_tier(env, limit):
+    """A tier with on_escalation = clamp: the resources file is rewritten to the tier's limit, and
+    cgroup v2 `unified` pids.* keys are dropped."""
+    policy = env["tmp"] / "policy.toml"
+    policy.write_text('version = 1\ndefault_tier = "capped"\ndefault_ceiling = "capped"\n'
+                      '[tiers.capped]\non_escalation = "clamp"\npids_limit = 64\n')
+    with open(env["conf"], "a") as fh:
+        fh.write(f"policy={policy}\n")
+    root = _state(env, "capped")
+    res = env["tmp"] / "res.json"
+    res.write_text(json.dumps({"pids": {"limit": limit}, "unified": {"pids.max": "max", "memory.high": "max"}}))
+    assert _main(env, ["--root", root, "update", "-r", str(res), "c1"]) == "exec"
+    assert json.loads(res.read_text()) == {"pids": {"limit": 64}, "unified": {"memory.high": "max"}}
+    os.environ.pop(runtime.LOOP_ENV, None)  # set by the first (captured) exec
+    assert _main(env, ["--root", root, "update", "--pids-limit=-1", "c1"]) == "exec"
+    assert env["calls"][-1][1:] == ["--root", root, "update", "--pids-limit", "64", "c1"]
+
+
+def test_update_flag_refused_and_stdin_handed_on(env, monkeypatch):
+    """--pids-limit -1 is refused under restricted; a resources document on stdin reaches the runtime unchanged
+    when it is within the tier."""
+    root = _state(env)
+    assert _main(env, ["--root", root, "update", "--pids-limit", "-1", "c1"]) == 1
+    r, w = os.pipe()
+    os.write(w, b'{"pids": {"limit": 50}}')
+    os.close(w)
+    saved = os.dup(0)
+    os.dup2(r, 0)
+    try:
+        assert _main(env, ["--root", root, "update", "--resources", "-", "c1"]) == "exec"
+        assert os.read(0, 4096) == b'{"pids": {"limit": 50}}'
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(r)
+
+
+def test_update_of_a_privileged_container_passes(env):
+    root = _state(env, "privileged")
+    argv = ["--root", root, "update", "--pids-limit", "-1", "c1"]
+    assert _main(env, argv) == "exec" and env["calls"][0][1:] == argv
+

@@ -182,3 +182,20 @@ def test_policy_path_kept_as_given(tmp_path, runc):
     assert main(["install", "--engine", "containerd", "--config", str(tmp_path / "config.toml"), "--bin-dir",
                  str(bin_dir), "--runtime", runc, "--policy", str(vol / "policy.toml")]) == 0
     assert f"policy={vol / 'policy.toml'}\n" in (bin_dir / shim.CONF).read_text()
+
+
+def test_runtime_shim_and_podman_hooks_share_the_hook_launcher(tmp_path, runc):
+    """The shim's createRuntime network hook and a podman hooks dir both run tiergate-hook: the
+    first uninstall keeps it."""
+    from tiergate.hook.engines import podman
+
+    bin_dir = tmp_path / "bin"
+    docker.install(tmp_path / "daemon.json", bin_dir, runtime=runc, **quiet)
+    podman.install(tmp_path / "hooks", bin_dir, [], False, **quiet)
+    docker.uninstall(tmp_path / "daemon.json", bin_dir, **quiet)
+    assert (bin_dir / "tiergate-hook").exists() and not (bin_dir / "tiergate-runtime").exists()
+    docker.install(tmp_path / "daemon.json", bin_dir, runtime=runc, **quiet)
+    podman.uninstall([tmp_path / "hooks"], bin_dir, **quiet)
+    assert (bin_dir / "tiergate-hook").exists()
+    docker.uninstall(tmp_path / "daemon.json", bin_dir, **quiet)
+    assert not bin_dir.exists()

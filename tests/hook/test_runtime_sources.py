@@ -26,18 +26,29 @@ def test_normalize_ref(ref, want):
     assert docker.normalize_ref(ref) == want
 
 
-def _docker_spec(tmp_path, doc=None, cid=CID, mode=0o600):
+def _docker_spec(tmp_path, doc=None, cid=CID, mode=0o600, image_labels=None, repos=None):
+    """docker's records as dockerd 20.10 writes them: the container's config.v2.json, the image's
+    config (its own labels) in imagedb, and repositories.json (a pull adds `repo@sha256:...`)."""
     d = tmp_path / "data-root" / "containers" / cid
     d.mkdir(parents=True)
     (d / "hostname").write_text("x\n")
     if doc is not None:
         (d / "config.v2.json").write_text(json.dumps(doc))
         os.chmod(d / "config.v2.json", mode)
+    store = tmp_path / "data-root" / "image" / "overlay2"
+    (store / "imagedb" / "content" / "sha256").mkdir(parents=True)
+    labels = {"io.tiergate.tier": "restricted"} if image_labels is None else image_labels
+    (store / "imagedb" / "content" / "sha256" / ("b" * 64)).write_text(json.dumps({"config": {"Labels": labels}}))
+    image = "sha256:" + "b" * 64
+    repos = {"busybox": {"busybox:latest": image}} if repos is None else repos
+    (store / "repositories.json").write_text(json.dumps({"Repositories": repos}))
+    for f in (store / "repositories.json", store / "imagedb" / "content" / "sha256" / ("b" * 64)):
+        os.chmod(f, 0o600)
     return {"mounts": [{"destination": "/etc/hostname", "type": "bind", "source": str(d / "hostname")}]}
 
 
 def _doc(**config):
-    return {"ID": CID, "Image": "sha256:" + "b" * 64,
+    return {"ID": CID, "Image": "sha256:" + "b" * 64, "Driver": "overlay2",
             "Config": {"Image": "busybox", "Labels": {"io.tiergate.tier": "restricted"}, **config}}
 
 
@@ -47,6 +58,44 @@ class TestDocker:
         img = docker.image_for_spec(_docker_spec(tmp_path, _doc(ExposedPorts={"80/tcp": {}})), CID)
         assert img.known and img.refs == ["docker.io/library/busybox:latest"]
         assert img.labels == {"io.tiergate.tier": "restricted"} and img.id == "b" * 64 and img.exposed == ["80/tcp"]
+
+    def test_image_labels_are_the_images_own_and_container_labels_the_callers(self, tmp_path):
+        """docker merges `--label` into Config.Labels: the image's own come from its config in imagedb."""
+        doc = _doc(Labels={"io.tiergate.tier": "baseline", "x": "y"})
+        img = docker.image_for_spec(_docker_spec(tmp_path, doc), CID)
+        assert img.labels == {"io.tiergate.tier": "restricted"}
+        assert img.container_labels == {"io.tiergate.tier": "baseline", "x": "y"}
+
+    def test_a_local_tag_is_no_pull(self, tmp_path):
+        """Only a repository with a digest entry for this image counts as pulled (docker tag adds none)."""
+        img = docker.image_for_spec(_docker_spec(tmp_path, _doc()), CID)
+        assert img.refs == ["docker.io/library/busybox:latest"] and img.pulled == []
+
+    @pytest.mark.parametrize("repo", ["busybox", "docker.io/library/busybox"])
+    def test_a_pulled_name(self, tmp_path, repo):
+        image = "sha256:" + "b" * 64
+        repos = {repo: {f"{repo}:latest": image, f"{repo}@sha256:" + "d" * 64: image}}
+        img = docker.image_for_spec(_docker_spec(tmp_path, _doc(), repos=repos), CID)
+        assert img.pulled == ["docker.io/library/busybox:latest"]
+
+    def test_a_digest_of_another_image_is_no_pull(self, tmp_path):
+        repos = {"busybox": {"busybox:latest": "sha256:" + "b" * 64, "busybox@sha256:" + "d" * 64: "sha256:" + "e" * 64}}
+        img = docker.image_for_spec(_docker_spec(tmp_path, _doc(), repos=repos), CID)
+        assert img.pulled == []
+
+    def test_unreadable_image_record_is_unknown(self, tmp_path):
+        spec = _docker_spec(tmp_path, _doc())
+        os.chmod(tmp_path / "data-root" / "image" / "overlay2" / "imagedb" / "content" / "sha256" / ("b" * 64), 0o666)
+        img = docker.image_for_spec(spec, CID)
+        assert not img.known and "root-owned" in img.problem
+
+    def test_a_writable_repositories_json_proves_no_pull(self, tmp_path):
+        image = "sha256:" + "b" * 64
+        repos = {"busybox": {"busybox:latest": image, "busybox@sha256:" + "d" * 64: image}}
+        spec = _docker_spec(tmp_path, _doc(), repos=repos)
+        os.chmod(tmp_path / "data-root" / "image" / "overlay2" / "repositories.json", 0o666)
+        img = docker.image_for_spec(spec, CID)
+        assert img.known and img.pulled == []
 
     def test_run_by_id_has_no_ref(self, tmp_path):
         img = docker.image_for_spec(_docker_spec(tmp_path, _doc(Image="bbbbbbbbbbbb")), CID)
@@ -91,7 +140,8 @@ class TestCri:
         img = cri.image_for_spec({"annotations": {
             "io.kubernetes.cri-o.ImageName": "quay.io/x/y:1",
             "io.kubernetes.cri-o.Labels": json.dumps({"io.tiergate.tier": "isolated", "n": 1})}})
-        assert img.refs == ["quay.io/x/y:1"] and img.labels == {"io.tiergate.tier": "isolated"}
+        assert img.refs == ["quay.io/x/y:1"] and img.pulled == [] and img.labels == {}
+        assert img.container_labels == {"io.tiergate.tier": "isolated"}  # the pod's: a request, not the image's
 
     def test_bad_labels_unknown(self):
         img = cri.image_for_spec({"annotations": {"io.kubernetes.cri-o.ImageName": "a",
@@ -115,3 +165,17 @@ def test_label_sources_follow_the_policy_order() -> None:
     assert engine == "runc" and image.refs == [] and image.known
     image, engine = resolve_image(spec, None, {**policy, "label_sources": ["docker", "storage"]})
     assert not image.known and "tried docker, storage" in image.problem
+
+
+def test_engine_records_come_before_spec_annotations(tmp_path) -> None:
+    """A caller-set CRI annotation never outranks containers-storage (podman --annotation under the shim)."""
+    from helpers import make_storage
+
+    from tiergate.hook.runtime import resolve_image
+
+    root = make_storage(tmp_path, labels={"io.tiergate.tier": "restricted"}, names=("localhost/plain:latest",))
+    spec = {"annotations": {"io.kubernetes.cri.image-name": "localhost/tiergate-x"}, "root": {"path": root}}
+    policy = {"label_key": "io.tiergate.tier", "label_sources": ["cri", "annotation", "storage", "docker"]}
+    image, engine = resolve_image(spec, None, policy)
+    assert engine == "podman-runtime" and image.refs == ["localhost/plain:latest"]
+    assert image.labels == {"io.tiergate.tier": "restricted"}

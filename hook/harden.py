@@ -19,6 +19,7 @@ MODIFIERS = (
     namespaces.apply,
     devices.apply,
     mounts.sensitive_mounts,
+    mounts.kernel_fs,
     mounts.rootfs,
     linux.paths,
     linux.sysctls,

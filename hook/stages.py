@@ -113,7 +113,9 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
     tier = policy["tiers"][decision.tier]
     rec["mode"] = "audit" if tier.get("audit") else "enforce"
     notes = [("exec", EXEC_GAP)] if opts.engine == "podman" and not tier["passthrough"] else []
-    facts = host.gather(spec, tier, notes)
+    facts = host.gather(spec, tier, notes, policy["sensitive"]["sockets"])
+    if not tier["passthrough"]:
+        facts["own_paths"] = host.own_paths(policy["file"], opts.cache_dir, opts.log)
     # A pod whose host namespace were clamped away would run broken (hostNetwork without
     # its network): under Kubernetes a forbidden host namespace is refused instead.
     facts["refuse_host_ns"] = bool(image.namespace)

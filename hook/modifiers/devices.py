@@ -15,16 +15,19 @@ DENY_ALL = {"allow": False, "access": "rwm"}
 
 
 def apply(spec: dict, ctx) -> None:
+    """A device is the host's (type, major, minor), whatever path it gets inside: the allow-list
+    names host paths, which the edge stats (facts["devices"])."""
     linux = get(spec, "linux", dict, "$", create=True)
     allowed_paths = set(ctx.tier["devices"])
+    host = {_key(t, ma, mi) for t, ma, mi in ctx.facts.get("devices", {}).values()}
     devices = objects(linux, "devices", "$.linux")
     kept, removed = [], []
     for i, dev in enumerate(devices):
-        path = get(dev, "path", str, f"$.linux.devices[{i}]")
-        get(dev, "type", str, f"$.linux.devices[{i}]")
+        get(dev, "path", str, f"$.linux.devices[{i}]")
+        kind = get(dev, "type", str, f"$.linux.devices[{i}]")
         for key in ("major", "minor"):
             get(dev, key, int, f"$.linux.devices[{i}]")
-        (kept if path in allowed_paths else removed).append(dev)
+        (kept if _key(kind, dev.get("major"), dev.get("minor")) in host else removed).append(dev)
     if removed:
         linux["devices"] = kept
         names = [d.get("path") for d in removed]
@@ -56,6 +59,10 @@ def apply(spec: dict, ctx) -> None:
             resources["devices"] = new
             ctx.change("$.linux.resources.devices", "deny all, then allow only standard and tier devices",
                        f"tier {ctx.tier['name']} limits device access")
+
+
+def _key(kind, major, minor) -> tuple:
+    return ("c" if kind == "u" else kind, major, minor)
 
 
 def _grants_access(rule: dict) -> bool:

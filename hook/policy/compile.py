@@ -207,6 +207,11 @@ def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], 
             raise fail(f"tier {name!r}: seccomp profile {t['seccomp']!r}: {exc}", "tiers", name, "seccomp") from None
     elif t["seccomp_deny"]:
         raise fail(f"tier {name!r}: seccomp_deny needs a seccomp profile", "tiers", name, "seccomp_deny")
+    for key in ("writable_binds", "mutable_bind_paths"):
+        for pattern in t[key] or []:
+            if not pattern.startswith("/") or any(c in pattern for c in "[]"):
+                raise fail(f"tier {name!r}: {key} entry {pattern!r} is not an absolute path (globs: * and ?)",
+                           "tiers", name, key)
     for dest in (t["writable_mounts"] or []) + list(t["tmpfs"]):
         if not dest.startswith("/"):
             raise fail(f"tier {name!r}: mount path {dest!r} is not absolute", "tiers", name, "writable_mounts")
@@ -232,6 +237,8 @@ def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], 
         "host_namespaces": sorted(set(t["host_namespaces"])),
         "devices": sorted(set(t["devices"])),
         "sensitive_mounts": t["sensitive_mounts"],
+        "writable_binds": None if t["writable_binds"] is None else sorted(set(t["writable_binds"])),
+        "mutable_bind_paths": sorted(set(t["mutable_bind_paths"])),
         "sysctls": list(t["sysctls"]),
         "pids_limit": t["pids_limit"],
         "network": network,

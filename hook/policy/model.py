@@ -37,6 +37,8 @@ class TierSpec:
     host_namespaces: list[str] | None = None
     devices: list[str] | None = None
     sensitive_mounts: bool | None = None
+    writable_binds: list[str] | None = None
+    mutable_bind_paths: list[str] | None = None
     sysctls: list[str] | None = None
     pids_limit: int | None = None
     network: str | None = None
@@ -118,6 +120,8 @@ TIER_DEFAULTS: dict[str, object] = {
     "host_namespaces": [],
     "devices": [],
     "sensitive_mounts": False,
+    "writable_binds": None,
+    "mutable_bind_paths": [],
     "sysctls": [],
     "pids_limit": None,
     "network": None,

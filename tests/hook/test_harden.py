@@ -301,10 +301,43 @@ def test_host_devices_are_removed_and_cgroup_denied() -> None:
 def test_tier_device_is_kept_with_its_cgroup_rule() -> None:
     """A device the tier lists survives, and gets exactly one allow rule after deny-all."""
     spec = privileged_like()
-    out, _, _ = run(spec, tier("baseline", devices=["/dev/kmsg"]))
+    out, _, _ = run(spec, tier("baseline", devices=["/dev/kmsg"]), {"devices": {"/dev/kmsg": ["c", 1, 11]}})
     assert [d["path"] for d in out["linux"]["devices"]] == ["/dev/kmsg"]
     assert out["linux"]["resources"]["devices"] == [
         {"allow": False, "access": "rwm"}, {"allow": True, "type": "c", "major": 1, "minor": 11, "access": "rwm"}]
+
+
+@pytest.mark.parametrize("dev", [
+    {"path": "/dev/fuse", "type": "b", "major": 254, "minor": 0},   # --device /dev/vda:/dev/fuse
+    {"path": "/dev/fuse", "type": "c", "major": 1, "minor": 1},     # /dev/mem renamed
+    {"path": "/dev/vda", "type": "c", "major": 10, "minor": 229},   # the real fuse, but is it allowed? yes: below
+])
+def test_devices_match_the_host_device_not_the_path_inside(dev: dict) -> None:
+    """devices = ["/dev/fuse"] allows the host's fuse (c 10:229) under any name, and nothing else under its name."""
+    spec = privileged_like()
+    spec["linux"]["devices"] = [dev]
+    facts = {"devices": {"/dev/fuse": ["c", 10, 229]}}
+    out, _, _ = run(spec, tier("baseline", devices=["/dev/fuse"]), facts)
+    allowed = (dev["type"], dev["major"], dev["minor"]) == ("c", 10, 229)
+    assert out["linux"]["devices"] == ([dev] if allowed else [])
+    rules = out["linux"]["resources"]["devices"]
+    assert rules[0] == {"allow": False, "access": "rwm"}
+    assert any(r.get("major") == dev["major"] and r.get("minor") == dev["minor"] for r in rules) == allowed
+
+
+def test_device_allow_list_without_host_facts_keeps_nothing() -> None:
+    """No stat of the host device (the edge did not run): fail closed, every device goes."""
+    out, _, _ = run(privileged_like(), tier("baseline", devices=["/dev/kmsg"]))
+    assert out["linux"]["devices"] == []
+
+
+def test_host_devices_fact_is_the_hosts() -> None:
+    """The edge reports the host's own numbers for allowed paths; missing ones are absent."""
+    from tiergate.hook import facts as host
+
+    st = os.stat("/dev/null")
+    assert host.host_devices(["/dev/null", "/nonexistent-dev"]) == {"/dev/null": ["c", os.major(st.st_rdev),
+                                                                                  os.minor(st.st_rdev)]}
 
 
 def test_standard_device_rules_are_kept() -> None:
@@ -398,7 +431,7 @@ def test_dot_dot_out_of_a_named_volume_is_sensitive(src: str) -> None:
 def test_realpath_fact_catches_symlinks() -> None:
     """A harmless-looking source whose real path (host fact) is sensitive is removed."""
     spec = with_mount(bind("/home/u/link", "/l"))
-    out, _, _ = run(spec, "baseline", {"realpaths": {"/home/u/link": "/var/lib/docker"}})
+    out, _, _ = run(spec, "baseline", {"mount_paths": {"/home/u/link": {"real": "/var/lib/docker", "mutable": None}}})
     assert all(m["source"] != "/home/u/link" for m in out["mounts"])
 
 
@@ -417,10 +450,14 @@ ENGINE_OWNED = [
 @pytest.mark.parametrize("mount", [e[1] for e in ENGINE_OWNED], ids=[e[0] for e in ENGINE_OWNED])
 @pytest.mark.parametrize("name", NON_PRIVILEGED)
 def test_engine_owned_and_ordinary_mounts_are_kept(mount: dict, name: str) -> None:
-    """Engine per-container files, named volumes and ordinary dirs are not 'sensitive host paths'."""
+    """Engine per-container files, named volumes and ordinary dirs are not 'sensitive host paths';
+    a tier with writable_binds = [] (restricted) keeps an ordinary host dir, read-only."""
     out, changes, _ = run(with_mount(mount, podman_precreate()), name)
-    assert mount in out["mounts"]
-    assert not any(c["field"].startswith("$.mounts[") for c in changes)
+    host_bind = mount["source"] == "/srv/www" and POLICY["tiers"][name]["writable_binds"] is not None
+    want = {**mount, "options": mount["options"] + ["ro"]} if host_bind else mount
+    assert want in out["mounts"]
+    assert [c["what"] for c in changes if c["field"].startswith("$.mounts[")] == (
+        ["made host path /srv/www at /usr/share/nginx/html read-only"] if host_bind else [])
 
 
 def test_sensitive_mounts_tier_keeps_them() -> None:

@@ -1,6 +1,8 @@
-"""Seccomp: the tier's compiled profile replaces whatever the caller asked for."""
+"""Seccomp: the tier's profile, intersected with the one the engine or caller set (never a swap)."""
 
 from __future__ import annotations
+
+from tiergate.oci.errors import SpecError
 
 from ._spec import get
 
@@ -13,10 +15,22 @@ def apply(spec: dict, ctx) -> None:
     current = get(linux, "seccomp", dict, "$.linux")
     if current is not None and canonical(current) == canonical(profile):
         return  # the same filter, perhaps re-serialised by the engine
-    linux["seccomp"] = profile
-    before = "no profile (unconfined)" if current is None else "the caller's profile"
-    ctx.change("$.linux.seccomp", f"replaced {before} with {ctx.tier['seccomp_profile']}",
-               f"tier {ctx.tier['name']} allows only its own syscall set")
+    if current is None:
+        linux["seccomp"] = profile
+        ctx.change("$.linux.seccomp", f"replaced no profile (unconfined) with {ctx.tier['seccomp_profile']}",
+                   f"tier {ctx.tier['name']} allows only its own syscall set")
+        return
+    from ..seccomp.intersect import intersect
+
+    try:
+        merged = intersect(profile, current)
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise SpecError(f"unreadable seccomp profile ({type(exc).__name__}: {exc})", "$.linux.seccomp") from None
+    if canonical(merged) == canonical(current):
+        return  # already the intersection (a verify stage, or a second pass)
+    linux["seccomp"] = merged
+    ctx.change("$.linux.seccomp", f"intersected the caller's profile with {ctx.tier['seccomp_profile']}",
+               f"tier {ctx.tier['name']} allows only its own syscall set, and what the caller denies stays denied")
 
 
 def canonical(profile: dict) -> object:
@@ -30,9 +44,9 @@ def canonical(profile: dict) -> object:
         for rule in profile.get("syscalls") or []:
             args = tuple(sorted((a["index"], a.get("value", 0), a.get("valueTwo", 0), a["op"])
                                 for a in rule.get("args") or []))
-            rules.append((tuple(sorted(rule["names"])), rule["action"], rule.get("errnoRet"), args))
+            rules += [(name, rule["action"], rule.get("errnoRet"), args) for name in rule["names"]]
         return (profile.get("defaultAction"), profile.get("defaultErrnoRet"),
                 tuple(sorted(profile.get("architectures") or [])), tuple(sorted(profile.get("flags") or [])),
-                profile.get("listenerPath"), tuple(sorted(rules, key=repr)))
+                profile.get("listenerPath"), tuple(sorted(set(rules), key=repr)))
     except (AttributeError, KeyError, TypeError):
         return object()

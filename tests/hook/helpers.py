@@ -151,8 +151,8 @@ def weaknesses(out: dict, tier: dict, policy: dict) -> list[str]:
         if tier["no_new_privileges"] and proc.get("noNewPrivileges") is not True:
             bad.append("noNewPrivileges is not true")
     linux = out.get("linux") or {}
-    if tier["seccomp"] is not None and linux.get("seccomp") != tier["seccomp"]:
-        bad.append("seccomp is not the tier's profile")
+    if tier["seccomp"] is not None and seccomp_allows_more(linux.get("seccomp"), tier["seccomp"]):
+        bad.append("seccomp allows what the tier's profile denies")
     kinds = {ns.get("type"): ns for ns in linux.get("namespaces") or []}
     for kind in REQUIRED_NAMESPACES:
         if kind not in tier["host_namespaces"] and kind not in kinds:
@@ -194,6 +194,68 @@ def weaknesses(out: dict, tier: dict, policy: dict) -> list[str]:
     if tier["readonly_rootfs"] and (out.get("root") or {}).get("readonly") is not True:
         bad.append("rootfs writable")
     return bad
+
+
+# --- a model of seccomp's verdict (rules of one syscall assumed disjoint, a deny wins) ---------
+
+_ALLOWING = ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")
+
+
+def _cond_holds(a: dict, args: list[int]) -> bool:
+    x, v, v2, op = args[a["index"]], a.get("value", 0), a.get("valueTwo", 0), a["op"]
+    return {"SCMP_CMP_EQ": x == v, "SCMP_CMP_NE": x != v, "SCMP_CMP_LT": x < v, "SCMP_CMP_LE": x <= v,
+            "SCMP_CMP_GT": x > v, "SCMP_CMP_GE": x >= v, "SCMP_CMP_MASKED_EQ": (x & v) == v2}[op]
+
+
+_BY_NAME: dict[int, tuple[dict, dict]] = {}
+
+
+def seccomp_verdict(profile: dict, name: str, args: list[int]) -> str:
+    """"allow" or "deny" for syscall `name` with `args` under an OCI seccomp profile."""
+    memo = _BY_NAME.get(id(profile))
+    if memo is None or memo[0] is not profile:
+        index: dict = {}
+        for r in profile.get("syscalls") or []:
+            for n in r["names"]:
+                index.setdefault(n, []).append(r)
+        memo = _BY_NAME[id(profile)] = (profile, index)
+    hits = [r["action"] for r in memo[1].get(name, ()) if all(_cond_holds(a, args) for a in r.get("args") or [])]
+    if hits:
+        return "allow" if all(h in _ALLOWING for h in hits) else "deny"
+    return "allow" if profile.get("defaultAction") in _ALLOWING else "deny"
+
+
+def seccomp_samples(*profiles: dict) -> dict[int, list[int]]:
+    """Per argument index, the values the profiles compare against, and their neighbours."""
+    out: dict[int, set] = {i: {0, 1} for i in range(6)}
+    for p in profiles:
+        for rule in p.get("syscalls") or []:
+            for a in rule.get("args") or []:
+                v, v2 = a.get("value", 0), a.get("valueTwo", 0)
+                out[a["index"]] |= {v, v2, v + 1, max(v - 1, 0), v | v2}
+    return {i: sorted(vals) for i, vals in out.items()}
+
+
+def seccomp_arg_vectors(vals: dict[int, list[int]]):
+    yield [0] * 6
+    for i, vs in vals.items():
+        for v in vs:
+            args = [0] * 6
+            args[i] = v
+            yield args
+    for a0 in vals[0]:
+        for a2 in vals[2]:
+            yield [a0, 0, a2, 0, 0, 0]
+
+
+def seccomp_allows_more(result: dict | None, tier: dict) -> bool:
+    """True if `result` allows some call (named by either profile, sampled args) that `tier` denies."""
+    if not isinstance(result, dict):
+        return True
+    names = {n for p in (tier, result) for r in p.get("syscalls") or [] for n in r["names"]} | {"open_tree"}
+    vals = seccomp_samples(tier, result)
+    return any(seccomp_verdict(result, n, a) == "allow" and seccomp_verdict(tier, n, a) != "allow"
+               for n in names for a in seccomp_arg_vectors(vals))
 
 
 def without_annotations(spec: dict) -> dict:

@@ -217,12 +217,15 @@ def test_no_new_privileges_is_set(value) -> None:
 
 
 @pytest.mark.parametrize("name", NON_PRIVILEGED)
-def test_seccomp_is_the_tiers_profile(name: str) -> None:
-    """The caller's seccomp profile is replaced with the tier's, whatever it was."""
+def test_seccomp_is_the_intersection_with_the_callers(name: str) -> None:
+    """The caller's seccomp profile is intersected with the tier's, never swapped for it."""
+    from tiergate.hook.seccomp.intersect import intersect
+
     spec = docker_bundle()
     out, changes, _ = run(spec, name)
-    assert out["linux"]["seccomp"] == POLICY["tiers"][name]["seccomp"]
-    assert any(c["what"] == f"replaced the caller's profile with {name}" for c in changes)
+    t = POLICY["tiers"][name]
+    assert out["linux"]["seccomp"] == intersect(t["seccomp"], spec["linux"]["seccomp"])
+    assert any(c["what"] == f"intersected the caller's profile with {t['seccomp_profile']}" for c in changes)
 
 
 @pytest.mark.parametrize("empty", [

@@ -30,17 +30,29 @@ Action = tuple  # (action, errnoRet or None)
 
 
 class _Profile:
-    __slots__ = ("default", "rules")
+    __slots__ = ("default", "rules", "plain")
 
     def __init__(self, profile: dict) -> None:
         self.default: Action = (profile.get("defaultAction"), profile.get("defaultErrnoRet"))
         self.rules: dict[str, list[tuple[Action, tuple[Cond, ...]]]] = {}
+        self.plain: dict[str, Action] = {}  # names whose every rule is unconditional: the action (the fast path)
+        conditional = set()
         for rule in profile.get("syscalls") or []:
             action = (rule["action"], rule.get("errnoRet"))
-            conds = tuple(sorted((a["index"], a.get("value", 0), a.get("valueTwo", 0), a["op"])
-                                 for a in rule.get("args") or []))
+            args = rule.get("args")
+            conds = tuple(sorted((a["index"], a.get("value", 0), a.get("valueTwo", 0), a["op"]) for a in args)) if args else ()
             for name in rule["names"]:
                 self.rules.setdefault(name, []).append((action, conds))
+                if conds:
+                    conditional.add(name)
+                else:
+                    self.plain[name] = action
+        for name in conditional:
+            self.plain.pop(name, None)
+
+    def verdict(self, name: str) -> Action | None:
+        """The action every call of `name` gets, or None when it depends on the arguments."""
+        return self.plain.get(name) or (None if name in self.rules else self.default)
 
     def outcome(self, name: str) -> tuple[list, list, Action | None]:
         """(allowing conjunctions, conditional deny rules, the deny every other call gets or None)."""
@@ -113,6 +125,15 @@ def intersect(tier: dict, caller: dict) -> dict:
         out_rules.setdefault((action, conds), []).append(name)
 
     for name in dict.fromkeys([*a.rules, *b.rules]):
+        va, vb = a.verdict(name), b.verdict(name)
+        if va and vb:  # the common case: neither looks at arguments
+            deny = va if va[0] not in _ALLOWING else vb if vb[0] not in _ALLOWING else None
+            if deny is None:
+                if default[0] not in _ALLOWING:
+                    emit(name, (ALLOW, None), ())
+            elif deny != default:
+                emit(name, deny, ())
+            continue
         (a_ok, a_deny, a_fall), (b_ok, b_deny, b_fall) = a.outcome(name), b.outcome(name)
         if default[0] in _ALLOWING:  # both allow by default: the union of their denials is exact
             for fall in (a_fall, b_fall):
@@ -154,13 +175,14 @@ def _render(tier: dict, caller: dict, default: Action, rules: dict) -> dict:
              if f not in _WEAKENING_FLAGS]
     if flags:
         out["flags"] = flags
-    syscalls = []
-    for (action, conds), names in rules.items():
-        rule: dict = {"names": names, "action": action[0]}
+    syscalls = []  # in one canonical order, so a second intersection is equal, not only equivalent
+    for (action, conds), names in sorted(rules.items(), key=lambda kv: (kv[0][0][0], kv[0][0][1] or 0, kv[0][1])):
+        rule: dict = {"names": sorted(names), "action": action[0]}
         if action[1] is not None:
             rule["errnoRet"] = action[1]
-        if conds:
-            rule["args"] = [{"index": i, "value": v, "valueTwo": v2, "op": op} for i, v, v2, op in conds]
+        if conds:  # valueTwo only when set: Go engines re-serialise without a zero one
+            rule["args"] = [{"index": i, "value": v, **({"valueTwo": v2} if v2 else {}), "op": op}
+                            for i, v, v2, op in conds]
         syscalls.append(rule)
     out["syscalls"] = syscalls
     if any(r["action"] == "SCMP_ACT_NOTIFY" for r in syscalls):

@@ -100,7 +100,7 @@ def written_paths(mount: dict) -> list[str]:
 
 
 def normalize(path: str) -> str:
-    return "/" + os.path.normpath(path).lstrip("/") if path else ""  # POSIX keeps a leading "//"
+    return os.path.normpath("/" + path.lstrip("/")) if path else ""  # "/" first: POSIX keeps a leading "//"
 
 
 def sensitive(path: str, sensitive_paths: list[str], sockets: list[str]) -> str | None:
@@ -125,6 +125,8 @@ def candidates(path: str, fact: dict | None) -> list[str]:
 
 def judge(path: str, fact: dict | None, sens: list[str], sockets: list[str], tier: dict) -> tuple[str, str] | None:
     """(kind, reason) a tier without sensitive_mounts may not mount `path` for, or None."""
+    if not path.startswith("/"):
+        return "relative host path", "resolved by the runtime against its bundle directory, unknown here"
     for c in candidates(path, fact):
         if not engine_owned(c):
             hit = sensitive(c, sens, sockets)

@@ -225,3 +225,12 @@ def test_socket_under_finds_bound_sockets_at_any_depth(tmp_path) -> None:
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "podman.sock").write_text("")
     assert host._MountTable("", "").socket_under(str(tmp_path / "c"), ("podman.sock",)) == f"{tmp_path}/c/podman.sock"
+
+
+@pytest.mark.parametrize("src", ["../../../../etc", "data", "/../../etc", "//etc/../etc"])
+def test_relative_and_dotted_sources_are_judged_where_they_land(src: str) -> None:
+    """A relative bind source is resolved by runc against the bundle: unknowable here, so refused."""
+    with pytest.raises(Refusal):
+        run(spec_with(bind(src)), "restricted")
+    out, _, _ = run(spec_with(bind(src)), "baseline")
+    assert not kept(out, src)

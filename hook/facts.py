@@ -168,11 +168,11 @@ class _MountTable:
 
     def __init__(self, mountinfo: str | None = None, unix: str | None = None) -> None:
         self._mountinfo, self._unix = mountinfo, unix  # given: tests
-        self._mounts: list[tuple[str, str, str, str, str]] | None = None
+        self._mounts: list[tuple[str, str, str, str, str, str]] | None = None
         self._sockets: list[str] | None = None
 
-    def mounts(self) -> list[tuple[str, str, str, str, str]]:
-        """(mount point, root within its filesystem, dev, fstype, source), in mount order."""
+    def mounts(self) -> list[tuple[str, str, str, str, str, str]]:
+        """(mount point, root within its filesystem, dev, fstype, source, super options), in mount order."""
         if self._mounts is None:
             self._mounts = []
             text = self._mountinfo if self._mountinfo is not None else _read("/proc/self/mountinfo")
@@ -180,7 +180,8 @@ class _MountTable:
                 left, _, right = line.partition(" - ")
                 f, r = left.split(" "), right.split(" ")
                 if len(f) >= 5 and len(r) >= 2:
-                    self._mounts.append((_unescape(f[4]), _unescape(f[3]), f[2], r[0], _unescape(r[1])))
+                    self._mounts.append((_unescape(f[4]), _unescape(f[3]), f[2], r[0], _unescape(r[1]),
+                                         _unescape(r[2]) if len(r) > 2 else ""))
         return self._mounts
 
     def aliases(self, real: str, kernel_fs: dict) -> list[str]:
@@ -198,6 +199,11 @@ class _MountTable:
         host = _FS_HOST_PATH.get(best[3]) or kernel_fs.get(best[3])
         if host:
             out.append(host + ("" if inner == "/" else inner))
+        if best[3] == "overlay":  # a volume made as an overlay: its lower and upper dirs are what it shows
+            for opt in best[5].split(","):
+                key, _, value = opt.partition("=")
+                if key in ("lowerdir", "upperdir"):
+                    out += [d.rstrip("/") + ("" if inner == "/" else inner) or "/" for d in value.split(":") if d]
         same = [m for m in mounts if m[2] == best[2] and m is not best]
         for m in same:
             if _under(inner, m[1]):

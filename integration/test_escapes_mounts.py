@@ -298,3 +298,43 @@ def test_docker_tiergate_state_is_not_mountable(dk, it_dir):
     assert proc.returncode == 125 and "sensitive host path" in proc.stderr, proc.stderr
     assert ok(drun(dk, "tg-m-plain:1", *cmd, args=["-v", f"{cache}:/c"])).strip() in ("WROTE", "no")
     assert not (cache / "pwned").exists()
+
+
+def test_docker_overlay_volume_of_root(dk, tmp_path):
+    """#4 on docker: a local volume made as an overlay with lowerdir=/ shows the host's /."""
+    vol = uniq("tgo")
+    up, work = tmp_path / "up", tmp_path / "work"
+    up.mkdir()
+    work.mkdir()
+    os.chmod(tmp_path, 0o755)
+    ok(dk.docker("volume", "create", "--opt", "type=overlay", "--opt", "device=overlay",
+                 "--opt", f"o=lowerdir=/,upperdir={up},workdir={work}", vol))
+    cmd = ("sh", "-c", "head -c 5 /host/etc/shadow")
+    try:
+        assert ok(drun(dk, "tg-m-restricted:1", *cmd, args=["-v", f"{vol}:/host"], tiergate=False))
+        proc = drun(dk, "tg-m-restricted:1", *cmd, args=["-v", f"{vol}:/host"])
+        assert proc.returncode == 125 and "sensitive host path" in proc.stderr and "as /)" in proc.stderr, proc.stderr
+        proc = drun(dk, "tg-m-plain:1", *cmd, args=["-v", f"{vol}:/host"])
+        assert proc.returncode != 0 and not proc.stdout
+    finally:
+        dk.docker("volume", "rm", "-f", vol)
+
+
+def test_docker_bind_source_a_user_can_swap(dk, tmp_path):
+    """#5 on docker: a source whose path passes through a user's directory is refused whatever it points at."""
+    user_dir, harmless = tmp_path / "user", tmp_path / "harmless"
+    user_dir.mkdir()
+    harmless.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chown(user_dir, 65534, 65534)
+    (user_dir / "lnk").symlink_to(harmless)
+    cmd = ("sh", "-c", "test -e /host/etc/shadow && echo HOST || echo harmless")
+    assert ok(drun(dk, "tg-m-restricted:1", *cmd, args=["-v", f"{user_dir / 'lnk'}:/host"], tiergate=False)).strip() == "harmless"
+    (user_dir / "lnk").unlink()
+    (user_dir / "lnk").symlink_to("/")  # what the user can do at any moment between check and mount
+    assert ok(drun(dk, "tg-m-restricted:1", *cmd, args=["-v", f"{user_dir / 'lnk'}:/host"], tiergate=False)).strip() == "HOST"
+    (user_dir / "lnk").unlink()
+    (user_dir / "lnk").symlink_to(harmless)
+    proc = drun(dk, "tg-m-restricted:1", *cmd, args=["-v", f"{user_dir / 'lnk'}:/host"])
+    assert proc.returncode == 125 and "swappable host path" in proc.stderr and "owned by uid 65534" in proc.stderr, proc.stderr
+    assert ok(drun(dk, "tg-m-plain:1", *cmd, args=["-v", f"{user_dir / 'lnk'}:/host"])).strip() == "harmless"

@@ -195,6 +195,7 @@ MOUNTINFO = """\
 169 27 254:16 / /var/lib/containers/storage/volumes/d/_data rw - ext4 /dev/vdb rw
 170 27 0:60 / /var/lib/containers/storage/volumes/t/_data rw - tmpfs tmpfs rw
 171 22 254:0 /home/a\\040b /mnt/sp rw - ext4 /dev/vda rw
+172 27 0:61 / /var/lib/docker/volumes/o/_data rw - overlay overlay rw,lowerdir=/:/srv,upperdir=/tmp/u,workdir=/tmp/w
 """
 
 
@@ -207,6 +208,8 @@ MOUNTINFO = """\
     ("/var/lib/containers/storage/volumes/t/_data", []),
     ("/var/lib/containers/storage/volumes/plain/_data", []),
     ("/mnt/sp/f", ["/home/a b/f"]),
+    ("/var/lib/docker/volumes/o/_data/etc", ["/etc", "/srv/etc", "/tmp/u/etc"]),
+    ("/var/lib/docker/volumes/o/_data", ["/", "/srv", "/tmp/u"]),
 ])
 def test_aliases_from_mountinfo(path: str, aliases: list[str]) -> None:
     table = host._MountTable(MOUNTINFO, "")

@@ -224,13 +224,14 @@ class _MountTable:
             if os.path.exists(os.path.join(real, name)):
                 return os.path.join(real, name)
         if self._sockets is None:
-            self._sockets = []
             text = self._unix if self._unix is not None else _read("/proc/net/unix")
+            bound = set()  # one line per connection too: each path once
             for line in text.splitlines()[1:]:
                 fields = line.split(None, 7)
-                path = fields[7] if len(fields) == 8 else ""
-                if path.startswith("/") and os.path.basename(path) in names:
-                    self._sockets.append(os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path)))
+                if len(fields) == 8 and fields[7].startswith("/") and os.path.basename(fields[7]) in names:
+                    bound.add(fields[7])
+            dirs = {d: os.path.realpath(d) for d in {os.path.dirname(p) for p in bound}}
+            self._sockets = sorted(os.path.join(dirs[os.path.dirname(p)], os.path.basename(p)) for p in bound)
         prefix = real.rstrip("/") + "/"
         return next((s for s in self._sockets if s.startswith(prefix)), None)
 

@@ -49,11 +49,13 @@ def node(it_dir, busybox_rootfs):
     d = it_dir / "cri"
     n = cri.CriNode(d / "node", busybox_rootfs.tar)
     n.write_config()
-    policy = d / "policy.toml"
+    tg = d / "tg"  # tiergate's own state apart from the node's: no container may mount it
+    tg.mkdir(parents=True, exist_ok=True)
+    policy = tg / "policy.toml"
     policy.write_text((shipped_dir() / "policy.toml").read_text() + NODE_POLICY)
-    n.log = d / "decisions.jsonl"
-    tiergate("install", "--engine", "containerd", "--config", n.config, "--bin-dir", d / "bin",
-             "--policy", policy, "--log", n.log, "--cache-dir", d / "cache")
+    n.log = tg / "decisions.jsonl"
+    tiergate("install", "--engine", "containerd", "--config", n.config, "--bin-dir", tg / "bin",
+             "--policy", policy, "--log", n.log, "--cache-dir", tg / "cache")
     try:
         n.start()
         n.images = {key: n.import_image(ref, labels, expose=EXPOSE.get(key, ())) for key, (ref, labels) in IMAGES.items()}
@@ -125,7 +127,7 @@ def test_exec_is_hardened(node):
 
 def test_pod_without_any_annotation_starts(node):
     """An unlabelled image, no annotation: the pod (its sandbox too) runs under default_tier."""
-    policy = compiled_policy(str(node.dir.parent / "policy.toml"))
+    policy = compiled_policy(str(node.dir.parent / "tg" / "policy.toml"))
     baseline = set(policy["tiers"]["baseline"]["capabilities"])
     _, control = run(node, "runc", "plain")
     s = status(node, control["app"])
@@ -194,7 +196,7 @@ def test_trusted_system_pod_keeps_host_network(node):
 def test_digest_trusted_container_gets_its_tier(node):
     """A trust rule by digest (the image id CRI resolved, from containerd's record): the same image
     that is clamped to baseline by name gets privileged once its digest is trusted."""
-    policy = node.dir.parent / "policy.toml"
+    policy = node.dir.parent / "tg" / "policy.toml"
     before = policy.read_text()
     _, ids = run(node, "tiergate", "daemon", privileged=True)
     assert "CAP_SYS_ADMIN" not in caps_from_hex(status(node, ids["app"])["CapEff"])  # clamped
@@ -241,8 +243,8 @@ def test_default_handler_install(it_dir, busybox_rootfs):
     d = it_dir / "cri-default"
     n = cri.CriNode(d / "node", busybox_rootfs.tar)
     n.write_config()
-    tiergate("install", "--engine", "containerd", "--default", "--config", n.config, "--bin-dir", d / "bin",
-             "--log", d / "decisions.jsonl", "--cache-dir", d / "cache")
+    tiergate("install", "--engine", "containerd", "--default", "--config", n.config, "--bin-dir", d / "tg" / "bin",
+             "--log", d / "tg" / "decisions.jsonl", "--cache-dir", d / "tg" / "cache")
     try:
         n.start()
         image = n.import_image("registry.example/app:1")
@@ -251,7 +253,7 @@ def test_default_handler_install(it_dir, busybox_rootfs):
         n.start_container(cid)
         s = status(n, cid)
         assert s["Seccomp"] == "2" and s["NoNewPrivs"] == "1" and "CAP_NET_RAW" in caps_from_hex(s["CapEff"])
-        recs = [json.loads(line) for line in (d / "decisions.jsonl").read_text().splitlines()]
+        recs = [json.loads(line) for line in (d / "tg" / "decisions.jsonl").read_text().splitlines()]
         assert [r["tier"] for r in recs if r["stage"] == "create"] == ["baseline", "baseline"]
     finally:
         n.stop()

@@ -16,6 +16,7 @@ from ._spec import get, objects, strings
 
 _HEX = frozenset("0123456789abcdef")
 _DOCKER_FILES = ("hostname", "hosts", "resolv.conf", "mounts/shm")
+_CRI_FILES = ("hostname", "hosts", "resolv.conf", "shm")  # containerd CRI: .../io.containerd.grpc.v1.cri/sandboxes/<id>/
 
 # Kernel filesystems with one host-wide instance: mounting one is mounting that host path.
 KERNEL_FS = {"devtmpfs": "/dev", "debugfs": "/sys/kernel/debug", "tracefs": "/sys/kernel/tracing",
@@ -33,8 +34,8 @@ def _container_id(part: str) -> bool:
 
 def engine_file(source: str) -> bool:
     """A file or dir an engine made for one container (hosts, hostname, resolv.conf,
-    .containerenv, shm, an overlay volume's upper dir): under /run, /var/lib/containers or
-    /var/lib/docker but not the host's."""
+    .containerenv, shm, an overlay volume's upper dir): under /run, /var/lib/containers,
+    /var/lib/docker or /var/lib/containerd but not the host's."""
     parts = source.split("/")
     if ".." in parts:
         return False
@@ -47,7 +48,9 @@ def engine_file(source: str) -> bool:
         n = tail.count("/") + 1
         if "/".join(parts[-n:]) == tail and len(parts) > n + 1 and parts[-n - 2] == "containers" and _container_id(parts[-n - 1]):
             return True
-    return False
+    # .../io.containerd.grpc.v1.cri/sandboxes/<id>/<hostname|hosts|resolv.conf|shm>
+    return (len(parts) > 3 and parts[-1] in _CRI_FILES and _container_id(parts[-2]) and parts[-3] == "sandboxes"
+            and parts[-4] == "io.containerd.grpc.v1.cri")
 
 
 def volume_data(source: str) -> bool:

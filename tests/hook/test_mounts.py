@@ -237,3 +237,24 @@ def test_relative_and_dotted_sources_are_judged_where_they_land(src: str) -> Non
         run(spec_with(bind(src)), "restricted")
     out, _, _ = run(spec_with(bind(src)), "baseline")
     assert not kept(out, src)
+
+
+SID = "e1913d52df8ff901fee98e990c27e7cce5efc496ef0d4142fe55ec54e06c56f2"
+
+
+@pytest.mark.parametrize("src,owned", [
+    (f"/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/{SID}/hostname", True),
+    (f"/run/containerd/io.containerd.grpc.v1.cri/sandboxes/{SID}/shm", True),
+    (f"/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/{SID}/../../../../../../etc", False),
+    (f"/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/{SID}/secret", False),
+    ("/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/short/hostname", False),
+])
+def test_containerd_cri_sandbox_files_are_the_engines(src: str, owned: bool) -> None:
+    """containerd's CRI per-pod files live under /var/lib/containerd and /run but are not the host's."""
+    spec = spec_with(bind(src, "/etc/hostname"))
+    out, _, _ = run(spec, "restricted") if owned else (None, None, None)
+    if owned:
+        assert kept(out, src)
+    else:
+        with pytest.raises(Refusal):
+            run(spec, "restricted")

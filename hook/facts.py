@@ -54,13 +54,17 @@ def gather(spec: dict, tier: dict, notes: list | None = None, sockets: tuple = (
 def cgroup_limits(uid_map: str = "/proc/self/uid_map", cgroup: str = "/proc/self/cgroup",
                   root: str = "/sys/fs/cgroup") -> bool:
     """Can the runtime apply cgroup limits? Always outside a user namespace; rootless, only when delegated."""
+    identity = host_uids(uid_map)
+    return identity is True or (identity is False and cgroup_delegated(cgroup, root))
+
+
+def host_uids(uid_map: str = "/proc/self/uid_map") -> bool | None:
+    """True outside a user namespace (identity map), False inside one, None if unreadable."""
     try:
         with open(uid_map) as fh:
-            if fh.read().split() == ["0", "0", "4294967295"]:
-                return True
+            return fh.read().split() == ["0", "0", "4294967295"]
     except OSError:
-        return False
-    return cgroup_delegated(cgroup, root)
+        return None
 
 
 def cgroup_delegated(cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> bool:
@@ -120,6 +124,9 @@ def resolve(path: str) -> tuple[str, str | None]:
     import stat
 
     trusted = {0, os.geteuid()}
+    if host_uids() is False:  # rootless: host root (and any uid not mapped) shows as the overflow uid
+        overflow = _read("/proc/sys/kernel/overflowuid").strip()
+        trusted.add(int(overflow) if overflow.isdigit() else 65534)
     todo = [p for p in reversed(path.split("/")) if p]
     cur, cur_st, links, why = "/", None, 0, None
     try:

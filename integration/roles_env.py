@@ -234,6 +234,10 @@ def make_test_policy(peers: Peers, dest: Path) -> Path:
     # a tier that opts out of the metadata block by name (issue 16)
     text += ('\n[tiers.metadata-reader]\ndescription = "baseline that may reach cloud metadata"\n'
              'extends = "baseline"\nstrictness = 10\nallow_metadata = true\n')
+    # image-processor writes its output to a host dir: restricted tiers write only where named
+    marker = 'seccomp = "image-processor"\n'
+    assert text.count(marker) == 1, "shipped policy's image-processor tier changed"
+    text = text.replace(marker, marker + f'writable_binds = ["{dest.parent.parent}/im-out"]\n')
     dest.write_text(text)
     # the seccomp profiles are looked up next to the policy first, then in the shipped dir
     return dest
@@ -250,18 +254,20 @@ class RoleEnv:
         self.dir = Path(tempfile.mkdtemp(prefix="tg-roles-", dir="/tmp"))
         self.rootfs_dir = rootfs_dir
         self.peers = Peers(podman, self.dir)
-        self.log = self.dir / "decisions.jsonl"
+        self.tg = self.dir / "tg"  # tiergate's own state, apart from the files tests mount
+        self.tg.mkdir()
+        self.log = self.tg / "decisions.jsonl"
         self.images: list[str] = []
 
     def install(self, trusted: list[str] = ()) -> None:
         """The peers up and tiergate installed with the test policy (make_test_policy), trusting
         the `trusted` image ids up to privileged."""
         self.peers.setup()
-        policy = make_test_policy(self.peers, self.dir / "policy.toml")
+        policy = make_test_policy(self.peers, self.tg / "policy.toml")
         trusting_policy(policy, trusted, base=policy)
         r = run_cmd([*TIERGATE, "--policy", str(policy), "install", "--engine", "podman",
-                     "--hooks-dir", str(self.podman.hooks_dir), "--bin-dir", str(self.dir / "bin"),
-                     "--log", str(self.log), "--cache-dir", str(self.dir / "cache")], timeout=60)
+                     "--hooks-dir", str(self.podman.hooks_dir), "--bin-dir", str(self.tg / "bin"),
+                     "--log", str(self.log), "--cache-dir", str(self.tg / "cache")], timeout=60)
         assert r.returncode == 0, r.stderr
 
     def start(self) -> "RoleEnv":
@@ -305,7 +311,7 @@ class RoleEnv:
                 self.peers.teardown()
             finally:
                 run_cmd([*TIERGATE, "uninstall", "--engine", "podman", "--hooks-dir",
-                         str(self.podman.hooks_dir), "--bin-dir", str(self.dir / "bin")], timeout=60)
+                         str(self.podman.hooks_dir), "--bin-dir", str(self.tg / "bin")], timeout=60)
                 self.podman.clear_hooks()
                 if self.images:
                     self.podman.rmi(*self.images)

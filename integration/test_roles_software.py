@@ -107,7 +107,7 @@ def test_stock_nginx_fails_and_explain_names_the_cause(env, tier):
     print(f"\nstock nginx under {tier}:", proc.returncode, proc.stderr.strip()[-300:])
     assert proc.returncode == 1
     assert 'chown("/var/lib/nginx/body", 33) failed (1: Operation not permitted)' in proc.stderr
-    why = run_cmd([*TIERGATE, "--policy", env.dir / "policy.toml", "explain", name, "--log", env.log],
+    why = run_cmd([*TIERGATE, "--policy", env.tg / "policy.toml", "explain", name, "--log", env.log],
                   env=env.podman.env, timeout=60)
     print(why.stdout, why.stderr)
     assert why.returncode == 0, why.stderr

@@ -158,7 +158,7 @@ def test_egress_rate_limit_is_shaped_in_the_namespace(env):
     """A network policy with `rate` gets a tbf qdisc on the container's interface, inside its
     namespace (tc through pyroute2); the host's interfaces are untouched. Control: without `rate`
     the interface keeps the kernel's default qdisc."""
-    policy = env.dir / "policy.toml"
+    policy = env.tg / "policy.toml"
     original = policy.read_text()
     assert "[networks.web]" in original
     host_before = run_cmd(["tc", "qdisc", "show"], timeout=10).stdout

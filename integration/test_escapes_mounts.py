@@ -20,7 +20,7 @@ import pytest
 
 from harness import kill_procs
 from test_escapes import FakeEngineSocket
-from tiergate_fixtures import REPO, Hooks, refusal_line, tg, tg_control, tg_images  # noqa: F401 (fixtures)
+from tiergate_fixtures import REPO, Hooks, refusal_line, tg, tg_control, tg_images, tg_policy  # noqa: F401 (fixtures)
 
 LABEL = "io.tiergate.tier"
 STRICT_SECCOMP = '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir", "mkdirat"], ' \

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 
-MAX_DOCKER_DAEMONS = 16 # one per distinct runtime set; each is a containerd + dockerd pair (~150 MB)
+MAX_DOCKER_DAEMONS = 16  # one per distinct runtime set; each is a containerd + dockerd pair (~150 MB)
 
 
 def pytest_configure(config):

@@ -68,8 +68,7 @@ def harden(spec: dict, tier: dict, policy: dict, facts: dict | None = None, why:
     if tier.get("audit"):
         return audit(original, spec, ctx)
     if ctx.refusals:
-        extra = f" (and {len(ctx.refusals) - 1} more)" if len(ctx.refusals) > 1 else ""
-        raise Refusal(ctx.refusals[0] + extra)
+        raise Refusal("; ".join(ctx.refusals))  # every reason, on one line
     annotate.decision(spec, ctx)
     return spec, ctx.changes, ctx.notes
 

@@ -498,6 +498,96 @@ def check_policy(explicit: str | None = None) -> tuple[Check, dict | None]:
                  f"digest {compiled['digest'][:16]}"), compiled
 
 
+# -- what the registered hooks and shims actually use ---------------------------------------
+
+_SETTINGS = {"--policy": "policy", "--cache-dir": "cache_dir", "--log": "log"}
+
+
+def hook_settings(args: list) -> dict:
+    """{policy, cache_dir, log} from a registered hook's argv (--key value or --key=value)."""
+    out, it = {}, iter(str(a) for a in args)
+    for arg in it:
+        key, eq, value = arg.partition("=")
+        if key in _SETTINGS:
+            out[_SETTINGS[key]] = value if eq else next(it, "")
+    return out
+
+
+def registrations(hooks_dirs: list[str], daemon_json: str = DOCKER_DAEMON_JSON) -> list[tuple[str, dict]]:
+    """(where, settings) for every tiergate hook in hooks_dirs and tiergate runtime in daemon.json."""
+    from .runtime import read_conf
+
+    found = []
+    for d in hooks_dirs:
+        try:
+            names = sorted(n for n in os.listdir(d) if n.endswith(".json"))
+        except OSError:
+            continue
+        for name in names:
+            try:
+                doc = json.loads(open(os.path.join(d, name), encoding="utf-8").read())
+            except (OSError, ValueError):
+                continue
+            hook = doc.get("hook") if isinstance(doc, dict) else None
+            if isinstance(hook, dict) and "tiergate" in json.dumps(hook):
+                found.append((os.path.join(d, name), hook_settings(hook.get("args") or [])))
+    try:
+        runtimes = json.loads(open(daemon_json, encoding="utf-8").read()).get("runtimes") or {}
+    except (OSError, ValueError, AttributeError):
+        runtimes = {}
+    for name, rt in runtimes.items() if isinstance(runtimes, dict) else ():
+        path = str(rt.get("path", "")) if isinstance(rt, dict) else ""
+        if "tiergate" in name + path:
+            conf = os.path.join(os.path.dirname(path), "tiergate-runtime.conf")
+            found.append((f"{daemon_json} runtime {name}", {k: v for k, v in read_conf(conf).items()
+                                                            if k in ("policy", "cache_dir", "log")}))
+    return found
+
+
+def check_used_state(where: str, settings: dict) -> list[Check]:
+    """The policy, compiled cache and log one registration uses, as its hook would find them."""
+    from . import record
+    from .errors import PolicyError
+    from .policy import cache
+    from .policy.compile import compile_file
+
+    cache_dir = cache.cache_dir_for(settings.get("cache_dir"))
+    path = cache.policy_path(settings.get("policy"), cache_dir)
+    checks = []
+    try:
+        cache.check_cache_dir(cache_dir)
+        entry = cache.entry_path(cache_dir, path)
+        last_good = cache.read_entry(entry)
+        checks.append(Check("policy cache", OK, f"{where}: {cache_dir}" + (
+            f" (compiled {last_good['digest'][:16]})" if last_good else " (nothing compiled yet)")))
+    except PolicyError as exc:
+        last_good = None
+        checks.append(Check("policy cache", FAIL, f"{where}: {exc}: every start is refused"))
+    try:
+        cache.policy_inputs(path)  # exists, and it and what it reads are safely owned
+    except PolicyError as exc:
+        return [*checks, Check("policy in use", FAIL, f"{where}: {exc}; every start is refused")]
+    try:
+        compiled = compile_file(path)
+        checks.append(Check("policy in use", OK, f"{where}: {path}: digest {compiled['digest'][:16]}"))
+    except PolicyError as exc:
+        if last_good and last_good.get("file") == os.path.realpath(path):
+            fallback = f"starts run on the last good policy {last_good['digest'][:16]} and log an error each time"
+        else:
+            fallback = "every start is refused (no last good policy compiled from it)"
+        checks.append(Check("policy in use", FAIL, f"{where}: {exc}; {fallback}"))
+    log = record.log_path(settings.get("log"))
+    if log == record.JOURNAL:
+        ok = os.path.exists(os.environ.get("TIERGATE_JOURNAL_SOCKET", record.JOURNAL_SOCKET))
+        checks.append(Check("decision log", OK if ok else FAIL, f"{where}: journal" + (
+            "" if ok else f": no journald socket; records fall back to {record.file_log()}")))
+    else:
+        d = os.path.dirname(log)
+        ok = os.access(d, os.W_OK) if os.path.isdir(d) else os.access(os.path.dirname(d) or "/", os.W_OK)
+        checks.append(Check("decision log", OK if ok else FAIL, f"{where}: {log}" + ("" if ok else ": not writable")))
+    return checks
+
+
 def gather(policy: str | None = None, hooks_dirs: list[str] | None = None) -> list[Check]:
     """Every check, in table order."""
     pol, compiled = check_policy(policy)
@@ -516,4 +606,10 @@ def gather(policy: str | None = None, hooks_dirs: list[str] | None = None) -> li
     if "docker" in engines or os.path.exists("/usr/bin/dockerd"):
         checks.append(check_docker_registration())
     checks.append(pol)
+    seen = set()
+    for where, settings in registrations(hooks_dirs or podman_hooks_dirs()[0]):
+        key = tuple(sorted(settings.items()))
+        if key not in seen:
+            seen.add(key)
+            checks += check_used_state(where, settings)
     return checks

@@ -23,8 +23,12 @@ MAX_BYTES = 64 * 1024 * 1024  # rotate to .1 beyond this
 
 def log_path(explicit: str | None = None) -> str:
     """--log, else $TIERGATE_LOG, else the system log (root) or the user's state dir (rootless)."""
-    return explicit or os.environ.get("TIERGATE_LOG") or (DEFAULT_LOG if owner_uid() == 0 else user_dir(
-        "XDG_STATE_HOME", ".local/state", "decisions.jsonl"))
+    return explicit or os.environ.get("TIERGATE_LOG") or file_log()
+
+
+def file_log() -> str:
+    """The default file log: where records go when journald cannot take them, and the metrics state lives."""
+    return DEFAULT_LOG if owner_uid() == 0 else user_dir("XDG_STATE_HOME", ".local/state", "decisions.jsonl")
 
 
 def owner_uid(uid_map: str = "/proc/self/uid_map") -> int:
@@ -100,18 +104,48 @@ def _now() -> str:
 
 
 def write(record: dict, path: str | None = None, inflight: str | None = None) -> str | None:
-    """Append one record (and retire its in-flight note); returns None, or one line saying why it
-    could not be kept."""
+    """Append one record (and retire its in-flight note), and add it to the persisted metrics;
+    returns None, or one line saying why it could not be kept.
+
+    A start that ran on the last good policy (record["policy_error"]) first writes an
+    error record of its own (stage "policy"), so the broken file shows on every start.
+    Journald that cannot take a record: the record goes to the default file log,
+    marked "log_fallback".
+    """
     path = log_path(path)
     record.setdefault("time", _now())
     try:
-        return _journal(record) if path == JOURNAL else _append(record, path)
+        problems = []
+        if record.get("policy_error"):
+            problems.append(_write_one({
+                "time": record["time"], "stage": "policy", "outcome": "error", "engine": record.get("engine"),
+                "container": record.get("container"), "policy": record.get("policy"),
+                "reason": f"the policy does not compile; this start used the last good policy "
+                          f"({record.get('policy')}): {record['policy_error']}"}, path))
+        problems.append(_write_one(record, path))
+        return "; ".join(p for p in problems if p) or None
     finally:
         if inflight:
             try:
                 os.unlink(inflight)
             except OSError:
                 pass
+
+
+def _write_one(record: dict, path: str) -> str | None:
+    from . import counters
+
+    problem = None
+    if path == JOURNAL:
+        problem = _journal(record)
+        if problem:
+            record["log_fallback"] = problem
+            path = file_log()
+            problem = f"{problem}; record kept in {path}" + (f" ({p})" if (p := _append(record, path)) else "")
+    else:
+        problem = _append(record, path)
+    lost = counters.update(path, record, time.time())
+    return "; ".join(p for p in (problem, lost) if p) or None
 
 
 def _append(record: dict, path: str) -> str | None:

@@ -241,13 +241,11 @@ def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> tuple[d
     from tiergate.oci import bundle
 
     from . import stages
-    from .policy import cache
 
     bundle_dir = os.path.abspath(parsed.bundle or os.getcwd())
     rec.update(container=parsed.container_id or "", bundle=bundle_dir)
     spec = bundle.read_config(bundle_dir)
-    policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
-    rec["policy"] = policy["digest"][:16]
+    policy = stages.load_policy(conf.get("policy"), conf.get("cache_dir"), rec)
     image, found = resolve_image(spec, parsed.container_id, policy, bundle_dir, conf)
     opts = stages.Options()
     opts.stage, opts.policy, opts.cache_dir, opts.log = parsed.command, conf.get("policy"), conf.get("cache_dir"), conf.get("log")
@@ -259,7 +257,7 @@ def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> tuple[d
     # run and restore start the workload at once, so a createRuntime hook does it there.
     hardened, tier, _ = stages.decide_and_harden(spec, policy, image, opts, rec,
                                                  netns_ready=empty or parsed.command == "create",
-                                                 network_hook=hook_for(conf, _hook_args(conf)))
+                                                 network_hook=hook_for(conf, [*_hook_args(conf), "--engine", opts.engine]))
     if hardened != spec:
         bundle.write_config(bundle_dir, hardened)
     if empty and tier["network"] is not None:
@@ -434,10 +432,10 @@ def _refusal(reason: str):
 
 def _existing_container(parsed: runc_args.RuncArgs, conf: dict, rec: dict, seen: dict | None = None):
     """(policy, tier, where the tier came from) for the container an exec or update names."""
-    from .policy import cache
+    from . import stages
 
-    policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
-    rec.update(container=parsed.container_id or "", policy=policy["digest"][:16])
+    rec["container"] = parsed.container_id or ""
+    policy = stages.load_policy(conf.get("policy"), conf.get("cache_dir"), rec)
     name, source = container_tier(parsed, conf, policy, seen)
     tier = policy["tiers"].get(name)
     if tier is None:
@@ -495,8 +493,7 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
                 ctx.escalation(f"asks for --cap {norm}")
             ctx.change("--cap", f"dropped {norm}", f"tier {name} allows {', '.join(sorted(allowed)) or 'no capabilities'}")
     if ctx.refusals:
-        extra = f" (and {len(ctx.refusals) - 1} more)" if len(ctx.refusals) > 1 else ""
-        raise _refusal(ctx.refusals[0] + extra)
+        raise _refusal("; ".join(ctx.refusals))  # every reason, on one line
     profile = proc.get("apparmorProfile") if proc_path else ctx.facts.get("apparmor")
 
     def drop(opt) -> bool:

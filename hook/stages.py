@@ -58,13 +58,26 @@ def parse_args(argv: list[str]) -> Options:
 def _hook_self(opts: Options, stage: str) -> dict:
     """How to call this same hook again at another stage (for the network createRuntime hook)."""
     args = [os.path.basename(sys.argv[0]) or "tiergate-hook", stage]
-    for key in ("policy", "cache_dir", "log"):
+    for key in ("policy", "cache_dir", "log", "engine"):
         if getattr(opts, key):
             args += ["--" + key.replace("_", "-"), getattr(opts, key)]
     path = os.path.abspath(sys.argv[0])
     if not os.access(path, os.X_OK) or path.endswith(".py"):
         return {"path": sys.executable, "args": [sys.executable, "-I", "-m", "tiergate.hook.stages", *args[1:]]}
     return {"path": path, "args": args}
+
+
+def _container(spec: dict, rec: dict) -> None:
+    """The container's id and name from the engine's own records (containers-storage, by the
+    rootfs layer): precreate's spec has no id, and its hostname and HOSTNAME are the workload's."""
+    root = spec.get("root")
+    path = root.get("path") if isinstance(root, dict) else None
+    from .sources.storage import container_for_rootfs
+
+    entry = container_for_rootfs(path) if isinstance(path, str) else None
+    rec["container"] = entry["id"] if entry else ""
+    if entry and entry["names"]:
+        rec["name"] = entry["names"][0]
 
 
 def _image(spec: dict) -> Image:
@@ -75,14 +88,6 @@ def _image(spec: dict) -> Image:
     from .sources.storage import image_for_rootfs
 
     return image_for_rootfs(path)
-
-
-def _short_id(spec: dict) -> str:
-    proc = spec.get("process") if isinstance(spec.get("process"), dict) else {}
-    for entry in proc.get("env") or []:
-        if isinstance(entry, str) and entry.startswith("HOSTNAME="):
-            return entry[9:][:64]
-    return str(spec.get("hostname") or "")[:64]
 
 
 def port_list(items) -> list[dict]:
@@ -109,7 +114,7 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
 
     annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
     decision = decide(policy, image, annotations)
-    rec.update(requested=decision.requested, tier=decision.tier, why=decision.why)
+    rec.update(requested=decision.requested, tier=decision.tier, why=decision.why, source=decision.source)
     tier = policy["tiers"][decision.tier]
     rec["mode"] = "audit" if tier.get("audit") else "enforce"
     notes = [("exec", EXEC_GAP)] if opts.engine == "podman" and not tier["passthrough"] else []
@@ -136,6 +141,16 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
     return hardened, tier, changes
 
 
+def load_policy(explicit: str | None, cache_dir: str | None, rec: dict) -> dict:
+    """The compiled policy (cache.load_compiled), noted in the record: its digest and, when the
+    file on disk is broken and the last good policy was used, the error (record.write logs it)."""
+    policy = cache.load_compiled(explicit, cache_dir)
+    rec["policy"] = policy["digest"][:16]
+    if policy.get("stale"):
+        rec["policy_error"] = policy["stale"]
+    return policy
+
+
 def on_error(policy: dict | None, engine: str) -> str:
     """"allow" only when the operator chose availability for this engine; unknown policy: refuse."""
     if not policy:
@@ -148,9 +163,8 @@ def precreate(opts: Options, rec: dict) -> int:
     spec = policy = hardened = None
     try:
         spec = stdio.read_stdin("config")
-        rec["container"] = _short_id(spec)
-        policy = cache.load_compiled(opts.policy, opts.cache_dir)
-        rec["policy"] = policy["digest"][:16]
+        _container(spec, rec)
+        policy = load_policy(opts.policy, opts.cache_dir, rec)
         image = _image(spec)
         rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
                    label=image.labels.get(policy["label_key"]))
@@ -228,7 +242,7 @@ def create_runtime(opts: Options, rec: dict) -> int:
     state, spec = _state_and_config(rec)
     annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
     tier_name = annotations.get("io.tiergate.tier")
-    policy = cache.load_compiled(opts.policy, opts.cache_dir)
+    policy = load_policy(opts.policy, opts.cache_dir, rec)
     tier = policy["tiers"].get(tier_name) if isinstance(tier_name, str) else None
     if tier is None:
         raise Refusal(f"the bundle carries no valid tiergate tier ({show(tier_name)}); it was not hardened")
@@ -305,12 +319,12 @@ def log_only(node):
 def prestart(opts: Options, rec: dict) -> int:
     """Verify: refuse a container whose bundle is weaker than the tier its image gets."""
     _, spec = _state_and_config(rec)
-    policy = cache.load_compiled(opts.policy, opts.cache_dir)
+    policy = load_policy(opts.policy, opts.cache_dir, rec)
     _, tier, changes = decide_and_harden(spec, policy, _image(spec), opts, rec)
     weaker = [c for c in changes if not c["field"].startswith(("$.annotations", "$.hooks"))]
     if weaker:
-        raise Refusal(f"container is weaker than tier {tier['name']}: {weaker[0]['field']}: {weaker[0]['what']}"
-                      + (f" (and {len(weaker) - 1} more)" if len(weaker) > 1 else ""))
+        raise Refusal(f"container is weaker than tier {tier['name']}: "
+                      + "; ".join(f"{c['field']}: {c['what']}" for c in weaker))
     return 0
 
 

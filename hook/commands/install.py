@@ -73,6 +73,14 @@ def _settings(args, home: str | None = None) -> dict:
         # Absolute, symlinks kept: a ConfigMap-mounted policy is a link through ..data that
         # kubelet swaps on every update; its resolved target vanishes then.
         out["policy"] = os.path.abspath(args.policy)
+    if getattr(args, "log", None) == "journal":
+        from .. import record
+        from ..errors import TiergateError
+
+        sock = os.environ.get("TIERGATE_JOURNAL_SOCKET", record.JOURNAL_SOCKET)
+        if not os.path.exists(sock):
+            raise TiergateError(f"--log journal: systemd-journald is not running here (no {sock}); "
+                                "give a log file instead")
     for flag in ("log", "cache_dir"):
         value = getattr(args, flag, None)
         if value:  # "journal" is a log target, not a path

@@ -121,7 +121,7 @@ def register(sub) -> None:
     c.add_argument("--file", metavar="F", help="decision log (default: $TIERGATE_LOG or /var/log/tiergate/decisions.jsonl; "
                    "F.1, the rotated part, is read too)")
     c.add_argument("--since", metavar="WHEN", help="only records at or after WHEN: 10m, 1h, 2d ago or an ISO time (UTC)")
-    c.add_argument("--container", metavar="ID", help="only this container (id prefix)")
+    c.add_argument("--container", metavar="ID", help="only this container: its full or short id (a prefix), or its name")
     c.add_argument("--tier", metavar="T", help="only decisions that granted (or asked for) tier T")
     c.add_argument("--stage", metavar="S", help="only this hook stage (precreate, createRuntime, prestart, ...)")
     c.add_argument("--refused", action="store_true", help="only refusals and errors (the container did not start)")
@@ -140,7 +140,7 @@ def select(records: list[dict], since: dt.datetime | None = None, container: str
             t = record_time(rec)
             if t is None or t < since:
                 continue
-        if container and not same_container(container, rec.get("container")):
+        if container and not (same_container(container, rec.get("container")) or container == rec.get("name")):
             continue
         if tier and tier not in (rec.get("tier"), rec.get("requested")):
             continue

@@ -1,8 +1,10 @@
-"""`tiergate metrics`: the decision log as Prometheus text (node_exporter's textfile collector)."""
+"""`tiergate metrics`: tiergate's persisted counters as Prometheus text (node_exporter's textfile collector).
+
+The counters are kept by the hook itself with every record (hook/counters.py), so they
+survive log rotation and never go down."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 EXAMPLES = """examples:
@@ -12,46 +14,22 @@ EXAMPLES = """examples:
   * * * * *  root  tiergate metrics --out /var/lib/node_exporter/textfile/tiergate.prom
 """
 
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
-# Stages that only carry out a decision already made (the network createRuntime hook).
-FOLLOW_UP_STAGES = frozenset({"createRuntime"})
-
-# (substring of the reason, kind); first match wins.
-REASON_KINDS = (
-    ("may get at most", "ceiling"),
-    ("unknown tier", "unknown_tier"),
-    ("cannot read the image's labels", "unknown_image"),
-    ("refuses a container that", "escalation"),
-    ("requires AppArmor", "apparmor"),
-    ("network policy", "network"),
-    ("weaker than tier", "verify"),
-    ("not hardened", "verify"),
-    ("internal error", "internal"),
-)
-
 
 def register(sub) -> None:
     import argparse
 
-    c = sub.add_parser("metrics", help="write Prometheus metrics from the decision log",
-                       description="Turn the decision log into Prometheus text format for node_exporter's textfile "
+    c = sub.add_parser("metrics", help="write Prometheus metrics (counters kept beside the decision log)",
+                       description="Print the counters the hook keeps beside its decision log (LOG.counters.json; they "
+                       "survive log rotation and never decrease) in Prometheus text format for node_exporter's textfile "
                        "collector: tiergate_decisions_total{tier,outcome}, tiergate_refusals_total{reason_kind}, "
-                       "tiergate_hook_duration_seconds{stage} (histogram). With --out the file is written to "
-                       "PATH.tmp and renamed, so the collector never reads half a file.",
+                       "tiergate_audit_would_deny_total{kind}, tiergate_policy_errors_total{action}, "
+                       "tiergate_policy_error (gauge), tiergate_hook_duration_seconds{stage,tier,outcome} (histogram, "
+                       "1 ms to 10 s). With --out the file is written to PATH.tmp and renamed, so the collector never "
+                       "reads half a file.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--file", metavar="F", help="decision log (default: $TIERGATE_LOG or /var/log/tiergate/decisions.jsonl)")
     c.add_argument("--out", metavar="PATH", help="write here atomically (PATH.tmp, then rename) instead of stdout")
     c.set_defaults(func=cmd_metrics)
-
-
-def reason_kind(rec: dict) -> str:
-    reason = str(rec.get("reason") or "")
-    for needle, kind in REASON_KINDS:
-        if needle in reason:
-            return kind
-    if rec.get("outcome") == "error":
-        return "policy" if "policy" in reason.lower() or ".toml" in reason else "error"
-    return "other"
 
 
 def _esc(value: object) -> str:
@@ -62,76 +40,62 @@ def _fmt(v: float) -> str:
     return repr(float(v)) if not float(v).is_integer() else str(int(v))
 
 
-def render(records: list[dict]) -> str:
-    decisions: dict[tuple[str, str], int] = {}
-    refusals: dict[str, int] = {}
-    durations: dict[str, list[float]] = {}
-    last = 0.0
-    for rec in records:
-        stage = str(rec.get("stage") or "unknown")
-        outcome = str(rec.get("outcome") or "unknown")
-        if stage not in FOLLOW_UP_STAGES or outcome != "allowed":
-            key = (str(rec.get("tier") or "none"), outcome)
-            decisions[key] = decisions.get(key, 0) + 1
-        if outcome in ("refused", "error"):
-            kind = reason_kind(rec)
-            refusals[kind] = refusals.get(kind, 0) + 1
-        d = rec.get("duration_ms")
-        if isinstance(d, (int, float)) and not isinstance(d, bool) and d >= 0:
-            durations.setdefault(stage, []).append(d / 1000.0)
-        from .log import record_time
+def _labels(names: tuple[str, ...], key: str) -> str:
+    from ..counters import SEP
 
-        t = record_time(rec)
-        if t is not None:
-            last = max(last, t.timestamp())
-    out = [
-        "# HELP tiergate_decisions_total Container starts tiergate decided, by granted tier and outcome.",
-        "# TYPE tiergate_decisions_total counter",
-    ]
-    for (tier, outcome), n in sorted(decisions.items()):
-        out.append(f'tiergate_decisions_total{{tier="{_esc(tier)}",outcome="{_esc(outcome)}"}} {n}')
-    out += ["# HELP tiergate_refusals_total Refusals and errors (the container did not start), by kind of reason.",
-            "# TYPE tiergate_refusals_total counter"]
-    for kind, n in sorted(refusals.items()):
-        out.append(f'tiergate_refusals_total{{reason_kind="{_esc(kind)}"}} {n}')
-    out += ["# HELP tiergate_hook_duration_seconds Time one hook run took, by stage.",
+    return ",".join(f'{n}="{_esc(v)}"' for n, v in zip(names, key.split(SEP)))
+
+
+def render(state: dict) -> str:
+    """Prometheus text from the persisted counters (see hook/counters.py)."""
+    from ..counters import BUCKETS
+
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, table: str, labels: tuple[str, ...]) -> None:
+        out.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"])
+        for key, n in sorted((state.get(table) or {}).items()):
+            out.append(f"{name}{{{_labels(labels, key)}}} {_fmt(n)}")
+
+    family("tiergate_decisions_total", "counter", "Container starts tiergate decided, by granted tier and outcome.",
+           "decisions", ("tier", "outcome"))
+    family("tiergate_refusals_total", "counter", "Refusals and errors (the container did not start), by kind of reason.",
+           "refusals", ("reason_kind",))
+    family("tiergate_audit_would_deny_total", "counter",
+           "Audit mode: changes enforcement would have made, by kind (capabilities, seccomp, mounts, ...).",
+           "would_deny", ("kind",))
+    family("tiergate_policy_errors_total", "counter", "Starts that found the policy broken: run on the last good "
+           "policy (last_good) or refused for want of one (refused).", "policy_errors", ("action",))
+    family("tiergate_log_fallbacks_total", "counter", "Records journald could not take, kept in the file log instead.",
+           "log_fallbacks", ("target",))
+    out += ["# HELP tiergate_hook_duration_seconds Time one hook or shim run took, by stage, tier and outcome.",
             "# TYPE tiergate_hook_duration_seconds histogram"]
-    for stage, values in sorted(durations.items()):
-        s = _esc(stage)
-        for b in BUCKETS:
-            out.append(f'tiergate_hook_duration_seconds_bucket{{stage="{s}",le="{b}"}} {sum(1 for v in values if v <= b)}')
-        out.append(f'tiergate_hook_duration_seconds_bucket{{stage="{s}",le="+Inf"}} {len(values)}')
-        out.append(f'tiergate_hook_duration_seconds_sum{{stage="{s}"}} {round(sum(values), 6)!r}')
-        out.append(f'tiergate_hook_duration_seconds_count{{stage="{s}"}} {len(values)}')
-    out += ["# HELP tiergate_log_records Records in the decision log (rotated part included).",
-            "# TYPE tiergate_log_records gauge", f"tiergate_log_records {len(records)}",
+    for key, h in sorted((state.get("durations") or {}).items()):
+        lab = _labels(("stage", "tier", "outcome"), key)
+        for b, n in zip(BUCKETS, h.get("buckets") or []):
+            out.append(f'tiergate_hook_duration_seconds_bucket{{{lab},le="{b}"}} {n}')
+        out.append(f'tiergate_hook_duration_seconds_bucket{{{lab},le="+Inf"}} {h.get("count", 0)}')
+        out.append(f'tiergate_hook_duration_seconds_sum{{{lab}}} {_fmt(h.get("sum", 0))}')
+        out.append(f'tiergate_hook_duration_seconds_count{{{lab}}} {h.get("count", 0)}')
+    perr = state.get("policy_error") or {}
+    out += ["# HELP tiergate_records_total Records written to the decision log.",
+            "# TYPE tiergate_records_total counter", f"tiergate_records_total {state.get('records', 0)}",
+            "# HELP tiergate_policy_error 1 while the policy file does not compile (the last start said so), else 0.",
+            "# TYPE tiergate_policy_error gauge", f"tiergate_policy_error {perr.get('active', 0)}",
+            "# HELP tiergate_last_policy_error_timestamp_seconds When a start last found the policy broken (0: never).",
+            "# TYPE tiergate_last_policy_error_timestamp_seconds gauge",
+            f"tiergate_last_policy_error_timestamp_seconds {_fmt(round(perr.get('time', 0), 3))}",
             "# HELP tiergate_last_record_timestamp_seconds Time of the newest record (0: none).",
             "# TYPE tiergate_last_record_timestamp_seconds gauge",
-            f"tiergate_last_record_timestamp_seconds {_fmt(round(last, 3))}"]
+            f"tiergate_last_record_timestamp_seconds {_fmt(round(state.get('last_record', 0), 3))}"]
     return "\n".join(out) + "\n"
 
 
-def write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def cmd_metrics(args) -> int:
-    from .. import record
+    from .. import counters, record
+    from ..policy.cache import write_atomic
 
-    text = render(record.read(args.file))
+    text = render(counters.load(counters.path_for(record.log_path(args.file))))
     if args.out:
         write_atomic(args.out, text)
     else:

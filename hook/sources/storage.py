@@ -66,6 +66,38 @@ def split_root(root_path: str) -> tuple[str, str, str] | None:
     return graph, driver, layer
 
 
+_CONTAINERS: dict[tuple, list[dict]] = {}  # parsed once per start for the id and the image (~17 ms at 1,000)
+
+
+def _container_entry(graph: str, driver: str, layer: str) -> dict | None:
+    """The containers.json entry whose layer is this rootfs (raises OciError when unreadable)."""
+    path = os.path.join(graph, f"{driver}-containers", "containers.json")
+    try:
+        st = os.lstat(path)
+        key = (path, st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key is None or key not in _CONTAINERS:
+        parsed = _list(_read(path, "container metadata"), "containers.json")
+        if key is not None:
+            _CONTAINERS.clear()
+            _CONTAINERS[key] = parsed
+        return next((c for c in parsed if c.get("layer") == layer), None)
+    return next((c for c in _CONTAINERS[key] if c.get("layer") == layer), None)
+
+
+def container_for_rootfs(root_path: str) -> dict | None:
+    """{"id", "names"} of the container the engine recorded for this rootfs, or None. Never raises."""
+    where = split_root(root_path)
+    try:
+        entry = _container_entry(*where) if where else None
+    except OciError:
+        return None
+    if not entry or not isinstance(entry.get("id"), str):
+        return None
+    return {"id": entry["id"][:64], "names": [n for n in entry.get("names") or [] if isinstance(n, str)]}
+
+
 def image_for_rootfs(root_path: str) -> Image:
     """Never raises: what cannot be read becomes Image.unknown(reason) for the policy to judge."""
     where = split_root(root_path)
@@ -73,8 +105,7 @@ def image_for_rootfs(root_path: str) -> Image:
         return Image.unknown(f"rootfs {root_path[:200]} is not in containers-storage")
     graph, driver, layer = where
     try:
-        containers = _read(os.path.join(graph, f"{driver}-containers", "containers.json"), "container metadata")
-        entry = next((c for c in _list(containers, "containers.json") if c.get("layer") == layer), None)
+        entry = _container_entry(graph, driver, layer)
         if entry is None:
             return Image.unknown(f"no container uses layer {layer[:12]}")
         image_id = entry.get("image") or ""

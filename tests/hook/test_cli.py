@@ -181,3 +181,29 @@ def test_cli_as_a_subprocess(tmp_path: Path) -> None:
     assert bad.returncode == 1 and bad.stdout == b""
     assert_no_traceback(bad.stderr)
     assert bad.stderr.count(b"\n") == 1 and bad.stderr.startswith(b"tiergate: refused: ")
+
+
+def test_install_log_journal_without_journald_is_an_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TIERGATE_JOURNAL_SOCKET", str(tmp_path / "no-journald.sock"))
+    rc = cli.main(["install", "--engine", "podman", "--hooks-dir", str(tmp_path / "hooks"),
+                   "--bin-dir", str(tmp_path / "bin"), "--log", "journal"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "systemd-journald is not running here" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "hooks").exists() and not (tmp_path / "bin").exists()
+
+
+def test_policy_apply_cli(tmp_path: Path, capsys) -> None:
+    live = tmp_path / "etc" / "policy.toml"
+    live.parent.mkdir()
+    live.write_text(SHIPPED_POLICY.read_text())
+    bad = tmp_path / "bad.toml"
+    bad.write_text("version = 1\n[tiers.a\n")
+    base = ["policy", "apply", "--to", str(live), "--cache-dir", str(tmp_path / "cache")]
+    assert cli.main([*base, str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == f"tiergate: {bad}:2: invalid TOML: Expected ']' at the end of a table declaration"
+    assert live.read_text() == SHIPPED_POLICY.read_text()
+    good = tmp_path / "good.toml"
+    good.write_text(SHIPPED_POLICY.read_text().replace('default_tier = "baseline"', 'default_tier = "restricted"'))
+    assert cli.main([*base, str(good)]) == 0
+    assert capsys.readouterr().out.startswith(f"applied: {good} -> {live}: ")
+    assert live.read_text() == good.read_text()

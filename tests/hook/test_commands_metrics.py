@@ -1,4 +1,4 @@
-"""`tiergate metrics`: Prometheus text from decision records (no root)."""
+"""`tiergate metrics`: Prometheus text from the counters the hook persists with each record (no root)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import re
 
 import pytest
 
-from tiergate.hook import cli
+from tiergate.hook import cli, counters, record
 from tiergate.hook.commands import metrics as M
+from tiergate.hook.commands.log import record_time
 
 RECS = [
     {"time": "2026-11-24T10:00:00.000Z", "stage": "precreate", "tier": "restricted", "outcome": "allowed", "duration_ms": 0.9},
@@ -39,8 +40,21 @@ def parse(text: str) -> dict[str, float]:
     return out
 
 
+def state_of(records: list[dict]) -> dict:
+    state: dict = {}
+    for rec in records:
+        t = record_time(rec)
+        counters.add(state, rec, t.timestamp() if t else 0.0)
+    return state
+
+
+def write_all(log, records: list[dict]) -> None:
+    for rec in records:
+        assert record.write(dict(rec), str(log)) is None
+
+
 def test_render():
-    text = M.render(RECS)
+    text = M.render(state_of(RECS))
     assert text.endswith("\n")
     s = parse(text)
     assert s['tiergate_decisions_total{tier="restricted",outcome="allowed"}'] == 2
@@ -54,21 +68,79 @@ def test_render():
     assert s['tiergate_refusals_total{reason_kind="ceiling"}'] == 1
     assert s['tiergate_refusals_total{reason_kind="internal"}'] == 1
     assert s['tiergate_refusals_total{reason_kind="network"}'] == 1
-    b = {le: s[f'tiergate_hook_duration_seconds_bucket{{stage="precreate",le="{le}"}}']
-         for le in ("0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "+Inf")}
-    assert b == {"0.001": 1, "0.0025": 1, "0.005": 2, "0.01": 2, "0.025": 2, "0.05": 2, "0.1": 2, "+Inf": 3}
-    assert s['tiergate_hook_duration_seconds_count{stage="precreate"}'] == 3
-    assert s['tiergate_hook_duration_seconds_sum{stage="precreate"}'] == pytest.approx(0.2549)
-    assert s['tiergate_hook_duration_seconds_count{stage="createRuntime"}'] == 1  # "n/a" skipped
-    assert s["tiergate_log_records"] == len(RECS)
+    lab = 'stage="precreate",tier="restricted",outcome="allowed"'
+    b = {le: s[f'tiergate_hook_duration_seconds_bucket{{{lab},le="{le}"}}']
+         for le in ("0.001", "0.0025", "0.005", "0.01", "0.1", "1.0", "10.0", "+Inf")}
+    assert b == {"0.001": 1, "0.0025": 1, "0.005": 2, "0.01": 2, "0.1": 2, "1.0": 2, "10.0": 2, "+Inf": 2}
+    slow = 'stage="precreate",tier="restricted",outcome="refused"'
+    assert s[f'tiergate_hook_duration_seconds_bucket{{{slow},le="0.1"}}'] == 0  # 250 ms: buckets reach seconds
+    assert s[f'tiergate_hook_duration_seconds_bucket{{{slow},le="0.25"}}'] == 1
+    assert s[f'tiergate_hook_duration_seconds_count{{{lab}}}'] == 2
+    assert s[f'tiergate_hook_duration_seconds_sum{{{lab}}}'] == pytest.approx(0.0049)
+    assert 'tiergate_hook_duration_seconds_count{stage="createRuntime",tier="isolated",outcome="refused"}' not in s  # "n/a"
+    assert s["tiergate_records_total"] == len(RECS)
     assert s["tiergate_last_record_timestamp_seconds"] == dt.datetime(2026, 11, 24, 10, 0, 5, tzinfo=dt.timezone.utc).timestamp()
-    # each TYPE line precedes its samples, once
     assert text.count("# TYPE tiergate_hook_duration_seconds histogram") == 1
 
 
-def test_empty_log():
-    s = parse(M.render([]))
-    assert s == {"tiergate_log_records": 0, "tiergate_last_record_timestamp_seconds": 0}
+def test_empty_state():
+    s = parse(M.render({}))
+    assert s == {"tiergate_records_total": 0, "tiergate_policy_error": 0,
+                 "tiergate_last_policy_error_timestamp_seconds": 0, "tiergate_last_record_timestamp_seconds": 0}
+
+
+def test_audit_would_deny_counts_per_kind():
+    rec = {"stage": "precreate", "tier": "restricted", "outcome": "allowed", "mode": "audit",
+           "changes": ["$.process.capabilities.bounding: would drop CAP_NET_RAW", "$.linux.seccomp: would set",
+                       "$.mounts[3]: would make read-only", "$.process.capabilities.effective: would drop X"]}
+    s = parse(M.render(state_of([rec, {**rec, "mode": "enforce"}])))
+    assert s['tiergate_audit_would_deny_total{kind="capabilities"}'] == 2
+    assert s['tiergate_audit_would_deny_total{kind="seccomp"}'] == 1
+    assert s['tiergate_audit_would_deny_total{kind="mounts"}'] == 1
+
+
+def test_policy_error_gauge_follows_the_last_start(tmp_path):
+    log = tmp_path / "d.jsonl"
+    ok = {"stage": "precreate", "tier": "baseline", "outcome": "allowed", "policy": "abcd"}
+    write_all(log, [ok])
+    assert parse(M.render(counters.load(counters.path_for(str(log)))))["tiergate_policy_error"] == 0
+    write_all(log, [{**ok, "policy_error": "/etc/tiergate/policy.toml:2: invalid TOML"}] * 2)
+    s = parse(M.render(counters.load(counters.path_for(str(log)))))
+    assert s["tiergate_policy_error"] == 1 and s['tiergate_policy_errors_total{action="last_good"}'] == 2
+    assert s["tiergate_last_policy_error_timestamp_seconds"] > 0
+    assert s['tiergate_decisions_total{tier="baseline",outcome="allowed"}'] == 3  # the error records are not decisions
+    errors = [r for r in record.read(str(log)) if r["stage"] == "policy"]
+    assert len(errors) == 2 and all("policy.toml:2: invalid TOML" in r["reason"] and r["outcome"] == "error" for r in errors)
+    write_all(log, [ok])
+    assert parse(M.render(counters.load(counters.path_for(str(log)))))["tiergate_policy_error"] == 0
+
+
+def test_counters_never_decrease_across_log_rotation(tmp_path, monkeypatch, capsys):
+    """Scrape, rotate the log (twice over: the first rotated part is gone), scrape: no sample went down."""
+    monkeypatch.setattr(record, "MAX_BYTES", 2000)
+    log = tmp_path / "d.jsonl"
+    before: dict[str, float] = {}
+    for round_ in range(6):
+        write_all(log, RECS)
+        assert cli.main(["metrics", "--file", str(log)]) == 0
+        now = parse(capsys.readouterr().out)
+        for name, value in before.items():
+            if "timestamp" not in name and name != "tiergate_policy_error":
+                assert now.get(name, 0) >= value, (round_, name)
+        before = now
+    assert before["tiergate_records_total"] == 6 * len(RECS) > len(record.read(str(log)))
+    assert before['tiergate_decisions_total{tier="restricted",outcome="allowed"}'] == 12
+
+
+def test_journal_without_journald_falls_back_to_the_file_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIERGATE_JOURNAL_SOCKET", str(tmp_path / "no-journald"))
+    monkeypatch.setattr(record, "file_log", lambda: str(tmp_path / "fallback.jsonl"))
+    problem = record.write({"stage": "precreate", "tier": "baseline", "outcome": "allowed"}, "journal")
+    assert problem and "record kept in" in problem and "fallback.jsonl" in problem
+    (rec,) = record.read(str(tmp_path / "fallback.jsonl"))
+    assert rec["log_fallback"].startswith("journal: ")
+    s = parse(M.render(counters.load(counters.path_for("journal"))))
+    assert s['tiergate_log_fallbacks_total{target="journal"}'] == 1
 
 
 @pytest.mark.parametrize("reason,outcome,kind", [
@@ -81,19 +153,20 @@ def test_empty_log():
     ("something new", "refused", "other"),
 ])
 def test_reason_kind(reason, outcome, kind):
-    assert M.reason_kind({"reason": reason, "outcome": outcome}) == kind
+    assert counters.reason_kind({"reason": reason, "outcome": outcome}) == kind
 
 
 def test_out_is_atomic(tmp_path, capsys):
     log = tmp_path / "d.jsonl"
-    log.write_text("\n".join(json.dumps(r) for r in RECS) + "\n")
+    write_all(log, RECS)
     out = tmp_path / "tiergate.prom"
     out.write_text("old")
     assert cli.main(["metrics", "--file", str(log), "--out", str(out)]) == 0
     assert capsys.readouterr().out == ""
-    assert out.read_text() == M.render(RECS)
+    expected = M.render(counters.load(counters.path_for(str(log))))
+    assert out.read_text() == expected and parse(expected)["tiergate_records_total"] == len(RECS)
     assert not os.path.exists(str(out) + ".tmp")
     assert oct(out.stat().st_mode & 0o777) == "0o644"
     assert cli.main(["metrics", "--file", str(log)]) == 0
-    assert capsys.readouterr().out == M.render(RECS)
+    assert capsys.readouterr().out == expected
     assert cli.main(["metrics", "--file", str(log), "--out", str(tmp_path / "nodir" / "x.prom")]) == 2

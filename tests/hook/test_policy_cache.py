@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _entry(cache_dir: Path) -> Path:
-    (entry,) = [p for p in cache_dir.iterdir() if p.name.endswith(".json")]
+    (entry,) = [p for p in cache_dir.iterdir() if p.name.endswith(".json") and p.name != cache.LOCK]
     return entry
 
 
@@ -140,7 +141,7 @@ def test_broken_policy_raises_policy_error_and_is_not_cached(tmp_path: Path) -> 
     path.write_text("version = 1\n[tiers.a\n")
     with pytest.raises(PolicyError, match=r":2: invalid TOML"):
         cache.load_compiled(str(path), str(tmp_path / "cache"))
-    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+    assert not (tmp_path / "cache").exists() or not [p for p in (tmp_path / "cache").iterdir() if p.name != cache.LOCK]
 
 
 def test_cache_entry_is_private_and_atomic(policy_file: Path, tmp_path: Path) -> None:
@@ -150,7 +151,7 @@ def test_cache_entry_is_private_and_atomic(policy_file: Path, tmp_path: Path) ->
     assert cache_dir.stat().st_mode & 0o777 == 0o700
     entry = _entry(cache_dir)
     assert entry.stat().st_mode & 0o777 == 0o600
-    assert [p.name for p in cache_dir.iterdir()] == [entry.name]
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([entry.name, cache.LOCK])
 
 
 def test_policy_path_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -174,3 +175,147 @@ def test_cache_dir_from_environment(policy_file: Path, tmp_path: Path, monkeypat
 def test_cache_format_matches_compiler() -> None:
     """cache.FORMAT and compile.FORMAT must move together, or every start recompiles (or worse)."""
     assert cache.FORMAT == compile_mod.FORMAT
+
+
+# -- what the cache trusts (issue 15: a mountable, editable cache switched tiergate off) --
+
+@pytest.mark.parametrize("mode", [0o664, 0o646])
+def test_group_or_other_writable_policy_is_refused(policy_file: Path, tmp_path: Path, mode: int) -> None:
+    policy_file.chmod(mode)
+    with pytest.raises(PolicyError, match=r"policy file .* is writable by group or others \(mode 0" + f"{mode:o}"):
+        cache.load_compiled(str(policy_file), str(tmp_path / "cache"))
+
+
+def test_writable_policy_directory_is_refused(policy_file: Path, tmp_path: Path) -> None:
+    policy_file.parent.chmod(0o777)
+    with pytest.raises(PolicyError, match=r"policy file directory .* writable by group or others"):
+        cache.load_compiled(str(policy_file), str(tmp_path / "cache"))
+
+
+def test_policy_owned_by_another_user_is_refused(policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Owner is judged against the invoking user: as uid 4242, a root-owned file is fine, a uid 999 one is not."""
+    real_stat = os.stat
+
+    def foreign(path, *a, **kw):
+        st = real_stat(path, *a, **kw)
+        if str(path) == str(policy_file):
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, 999, st.st_gid, *tuple(st)[6:]))
+        return st
+
+    monkeypatch.setattr(cache.os, "stat", foreign)
+    monkeypatch.setattr(cache.os, "geteuid", lambda: 4242)
+    with pytest.raises(PolicyError, match=r"owned by uid 999, not root or uid 4242"):
+        cache.load_compiled(str(policy_file), str(tmp_path / "cache"))
+
+
+def test_writable_cache_entry_is_refused_not_recompiled(policy_file: Path, tmp_path: Path, counting: list[str]) -> None:
+    """A cache entry someone else could have edited is refused (fail closed), never used or silently replaced."""
+    cache_dir = tmp_path / "cache"
+    cache.load_compiled(str(policy_file), str(cache_dir))
+    _entry(cache_dir).chmod(0o666)
+    with pytest.raises(PolicyError, match=r"compiled policy cache .* writable by group or others"):
+        cache.load_compiled(str(policy_file), str(cache_dir))
+
+
+def test_writable_cache_dir_is_refused(policy_file: Path, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    cache.load_compiled(str(policy_file), str(cache_dir))
+    cache_dir.chmod(0o770)
+    with pytest.raises(PolicyError, match=r"policy cache directory .* writable by group or others \(mode 0770\)"):
+        cache.load_compiled(str(policy_file), str(cache_dir))
+
+
+@pytest.mark.parametrize("how", ["deleted", "dangling symlink"])
+def test_missing_configured_policy_is_an_error_even_with_a_good_cache(policy_file: Path, tmp_path: Path, how: str) -> None:
+    cache_dir = str(tmp_path / "cache")
+    link = tmp_path / "link.toml"
+    link.symlink_to(policy_file)
+    cache.load_compiled(str(link), cache_dir)
+    if how == "deleted":
+        link.unlink()
+    else:
+        policy_file.unlink()
+    with pytest.raises(PolicyError, match="configured policy file (does not exist|is a dangling symlink)"):
+        cache.load_compiled(str(link), cache_dir)
+
+
+def test_system_policy_once_used_never_falls_back_to_the_shipped_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    system = tmp_path / "etc" / "policy.toml"
+    system.parent.mkdir()
+    shutil.copy(SHIPPED_POLICY, system)
+    monkeypatch.delenv("TIERGATE_POLICY", raising=False)
+    monkeypatch.setattr(cache, "SYSTEM_POLICY", str(system))
+    cache_dir = str(tmp_path / "cache")
+    assert cache.load_compiled(None, cache_dir)["file"] == str(system)
+    system.unlink()
+    assert cache.policy_path(None, cache_dir) == str(system)
+    with pytest.raises(PolicyError, match="does not exist"):
+        cache.load_compiled(None, cache_dir)
+    assert cache.policy_path(None, str(tmp_path / "other-cache")).endswith("configs/policy.toml")
+
+
+# -- rollout: the last good policy keeps containers starting ---------------------------
+
+BROKEN = "version = 1\n[tiers.a\n"
+
+
+def _break(path: Path) -> None:
+    st = path.stat()
+    path.write_text(BROKEN)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 3_000_000_000))
+
+
+def test_broken_save_keeps_the_last_good_policy_marked_stale(policy_file: Path, tmp_path: Path, counting: list[str]) -> None:
+    cache_dir = str(tmp_path / "cache")
+    good = cache.load_compiled(str(policy_file), cache_dir)
+    _break(policy_file)
+    stale = cache.load_compiled(str(policy_file), cache_dir)
+    assert stale["digest"] == good["digest"] and stale["tiers"] == good["tiers"]
+    assert re.search(r"policy\.toml:2: invalid TOML", stale["stale"])
+    again = cache.load_compiled(str(policy_file), cache_dir)
+    assert again["stale"] == stale["stale"] and len(counting) == 2  # the failure is remembered: no compile per start
+    shutil.copy(SHIPPED_POLICY, policy_file)
+    fixed = cache.load_compiled(str(policy_file), cache_dir)
+    assert "stale" not in fixed and len(counting) == 3
+
+
+def test_apply_switches_atomically_and_refuses_a_broken_file(policy_file: Path, tmp_path: Path, counting: list[str]) -> None:
+    cache_dir = str(tmp_path / "cache")
+    before = cache.load_compiled(str(policy_file), cache_dir)
+    new = tmp_path / "new.toml"
+    new.write_text(Path(SHIPPED_POLICY).read_text().replace('default_tier = "baseline"', 'default_tier = "restricted"'))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BROKEN)
+    live_text = policy_file.read_text()
+    with pytest.raises(PolicyError, match=r"bad\.toml:2: invalid TOML"):
+        cache.apply(str(bad), str(policy_file), cache_dir)
+    assert policy_file.read_text() == live_text
+    assert cache.load_compiled(str(policy_file), cache_dir) == before
+    applied = cache.apply(str(new), str(policy_file), cache_dir)
+    assert policy_file.read_text() == new.read_text() and policy_file.stat().st_mode & 0o777 == 0o644
+    n = len(counting)
+    loaded = cache.load_compiled(str(policy_file), cache_dir)
+    assert loaded["default_tier"] == "restricted" and loaded["digest"] == applied["digest"]
+    assert len(counting) == n  # apply stored the entry: the next start compiles nothing
+    assert not [p for p in policy_file.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_compiles_are_serialised_by_the_lock(policy_file: Path, tmp_path: Path) -> None:
+    """While one process holds the compile lock, a start that must compile waits for it."""
+    import fcntl
+    import threading
+    import time
+
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o700)
+    fd = os.open(cache_dir / cache.LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done: list[float] = []
+    t = threading.Thread(target=lambda: (cache.load_compiled(str(policy_file), str(cache_dir)), done.append(time.monotonic())))
+    t.start()
+    time.sleep(0.5)
+    assert not done
+    released = time.monotonic()
+    os.close(fd)
+    t.join(30)
+    assert done and done[0] >= released

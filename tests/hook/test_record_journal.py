@@ -7,7 +7,15 @@ import os
 import socket
 import stat
 
+import pytest
+
 from tiergate.hook import record
+
+
+@pytest.fixture(autouse=True)
+def _private_file_log(tmp_path, monkeypatch):
+    """The metrics state (and journald's fallback) live beside the default file log: keep them in tmp."""
+    monkeypatch.setattr(record, "file_log", lambda: str(tmp_path / "fallback.jsonl"))
 
 
 def test_record_goes_to_the_journal_socket(tmp_path, monkeypatch) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (SHIPPED_POLICY, assert_no_traceback, make_storage, podman_precreate, run, shipped_policy,
+from helpers import (CONTAINER, SHIPPED_POLICY, assert_no_traceback, make_storage, podman_precreate, run, shipped_policy,
                      weaknesses)
 from tiergate.hook.record import read
 from tiergate.hook.stages import refusal_spec
@@ -301,3 +301,34 @@ def test_create_runtime_refuses_an_unhardened_bundle(hook: Hook) -> None:
     res = run(MODULE, hook.args("createRuntime"), _state(_bundle(hook.tmp, podman_precreate())))
     assert res.returncode == 1
     assert res.stderr.decode().startswith("tiergate: refused: the bundle carries no valid tiergate tier")
+
+
+def test_precreate_logs_the_engines_container_id_not_the_workloads_hostname(hook: Hook) -> None:
+    """-e HOSTNAME=evil --hostname evil: the record names the container containers-storage holds for the rootfs."""
+    spec = hook.spec()
+    spec["hostname"] = "evil"
+    spec["process"]["env"] = [e for e in spec["process"].get("env", []) if not e.startswith("HOSTNAME=")] + ["HOSTNAME=evil"]
+    assert hook.precreate(json.dumps(spec).encode()).returncode == 0
+    (rec,) = hook.records()
+    assert rec["container"] == CONTAINER and rec["name"] == "web"
+    assert rec["image_id"] and rec["tier"] and rec["source"] and rec["stage"] == "precreate" and rec["duration_ms"] >= 0
+
+
+def test_broken_policy_save_keeps_starting_on_the_last_good_one_and_says_so(hook: Hook, tmp_path: Path) -> None:
+    policy = tmp_path / "etc" / "policy.toml"
+    policy.parent.mkdir()
+    policy.write_text(SHIPPED_POLICY.read_text())
+    args = ["precreate", "--policy", str(policy), "--cache-dir", str(tmp_path / "c"), "--log", str(hook.log)]
+    spec = json.dumps(hook.spec()).encode()
+    good = json.loads(run(MODULE, args, spec).stdout)
+    policy.write_text("version = 1\n[tiers.a\n")
+    for _ in range(2):
+        res = run(MODULE, args, spec)
+        assert_no_traceback(res.stderr)
+        out = json.loads(res.stdout)
+        assert "io.tiergate.refused" not in out["annotations"]
+        assert out["annotations"]["io.tiergate.tier"] == good["annotations"]["io.tiergate.tier"]
+    recs = hook.records()
+    errors = [r for r in recs if r["stage"] == "policy"]
+    assert len(errors) == 2 and all(f"{policy}:2: invalid TOML" in r["reason"] for r in errors)
+    assert [r["outcome"] for r in recs if r["stage"] == "precreate"] == ["allowed"] * 3

@@ -250,3 +250,16 @@ def test_update_of_a_privileged_container_passes(env):
     argv = ["--root", root, "update", "--pids-limit", "-1", "c1"]
     assert _main(env, argv) == "exec" and env["calls"][0][1:] == argv
 
+
+def test_docker_network_hook_is_told_its_engine(env):
+    """The createRuntime hook the shim adds for a docker bundle (`run`: the workload starts at once) records
+    engine docker, not podman."""
+    moby = env["tmp"] / "state" / "io.containerd.runtime.v2.task" / "moby" / ("a" * 64)
+    moby.mkdir(parents=True)
+    b = _bundle(moby, {"io.tiergate.tier": "web"}, caps=("CAP_KILL",))
+    assert _main(env, ["run", "--bundle", str(b), "a" * 64]) == "exec"
+    spec = json.loads((b / "config.json").read_text())
+    (hook,) = [h for h in spec["hooks"]["createRuntime"] if "createRuntime" in h["args"]]
+    assert hook["args"][hook["args"].index("--engine") + 1] == "docker"
+    rec = json.loads(env["log"].read_text().splitlines()[-1])
+    assert rec["engine"] == "docker" and rec["container"] == "a" * 64

@@ -1,0 +1,220 @@
+"""Issue 19 (rollout, log, metrics) and issue 15 item 2 (trusted state), with real engines.
+
+- A broken save of the policy a registered hook uses keeps containers starting on the
+  last good compiled policy; the log and metrics say so on every start; doctor is red
+  naming file:line; `policy apply` of a good file switches; a bad one changes nothing.
+- A group-writable policy, cache dir or cache entry refuses the start with one line
+  (control: the same files with safe modes start).
+- The decision log names the engine's container id under `-e HOSTNAME=evil --hostname
+  evil` (podman and docker), and `log --container` finds it by short id or name.
+- Metrics scraped before and after a log rotation never decrease.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from pathlib import Path
+
+import pytest
+
+from tiergate_fixtures import REPO, Hooks, last_line, tiergate
+from tiergate_fixtures import tg_images  # noqa: F401  (fixture)
+
+SHIPPED = REPO / "configs" / "policy.toml"
+BROKEN = 'version = 1\nlabel_key = "io.tiergate.tier"\n[tiers.restricted\n'
+
+
+@pytest.fixture
+def rollout(podman, tg_images, tmp_path):
+    """tiergate installed with a policy of its own in a root-only dir, and its own cache and log."""
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    policy = etc / "policy.toml"
+    policy.write_text(SHIPPED.read_text())
+    policy.chmod(0o644)
+    hooks = Hooks(podman, tmp_path / "tg", policy=policy)
+    yield hooks, policy
+    podman.remove_containers()
+
+
+def started(proc) -> None:
+    assert proc.returncode == 0, f"container did not start: {proc.stderr[-600:]}"
+
+
+def refused(proc, *words: str) -> str:
+    assert proc.returncode != 0, f"container started: {proc.stdout[-300:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    line = last_line(proc.stderr)
+    line = line[line.find("tiergate: "):]
+    for w in words:
+        assert w in line, (w, proc.stderr[-800:])
+    return line
+
+
+def scrape(log: Path) -> dict[str, float]:
+    """`tiergate metrics`, parsed as Prometheus text format (every line a HELP, TYPE or sample)."""
+    out = {}
+    types = {}
+    for line in tiergate("metrics", "--file", log).stdout.splitlines():
+        if m := re.fullmatch(r"# TYPE (tiergate_\w+) (counter|gauge|histogram)", line):
+            types[m.group(1)] = m.group(2)
+            continue
+        if line.startswith("# HELP tiergate_"):
+            continue
+        m = re.fullmatch(r'(tiergate_\w+)(\{(?:\w+="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+]+)', line)
+        assert m, line
+        base = re.sub(r"_(bucket|sum|count)$", "", m.group(1))
+        assert base in types or m.group(1) in types, f"sample before its TYPE: {line}"
+        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def doctor(hooks: Hooks) -> tuple[int, dict[str, list[dict]]]:
+    proc = tiergate("doctor", "--json", "--hooks-dir", hooks.hooks_dir, check=False)
+    checks: dict[str, list[dict]] = {}
+    for c in json.loads(proc.stdout)["checks"]:
+        checks.setdefault(c["name"], []).append(c)
+    return proc.returncode, checks
+
+
+# -- rollout ------------------------------------------------------------------------------
+
+def test_broken_save_keeps_starting_on_the_last_good_policy(rollout, tg_images):
+    hooks, policy = rollout
+    restricted = tg_images["restricted"]
+    started(hooks.run(restricted, "true"))
+    good = hooks.last()
+    assert good["tier"] == "restricted"
+    rc, checks = doctor(hooks)
+    assert [c["status"] for c in checks["policy in use"]] == ["ok"], checks["policy in use"]
+
+    policy.write_text(BROKEN)  # the bad save
+    for _ in range(2):
+        proc = hooks.run(restricted, "sh", "-c", "grep CapEff /proc/self/status")
+        started(proc)
+        assert "CapEff:\t0000000000000400" in proc.stdout  # restricted: CAP_NET_BIND_SERVICE only
+    recs = hooks.records()
+    errors = [r for r in recs if r["stage"] == "policy"]
+    assert len(errors) == 2 and all(f"{policy}:3: invalid TOML" in r["reason"] for r in errors), errors
+    starts = [r for r in recs if r["stage"] == "precreate"][-2:]
+    assert all(r["outcome"] == "allowed" and r["tier"] == "restricted" and r["policy"] == good["policy"]
+               for r in starts)
+    m = scrape(hooks.log)
+    assert m["tiergate_policy_error"] == 1 and m['tiergate_policy_errors_total{action="last_good"}'] == 2
+    rc, checks = doctor(hooks)
+    (used,) = checks["policy in use"]
+    assert rc == 1 and used["status"] == "fail" and f"{policy}:3: invalid TOML" in used["detail"]
+    assert "last good policy" in used["detail"]
+
+    # a bad apply is refused and touches nothing; a good one switches at once
+    bad = policy.parent / "bad.toml"
+    bad.write_text(BROKEN)
+    live_before = policy.read_text()
+    proc = tiergate("policy", "apply", bad, "--to", policy, "--cache-dir", hooks.cache_dir, check=False)
+    assert proc.returncode == 2 and f"{bad}:3: invalid TOML" in proc.stderr
+    assert policy.read_text() == live_before
+    new = policy.parent / "new.toml"
+    new.write_text(SHIPPED.read_text().replace('default_tier = "baseline"', 'default_tier = "restricted"'))
+    tiergate("policy", "apply", new, "--to", policy, "--cache-dir", hooks.cache_dir)
+    started(hooks.run(tg_images["unlabelled"], "true"))
+    rec = hooks.last()
+    assert rec["tier"] == "restricted" and rec["policy"] != good["policy"] and "policy_error" not in rec
+    assert scrape(hooks.log)["tiergate_policy_error"] == 0
+    rc, checks = doctor(hooks)
+    assert [c["status"] for c in checks["policy in use"]] == ["ok"]
+
+
+# -- trusted state (issue 15 item 2) ------------------------------------------------------------
+
+@pytest.mark.parametrize("what", ["policy file", "cache dir", "cache entry"])
+def test_group_writable_policy_or_cache_refuses_the_start(rollout, tg_images, what):
+    hooks, policy = rollout
+    started(hooks.run(tg_images["restricted"], "true"))  # control: safe modes start (and fill the cache)
+    (entry,) = [p for p in hooks.cache_dir.iterdir() if p.name.startswith("policy") and p.name.endswith(".json")]
+    target = {"policy file": policy, "cache dir": hooks.cache_dir, "cache entry": entry}[what]
+    mode = target.stat().st_mode & 0o777
+    target.chmod(mode | 0o020)
+    try:
+        line = refused(hooks.run(tg_images["restricted"], "true"), "writable by group or others", str(target))
+        assert "\n" not in line
+    finally:
+        target.chmod(mode)
+    started(hooks.run(tg_images["restricted"], "true"))
+
+
+def test_deleted_configured_policy_refuses_never_falls_back(rollout, tg_images):
+    hooks, policy = rollout
+    started(hooks.run(tg_images["restricted"], "true"))
+    policy.rename(policy.with_suffix(".moved"))
+    policy.symlink_to(policy.parent / "gone.toml")
+    refused(hooks.run(tg_images["restricted"], "true"), "dangling symlink")
+    policy.unlink()
+    refused(hooks.run(tg_images["restricted"], "true"), "does not exist")
+
+
+# -- a log you can join on ----------------------------------------------------------------------
+
+def test_podman_log_names_the_real_container_not_its_hostname(rollout, tg_images):
+    hooks, _ = rollout
+    name = f"tg-join-{secrets.token_hex(3)}"
+    proc = hooks.podman_cmd("run", "-d", "--name", name, "-e", "HOSTNAME=evil", "--hostname", "evil",
+                            tg_images["restricted"], "sleep", "30")
+    started(proc)
+    cid = proc.stdout.strip().splitlines()[-1]
+    try:
+        assert re.fullmatch(r"[0-9a-f]{64}", cid), proc.stdout
+        rec = hooks.last()
+        assert rec["container"] == cid and rec["name"] == name, rec
+        assert rec["image_id"] and rec["tier"] == "restricted" and rec["source"] and rec["duration_ms"] > 0
+        for key in (cid, cid[:12], name):
+            out = tiergate("log", "--file", hooks.log, "--container", key, "--json").stdout.splitlines()
+            assert [json.loads(x)["container"] for x in out] == [cid], key
+        assert tiergate("log", "--file", hooks.log, "--container", "evil", "--json").stdout == ""
+    finally:
+        hooks.podman_cmd("rm", "-f", cid)
+
+
+@pytest.mark.docker
+def test_docker_log_names_the_real_container_not_its_hostname(docker_factory, it_dir):
+    from tiergate.hook.engines import shim as shim_install
+
+    # the shim exactly as test_docker installs it: the same private daemon serves both
+    log = it_dir / "docker-decisions.jsonl"
+    exe = shim_install.install(it_dir / "shim-docker", "integration docker", log=str(log),
+                               cache_dir=str(it_dir / "cache"), say=lambda *_: None)
+    engine = docker_factory(runtimes={"tiergate": str(exe)})
+    engine.import_image("tg-rollout-restricted:1", {"io.tiergate.tier": "restricted"})
+    proc = engine.run("tg-rollout-restricted:1", "true", rm=False,
+                      args=("--runtime", "tiergate", "-e", "HOSTNAME=evil", "--hostname", "evil"))
+    assert proc.returncode == 0, proc.stderr
+    cid = engine.docker("ps", "-aq", "--no-trunc", "-n", "1", check=True).stdout.strip()
+    try:
+        (rec,) = [json.loads(x) for x in log.read_text().splitlines() if json.loads(x).get("container") == cid]
+        assert rec["engine"] == "docker" and rec["tier"] == "restricted" and rec["stage"] == "create"
+        assert not any(json.loads(x).get("container") == "evil" for x in log.read_text().splitlines())
+    finally:
+        engine.docker("rm", "-f", cid)
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+def test_metrics_never_decrease_across_log_rotation(rollout, tg_images):
+    """logrotate-style: the log is moved away (twice: nothing of the first part is left), starts go on."""
+    hooks, _ = rollout
+    before: dict[str, float] = {}
+    for round_ in range(3):
+        started(hooks.run(tg_images["restricted"], "true"))
+        refused(hooks.run(tg_images["restricted"], "true", args=["--cap-add", "SYS_ADMIN"]), "refused")
+        now = scrape(hooks.log)
+        for name, value in before.items():
+            if "timestamp" not in name and name != "tiergate_policy_error":
+                assert now.get(name, 0) >= value, (round_, name, value, now.get(name))
+        assert now['tiergate_decisions_total{tier="restricted",outcome="allowed"}'] == round_ + 1
+        before = now
+        hooks.log.unlink()  # rotated away and gone: the next record starts a new file
+        Path(f"{hooks.log}.1").unlink(missing_ok=True)
+    assert before['tiergate_refusals_total{reason_kind="escalation"}'] == 3
+    assert any(k.startswith('tiergate_hook_duration_seconds_bucket{stage="precreate",tier="restricted",'
+                            'outcome="allowed",le="10.0"}') for k in before)

@@ -328,7 +328,7 @@ def _launcher_lib_ok(path: str) -> str | None:
         return None
     import re
 
-    m = re.search(r"sys\.path\.insert\(0, '([^']+)'\)", text)
+    m = re.search(r"sys\.path\.insert\(0, (?:os\.path\.realpath\()?'([^']+)'\)", text)
     if not m:
         return None
     for name in ("hook", "oci", "configs"):

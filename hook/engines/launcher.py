@@ -2,8 +2,13 @@
 
 `python3 -I -S` starts in ~5 ms here; a console script through site (and an
 editable install's import finder) costs 10-20 ms more on every container start.
-The launcher finds tiergate through a directory of symlinks to the installed
-packages, so editable and regular installs start equally fast.
+
+Upgrades never change a running hook half-way: install copies the packages into
+BIN/lib/releases/<content digest>/ (built aside, renamed into place, never
+changed after) and points BIN/lib/current at it with one rename. The launcher
+resolves `current` once when it starts, so every module one hook run imports
+comes from one release; `pip install -U` changes nothing until `tiergate install`
+runs again, and the release a hook may still be running from is kept.
 """
 
 from __future__ import annotations
@@ -54,8 +59,8 @@ def dependency_dirs() -> list[str]:
 
 def script(lib_dir: Path, entry: str) -> str:
     return (f"#!{interpreter()} -IS\n{MARKER}\n"
-            "import sys\n"
-            f"sys.path.insert(0, {str(lib_dir)!r})\n"
+            "import os, sys\n"
+            f"sys.path.insert(0, os.path.realpath({str(Path(lib_dir) / CURRENT)!r}))  # pinned for this run\n"
             f"sys.path.extend({dependency_dirs()!r})  # {', '.join(DEPENDENCIES)}\n"
             f"from {entry} import main\n"
             "sys.exit(main())\n")
@@ -67,13 +72,75 @@ def needs() -> list[tuple[str, int]]:
             + [(d, os.R_OK | os.X_OK) for d in dependency_dirs()])
 
 
+CURRENT = "current"
+RELEASES = "releases"
+_SKIP = ("__pycache__", "*.pyc")
+
+
+def _digest(dirs: dict[str, Path]) -> str:
+    import fnmatch
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, root in sorted(dirs.items()):
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not any(fnmatch.fnmatch(d, p) for p in _SKIP))
+            for f in sorted(filenames):
+                if any(fnmatch.fnmatch(f, p) for p in _SKIP):
+                    continue
+                path = Path(dirpath) / f
+                h.update(f"{name}/{path.relative_to(root)}\0".encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def install_release(lib: Path, say=print) -> Path:
+    """lib/releases/<digest>/tiergate/{oci,hook,configs}: a private copy, then lib/current -> it (one rename)."""
+    import compileall
+    import shutil
+
+    from . import files
+
+    dirs = package_dirs()
+    release = lib / RELEASES / _digest(dirs)
+    if not release.is_dir():
+        files.mkdirs(release.parent)
+        tmp = release.with_name(f".{release.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name, src in dirs.items():
+            shutil.copytree(src, tmp / "tiergate" / name, ignore=shutil.ignore_patterns(*_SKIP))
+        os.rename(tmp, release)
+        compileall.compile_dir(str(release), quiet=1)  # the first start need not write bytecode
+        say(f"wrote {release}/")
+    current = lib / CURRENT
+    before = os.path.realpath(current) if current.is_symlink() else None
+    target = f"{RELEASES}/{release.name}"
+    if current.is_symlink() and os.readlink(current) == target:
+        say(f"unchanged {current} -> {target}")
+    else:
+        tmp_link = lib / f".{CURRENT}.{os.getpid()}.tmp"
+        tmp_link.unlink(missing_ok=True)
+        tmp_link.symlink_to(target)
+        os.replace(tmp_link, current)
+        say(f"linked {current} -> {target}")
+    keep = {release.resolve(), Path(before).resolve() if before else None}
+    for old in (lib / RELEASES).iterdir():  # older releases: no hook can still be running from them
+        if old.is_dir() and not old.name.startswith(".") and old.resolve() not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+            say(f"removed {old}/")
+    for name in dirs:  # the symlink layout of earlier versions
+        legacy = lib / "tiergate" / name
+        if legacy.is_symlink():
+            files.remove(legacy, None, say)
+    return release
+
+
 def install_hook(bin_dir: Path, say=print) -> Path:
-    """The hook launcher and its symlinked package dir; shared by hooks.d and the shim."""
+    """The hook launcher and its pinned package release; shared by hooks.d and the shim."""
     from . import files
 
     lib = Path(bin_dir) / "lib"
-    for name, target in package_dirs().items():
-        files.symlink(lib / "tiergate" / name, target, say)
+    install_release(lib, say)
     exe = Path(bin_dir) / "tiergate-hook"
     files.write(exe, script(lib, "tiergate.hook.stages"), 0o755, say)
     return exe
@@ -83,6 +150,20 @@ def remove_hook(bin_dir: Path, say=print) -> None:
     """Undo install_hook; directories install created go with their last file (files.prune)."""
     from . import files
 
+    import shutil
+
+    lib = Path(bin_dir) / "lib"
     files.remove(Path(bin_dir) / "tiergate-hook", MARKER, say)
-    for name in ("oci", "hook", "configs"):
-        files.remove(Path(bin_dir) / "lib" / "tiergate" / name, None, say)
+    files.remove(lib / CURRENT, None, say)
+    try:
+        releases = [p for p in (lib / RELEASES).iterdir() if p.is_dir()]
+    except OSError:
+        releases = []
+    for release in releases:
+        shutil.rmtree(release)
+        say(f"removed {release}/")
+    files.prune(lib / RELEASES, say)
+    for name in ("oci", "hook", "configs"):  # the symlink layout of earlier versions
+        legacy = lib / "tiergate" / name
+        if legacy.is_symlink():
+            files.remove(legacy, None, say)

@@ -1,0 +1,71 @@
+"""The installed launcher pins one release: an upgrade never changes a running hook half-way."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tiergate.hook.engines import launcher
+
+ENTRY = '''import os, sys, time
+from . import a
+def main():
+    while not os.path.exists(os.environ["GO"]):
+        time.sleep(0.01)
+    from . import b
+    print(a.VERSION, b.VERSION)
+    return 0
+'''
+
+
+def _package(root: Path, version: int) -> dict[str, Path]:
+    dirs = {name: root / name for name in ("oci", "hook", "configs")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "__init__.py").write_text("")
+    (dirs["hook"] / "entry.py").write_text(ENTRY)
+    for mod in ("a", "b"):
+        (dirs["hook"] / f"{mod}.py").write_text(f"VERSION = {version}\n")
+    return dirs
+
+
+def test_reinstall_switches_releases_but_a_running_hook_keeps_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "site" / "tiergate"
+    monkeypatch.setattr(launcher, "package_dirs", lambda: _package(src, 1))
+    lib = tmp_path / "bin" / "lib"
+    first = launcher.install_release(lib, say=lambda *_: None)
+    exe = tmp_path / "bin" / "hook"
+    exe.write_text(launcher.script(lib, "tiergate.hook.entry"))
+    exe.chmod(0o755)
+    go = tmp_path / "go"
+    proc = subprocess.Popen([str(exe)], env={"GO": str(go)}, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # the hook has imported `a` from release 1 and waits
+        monkeypatch.setattr(launcher, "package_dirs", lambda: _package(src, 2))  # `pip install -U`, then install
+        second = launcher.install_release(lib, say=lambda *_: None)
+        assert second != first and os.path.realpath(lib / "current") == str(second)
+        go.write_text("")
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert out.split() == ["1", "1"]  # never "1 2": the whole run came from one release
+    assert first.is_dir()  # the release a hook may still run from is kept ...
+    go.unlink()
+    go.write_text("")
+    assert subprocess.run([str(exe)], env={"GO": str(go)}, capture_output=True, text=True,
+                          timeout=30).stdout.split() == ["2", "2"]
+    monkeypatch.setattr(launcher, "package_dirs", lambda: _package(src, 3))
+    launcher.install_release(lib, say=lambda *_: None)
+    assert not first.exists() and second.is_dir()  # ... until the next switch
+
+
+def test_unchanged_packages_reuse_the_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "package_dirs", lambda: _package(tmp_path / "site", 1))
+    said: list[str] = []
+    a = launcher.install_release(tmp_path / "lib", say=said.append)
+    b = launcher.install_release(tmp_path / "lib", say=said.append)
+    assert a == b and said[-1].startswith("unchanged ")

@@ -14,7 +14,7 @@ from tiergate.oci.errors import OciError
 
 from .errors import PolicyError, Refusal, TiergateError
 
-COMMANDS = ("render", "policy", "install", "doctor", "log", "status", "metrics", "label", "completion")
+COMMANDS = ("render", "policy", "install", "doctor", "log", "status", "metrics", "suggest", "label", "completion")
 
 EXAMPLES = """examples:
   tiergate render --image-ref docker.io/library/nginx:1.27 --label io.tiergate.tier=restricted < config.json

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from pathlib import Path
 
 import pytest
 
-from tiergate_fixtures import REPO, Hooks, last_line, tiergate
+from tiergate_fixtures import REPO, Hooks, last_line, podman_argv, tiergate
 from tiergate_fixtures import tg_images  # noqa: F401  (fixture)
 
 SHIPPED = REPO / "configs" / "policy.toml"
@@ -218,3 +219,81 @@ def test_metrics_never_decrease_across_log_rotation(rollout, tg_images):
     assert before['tiergate_refusals_total{reason_kind="escalation"}'] == 3
     assert any(k.startswith('tiergate_hook_duration_seconds_bucket{stage="precreate",tier="restricted",'
                             'outcome="allowed",le="10.0"}') for k in before)
+
+
+# -- suggest (issue 19, the smaller honest version: syscalls, inferred capabilities) -------------
+
+WORKLOAD = ("unshare -m true; a=$?; chroot / true; b=$?; mkdir -p /tmp/m; mount -t tmpfs t /tmp/m; c=$?; "
+            "echo rc=$a,$b,$c; sleep 1")
+NEIGHBOUR = "hostname tg-neighbour; echo rc=$?; sleep 1"
+
+
+def _audit_policy(path: Path, extra: str = "", audit: bool = True) -> Path:
+    text = SHIPPED.read_text()
+    if audit:
+        text = text.replace("version = 1\n", "version = 1\naudit = true\n", 1)
+    path.write_text(text + extra)
+    path.chmod(0o644)
+    return path
+
+
+def test_suggest_from_an_audited_workload_and_its_delta_holds(podman, tmp_path):
+    import subprocess
+    import sys
+
+    from harness import stop_pid
+
+    tag = secrets.token_hex(3)
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    image_a, image_b = f"localhost/tg-suggest-a-{tag}", f"localhost/tg-suggest-b-{tag}"
+    for ref in (image_a, image_b):
+        podman.import_image(ref, {"io.tiergate.tier": "restricted"})
+    try:
+        audited = Hooks(podman, tmp_path / "audit", policy=_audit_policy(etc / "audit.toml"))
+        evidence = tmp_path / "kernel.jsonl"
+        collector = subprocess.Popen([sys.executable, "-m", "tiergate.hook.cli", "collect", "--out", str(evidence)],
+                                     cwd=REPO, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)  # the collector has opened /dev/kmsg
+            procs = [subprocess.Popen(podman_argv(podman, audited.hooks_dir, "run", "--rm", "--name", f"tg-sa-{tag}",
+                                                  "--cap-add", "SYS_ADMIN", image_a, "sh", "-c", WORKLOAD), env=podman.env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                     subprocess.Popen(podman_argv(podman, audited.hooks_dir, "run", "--rm", "--name", f"tg-sb-{tag}",
+                                                  image_b, "sh", "-c", NEIGHBOUR), env=podman.env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+            outs = [p.communicate(timeout=120) for p in procs]
+            assert all(p.returncode == 0 for p in procs), outs
+            time.sleep(0.5)
+        finally:
+            stop_pid(collector.pid)
+            collector.wait(10)
+        assert "rc=0,0,0" in outs[0][0]  # audit: the workload ran as asked, the filter only logged
+        kernel = [json.loads(x) for x in evidence.read_text().splitlines()]
+        assert kernel, "no seccomp log records: is auditd taking them from the kernel log?"
+
+        def suggested(target: str) -> dict:
+            out = tiergate("--policy", etc / "audit.toml", "suggest", target, "--file", audited.log,
+                           "--evidence", evidence, "--json").stdout
+            return json.loads(out)
+
+        a, b = suggested(image_a), suggested(f"tg-sb-{tag}")
+        assert a["audited_as"] == "restricted" and len(a["containers"]) == 1
+        assert a["delta"]["seccomp_allow"] == ["chroot", "mount", "unshare"], kernel
+        assert a["delta"]["capabilities"] == ["CAP_SYS_ADMIN", "CAP_SYS_CHROOT"]
+        assert all(e["containers"] == a["containers"] for e in a["evidence"].values())
+        assert b["delta"]["seccomp_allow"] == ["sethostname"] and b["containers"] != a["containers"], kernel
+
+        # applying the delta lets the workload run enforced; the unmodified tier still stops it
+        snippet = a["snippet"]
+        new_tier = re.search(r"^\[tiers\.([a-z0-9-]+)\]", snippet, re.M).group(1)
+        enforced = Hooks(podman, tmp_path / "enforced", policy=_audit_policy(etc / "new.toml", "\n" + snippet, audit=False))
+        image_c = f"localhost/tg-suggest-c-{tag}"
+        podman.import_image(image_c, {"io.tiergate.tier": new_tier})
+        ok = enforced.run(image_c, "sh", "-c", WORKLOAD, args=["--cap-add", "SYS_ADMIN"])
+        assert ok.returncode == 0 and "rc=0,0,0" in ok.stdout, (ok.stdout, ok.stderr[-500:])
+        assert enforced.last()["tier"] == new_tier and enforced.last()["mode"] == "enforce"
+        control = enforced.run(image_a, "sh", "-c", WORKLOAD, args=["--cap-add", "SYS_ADMIN"])
+        assert "rc=0,0,0" not in control.stdout and enforced.last()["tier"] == "restricted", control.stdout
+    finally:
+        podman.rmi(image_a, image_b, f"localhost/tg-suggest-c-{tag}")

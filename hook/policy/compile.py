@@ -202,11 +202,12 @@ def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], 
 
         try:
             seccomp = compile_profile(t["seccomp"], list(t["seccomp_deny"]), search_dirs=seccomp_dirs,
-                                      arches=host_arches())
+                                      arches=host_arches(), extra_allow=list(t["seccomp_allow"]))
         except SeccompProfileError as exc:
             raise fail(f"tier {name!r}: seccomp profile {t['seccomp']!r}: {exc}", "tiers", name, "seccomp") from None
-    elif t["seccomp_deny"]:
-        raise fail(f"tier {name!r}: seccomp_deny needs a seccomp profile", "tiers", name, "seccomp_deny")
+    elif t["seccomp_deny"] or t["seccomp_allow"]:
+        key = "seccomp_deny" if t["seccomp_deny"] else "seccomp_allow"
+        raise fail(f"tier {name!r}: {key} needs a seccomp profile", "tiers", name, key)
     for key in ("writable_binds", "mutable_bind_paths"):
         for pattern in t[key] or []:
             if not pattern.startswith("/") or any(c in pattern for c in "[]"):

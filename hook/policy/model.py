@@ -28,6 +28,7 @@ class TierSpec:
     no_new_privileges: bool | None = None
     seccomp: str | None = None
     seccomp_deny: list[str] | None = None
+    seccomp_allow: list[str] | None = None
     apparmor: AppArmorMode | None = None
     masked_paths: list[str] | None = None
     readonly_paths: list[str] | None = None
@@ -111,6 +112,7 @@ TIER_DEFAULTS: dict[str, object] = {
     "no_new_privileges": True,
     "seccomp": None,
     "seccomp_deny": [],
+    "seccomp_allow": [],
     "apparmor": "off",
     "masked_paths": [],
     "readonly_paths": [],

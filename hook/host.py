@@ -498,6 +498,16 @@ def check_policy(explicit: str | None = None) -> tuple[Check, dict | None]:
                  f"digest {compiled['digest'][:16]}"), compiled
 
 
+def check_audit_network_log(tiers: list[str], path: str = "/proc/sys/net/netfilter/nf_log_all_netns") -> Check:
+    """Audit tiers with a network policy: can the drops they would make be logged from container namespaces?"""
+    value = (read_text(path) or "").strip()
+    if value == "1":
+        return Check("audit network log", OK, f"{path} = 1: would-be drops of {', '.join(tiers)} reach the kernel log")
+    return Check("audit network log", WARN, f"{path} = {value or 'absent'}: the kernel logs nothing from container "
+                 f"namespaces, so audit tiers {', '.join(tiers)} count would-be drops per rule (tiergate status) "
+                 "without logging them; tiergate never changes this host-wide setting")
+
+
 # -- what the registered hooks and shims actually use ---------------------------------------
 
 _SETTINGS = {"--policy": "policy", "--cache-dir": "cache_dir", "--log": "log"}
@@ -606,6 +616,9 @@ def gather(policy: str | None = None, hooks_dirs: list[str] | None = None) -> li
     if "docker" in engines or os.path.exists("/usr/bin/dockerd"):
         checks.append(check_docker_registration())
     checks.append(pol)
+    audited = [n for n, t in ((compiled or {}).get("tiers") or {}).items() if t.get("audit") and t.get("network")]
+    if audited:
+        checks.append(check_audit_network_log(audited))
     seen = set()
     for where, settings in registrations(hooks_dirs or podman_hooks_dirs()[0]):
         key = tuple(sorted(settings.items()))

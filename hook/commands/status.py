@@ -211,6 +211,8 @@ def report(info: dict, records: list[dict], proc: str = "/proc", counters=None) 
     out["tier"] = ann.get("io.tiergate.tier") or (rec or {}).get("tier")
     out["tier_source"] = "bundle annotations" if ann.get("io.tiergate.tier") else ("decision log" if rec else None)
     out["why"] = ann.get("io.tiergate.why") or (rec or {}).get("why")
+    out["mode"] = "audit" if ann.get("io.tiergate.audit") == "true" or (rec or {}).get("mode") == "audit" else (
+        "enforce" if out["tier"] else None)
     out["image"] = (rec or {}).get("image")
     out.update(kernel_facts(info["pid"], proc))
     network = ann.get("io.tiergate.network") or (rec or {}).get("network")
@@ -233,6 +235,7 @@ def render(reports: list[dict]) -> str:
         lines = [f"container {r['id'][:12] or '?'}" + (f" ({r['name']})" if r.get("name") else "")
                  + f"  pid {r['pid']}" + (f"  engine {r['engine']}" if r.get("engine") else ""),
                  f"  tier:          {r['tier'] or 'unknown (no tiergate annotation or log record)'}"
+                 + ("  AUDIT MODE (logged, not enforced)" if r.get("mode") == "audit" else "")
                  + (f"  [from {r['tier_source']}]" if r.get("tier_source") else "")]
         if r.get("image"):
             lines.append(f"  image:         {r['image']}")

@@ -327,3 +327,12 @@ def test_doctor_fails_journal_without_journald(tmp_path, monkeypatch):
     monkeypatch.setenv("TIERGATE_JOURNAL_SOCKET", str(tmp_path / "none"))
     c = _by_name(host.check_used_state("x", {"log": "journal", "cache_dir": str(tmp_path / "c")}))
     assert c["decision log"].status == "fail" and "no journald socket" in c["decision log"].detail
+
+
+def test_audit_network_log_check(tmp_path):
+    knob = tmp_path / "nf_log_all_netns"
+    knob.write_text("0\n")
+    c = host.check_audit_network_log(["web"], str(knob))
+    assert c.status == "warn" and "count would-be drops per rule" in c.detail and "web" in c.detail
+    knob.write_text("1\n")
+    assert host.check_audit_network_log(["web"], str(knob)).status == "ok"

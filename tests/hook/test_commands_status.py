@@ -120,6 +120,16 @@ def test_report_falls_back_to_the_log(fake):
     assert r["tier"] is None and "unknown" in S.render([r])
 
 
+def test_report_marks_audit_mode(fake):
+    proc, _ = fake
+    info = S.describe(301, str(proc))
+    base = {"stage": "create", "container": DOCKER_ID, "tier": "restricted"}
+    r = S.report(info, [{**base, "mode": "audit"}], str(proc))
+    assert r["mode"] == "audit" and "AUDIT MODE (logged, not enforced)" in S.render([r])
+    r = S.report(info, [{**base, "mode": "enforce"}], str(proc))
+    assert r["mode"] == "enforce" and "AUDIT MODE" not in S.render([r])
+
+
 def test_cli_pid_and_missing(tmp_path, capsys):
     log = tmp_path / "d.jsonl"
     log.write_text("")

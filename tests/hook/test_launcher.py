@@ -14,6 +14,7 @@ from tiergate.hook.engines import launcher
 ENTRY = '''import os, sys, time
 from . import a
 def main():
+    open(os.environ["GO"] + ".ready", "w").close()
     while not os.path.exists(os.environ["GO"]):
         time.sleep(0.01)
     from . import b
@@ -44,7 +45,9 @@ def test_reinstall_switches_releases_but_a_running_hook_keeps_its_own(tmp_path: 
     go = tmp_path / "go"
     proc = subprocess.Popen([str(exe)], env={"GO": str(go)}, stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)  # the hook has imported `a` from release 1 and waits
+        deadline = time.monotonic() + 30
+        while not Path(f"{go}.ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the hook has imported `a` from release 1 and waits
         monkeypatch.setattr(launcher, "package_dirs", lambda: _package(src, 2))  # `pip install -U`, then install
         second = launcher.install_release(lib, say=lambda *_: None)
         assert second != first and os.path.realpath(lib / "current") == str(second)

@@ -250,6 +250,10 @@ def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> tuple[d
     opts = stages.Options()
     opts.stage, opts.policy, opts.cache_dir, opts.log = parsed.command, conf.get("policy"), conf.get("cache_dir"), conf.get("log")
     opts.engine = rec["engine"] = _engine(bundle_dir, found)
+    if opts.engine == "docker":
+        from .sources.docker import container_name
+
+        rec["name"] = container_name(spec)
     rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
                label=image.labels.get(policy["label_key"]))
     empty = _empty_netns(spec, opts.engine)

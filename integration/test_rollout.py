@@ -187,13 +187,18 @@ def test_docker_log_names_the_real_container_not_its_hostname(docker_factory, it
                                cache_dir=str(it_dir / "cache"), say=lambda *_: None)
     engine = docker_factory(runtimes={"tiergate": str(exe)})
     engine.import_image("tg-rollout-restricted:1", {"io.tiergate.tier": "restricted"})
+    name = f"tg-join-{secrets.token_hex(3)}"
     proc = engine.run("tg-rollout-restricted:1", "true", rm=False,
-                      args=("--runtime", "tiergate", "-e", "HOSTNAME=evil", "--hostname", "evil"))
+                      args=("--runtime", "tiergate", "--name", name, "-e", "HOSTNAME=evil", "--hostname", "evil"))
     assert proc.returncode == 0, proc.stderr
     cid = engine.docker("ps", "-aq", "--no-trunc", "-n", "1", check=True).stdout.strip()
     try:
         (rec,) = [json.loads(x) for x in log.read_text().splitlines() if json.loads(x).get("container") == cid]
         assert rec["engine"] == "docker" and rec["tier"] == "restricted" and rec["stage"] == "create"
+        assert rec["name"] == name and rec["image_id"] and rec["duration_ms"] > 0
+        for key in (cid[:12], name):
+            out = tiergate("log", "--file", log, "--container", key, "--json").stdout.splitlines()
+            assert {json.loads(x)["container"] for x in out} == {cid}, key
         assert not any(json.loads(x).get("container") == "evil" for x in log.read_text().splitlines())
     finally:
         engine.docker("rm", "-f", cid)

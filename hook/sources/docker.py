@@ -115,6 +115,18 @@ def _read_owned(path: str) -> dict:
     return doc
 
 
+def container_name(spec: dict) -> str:
+    """The docker container's name (config.v2.json "Name", without its "/"), or "" (for the log only)."""
+    found = container_dir(spec)
+    if found is None:
+        return ""
+    try:
+        name = _read_owned(os.path.join(found[0], "config.v2.json")).get("Name")
+    except (OSError, ValueError, UnicodeDecodeError, OciError):
+        return ""
+    return name.lstrip("/")[:128] if isinstance(name, str) else ""
+
+
 def image_for_spec(spec: dict, container_id: str | None = None) -> Image | None:
     """The image of a docker container; None when the spec is not docker's. Never raises."""
     found = container_dir(spec)

@@ -540,7 +540,8 @@ def registrations(hooks_dirs: list[str], daemon_json: str = DOCKER_DAEMON_JSON) 
                 continue
             hook = doc.get("hook") if isinstance(doc, dict) else None
             if isinstance(hook, dict) and "tiergate" in json.dumps(hook):
-                found.append((os.path.join(d, name), hook_settings(hook.get("args") or [])))
+                found.append((os.path.join(d, name), {**hook_settings(hook.get("args") or []),
+                                                      "launcher": str(hook.get("path", ""))}))
     try:
         runtimes = json.loads(open(daemon_json, encoding="utf-8").read()).get("runtimes") or {}
     except (OSError, ValueError, AttributeError):
@@ -549,9 +550,25 @@ def registrations(hooks_dirs: list[str], daemon_json: str = DOCKER_DAEMON_JSON) 
         path = str(rt.get("path", "")) if isinstance(rt, dict) else ""
         if "tiergate" in name + path:
             conf = os.path.join(os.path.dirname(path), "tiergate-runtime.conf")
-            found.append((f"{daemon_json} runtime {name}", {k: v for k, v in read_conf(conf).items()
-                                                            if k in ("policy", "cache_dir", "log")}))
+            found.append((f"{daemon_json} runtime {name}", {**{k: v for k, v in read_conf(conf).items()
+                                                               if k in ("policy", "cache_dir", "log")},
+                                                            "launcher": os.path.join(os.path.dirname(path), "tiergate-hook")}))
     return found
+
+
+def check_release(launcher: str) -> Check | None:
+    """The release a launcher `tiergate install` wrote runs, against the installed package (an upgrade
+    waits for the next install, which switches atomically)."""
+    from .engines.launcher import CURRENT, release_digest, package_dirs
+
+    current = os.path.join(os.path.dirname(launcher), "lib", CURRENT)
+    if not os.path.islink(current):
+        return None
+    running, installed = os.path.basename(os.path.realpath(current)), release_digest(package_dirs())
+    if running == installed:
+        return Check("hook release", OK, f"{launcher} runs release {running}, the installed package")
+    return Check("hook release", WARN, f"{launcher} runs release {running}; the installed package is {installed}: "
+                 "run tiergate install again to switch (atomically)")
 
 
 def check_used_state(where: str, settings: dict) -> list[Check]:
@@ -621,6 +638,11 @@ def gather(policy: str | None = None, hooks_dirs: list[str] | None = None) -> li
         checks.append(check_audit_network_log(audited))
     seen = set()
     for where, settings in registrations(hooks_dirs or podman_hooks_dirs()[0]):
+        launcher = settings.pop("launcher", "")
+        if launcher and launcher not in seen:
+            seen.add(launcher)
+            release = check_release(launcher)
+            checks += [release] if release else []
         key = tuple(sorted(settings.items()))
         if key not in seen:
             seen.add(key)

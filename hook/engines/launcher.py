@@ -77,7 +77,7 @@ RELEASES = "releases"
 _SKIP = ("__pycache__", "*.pyc")
 
 
-def _digest(dirs: dict[str, Path]) -> str:
+def release_digest(dirs: dict[str, Path]) -> str:
     import fnmatch
     import hashlib
 
@@ -102,7 +102,7 @@ def install_release(lib: Path, say=print) -> Path:
     from . import files
 
     dirs = package_dirs()
-    release = lib / RELEASES / _digest(dirs)
+    release = lib / RELEASES / release_digest(dirs)
     if not release.is_dir():
         files.mkdirs(release.parent)
         tmp = release.with_name(f".{release.name}.{os.getpid()}.tmp")

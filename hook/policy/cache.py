@@ -92,9 +92,11 @@ def unsafe(st: os.stat_result, what: str, path: str) -> str | None:
 
 
 def check_trusted(path: str, what: str, st: os.stat_result | None = None) -> None:
-    """Raise PolicyError (one line) unless `path` and its directory may be trusted."""
+    """Raise PolicyError (one line) unless `path`, its directory and (for a symlink) the link's
+    directory may be trusted: whoever can write a directory can swap what is in it."""
     real = os.path.realpath(path)
-    for p, kind, s in ((real, what, st), (os.path.dirname(real), f"{what} directory", None)):
+    dirs = dict.fromkeys((os.path.dirname(real), os.path.dirname(os.path.abspath(path))))
+    for p, kind, s in ((real, what, st), *((d, f"{what} directory", None) for d in dirs)):
         try:
             s = s or os.stat(p)
         except OSError as exc:

@@ -306,8 +306,10 @@ def test_doctor_checks_what_the_registered_hook_uses(tmp_path, monkeypatch):
     cache_dir, log = tmp_path / "cache", tmp_path / "log" / "d.jsonl"
     hooks = _registered(tmp_path, policy, cache_dir, log)
     assert host.registrations([hooks], str(tmp_path / "no-daemon.json")) == [
-        (f"{hooks}/tiergate.json", {"policy": str(policy), "cache_dir": str(cache_dir), "log": str(log)})]
+        (f"{hooks}/tiergate.json", {"policy": str(policy), "cache_dir": str(cache_dir), "log": str(log),
+                                    "launcher": "/opt/tiergate/tiergate-hook"})]
     (where, settings), = host.registrations([hooks], str(tmp_path / "no-daemon.json"))
+    settings.pop("launcher")
     assert [c.status for c in host.check_used_state(where, settings)] == ["ok", "ok", "ok"]
     cache.load_compiled(str(policy), str(cache_dir))
     policy.write_text("version = 1\n[tiers.a\n")
@@ -336,3 +338,15 @@ def test_audit_network_log_check(tmp_path):
     assert c.status == "warn" and "count would-be drops per rule" in c.detail and "web" in c.detail
     knob.write_text("1\n")
     assert host.check_audit_network_log(["web"], str(knob)).status == "ok"
+
+
+def test_release_check_says_when_an_upgrade_waits_for_install(tmp_path, monkeypatch):
+    from tiergate.hook.engines import launcher, podman
+
+    podman.install(tmp_path / "hooks", tmp_path / "bin", [], False, say=lambda *a: None)
+    exe = str(tmp_path / "bin" / "tiergate-hook")
+    assert host.check_release(exe).status == "ok"
+    monkeypatch.setattr(launcher, "release_digest", lambda dirs: "0123456789abcdef")  # `pip install -U` since
+    c = host.check_release(exe)
+    assert c.status == "warn" and "installed package is 0123456789abcdef" in c.detail
+    assert host.check_release(str(tmp_path / "elsewhere" / "tiergate-hook")) is None

@@ -192,6 +192,17 @@ def test_writable_policy_directory_is_refused(policy_file: Path, tmp_path: Path)
         cache.load_compiled(str(policy_file), str(tmp_path / "cache"))
 
 
+def test_symlink_in_a_writable_directory_is_refused(policy_file: Path, tmp_path: Path) -> None:
+    """The link's own directory counts: whoever may write it can point the link elsewhere."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    link = shared / "policy.toml"
+    link.symlink_to(policy_file)
+    with pytest.raises(PolicyError, match=r"policy file directory .*shared is writable by group or others"):
+        cache.load_compiled(str(link), str(tmp_path / "cache"))
+
+
 def test_policy_owned_by_another_user_is_refused(policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Owner is judged against the invoking user: as uid 4242, a root-owned file is fine, a uid 999 one is not."""
     real_stat = os.stat

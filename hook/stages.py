@@ -80,6 +80,21 @@ def _container(spec: dict, rec: dict) -> None:
         rec["name"] = entry["names"][0]
 
 
+def _image_id(spec: dict) -> str:
+    """For a later stage's record: the image id from the engine's records (containers-storage, docker)."""
+    root = spec.get("root")
+    path = root.get("path") if isinstance(root, dict) else None
+    from .sources.storage import container_for_rootfs
+
+    entry = container_for_rootfs(path) if isinstance(path, str) else None
+    if entry:
+        return entry["image"][:12]
+    from .sources.docker import image_for_spec
+
+    image = image_for_spec(spec)
+    return image.id[:12] if image is not None else ""
+
+
 def _image(spec: dict) -> Image:
     root = spec.get("root")
     path = root.get("path") if isinstance(root, dict) else None
@@ -242,6 +257,7 @@ def create_runtime(opts: Options, rec: dict) -> int:
     state, spec = _state_and_config(rec)
     annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
     tier_name = annotations.get("io.tiergate.tier")
+    rec["image_id"] = _image_id(spec)
     policy = load_policy(opts.policy, opts.cache_dir, rec)
     tier = policy["tiers"].get(tier_name) if isinstance(tier_name, str) else None
     if tier is None:
@@ -320,7 +336,9 @@ def prestart(opts: Options, rec: dict) -> int:
     """Verify: refuse a container whose bundle is weaker than the tier its image gets."""
     _, spec = _state_and_config(rec)
     policy = load_policy(opts.policy, opts.cache_dir, rec)
-    _, tier, changes = decide_and_harden(spec, policy, _image(spec), opts, rec)
+    image = _image(spec)
+    rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12])
+    _, tier, changes = decide_and_harden(spec, policy, image, opts, rec)
     weaker = [c for c in changes if not c["field"].startswith(("$.annotations", "$.hooks"))]
     if weaker:
         raise Refusal(f"container is weaker than tier {tier['name']}: "

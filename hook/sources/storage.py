@@ -87,7 +87,7 @@ def _container_entry(graph: str, driver: str, layer: str) -> dict | None:
 
 
 def container_for_rootfs(root_path: str) -> dict | None:
-    """{"id", "names"} of the container the engine recorded for this rootfs, or None. Never raises."""
+    """{"id", "names", "image"} of the container the engine recorded for this rootfs, or None. Never raises."""
     where = split_root(root_path)
     try:
         entry = _container_entry(*where) if where else None
@@ -95,7 +95,8 @@ def container_for_rootfs(root_path: str) -> dict | None:
         return None
     if not entry or not isinstance(entry.get("id"), str):
         return None
-    return {"id": entry["id"][:64], "names": [n for n in entry.get("names") or [] if isinstance(n, str)]}
+    return {"id": entry["id"][:64], "names": [n for n in entry.get("names") or [] if isinstance(n, str)],
+            "image": str(entry.get("image") or "")[:64]}
 
 
 def image_for_rootfs(root_path: str) -> Image:

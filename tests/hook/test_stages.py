@@ -283,6 +283,8 @@ def test_create_runtime_of_a_passthrough_tier_is_a_no_op(hook: Hook) -> None:
     hardened["annotations"]["io.tiergate.tier"] = "privileged"
     res = run(MODULE, hook.args("createRuntime"), _state(_bundle(hook.tmp, hardened)))
     assert (res.returncode, res.stdout, res.stderr) == (0, b"", b"")
+    pre, rt = hook.records()
+    assert rt["stage"] == "createRuntime" and rt["container"] == "c1" and rt["image_id"] == pre["image_id"] != ""
 
 
 def test_create_runtime_fails_closed_when_metadata_cannot_be_closed(hook: Hook) -> None:

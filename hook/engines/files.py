@@ -106,6 +106,7 @@ def write(path: Path, text: str, mode: int = 0o644, say=print) -> bool:
 
 
 def symlink(path: Path, target: Path, say=print) -> None:
+    """Point path at target with one rename: a reader sees the old link or the new one, never none."""
     path = Path(path)
     if path.is_symlink() and os.readlink(path) == str(target):
         say(f"unchanged {path} -> {target}")
@@ -114,10 +115,49 @@ def symlink(path: Path, target: Path, say=print) -> None:
     if _dry is not None:
         say(f"would link {path} -> {target}")
         return
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    path.symlink_to(target)
+    tmp = path.with_name(f".{path.name}.tiergate-tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(target)
+    os.replace(tmp, path)
     say(f"linked {path} -> {target}")
+
+
+def install_tree(dest: Path, sources: dict[str, Path], skip: tuple[str, ...] = (), finish=None, say=print) -> None:
+    """dest/<name>/ a copy of each source dir (minus `skip` patterns), built beside and renamed into
+    place, so dest is whole or absent; an existing dest is kept as it is (it is never changed)."""
+    import shutil
+
+    dest = Path(dest)
+    if dest.is_dir():
+        say(f"unchanged {dest}/")
+        return
+    mkdirs(dest.parent)
+    if _dry is not None:
+        _dry.add(dest)
+        say(f"would copy {', '.join(str(s) for s in sources.values())} into {dest}/")
+        return
+    tmp = dest.with_name(f".{dest.name}.tiergate-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, src in sources.items():
+        shutil.copytree(src, tmp / name, ignore=shutil.ignore_patterns(*skip))
+    if finish:
+        finish(tmp)
+    os.rename(tmp, dest)
+    say(f"wrote {dest}/")
+
+
+def remove_tree(path: Path, say=print) -> None:
+    """Remove a directory install_tree made, whole."""
+    import shutil
+
+    path = Path(path)
+    if _dry is not None:
+        _dry.add(path)
+        say(f"would remove {path}/")
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    say(f"removed {path}/")
 
 
 def remove(path: Path, marker: str | None = None, say=print) -> None:

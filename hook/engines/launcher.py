@@ -97,41 +97,27 @@ def release_digest(dirs: dict[str, Path]) -> str:
 def install_release(lib: Path, say=print) -> Path:
     """lib/releases/<digest>/tiergate/{oci,hook,configs}: a private copy, then lib/current -> it (one rename)."""
     import compileall
-    import shutil
 
     from . import files
 
     dirs = package_dirs()
     release = lib / RELEASES / release_digest(dirs)
-    if not release.is_dir():
-        files.mkdirs(release.parent)
-        tmp = release.with_name(f".{release.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for name, src in dirs.items():
-            shutil.copytree(src, tmp / "tiergate" / name, ignore=shutil.ignore_patterns(*_SKIP))
-        os.rename(tmp, release)
-        compileall.compile_dir(str(release), quiet=1)  # the first start need not write bytecode
-        say(f"wrote {release}/")
     current = lib / CURRENT
     before = os.path.realpath(current) if current.is_symlink() else None
-    target = f"{RELEASES}/{release.name}"
-    if current.is_symlink() and os.readlink(current) == target:
-        say(f"unchanged {current} -> {target}")
-    else:
-        tmp_link = lib / f".{CURRENT}.{os.getpid()}.tmp"
-        tmp_link.unlink(missing_ok=True)
-        tmp_link.symlink_to(target)
-        os.replace(tmp_link, current)
-        say(f"linked {current} -> {target}")
-    keep = {release.resolve(), Path(before).resolve() if before else None}
-    for old in (lib / RELEASES).iterdir():  # older releases: no hook can still be running from them
-        if old.is_dir() and not old.name.startswith(".") and old.resolve() not in keep:
-            shutil.rmtree(old, ignore_errors=True)
-            say(f"removed {old}/")
+    files.install_tree(release, {f"tiergate/{name}": src for name, src in dirs.items()}, _SKIP,
+                       finish=lambda tmp: compileall.compile_dir(str(tmp), quiet=1), say=say)
+    files.symlink(current, Path(f"{RELEASES}/{release.name}"), say)
+    keep = {str(release), before}
+    try:
+        olds = [p for p in (lib / RELEASES).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        olds = []
+    for old in olds:  # older releases: no hook can still be running from them
+        if str(old) not in keep and os.path.realpath(old) not in keep:
+            files.remove_tree(old, say)
     for name in dirs:  # the symlink layout of earlier versions
-        legacy = lib / "tiergate" / name
-        if legacy.is_symlink():
-            files.remove(legacy, None, say)
+        if (lib / "tiergate" / name).is_symlink():
+            files.remove(lib / "tiergate" / name, None, say)
     return release
 
 
@@ -150,8 +136,6 @@ def remove_hook(bin_dir: Path, say=print) -> None:
     """Undo install_hook; directories install created go with their last file (files.prune)."""
     from . import files
 
-    import shutil
-
     lib = Path(bin_dir) / "lib"
     files.remove(Path(bin_dir) / "tiergate-hook", MARKER, say)
     files.remove(lib / CURRENT, None, say)
@@ -160,8 +144,7 @@ def remove_hook(bin_dir: Path, say=print) -> None:
     except OSError:
         releases = []
     for release in releases:
-        shutil.rmtree(release)
-        say(f"removed {release}/")
+        files.remove_tree(release, say)
     files.prune(lib / RELEASES, say)
     for name in ("oci", "hook", "configs"):  # the symlink layout of earlier versions
         legacy = lib / "tiergate" / name

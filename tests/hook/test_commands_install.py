@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -99,7 +100,16 @@ def test_dry_run_changes_nothing_and_prints_the_exact_diff(engine, tmp_path, run
             copy.write_bytes(body)
             subprocess.run(["patch", "-s", str(copy)], input=diffs[str(root / rel)], text=True, check=True, timeout=20)
             assert copy.read_bytes() == after[rel][1]
-    for rel, (_, body) in after.items():  # every file the install made was announced, with its content
+    trees = re.findall(r"^would copy (.+) into (\S+)/$", out, re.M)  # the pinned package release: a copy
+    assert [Path(d).parent.name for _, d in trees] == ["releases"], out
+    sources = {Path(src).name: Path(src) for src in trees[0][0].split(", ")}
+    for rel, (_, body) in after.items():
+        inside = Path(root / rel).relative_to(trees[0][1]) if str(root / rel).startswith(trees[0][1] + "/") else None
+        if inside and rel.endswith(".py"):  # tiergate/<package>/<file>: the installed package's file, unchanged
+            assert (sources[inside.parts[1]].joinpath(*inside.parts[2:])).read_bytes() == body, rel
+    for rel, (_, body) in after.items():  # every other file the install made was announced, with its content
+        if any(str(root / rel).startswith(d + "/") for _, d in trees):
+            continue
         if rel not in before and isinstance(body, bytes) and not rel.endswith(".tiergate-created"):
             new = "".join(l[1:] + "\n" for l in diffs[str(root / rel)].splitlines()[3:])
             assert new == body.decode(), rel

@@ -219,6 +219,32 @@ def test_policy_owned_by_another_user_is_refused(policy_file: Path, tmp_path: Pa
         cache.load_compiled(str(policy_file), str(tmp_path / "cache"))
 
 
+def test_rootless_hook_accepts_host_roots_files_as_the_unmapped_uid(policy_file: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the user's namespace host root's files show as the overflow uid: trusted (not writable by others);
+    any other owner still is not."""
+    real_stat = os.stat
+
+    def owned_by(uid):
+        def fake(path, *a, **kw):
+            st = real_stat(path, *a, **kw)
+            if str(path) == str(policy_file):
+                return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, uid, st.st_gid, *tuple(st)[6:]))
+            return st
+        return fake
+
+    monkeypatch.setattr(cache, "_unmapped_uid", lambda: 65534)
+    monkeypatch.setattr(cache.os, "stat", owned_by(65534))
+    assert cache.load_compiled(str(policy_file), str(tmp_path / "cache"))["tiers"]
+    monkeypatch.setattr(cache.os, "stat", owned_by(1234))
+    with pytest.raises(PolicyError, match="owned by uid 1234"):
+        cache.load_compiled(str(policy_file), str(tmp_path / "cache2"))
+    monkeypatch.setattr(cache, "_unmapped_uid", lambda: None)  # outside a user namespace: nobody is nobody
+    monkeypatch.setattr(cache.os, "stat", owned_by(65534))
+    with pytest.raises(PolicyError, match="owned by uid 65534"):
+        cache.load_compiled(str(policy_file), str(tmp_path / "cache3"))
+
+
 def test_writable_cache_entry_is_refused_not_recompiled(policy_file: Path, tmp_path: Path, counting: list[str]) -> None:
     """A cache entry someone else could have edited is refused (fail closed), never used or silently replaced."""
     cache_dir = tmp_path / "cache"

@@ -67,6 +67,15 @@ def host_uids(uid_map: str = "/proc/self/uid_map") -> bool | None:
         return None
 
 
+def unmapped_uid() -> int | None:
+    """Inside a user namespace (a rootless engine's hook), the uid that files of unmapped owners show,
+    host root's among them; None outside one."""
+    if host_uids() is not False:
+        return None
+    overflow = _read("/proc/sys/kernel/overflowuid").strip()
+    return int(overflow) if overflow.isdigit() else 65534
+
+
 def cgroup_delegated(cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> bool:
     """A delegated cgroup v2: pure unified, `pids` offered in our own cgroup, which we may write."""
     try:
@@ -124,9 +133,8 @@ def resolve(path: str) -> tuple[str, str | None]:
     import stat
 
     trusted = {0, os.geteuid()}
-    if host_uids() is False:  # rootless: host root (and any uid not mapped) shows as the overflow uid
-        overflow = _read("/proc/sys/kernel/overflowuid").strip()
-        trusted.add(int(overflow) if overflow.isdigit() else 65534)
+    if (overflow := unmapped_uid()) is not None:  # rootless: host root (and any uid not mapped) shows as it
+        trusted.add(overflow)
     todo = [p for p in reversed(path.split("/")) if p]
     cur, cur_st, links, why = "/", None, 0, None
     try:

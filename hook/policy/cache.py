@@ -63,16 +63,9 @@ def entry_path(cache_dir: str, policy: str) -> str:
 
 
 def _unmapped_uid() -> int | None:
-    """In a user namespace (a rootless engine's hook), the uid files of unmapped owners show (host root's
-    among them); None outside one."""
-    try:
-        with open("/proc/self/uid_map", encoding="ascii") as fh:
-            if fh.read().split() == ["0", "0", "4294967295"]:
-                return None
-        with open("/proc/sys/kernel/overflowuid", encoding="ascii") as fh:
-            return int(fh.read())
-    except (OSError, ValueError):
-        return None
+    from ..facts import unmapped_uid
+
+    return unmapped_uid()
 
 
 def unsafe(st: os.stat_result, what: str, path: str) -> str | None:

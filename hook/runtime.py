@@ -608,12 +608,20 @@ def enforce(argv: list[str], conf: dict) -> int:
             if plan is not None:
                 ran = create_and_program(argv, parsed, conf, plan, rec)
         rec["outcome"] = "allowed"
-    except (Refusal, TiergateError, OciError, runc_args.ArgsError, LoopError) as exc:
+    except (Refusal, OciError, runc_args.ArgsError, LoopError) as exc:  # never let through, whatever on_error says
         rec.update(outcome="refused" if isinstance(exc, Refusal) else "error", reason=str(exc))
         code = 1
-    except Exception as exc:  # fail closed on our own bugs too, with one line
-        rec.update(outcome="error", reason=f"internal error: {type(exc).__name__}: {exc}")
-        code = 1
+    except Exception as exc:  # errors, ours included: fail closed with one line, unless the operator chose "allow"
+        reason = str(exc) if isinstance(exc, TiergateError) else f"internal error: {type(exc).__name__}: {exc}"
+        if _allowed_on_error(conf, rec["engine"]):
+            # As hardened as we got: the bundle is written whole or not at all, and a container whose
+            # namespace could not be programmed was deleted: the runtime creates it again below.
+            rec.update(outcome="allowed-on-error", reason=reason)
+            ran = None
+            print(f"tiergate: error, container ALLOWED by on_error=allow: {reason}", file=sys.stderr)
+        else:
+            rec.update(outcome="error", reason=reason)
+            code = 1
     rec["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
     problem = record.write(rec, conf.get("log"))
     if code:
@@ -622,6 +630,19 @@ def enforce(argv: list[str], conf: dict) -> int:
     if problem:
         print(f"tiergate: warning: {problem}", file=sys.stderr)
     return ran if ran is not None else exec_runtime(run_argv, conf)
+
+
+def _allowed_on_error(conf: dict, engine: str) -> bool:
+    """The policy's on_error for this engine (stages.on_error: one rule for the hook and the shim);
+    a policy that cannot be read at all: refuse."""
+    from . import stages
+    from .policy import cache
+
+    try:
+        policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
+    except Exception:
+        return False
+    return stages.on_error(policy, engine) == "allow"
 
 
 def main(argv: list[str] | None = None, conf: str | None = None) -> int:

@@ -263,3 +263,55 @@ def test_docker_network_hook_is_told_its_engine(env):
     assert hook["args"][hook["args"].index("--engine") + 1] == "docker"
     rec = json.loads(env["log"].read_text().splitlines()[-1])
     assert rec["engine"] == "docker" and rec["container"] == "a" * 64
+
+
+# -- on_error (the policy's choice for tiergate's own failures) holds for the shim too ---------
+
+def _failing_harden(monkeypatch):
+    from tiergate.hook import stages
+
+    def broken(*_a, **_k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(stages, "decide_and_harden", broken)
+
+
+def _policy_conf(env, on_error: str) -> None:
+    policy = env["tmp"] / "policy.toml"
+    policy.write_text(f'version = 1\ndefault_tier = "capped"\ndefault_ceiling = "capped"\non_error = "{on_error}"\n'
+                      '[tiers.capped]\npids_limit = 64\n')
+    with open(env["conf"], "a") as fh:
+        fh.write(f"policy={policy}\n")
+
+
+def test_internal_error_refuses_by_default(env, monkeypatch, capsys):
+    """The shipped choice: an internal error stops the create with one line; the runtime never runs."""
+    _failing_harden(monkeypatch)
+    b = _bundle(env["tmp"], {"io.tiergate.tier": "restricted"})
+    assert _main(env, ["create", "--bundle", str(b), "e1"]) == 1
+    assert env["calls"] == []
+    assert capsys.readouterr().err.strip().splitlines() == ["tiergate: error: internal error: RuntimeError: boom"]
+    assert json.loads(env["log"].read_text().splitlines()[-1])["outcome"] == "error"
+
+
+def test_internal_error_runs_the_container_when_the_policy_allows_it(env, monkeypatch, capsys):
+    """on_error = "allow": the same failure lets the runtime create the container, said loudly and logged."""
+    _policy_conf(env, "allow")
+    _failing_harden(monkeypatch)
+    b = _bundle(env["tmp"], {"io.tiergate.tier": "capped"})
+    argv = ["create", "--bundle", str(b), "e2"]
+    assert _main(env, argv) == "exec"
+    assert env["calls"] == [["/bin/true", *argv]]
+    assert "container ALLOWED by on_error=allow: internal error: RuntimeError: boom" in capsys.readouterr().err
+    rec = json.loads(env["log"].read_text().splitlines()[-1])
+    assert rec["outcome"] == "allowed-on-error" and "boom" in rec["reason"]
+
+
+@pytest.mark.parametrize("on_error", ["allow", "refuse"])
+def test_malformed_spec_is_never_let_through(env, on_error):
+    """on_error covers tiergate's own failures only: a malformed config.json stops the create either way."""
+    _policy_conf(env, on_error)
+    b = _bundle(env["tmp"])
+    (b / "config.json").write_text('{"ociVersion": "1.0.2", "process": {"args": 3}')
+    assert _main(env, ["create", "--bundle", str(b), "e3"]) == 1
+    assert env["calls"] == []

@@ -67,14 +67,24 @@ def _hook_self(opts: Options, stage: str) -> dict:
     return {"path": path, "args": args}
 
 
+def _root_path(spec: dict) -> str | None:
+    root = spec.get("root")
+    path = root.get("path") if isinstance(root, dict) else None
+    return path if isinstance(path, str) else None
+
+
+def _storage_entry(spec: dict) -> dict | None:
+    """The containers-storage entry of this spec's rootfs (sources.storage), or None."""
+    from .sources.storage import container_for_rootfs
+
+    path = _root_path(spec)
+    return container_for_rootfs(path) if path else None
+
+
 def _container(spec: dict, rec: dict) -> None:
     """The container's id and name from the engine's own records (containers-storage, by the
     rootfs layer): precreate's spec has no id, and its hostname and HOSTNAME are the workload's."""
-    root = spec.get("root")
-    path = root.get("path") if isinstance(root, dict) else None
-    from .sources.storage import container_for_rootfs
-
-    entry = container_for_rootfs(path) if isinstance(path, str) else None
+    entry = _storage_entry(spec)
     rec["container"] = entry["id"] if entry else ""
     if entry and entry["names"]:
         rec["name"] = entry["names"][0]
@@ -82,11 +92,7 @@ def _container(spec: dict, rec: dict) -> None:
 
 def _image_id(spec: dict) -> str:
     """For a later stage's record: the image id from the engine's records (containers-storage, docker)."""
-    root = spec.get("root")
-    path = root.get("path") if isinstance(root, dict) else None
-    from .sources.storage import container_for_rootfs
-
-    entry = container_for_rootfs(path) if isinstance(path, str) else None
+    entry = _storage_entry(spec)
     if entry:
         return entry["image"][:12]
     from .sources.docker import image_for_spec
@@ -96,9 +102,8 @@ def _image_id(spec: dict) -> str:
 
 
 def _image(spec: dict) -> Image:
-    root = spec.get("root")
-    path = root.get("path") if isinstance(root, dict) else None
-    if not isinstance(path, str):
+    path = _root_path(spec)
+    if path is None:
         return Image.unknown("the spec names no root filesystem")
     from .sources.storage import image_for_rootfs
 

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "integration"))
 
 LABEL = "io.tiergate.tier"
-SHIPPED_POLICY = REPO / "configs" / "policy.toml"
+SHIPPED_POLICY = REPO / "tiergate" / "configs" / "policy.toml"
 SYSTEM_PYTHON = "/usr/bin/python3"
 DOCKER_DEFAULT_SECCOMP = "/usr/share/containers/seccomp.json"  # podman's; derived from moby's default.json
 SHIPPED_TIERS = ("privileged", "baseline", "restricted", "isolated")
@@ -207,7 +207,7 @@ class Bench:
 
     # -- setup ------------------------------------------------------------------
     def tiergate(self, *args, check=True):
-        proc = subprocess.run([sys.executable, "-m", "tiergate.hook.cli", *map(str, args)], capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "tiergate.cli.main", *map(str, args)], capture_output=True,
                               text=True, timeout=120, cwd=REPO)
         if check and proc.returncode != 0:
             raise RuntimeError(f"tiergate {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr[-1000:]}")
@@ -632,8 +632,8 @@ class Bench:
         return [{"spec": k, "bytes": sizes[k], **v} for k, v in res.items()]
 
     def _scale_cidrs(self) -> list:
-        from tiergate.hook.network import apply, ruleset
-        from tiergate.hook.network.model import from_table, to_dict
+        from tiergate.network import apply, ruleset
+        from tiergate.network.model import from_table, to_dict
 
         self.netns = f"tgbench-{os.getpid()}"
         subprocess.run(["ip", "netns", "add", self.netns], check=True, timeout=30)
@@ -864,11 +864,11 @@ class Bench:
     def _md_mechanisms(self) -> dict:
         """The block alone, timed inside a fresh process (its imports included, the interpreter's
         start excluded) in a fresh netns each time: policy-routing rules vs an nft table."""
-        rules = "from tiergate.hook.network import metadata as m; m.close(P, [])"
+        rules = "from tiergate.network import metadata as m; m.close(P, [])"
         # as the shim does for a workload holding CAP_NET_RAW (docker's baseline): the nft socket's
         # last close goes to a child; this process is made a subreaper to reap it, as containerd-shim is
-        raw = "from tiergate.hook.network import metadata as m; m.close(P, [], True, True)"
-        table = ("from tiergate.hook.network import apply as a, metadata as m\n"
+        raw = "from tiergate.network import metadata as m; m.close(P, [], True, True)"
+        table = ("from tiergate.network import apply as a, metadata as m\n"
                  "e=[{'match':{'op':'==','left':{'payload':{'protocol':'ip' if f==4 else 'ip6','field':'daddr'}},"
                  "'right':{'prefix':{'addr':ad,'len':n}}}} for f,ad,n,_ in m.BLOCKED]\n"
                  "c=[{'add':{'table':{'family':'inet','name':'tgmd'}}},{'add':{'chain':{'family':'inet','table':'tgmd',"
@@ -1208,7 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where results go")
     ap.add_argument("--sections", default="e2e,hook,scale,seccomp", help="comma-separated subset to run")
     ap.add_argument("--tiers", default=None, help="comma-separated tiers (default: every tier of the policy)")
-    ap.add_argument("--policy", default=None, help="policy file (default: the shipped configs/policy.toml)")
+    ap.add_argument("--policy", default=None, help="policy file (default: the shipped tiergate/configs/policy.toml)")
     ap.add_argument("--hook-runs", type=int, default=None, help="runs per hook process config (default 40, quick 10)")
     ap.add_argument("--seccomp-rounds", type=int, default=None, help="rounds of the seccomp workload (default 5, quick 2)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG (and installing matplotlib)")

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--execs", type=int, default=20)
     args = ap.parse_args(argv)
-    from tiergate.hook.cli import main as tiergate
+    from tiergate.cli.main import main as tiergate
 
     work = Path(tempfile.mkdtemp(prefix="tg-bench-cri-", dir="/tmp"))
     node = None

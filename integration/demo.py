@@ -24,7 +24,7 @@ from harness import Podman, busybox_rootfs, caps_from_hex, probe_status  # noqa:
 from tiergate_fixtures import trusting_policy  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TIERGATE = [sys.executable, "-m", "tiergate.hook.cli"]
+TIERGATE = [sys.executable, "-m", "tiergate.cli.main"]
 
 # (image name, labels, what it shows); the last column is the control: the privileged
 # tier changes nothing, and these flags let every probe succeed, so a "-" elsewhere is the tier.

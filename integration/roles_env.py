@@ -16,7 +16,7 @@ and sysctls are never touched (podman's default bridge, which turns on
 ip_forward, is never used).
 
 tiergate is installed into the session's scratch podman with a copy of the
-shipped configs/policy.toml whose documentation-range CIDRs are replaced by
+shipped tiergate/configs/policy.toml whose documentation-range CIDRs are replaced by
 the test peers' addresses (`tiergate --policy FILE install`).
 """
 
@@ -39,8 +39,8 @@ from harness import Podman, kill_procs, require_binary, run_cmd
 from tiergate_fixtures import trusting_policy
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED_POLICY = REPO / "configs" / "policy.toml"
-TIERGATE = [sys.executable, "-m", "tiergate.hook.cli"]
+SHIPPED_POLICY = REPO / "tiergate" / "configs" / "policy.toml"
+TIERGATE = [sys.executable, "-m", "tiergate.cli.main"]
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
 NSENTER = "/usr/bin/nsenter"
 NFT = "/usr/sbin/nft"

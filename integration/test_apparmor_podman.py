@@ -11,7 +11,7 @@ import secrets
 
 import pytest
 
-from tiergate.hook import apparmor
+from tiergate.host import apparmor
 from tiergate_fixtures import STATUS_SH, Hooks, refusal_line, tg, tg_images, tg_policy, tiergate  # noqa: F401
 
 ENABLED = apparmor.host_enabled()

@@ -2,7 +2,7 @@
 and the decision log holds exactly one complete record per start, every line valid JSON.
 
 podman: tiergate's precreate hook (installed in a hooks dir and log of this module's own).
-docker: the tiergate-runtime shim as a private dockerd's runtime (hook/runtime.py).
+docker: the tiergate-runtime shim as a private dockerd's runtime (tiergate/shim/runtime.py).
 Each start is a thread running `run --rm IMAGE grep ... /proc/self/status`, released together
 by a barrier and bounded by a timeout.
 """
@@ -111,7 +111,7 @@ def test_thirty_podman_containers_at_once(podman, tg_images, tg_policy, tg_contr
 @pytest.mark.docker
 def test_thirty_docker_containers_at_once(docker_factory, it_dir):
     try:
-        from tiergate.hook.engines import shim as shim_install
+        from tiergate.engines import shim as shim_install
     except ImportError as exc:  # the shim is still being finished
         pytest.skip(f"tiergate-runtime shim not importable: {exc}")
     bin_dir = it_dir / "conc-shim"

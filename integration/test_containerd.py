@@ -21,7 +21,7 @@ STATUS = ["/bin/cat", "/proc/self/status"]  # ctr with --rootfs sets no PATH
 
 @pytest.fixture(scope="module")
 def shim(it_dir):
-    from tiergate.hook.engines import shim as shim_install
+    from tiergate.engines import shim as shim_install
 
     bin_dir = it_dir / "shim-containerd"
     exe = shim_install.install(bin_dir, "integration containerd", log=str(it_dir / "ctr-decisions.jsonl"),

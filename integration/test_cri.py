@@ -44,7 +44,7 @@ DEFAULT_CAPS = caps_from_hex("00000000a80425fb")  # containerd's default set
 @pytest.fixture(scope="module")
 def node(it_dir, busybox_rootfs):
     """The node: shipped policy plus namespace rules; tiergate's handler beside runc."""
-    from tiergate.hook.policy.compile import shipped_dir
+    from tiergate.policy.compile import shipped_dir
 
     d = it_dir / "cri"
     n = cri.CriNode(d / "node", busybox_rootfs.tar)

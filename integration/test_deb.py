@@ -96,8 +96,8 @@ def test_installed_files_and_cli(installed) -> None:
     assert set(INSTALLS) <= listed
     assert run_cmd([CLI, "--version"], check=True).stdout == f"tiergate {VERSION}\n"
     assert Path(CLI).read_text().startswith("#!/usr/bin/python3 -I\n")
-    from tiergate.hook.commands import completion
-    from tiergate.hook import cli
+    from tiergate.cli import completion
+    from tiergate.cli import main as cli
 
     shipped = Path("/usr/share/bash-completion/completions/tiergate").read_text()
     assert shipped == completion.bash_script(cli.parser())  # the CLI's own, generated at build time

@@ -246,7 +246,7 @@ def test_docker_default_install_hardens_plain_run(docker_conf, it_dir, busybox_r
 
 def test_a_hung_hook_fails_the_start_closed(podman, tg_images, tmp_path):
     """The hooks.d entry install writes carries a timeout; on it podman kills the hook and fails the start."""
-    from tiergate.hook.engines import podman as engine
+    from tiergate.engines import podman as engine
 
     hung = tmp_path / "hung-hook"
     hung.write_text("#!/bin/sh\nexec sleep 60\n")

@@ -29,7 +29,7 @@ PRIVILEGED_LIKE = ("--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security
 @pytest.fixture(scope="module")
 def shim(it_dir):
     """The shim and hook launcher installed as `tiergate install` does, with a private log and cache."""
-    from tiergate.hook.engines import shim as shim_install
+    from tiergate.engines import shim as shim_install
 
     bin_dir = it_dir / "shim-docker"
     exe = shim_install.install(bin_dir, "integration docker", log=str(it_dir / "docker-decisions.jsonl"),
@@ -268,7 +268,7 @@ class TestInstall:
         import os
         import signal
 
-        from tiergate.hook.engines import docker as docker_engine
+        from tiergate.engines import docker as docker_engine
 
         engine = control_images
         daemon_json = engine.dir / "daemon.json"

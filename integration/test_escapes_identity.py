@@ -212,7 +212,7 @@ def test_forged_cri_image_name_under_podman_runtime(rtp):
 
 @pytest.fixture(scope="module")
 def dk(docker_factory, it_dir):
-    from tiergate.hook.engines import shim as shim_install
+    from tiergate.engines import shim as shim_install
 
     d = it_dir / "idt-docker"
     d.mkdir()

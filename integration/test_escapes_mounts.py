@@ -184,7 +184,7 @@ def test_podman_dir_holding_an_engine_socket(pm, tmp_path):
 def test_podman_device_allow_list_matches_the_host_device(podman, podman_env, it_dir, tg_images, tg_control):
     """devices = ["/dev/fuse"] lets the host's fuse in, never /dev/vda renamed /dev/fuse."""
     policy = it_dir / "policy-fuse.toml"
-    text = (REPO / "configs" / "policy.toml").read_text()
+    text = (REPO / "tiergate" / "configs" / "policy.toml").read_text()
     policy.write_text(text.replace('host_namespaces = []\ndevices = []', 'host_namespaces = []\ndevices = ["/dev/fuse"]', 1))
     tg = Hooks(podman_env, it_dir / "tg-fuse", policy=policy)
     img = tg_images["unlabelled"]
@@ -227,7 +227,7 @@ def test_podman_restricted_host_binds_are_read_only(pm, host_dir):
 @pytest.fixture(scope="module")
 def dk(it_dir, docker_factory):
     """A private dockerd with the shim added as runtime `tiergate` (runc stays the default: the control)."""
-    from tiergate.hook.engines import shim as shim_install
+    from tiergate.engines import shim as shim_install
 
     bin_dir = it_dir / "shim-docker-mounts"
     exe = shim_install.install(bin_dir, "integration docker mounts", log=str(it_dir / "dm-log" / "decisions.jsonl"),

@@ -28,7 +28,7 @@ from tiergate_fixtures import tg_images  # noqa: F401  (fixture)
 UNSHARE = "/usr/bin/unshare"
 CHATTR = "/usr/bin/chattr"
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
-SHIPPED = REPO / "configs" / "policy.toml"
+SHIPPED = REPO / "tiergate" / "configs" / "policy.toml"
 
 
 def _policy(dest: Path, extra: str = "", replace: tuple[str, str] | None = None) -> Path:
@@ -316,7 +316,7 @@ def test_hook_killed_by_engine_timeout_is_recorded(podman, tg_images, tmp_path):
         proc = run_cmd(podman_argv(podman, stall, "run", "--rm", tg_images["baseline"], "true"),
                        env=podman.env, timeout=60)
     assert proc.returncode != 0
-    from tiergate.hook import record
+    from tiergate.telemetry import record
 
     killed = [r for r in record.read(str(hooks.log)) if r.get("outcome") == "killed"]
     assert killed and killed[-1]["stage"] == "precreate", "no record of the killed start"

@@ -124,7 +124,7 @@ def test_broken_policy_is_not_installed(dirs, tmp_path):
 
 def test_policy_path_is_absolute(dirs, tmp_path, monkeypatch):
     hooks, bin_dir = dirs
-    policy = REPO / "configs" / "policy.toml"
+    policy = REPO / "tiergate" / "configs" / "policy.toml"
     tiergate("--policy", os.path.relpath(policy, REPO), "install", "--engine", "podman", "--hooks-dir", hooks,
              "--bin-dir", bin_dir)
     args = json.loads((hooks / PRE).read_text())["hook"]["args"]

@@ -181,7 +181,7 @@ def test_podman_decision_log_and_rules_from_outside(env):
 @pytest.fixture(scope="module")
 def docker_peers(docker_factory, it_dir, tmp_path_factory):
     """Peers on their own veth, a docker macvlan network on it (no podman network)."""
-    from tiergate.hook.engines import shim as shim_install
+    from tiergate.engines import shim as shim_install
 
     bin_dir = it_dir / "shim-metadata"
     log = it_dir / "metadata-decisions.jsonl"

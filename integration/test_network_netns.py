@@ -30,8 +30,8 @@ import pytest
 
 from harness import kill_procs
 
-from tiergate.hook.network import apply as A
-from tiergate.hook.network.ruleset import build
+from tiergate.network import apply as A
+from tiergate.network.ruleset import build
 
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
 BUSYBOX = "/bin/busybox"
@@ -379,7 +379,7 @@ def test_10k_cidr_allowlist_apply_time(net):
 def test_rate_limit_shaping(net):
     if not os.path.exists("/usr/sbin/tc"):
         pytest.skip("tc not installed: cannot observe the qdisc")
-    from tiergate.hook.network.shaping import shape
+    from tiergate.network.shaping import shape
     assert shape(net.c_path, "10mbit") == [net.vc]
     assert shape(net.c_path, "500kbit") == [net.vc]  # re-apply replaces
     out = run("/usr/sbin/tc", "-n", net.C, "qdisc", "show", "dev", net.vc).stdout

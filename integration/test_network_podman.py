@@ -87,7 +87,7 @@ def _table(pid: int) -> list[dict]:
 
 
 def test_drop_counters_rise_when_a_blocked_peer_is_tried(env):
-    from tiergate.hook.network import apply as A
+    from tiergate.network import apply as A
 
     p = env.peers
     name = _detached(env, "web", "echo READY; exec sleep 120")

@@ -23,7 +23,7 @@ from harness import cgroup_mode, probe_status, run_cmd
 
 pytestmark = pytest.mark.podman
 
-TIERGATE = [sys.executable, "-m", "tiergate.hook.cli"]
+TIERGATE = [sys.executable, "-m", "tiergate.cli.main"]
 IMAGES = {
     "localhost/tiergate-ops-restricted": {"io.tiergate.tier": "restricted"},
     "localhost/tiergate-ops-isolated": {"io.tiergate.tier": "isolated"},

@@ -366,7 +366,7 @@ class TestUnknownImage:
 
     def test_on_unknown_image_tier(self, podman, busybox_rootfs, tmp_path):
         """A policy with on_unknown_image = "isolated" runs the rootfs container isolated."""
-        text = (Path(__file__).resolve().parent.parent / "configs/policy.toml").read_text()
+        text = (Path(__file__).resolve().parent.parent / "tiergate/configs/policy.toml").read_text()
         assert 'on_unknown_image = "refuse"' in text
         policy = tmp_path / "policy.toml"
         policy.write_text(text.replace('on_unknown_image = "refuse"', 'on_unknown_image = "isolated"'))

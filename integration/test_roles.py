@@ -35,7 +35,7 @@ env = role_env_fixture("test_roles")
 
 def test_role_tiers_extend_a_base_and_are_no_weaker(tmp_path):
     """Static: each role extends its base tier, is at least as strict, and compiles."""
-    from tiergate.hook.policy.compile import compile_file
+    from tiergate.policy.compile import compile_file
     from roles_env import SHIPPED_POLICY
 
     shipped = compile_file(SHIPPED_POLICY)

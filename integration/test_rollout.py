@@ -23,7 +23,7 @@ import pytest
 from tiergate_fixtures import REPO, Hooks, last_line, podman_argv, tiergate
 from tiergate_fixtures import tg_images  # noqa: F401  (fixture)
 
-SHIPPED = REPO / "configs" / "policy.toml"
+SHIPPED = REPO / "tiergate" / "configs" / "policy.toml"
 BROKEN = 'version = 1\nlabel_key = "io.tiergate.tier"\n[tiers.restricted\n'
 
 
@@ -179,7 +179,7 @@ def test_podman_log_names_the_real_container_not_its_hostname(rollout, tg_images
 
 @pytest.mark.docker
 def test_docker_log_names_the_real_container_not_its_hostname(docker_factory, it_dir):
-    from tiergate.hook.engines import shim as shim_install
+    from tiergate.engines import shim as shim_install
 
     # the shim exactly as test_docker installs it: the same private daemon serves both
     log = it_dir / "docker-decisions.jsonl"
@@ -257,7 +257,7 @@ def test_suggest_from_an_audited_workload_and_its_delta_holds(podman, tmp_path):
     try:
         audited = Hooks(podman, tmp_path / "audit", policy=_audit_policy(etc / "audit.toml"))
         evidence = tmp_path / "kernel.jsonl"
-        collector = subprocess.Popen([sys.executable, "-m", "tiergate.hook.cli", "collect", "--out", str(evidence)],
+        collector = subprocess.Popen([sys.executable, "-m", "tiergate.cli.main", "collect", "--out", str(evidence)],
                                      cwd=REPO, stderr=subprocess.PIPE, text=True)
         try:
             time.sleep(1.5)  # the collector has opened /dev/kmsg

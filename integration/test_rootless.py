@@ -63,7 +63,7 @@ class User:
                        timeout=timeout, cwd="/")
 
     def tiergate(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(PYTHON, "-m", "tiergate.hook.cli", *args, check=check)
+        return self.run(PYTHON, "-m", "tiergate.cli.main", *args, check=check)
 
     def podman(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.run("podman", "--cgroup-manager", "cgroupfs", *args, check=check, timeout=timeout)
@@ -93,8 +93,7 @@ def _copy_project(base: Path) -> None:
 
     site = Path(attrs.__file__).resolve().parent.parent
     ignore = shutil.ignore_patterns("__pycache__")
-    for name, src in (("oci", "oci"), ("hook", "hook"), ("configs", "configs")):
-        shutil.copytree(REPO / src, base / "pkg" / "tiergate" / name, ignore=ignore)
+    shutil.copytree(REPO / "tiergate", base / "pkg" / "tiergate", ignore=ignore)
     (base / "site").mkdir()
     for dep in DEPS:
         src = site / dep

@@ -24,7 +24,7 @@ RUNC_DEFAULT_CAPS = {"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
 
 @pytest.fixture(scope="module")
 def shim(it_dir):
-    from tiergate.hook.engines import shim as shim_install
+    from tiergate.engines import shim as shim_install
 
     bin_dir = it_dir / "shim-runc"
     exe = shim_install.install(bin_dir, "integration runc", log=str(it_dir / "runc-decisions.jsonl"),

@@ -31,7 +31,7 @@ import harness
 from harness import caps_from_hex, probe_status, run_cmd
 
 REPO = Path(__file__).resolve().parent.parent
-TIERGATE = [sys.executable, "-m", "tiergate.hook.cli"]
+TIERGATE = [sys.executable, "-m", "tiergate.cli.main"]
 LABEL = "io.tiergate.tier"
 STATUS_SH = "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status"
 
@@ -56,7 +56,7 @@ def tiergate(*args: str | os.PathLike, check: bool = True, input: str | None = N
     return run_cmd([*TIERGATE, *args], check=check, input=input, timeout=timeout, cwd=REPO)
 
 
-SHIPPED_POLICY = REPO / "configs" / "policy.toml"
+SHIPPED_POLICY = REPO / "tiergate" / "configs" / "policy.toml"
 
 
 def trusting_policy(dest: Path, image_ids, max_tier: str = "privileged", base: Path = SHIPPED_POLICY) -> Path:
@@ -78,7 +78,7 @@ def with_trust_rules(text: str, rules: str) -> str:
 
 def compiled_policy(policy: str | None = None) -> dict:
     """The compiled policy the hook uses (tier capabilities, seccomp, digest)."""
-    from tiergate.hook.policy import cache
+    from tiergate.policy import cache
 
     return cache.load_compiled(policy)
 

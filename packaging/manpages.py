@@ -52,8 +52,8 @@ def page(name: str, summary: str, parser: argparse.ArgumentParser, version: str,
 
 
 def main(out_dir: str) -> int:
-    from tiergate.hook import cli
-    from tiergate.hook.commands.completion import _subparsers
+    from tiergate.cli import main as cli
+    from tiergate.cli.completion import _subparsers
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

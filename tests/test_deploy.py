@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tiergate.hook.engines import containerd
+from tiergate.engines import containerd
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 MANIFESTS = sorted(DEPLOY.glob("*.yaml"))

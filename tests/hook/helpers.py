@@ -20,7 +20,7 @@ from pathlib import Path
 from testdata import SAMPLES, SPEC_VECTORS
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED_POLICY = REPO / "configs" / "policy.toml"
+SHIPPED_POLICY = REPO / "tiergate" / "configs" / "policy.toml"
 PYTHON = str(Path(sys.executable))
 
 CORE_TIERS = ("privileged", "baseline", "restricted", "isolated")  # the four the foundation issue names
@@ -34,7 +34,7 @@ REQUIRED_NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
 
 @functools.lru_cache(maxsize=1)
 def _shipped() -> str:
-    from tiergate.hook.policy.compile import compile_file
+    from tiergate.policy.compile import compile_file
 
     return json.dumps(compile_file(SHIPPED_POLICY))
 
@@ -71,7 +71,7 @@ def docker_bundle() -> dict:
 
 
 def all_caps() -> list[str]:
-    from tiergate.hook.capabilities import NAMES
+    from tiergate.core.capabilities import NAMES
 
     return list(NAMES)
 

@@ -1,4 +1,4 @@
-"""hook/access.py: can the user who runs a hook run its launcher (rootless podman runs hooks as the user)?"""
+"""tiergate/host/access.py: can the user who runs a hook run its launcher (rootless podman runs hooks as the user)?"""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.hook import access, host
-from tiergate.hook import cli
-from tiergate.hook.engines import launcher
+from tiergate.host import access
+from tiergate.cli import probes as host
+from tiergate.cli import main as cli
+from tiergate.engines import launcher
 
 NOBODY = access.NOBODY
 REAL = os.path.realpath(sys.executable)

@@ -13,8 +13,8 @@ import tempfile
 
 import pytest
 
-from tiergate.hook import apparmor
-from tiergate.hook.apparmor import AppArmorError, decide, ensure_loaded, host_enabled, profile_name, render
+from tiergate.host import apparmor
+from tiergate.host.apparmor import AppArmorError, decide, ensure_loaded, host_enabled, profile_name, render
 
 INCLUDE_DIR = "/etc/apparmor.d"
 
@@ -392,8 +392,8 @@ def test_default_parser_path_is_absolute():
 def test_import_is_cheap():
     """Importing the module pulls in none of the heavier modules (hot path)."""
     code = (
-        "import sys; import tiergate.hook.errors; before = set(sys.modules); "
-        "import tiergate.hook.apparmor; "
+        "import sys; import tiergate.core.errors; before = set(sys.modules); "
+        "import tiergate.host.apparmor; "
         "heavy = ('subprocess', 'hashlib', 'fcntl', 'importlib.resources', 'attr', 'cattrs'); "
         "print(sorted(m for m in heavy if m in sys.modules and m not in before))"
     )

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import (SHIPPED_POLICY, TIERS, assert_no_traceback, docker_bundle, privileged_like, run,
                      runc_default, shipped_policy, weaknesses)
-from tiergate.hook import cli
+from tiergate.cli import main as cli
 from tiergate.oci.convert import parse_spec
 from spec_schema import validate_config
 
@@ -174,10 +174,10 @@ def test_usage_errors_are_one_line(capsys, monkeypatch, argv: list[str]) -> None
 def test_cli_as_a_subprocess(tmp_path: Path) -> None:
     """The real entry point: render prints JSON, exit 0; a refusal exits 1 with one line; no traceback."""
     env = {"TIERGATE_POLICY": str(SHIPPED_POLICY), "TIERGATE_CACHE_DIR": str(tmp_path / "c")}
-    ok = run("tiergate.hook.cli", ["render", "--tier", "isolated"], json.dumps(runc_default()).encode(), env)
+    ok = run("tiergate.cli.main", ["render", "--tier", "isolated"], json.dumps(runc_default()).encode(), env)
     assert ok.returncode == 0 and ok.stderr == b""
     assert validate_config(json.loads(ok.stdout)) == []
-    bad = run("tiergate.hook.cli", ["render", "--tier", "isolated"], json.dumps(privileged_like()).encode(), env)
+    bad = run("tiergate.cli.main", ["render", "--tier", "isolated"], json.dumps(privileged_like()).encode(), env)
     assert bad.returncode == 1 and bad.stdout == b""
     assert_no_traceback(bad.stderr)
     assert bad.stderr.count(b"\n") == 1 and bad.stderr.startswith(b"tiergate: refused: ")

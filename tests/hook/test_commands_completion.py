@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from tiergate.hook import cli
-from tiergate.hook.commands import completion
+from tiergate.cli import main as cli
+from tiergate.cli import completion
 
 OPERATOR_COMMANDS = ("doctor", "log", "status", "metrics", "label", "completion")
 

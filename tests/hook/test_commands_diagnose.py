@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from helpers import SHIPPED_POLICY
-from tiergate.hook import cli
-from tiergate.hook.commands.diagnose import LOG_CAUSES, SYMPTOMS, causes_in_log, removed
-from tiergate.hook.capabilities import ENGINE_DEFAULTS
-from tiergate.hook.policy.compile import compile_file
+from tiergate.cli import main as cli
+from tiergate.cli.diagnose import LOG_CAUSES, SYMPTOMS, causes_in_log, removed
+from tiergate.core.capabilities import ENGINE_DEFAULTS
+from tiergate.policy.compile import compile_file
 
 NGINX = '2026/11/29 08:53:10 [emerg] 1#1: chown("/var/lib/nginx/body", 33) failed (1: Operation not permitted)'
 

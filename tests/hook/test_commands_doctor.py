@@ -1,4 +1,4 @@
-"""`tiergate doctor` and hook/host.py probes, against fixture files (no root needed)."""
+"""`tiergate doctor` and tiergate/cli/probes.py probes, against fixture files (no root needed)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from tiergate.hook import cli, host
-from tiergate.hook.commands import doctor
+from tiergate.cli import main as cli, probes as host
+from tiergate.cli import doctor
 
 MOUNTS_HYBRID = ("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
                  "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\nproc /proc proc rw 0 0\n")
@@ -130,7 +130,7 @@ def test_podman_registration(tmp_path):
 
 
 def test_real_install_is_registered(tmp_path):
-    from tiergate.hook.engines import podman
+    from tiergate.engines import podman
 
     podman.install(tmp_path / "hooks", tmp_path / "bin", [], False, say=lambda *a: None)
     c = host.check_podman_registration([str(tmp_path / "hooks")], "test")
@@ -213,7 +213,7 @@ def test_gather_runs_here(monkeypatch, tmp_path):
 def test_podman_engine_side(tmp_path):
     """From podman's own account (the runtime `podman info` reports, the confs it merged): red when
     our hook sits only where podman does not read; warn for the hook alone; ok for hook + runtime."""
-    from tiergate.hook.engines import podman, podman_runtime
+    from tiergate.engines import podman, podman_runtime
 
     read, stray = tmp_path / "read", tmp_path / "etc-hooks"
     conf = tmp_path / "containers.conf"
@@ -241,14 +241,14 @@ def test_podman_engine_side(tmp_path):
 
 
 def test_hook_json_has_a_timeout(tmp_path):
-    from tiergate.hook.engines import podman
+    from tiergate.engines import podman
 
     doc = json.loads(podman.hook_json(tmp_path / "x", "precreate", []))
     assert doc["hook"]["timeout"] == podman.HOOK_TIMEOUT and 0 < podman.HOOK_TIMEOUT <= 30
 
 
 def test_hooks_dirs_read_follows_podman(tmp_path):
-    from tiergate.hook.engines import podman
+    from tiergate.engines import podman
 
     assert podman.hooks_dirs_read([])[0] == ["/usr/share/containers/oci/hooks.d"]  # not /etc/containers/oci/hooks.d
     a, d = tmp_path / "a.conf", tmp_path / "a.conf.d"
@@ -264,7 +264,7 @@ def test_hooks_dirs_read_follows_podman(tmp_path):
 
 def test_two_hooks_dirs_share_a_program_until_the_last_uninstall(tmp_path):
     """Uninstalling one hooks dir keeps the program another still runs; doctor names a missing program."""
-    from tiergate.hook.engines import podman
+    from tiergate.engines import podman
 
     quiet = {"say": lambda *a: None}
     h1, h2, bin_dir = tmp_path / "h1", tmp_path / "h2", tmp_path / "bin"
@@ -298,7 +298,7 @@ def _by_name(checks):
 def test_doctor_checks_what_the_registered_hook_uses(tmp_path, monkeypatch):
     """A broken save of the hook's policy turns doctor red with file:line and what starts do meanwhile,
     though the CLI's own policy is fine."""
-    from tiergate.hook.policy import cache
+    from tiergate.policy import cache
 
     policy = tmp_path / "etc" / "policy.toml"
     policy.parent.mkdir()
@@ -341,7 +341,7 @@ def test_audit_network_log_check(tmp_path):
 
 
 def test_release_check_says_when_an_upgrade_waits_for_install(tmp_path, monkeypatch):
-    from tiergate.hook.engines import launcher, podman
+    from tiergate.engines import launcher, podman
 
     podman.install(tmp_path / "hooks", tmp_path / "bin", [], False, say=lambda *a: None)
     exe = str(tmp_path / "bin" / "tiergate-hook")

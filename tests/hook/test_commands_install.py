@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.hook import cli
-from tiergate.hook.engines import ENGINES
+from tiergate.cli import main as cli
+from tiergate.engines import ENGINES
 
 BROKEN = {  # engine -> (file to break, its broken text, the line named)
     "docker": ("daemon.json", '{\n  "log-level": "warn",\n  oops\n}\n', 3),
@@ -105,8 +105,8 @@ def test_dry_run_changes_nothing_and_prints_the_exact_diff(engine, tmp_path, run
     sources = {Path(src).name: Path(src) for src in trees[0][0].split(", ")}
     for rel, (_, body) in after.items():
         inside = Path(root / rel).relative_to(trees[0][1]) if str(root / rel).startswith(trees[0][1] + "/") else None
-        if inside and rel.endswith(".py"):  # tiergate/<package>/<file>: the installed package's file, unchanged
-            assert (sources[inside.parts[1]].joinpath(*inside.parts[2:])).read_bytes() == body, rel
+        if inside and rel.endswith(".py"):  # tiergate/<file>: the installed package's file, unchanged
+            assert (sources[inside.parts[0]].joinpath(*inside.parts[1:])).read_bytes() == body, rel
     for rel, (_, body) in after.items():  # every other file the install made was announced, with its content
         if any(str(root / rel).startswith(d + "/") for _, d in trees):
             continue
@@ -144,7 +144,7 @@ def _complete(tmp_path: Path, *words: str) -> list[str]:
 def cli_cmd() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "tiergate.hook.cli"]
+    return [sys.executable, "-m", "tiergate.cli.main"]
 
 
 def test_completion_offers_every_engine_per_subcommand(tmp_path) -> None:

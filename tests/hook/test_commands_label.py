@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tiergate.hook import cli
-from tiergate.hook.commands import label as LB
+from tiergate.cli import main as cli
+from tiergate.cli import label as LB
 
 FAKE = r'''#!{py}
 import json, os, sys

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from tiergate.hook import cli
-from tiergate.hook.commands import log as L
-from tiergate.hook.errors import TiergateError
+from tiergate.cli import main as cli
+from tiergate.cli import log as L
+from tiergate.core.errors import TiergateError
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)

@@ -9,9 +9,10 @@ import re
 
 import pytest
 
-from tiergate.hook import cli, counters, record
-from tiergate.hook.commands import metrics as M
-from tiergate.hook.commands.log import record_time
+from tiergate.cli import main as cli
+from tiergate.telemetry import counters, record
+from tiergate.cli import metrics as M
+from tiergate.cli.log import record_time
 
 RECS = [
     {"time": "2026-11-24T10:00:00.000Z", "stage": "precreate", "tier": "restricted", "outcome": "allowed", "duration_ms": 0.9},

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from tiergate.hook import cli
-from tiergate.hook.commands import status as S
+from tiergate.cli import main as cli
+from tiergate.cli import status as S
 
 CID = "13dc0b9ac8f1628054a03c964e446f91b0b11c72845356716c69b7cd4de14221"
 DOCKER_ID = "f" * 64

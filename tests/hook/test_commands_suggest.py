@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from helpers import shipped_policy
-from tiergate.hook import cli
-from tiergate.hook.commands import suggest as S
-from tiergate.hook.policy.compile import compile_policy
-from tiergate.hook.policy.load import parse
+from tiergate.cli import main as cli
+from tiergate.cli import suggest as S
+from tiergate.policy.compile import compile_policy
+from tiergate.policy.load import parse
 
 A, B = "a" * 64, "b" * 64
 LINE = ('5,1234,99999,-;audit: type=1326 audit(1795942436.183:77): auid=4294967295 uid=0 gid=0 ses=4294967295 '

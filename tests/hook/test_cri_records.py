@@ -1,4 +1,4 @@
-"""containerd's CRI records read by the shim: a bbolt snapshot and the content store (hook/sources)."""
+"""containerd's CRI records read by the shim: a bbolt snapshot and the content store (tiergate/sources)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from tiergate.hook.decide import decide
-from tiergate.hook.sources import bolt, cri
+from tiergate.core.decide import decide
+from tiergate.sources import bolt, cri
 
 from helpers import BoltWriter, containerd_any, shipped_policy
 
@@ -138,7 +138,7 @@ def _policy(**extra):
 
 
 def test_sandbox_tier_namespace_ceiling_and_floor(tmp_path):
-    from tiergate.hook.decide import Image
+    from tiergate.core.decide import Image
 
     policy = _policy(namespaces={"kube-system": {"max_tier": "privileged", "min_tier": None, "over_ceiling": "clamp"},
                                  "shop": {"max_tier": None, "min_tier": "restricted", "over_ceiling": "clamp"}})

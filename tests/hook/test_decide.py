@@ -1,14 +1,14 @@
-"""tiergate.hook.decide: labels, annotations and trust rules -> one tier, or a Refusal. Pure."""
+"""tiergate.core.decide: labels, annotations and trust rules -> one tier, or a Refusal. Pure."""
 
 from __future__ import annotations
 
 import pytest
 
 from helpers import shipped_policy
-from tiergate.hook.decide import Decision, Image, ceiling_for, decide, show
-from tiergate.hook.errors import Refusal
-from tiergate.hook.policy.compile import compile_policy
-from tiergate.hook.policy.load import parse
+from tiergate.core.decide import Decision, Image, ceiling_for, decide, show
+from tiergate.core.errors import Refusal
+from tiergate.policy.compile import compile_policy
+from tiergate.policy.load import parse
 
 KEY = "io.tiergate.tier"
 DIGEST = "ab" * 32

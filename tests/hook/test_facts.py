@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tiergate.hook.facts import empty_netns, fresh_netns, netns_path
+from tiergate.host.facts import empty_netns, fresh_netns, netns_path
 
 
 def spec(ns: dict | None, hooks: dict | None = None) -> dict:

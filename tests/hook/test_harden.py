@@ -1,4 +1,4 @@
-"""tiergate.hook.harden and its modifiers: never weaker than the tier, idempotent, schema-valid, explained."""
+"""tiergate.core.harden and its modifiers: never weaker than the tier, idempotent, schema-valid, explained."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from helpers import (NON_PRIVILEGED, TIERS, all_caps, docker_bundle, linux_inputs, load_json, podman_precreate,
                      privileged_like, runc_default, shipped_policy, weaknesses, without_annotations)
-from tiergate.hook.errors import Refusal
-from tiergate.hook.harden import harden
+from tiergate.core.errors import Refusal
+from tiergate.core.harden import harden
 from tiergate.oci.convert import parse_spec
 from tiergate.oci.errors import SpecError
 from spec_schema import validate_config
@@ -219,7 +219,7 @@ def test_no_new_privileges_is_set(value) -> None:
 @pytest.mark.parametrize("name", NON_PRIVILEGED)
 def test_seccomp_is_the_intersection_with_the_callers(name: str) -> None:
     """The caller's seccomp profile is intersected with the tier's, never swapped for it."""
-    from tiergate.hook.seccomp.intersect import intersect
+    from tiergate.seccomp.intersect import intersect
 
     spec = docker_bundle()
     out, changes, _ = run(spec, name)
@@ -275,7 +275,7 @@ def test_host_namespace_allowed_by_tier_is_kept() -> None:
 
 def test_host_namespace_join_is_caught_even_when_pid1_is_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Joining the hook's own (host) pid namespace is refused under restricted, even if /proc/1/ns is unreadable."""
-    from tiergate.hook import facts as host
+    from tiergate.host import facts as host
 
     real_stat = os.stat
 
@@ -336,7 +336,7 @@ def test_device_allow_list_without_host_facts_keeps_nothing() -> None:
 
 def test_host_devices_fact_is_the_hosts() -> None:
     """The edge reports the host's own numbers for allowed paths; missing ones are absent."""
-    from tiergate.hook import facts as host
+    from tiergate.host import facts as host
 
     st = os.stat("/dev/null")
     assert host.host_devices(["/dev/null", "/nonexistent-dev"]) == {"/dev/null": ["c", os.major(st.st_rdev),
@@ -423,7 +423,7 @@ def test_leading_double_slash_is_still_sensitive(src: str) -> None:
                                  "/var/lib/containers/storage/volumes/v/_data/../../../../../../../root"])
 def test_dot_dot_out_of_a_named_volume_is_sensitive(src: str) -> None:
     """A 'named volume' path that climbs out with .. is judged by where it lands."""
-    from tiergate.hook import facts as host
+    from tiergate.host import facts as host
 
     spec = with_mount(bind(src, "/v"))
     t = POLICY["tiers"]["restricted"]

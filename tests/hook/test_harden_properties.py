@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from helpers import NON_PRIVILEGED, TIERS, all_caps, podman_precreate, runc_default, shipped_policy, weaknesses
-from tiergate.hook.errors import Refusal
-from tiergate.hook.harden import harden
+from tiergate.core.errors import Refusal
+from tiergate.core.harden import harden
 from spec_schema import schema_dir, validate_config
 
 settings.register_profile("ci", max_examples=1000, deadline=None,

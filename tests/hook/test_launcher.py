@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.hook.engines import launcher
+from tiergate.engines import launcher
 
 ENTRY = '''import os, sys, time
 from . import a
@@ -24,14 +24,14 @@ def main():
 
 
 def _package(root: Path, version: int) -> dict[str, Path]:
-    dirs = {name: root / name for name in ("oci", "hook", "configs")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "__init__.py").write_text("")
-    (dirs["hook"] / "entry.py").write_text(ENTRY)
+    hook = root / "hook"
+    hook.mkdir(parents=True, exist_ok=True)
+    (root / "__init__.py").write_text("")
+    (hook / "__init__.py").write_text("")
+    (hook / "entry.py").write_text(ENTRY)
     for mod in ("a", "b"):
-        (dirs["hook"] / f"{mod}.py").write_text(f"VERSION = {version}\n")
-    return dirs
+        (hook / f"{mod}.py").write_text(f"VERSION = {version}\n")
+    return {"tiergate": root}
 
 
 def test_reinstall_switches_releases_but_a_running_hook_keeps_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

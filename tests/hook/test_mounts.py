@@ -8,10 +8,10 @@ import os
 import pytest
 
 from helpers import podman_precreate, privileged_like, shipped_policy
-from tiergate.hook import facts as host
-from tiergate.hook.errors import Refusal
-from tiergate.hook.harden import harden
-from tiergate.hook.modifiers.mounts import host_paths, written_paths
+from tiergate.host import facts as host
+from tiergate.core.errors import Refusal
+from tiergate.core.harden import harden
+from tiergate.core.modifiers.mounts import host_paths, written_paths
 
 POLICY = shipped_policy()
 VOL = "/var/lib/containers/storage/volumes/v/_data"
@@ -114,10 +114,10 @@ def test_tiergate_own_state_and_its_parents_are_not_mountable(src: str) -> None:
 
 def test_own_paths_name_policy_cache_log_and_code() -> None:
     paths = host.own_paths("/etc/tg2/policy.toml", "/var/cache/tg2", "/var/log/tg2/d.jsonl")
-    import tiergate.hook
+    import tiergate
 
     assert {"/etc/tiergate", "/etc/tg2", "/var/cache/tg2", "/var/log/tg2"} <= set(paths)
-    assert os.path.dirname(os.path.realpath(tiergate.hook.__file__)) in paths
+    assert os.path.dirname(os.path.realpath(tiergate.__file__)) in paths
 
 
 def test_a_directory_holding_an_engine_socket_is_a_socket_mount() -> None:

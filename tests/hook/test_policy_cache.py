@@ -1,4 +1,4 @@
-"""tiergate.hook.policy.cache: one JSON read on a fresh cache, recompiles on change, never fatal."""
+"""tiergate.policy.cache: one JSON read on a fresh cache, recompiles on change, never fatal."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from helpers import SHIPPED_POLICY
-from tiergate.hook.errors import PolicyError
-from tiergate.hook.policy import cache, compile as compile_mod
+from tiergate.core.errors import PolicyError
+from tiergate.policy import cache, compile as compile_mod
 
 
 @pytest.fixture
@@ -288,7 +288,7 @@ def test_system_policy_once_used_never_falls_back_to_the_shipped_one(tmp_path: P
     assert cache.policy_path(None, cache_dir) == str(system)
     with pytest.raises(PolicyError, match="does not exist"):
         cache.load_compiled(None, cache_dir)
-    assert cache.policy_path(None, str(tmp_path / "other-cache")).endswith("configs/policy.toml")
+    assert cache.policy_path(None, str(tmp_path / "other-cache")).endswith("tiergate/configs/policy.toml")
 
 
 # -- rollout: the last good policy keeps containers starting ---------------------------

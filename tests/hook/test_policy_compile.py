@@ -1,4 +1,4 @@
-"""tiergate.hook.policy.compile: extends, name checks, contradictions, the compiled JSON form."""
+"""tiergate.policy.compile: extends, name checks, contradictions, the compiled JSON form."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from helpers import CORE_TIERS, SHIPPED_POLICY
-from tiergate.hook.capabilities import KNOWN
-from tiergate.hook.errors import PolicyError
-from tiergate.hook.policy.compile import compile_file, compile_policy
-from tiergate.hook.policy.load import parse
+from tiergate.core.capabilities import KNOWN
+from tiergate.core.errors import PolicyError
+from tiergate.policy.compile import compile_file, compile_policy
+from tiergate.policy.load import parse
 
 HEAD = 'version = 1\ndefault_tier = "a"\ndefault_ceiling = "a"\n'  # lines 1-3
 TIER = '\n[tiers.a]\nstrictness = 1\n'  # lines 4-6; a key appended lands on line 7
@@ -173,7 +173,7 @@ def test_trust_rules_compile_with_policy_default_over_ceiling() -> None:
 
 
 def test_shipped_policy_compiles(tmp_path: Path) -> None:
-    """configs/policy.toml compiles, has the four documented tiers, and the compiled form is JSON."""
+    """tiergate/configs/policy.toml compiles, has the four documented tiers, and the compiled form is JSON."""
     compiled = compile_file(SHIPPED_POLICY)
     assert tuple(compiled["tiers"])[:4] == CORE_TIERS
     assert json.loads(json.dumps(compiled)) == compiled
@@ -212,7 +212,7 @@ def test_compile_file_errors_name_the_resolved_file(tmp_path: Path) -> None:
 
 def test_local_seccomp_profile_beside_the_policy_is_found(tmp_path: Path) -> None:
     """A seccomp profile in <policy dir>/seccomp/ is searched before the shipped ones."""
-    from tiergate.hook.policy.compile import shipped_dir
+    from tiergate.policy.compile import shipped_dir
 
     (tmp_path / "seccomp").mkdir()
     (tmp_path / "seccomp" / "mine.json").write_text((shipped_dir() / "seccomp" / "restricted.json").read_text())

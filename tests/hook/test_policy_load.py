@@ -1,4 +1,4 @@
-"""tiergate.hook.policy.load: TOML -> attrs model, every error one `file:line: reason` line."""
+"""tiergate.policy.load: TOML -> attrs model, every error one `file:line: reason` line."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.hook.errors import PolicyError
-from tiergate.hook.policy.load import load, locate, parse
-from tiergate.hook.policy.model import PolicyFile, TierSpec
+from tiergate.core.errors import PolicyError
+from tiergate.policy.load import load, locate, parse
+from tiergate.policy.model import PolicyFile, TierSpec
 
 HEAD = 'version = 1\ndefault_tier = "a"\ndefault_ceiling = "a"\n'  # lines 1-3
 TIER = '\n[tiers.a]\nstrictness = 1\n'  # lines 4-6; a key appended lands on line 7

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tiergate.hook.policy.compile import compile_file, warnings
+from tiergate.policy.compile import compile_file, warnings
 
 POLICY = """
 version = 1

@@ -1,4 +1,4 @@
-"""tiergate.hook.record: the JSON-lines decision log; concurrent writers never tear or lose a line."""
+"""tiergate.telemetry.record: the JSON-lines decision log; concurrent writers never tear or lose a line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.hook import record
+from tiergate.telemetry import record
 
 WRITERS, PER_WRITER = 8, 200
 

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from tiergate.hook import record
+from tiergate.telemetry import record
 
 
 @pytest.fixture(autouse=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tiergate.hook.errors import Refusal
-from tiergate.hook.facts import cgroup_limits
-from tiergate.hook.harden import harden
+from tiergate.core.errors import Refusal
+from tiergate.host.facts import cgroup_limits
+from tiergate.core.harden import harden
 
 from helpers import podman_precreate, shipped_policy
 
@@ -72,7 +72,7 @@ def test_cgroup_limits_probe(tmp_path):
 
 
 def test_user_paths_stay_in_home():
-    from tiergate.hook.commands.install import user_paths
+    from tiergate.cli.install import user_paths
 
     paths = user_paths("/home/u")
     assert all(str(v).startswith("/home/u/") for v in paths.values())
@@ -81,7 +81,7 @@ def test_user_paths_stay_in_home():
 def test_owner_uid_sees_through_the_user_namespace(tmp_path):
     import os
 
-    from tiergate.hook.record import owner_uid
+    from tiergate.telemetry.record import owner_uid
 
     m = tmp_path / "uid_map"
     m.write_text(f"{os.geteuid()} 1234 1\n")  # as a rootless hook sees it: uid 0 (here: ours) is host uid 1234

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tiergate.hook import runtime
+from tiergate.shim import runtime
 
 RESTRICTED = "io.tiergate.tier=restricted"
 

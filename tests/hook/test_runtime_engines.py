@@ -9,8 +9,8 @@ import tomllib
 
 import pytest
 
-from tiergate.hook.engines import containerd, docker, podman_runtime, shim
-from tiergate.hook.errors import EngineConfigError
+from tiergate.engines import containerd, docker, podman_runtime, shim
+from tiergate.core.errors import EngineConfigError
 
 quiet = {"say": lambda *_: None}
 
@@ -170,8 +170,8 @@ def test_containerd_broken_config_is_one_line_with_its_line(tmp_path, runc):
 
 def test_policy_path_kept_as_given(tmp_path, runc):
     """A ConfigMap volume: policy.toml -> ..data/policy.toml, ..data -> ..2026_x; kubelet swaps ..data."""
-    from tiergate.hook.cli import main
-    from tiergate.hook.policy.compile import shipped_dir
+    from tiergate.cli.main import main
+    from tiergate.policy.compile import shipped_dir
 
     vol = tmp_path / "cm"
     (vol / "..2026_a").mkdir(parents=True)
@@ -187,7 +187,7 @@ def test_policy_path_kept_as_given(tmp_path, runc):
 def test_runtime_shim_and_podman_hooks_share_the_hook_launcher(tmp_path, runc):
     """The shim's createRuntime network hook and a podman hooks dir both run tiergate-hook: the
     first uninstall keeps it."""
-    from tiergate.hook.engines import podman
+    from tiergate.engines import podman
 
     bin_dir = tmp_path / "bin"
     docker.install(tmp_path / "daemon.json", bin_dir, runtime=runc, **quiet)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.hook import runtime
-from tiergate.hook.engines import shim
+from tiergate.shim import runtime
+from tiergate.engines import shim
 from tiergate.oci import args as runc_args
 
 ARGVS = [
@@ -62,13 +62,13 @@ def test_front_bare_runtime_name_goes_to_python(front):
 
 def test_pass_through_imports_no_policy(tmp_path):
     real = _exe(tmp_path / "real", "#!/bin/sh\necho \"REAL $*\"\n")
-    code = ("import sys, os\nfrom tiergate.hook import runtime\n"
+    code = ("import sys, os\nfrom tiergate.shim import runtime\n"
             "os.execv = lambda p, a: (print(sorted(m for m in sys.modules if m.startswith('tiergate'))), print(a), sys.exit(0))\n"
             "runtime.main(['--root', '/r', 'state', 'x'])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "TIERGATE_RUNTIME": str(real)}).stdout
     mods, argv = out.splitlines()
-    assert eval(mods) == ["tiergate", "tiergate.hook", "tiergate.hook.runtime", "tiergate.oci", "tiergate.oci.args"]
+    assert eval(mods) == ["tiergate", "tiergate.oci", "tiergate.oci.args", "tiergate.shim", "tiergate.shim.runtime"]
     assert eval(argv) == [str(real), "--root", "/r", "state", "x"]
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tiergate.hook.sources import cri, docker
+from tiergate.sources import cri, docker
 
 CID = "a" * 64
 
@@ -154,7 +154,7 @@ class TestCri:
 
 def test_label_sources_follow_the_policy_order() -> None:
     """The shim asks the sources in the order the policy's label_sources sets; an unlisted source is never asked."""
-    from tiergate.hook.runtime import resolve_image
+    from tiergate.shim.runtime import resolve_image
 
     spec = {"annotations": {"io.kubernetes.cri-o.ImageName": "docker.io/library/nginx:1.27",
                             "io.tiergate.tier": "restricted"}, "root": {"path": "rootfs"}}
@@ -171,7 +171,7 @@ def test_engine_records_come_before_spec_annotations(tmp_path) -> None:
     """A caller-set CRI annotation never outranks containers-storage (podman --annotation under the shim)."""
     from helpers import make_storage
 
-    from tiergate.hook.runtime import resolve_image
+    from tiergate.shim.runtime import resolve_image
 
     root = make_storage(tmp_path, labels={"io.tiergate.tier": "restricted"}, names=("localhost/plain:latest",))
     spec = {"annotations": {"io.kubernetes.cri.image-name": "localhost/tiergate-x"}, "root": {"path": root}}

@@ -1,11 +1,11 @@
-"""Published ports from the engines' own records (hook/sources/published.py)."""
+"""Published ports from the engines' own records (tiergate/sources/published.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 
-from tiergate.hook.sources import published
+from tiergate.sources import published
 
 A, B = "a" * 64, "b" * 64
 

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import (CONTAINER, SHIPPED_POLICY, assert_no_traceback, make_storage, podman_precreate, run, shipped_policy,
                      weaknesses)
-from tiergate.hook.record import read
+from tiergate.telemetry.record import read
 from tiergate.hook.stages import refusal_spec
 from spec_schema import validate_config
 

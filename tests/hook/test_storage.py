@@ -1,4 +1,4 @@
-"""tiergate.hook.sources.storage: image facts from a containers-storage tree; never raises."""
+"""tiergate.sources.storage: image facts from a containers-storage tree; never raises."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import IMAGE, LAYER, blob_name, make_storage
-from tiergate.hook.sources import storage
+from tiergate.sources import storage
 
 
 def test_labels_names_digest_and_ports_are_found(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from tiergate.hook.network import apply as A
-from tiergate.hook.network.shaping import rate_bits
+from tiergate.network import apply as A
+from tiergate.network.shaping import rate_bits
 
 
 def test_netns_path_forms():
@@ -86,7 +86,7 @@ def test_rate_bits():
 
 
 def test_apply_module_imports_only_stdlib():
-    code = ("import sys; import tiergate.hook.network.apply; "
+    code = ("import sys; import tiergate.network.apply; "
             "bad = [m for m in ('attrs', 'cattrs', 'pyroute2', 'nftables', 'ctypes') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

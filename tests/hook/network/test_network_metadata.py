@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from tiergate.hook.network import metadata as md
+from tiergate.network import metadata as md
 
 
 @pytest.mark.parametrize(("addr", "closed"), [

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tiergate.hook.network.model import NetworkPolicy, from_table, to_dict
-from tiergate.hook.network.ruleset import build
+from tiergate.network.model import NetworkPolicy, from_table, to_dict
+from tiergate.network.ruleset import build
 
 FULL = {
     "egress": "allowlist",

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tiergate.hook.network.ruleset import (
+from tiergate.network.ruleset import (
     build,
     sanitize_id,
 )
@@ -353,7 +353,7 @@ def test_10k_cidrs_build_few_sets_and_rules():
 
 
 def test_ruleset_module_imports_only_stdlib():
-    code = ("import sys; import tiergate.hook.network.ruleset; "
+    code = ("import sys; import tiergate.network.ruleset; "
             "bad = [m for m in ('attrs', 'cattrs', 'pyroute2', 'nftables') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -25,7 +25,7 @@ def config_with_seccomp(seccomp: dict) -> dict:
 
 
 def sysno(name: str) -> int:
-    from tiergate.hook.seccomp.names import syscall_number
+    from tiergate.seccomp.names import syscall_number
 
     nr = syscall_number(name)
     assert nr is not None, name
@@ -52,7 +52,7 @@ def in_child(probe, oci_seccomp: dict | None = None):
     """
     flt = None
     if oci_seccomp is not None:
-        from tiergate.hook.seccomp.build import to_filter
+        from tiergate.seccomp.build import to_filter
 
         flt = to_filter(oci_seccomp)  # built in the parent: libseccomp errors surface here
     rfd, wfd = os.pipe()

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import (docker_bundle, podman_precreate, seccomp_verdict, shipped_policy,  # noqa: E402
                      seccomp_arg_vectors as arg_vectors, seccomp_samples as samples)
 from seccomp_testlib import AF_INET, AF_UNIX, EPERM, SOCK_STREAM, errno_of, fork_status, in_child, raw  # noqa: E402
-from tiergate.hook.seccomp.intersect import intersect  # noqa: E402
+from tiergate.seccomp.intersect import intersect  # noqa: E402
 
 POLICY = shipped_policy()
 TIERS = list({t["seccomp_profile"]: n for n, t in POLICY["tiers"].items() if t["seccomp"]}.values())  # one per profile
@@ -77,7 +77,7 @@ def test_with_the_engine_default_the_tier_keeps_what_both_allow(name: str, calle
 
 @pytest.mark.parametrize("caller", list(CALLERS), ids=list(CALLERS))
 def test_intersection_is_idempotent_and_keeps_the_tiers_errno(caller: str) -> None:
-    from tiergate.hook.modifiers.seccomp import canonical
+    from tiergate.core.modifiers.seccomp import canonical
 
     tier = POLICY["tiers"]["node-worker"]["seccomp"]
     out = intersect(tier, CALLERS[caller])

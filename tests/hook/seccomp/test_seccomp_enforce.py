@@ -18,7 +18,7 @@ from seccomp_testlib import (
     AF_INET, AF_UNIX, CLONE_NEWNS, CLONE_NEWUSER, EFAULT, EINVAL, ENOSYS, EPERM, SIGCHLD,
     SOCK_STREAM, errno_of, fork_status, in_child, raw, raw_clone, thread_works,
 )
-from tiergate.hook.seccomp.profiles import compile_profile, list_profiles
+from tiergate.seccomp.profiles import compile_profile, list_profiles
 
 PROFILES = list_profiles()
 ROOT = os.geteuid() == 0
@@ -218,7 +218,7 @@ def in_child_exec(probe, oci):
     import ctypes
 
     from seccomp_testlib import PR_SET_NO_NEW_PRIVS, libc
-    from tiergate.hook.seccomp.build import to_filter
+    from tiergate.seccomp.build import to_filter
 
     if oci is not None:
         flt = to_filter(oci)

@@ -11,9 +11,9 @@ import pytest
 from seccomp_testlib import config_with_seccomp
 
 from spec_schema import validate_config
-from tiergate.hook.seccomp import profiles as P
-from tiergate.hook.seccomp.build import to_filter
-from tiergate.hook.seccomp.names import check_names
+from tiergate.seccomp import profiles as P
+from tiergate.seccomp.build import to_filter
+from tiergate.seccomp.names import check_names
 
 PROFILES = P.list_profiles()
 EXPECTED = {"baseline", "restricted", "isolated", "image-processor", "node-worker", "scheduler"}
@@ -186,7 +186,7 @@ def test_extra_deny():
 
 
 def test_profiles_module_imports_only_stdlib():
-    code = ("import sys; import tiergate.hook.seccomp.profiles as p; "
+    code = ("import sys; import tiergate.seccomp.profiles as p; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyseccomp', 'attrs', 'cattrs', 'jsonschema')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

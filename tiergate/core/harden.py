@@ -1,0 +1,118 @@
+"""The hardening engine: (spec, tier, host facts) -> (hardened spec, changes). Pure.
+
+The spec stays a plain JSON value so that fields tiergate does not know pass
+through untouched, and so that no model has to be built on the start path.
+"""
+
+from __future__ import annotations
+
+from tiergate.core.errors import Refusal
+from tiergate.core.modifiers import annotate, devices, linux, mounts, namespaces, process, seccomp
+
+# Order matters only for readability of the change list; each modifier is idempotent.
+MODIFIERS = (
+    process.privileged,
+    process.capabilities,
+    process.no_new_privileges,
+    seccomp.apply,
+    process.apparmor,
+    namespaces.apply,
+    devices.apply,
+    mounts.sensitive_mounts,
+    mounts.kernel_fs,
+    mounts.rootfs,
+    linux.paths,
+    linux.sysctls,
+    linux.pids,
+    annotate.network,
+)
+
+
+class Context:
+    """What a modifier may read (tier, policy, facts) and how it reports (change, escalation, refuse)."""
+
+    __slots__ = ("tier", "policy", "facts", "why", "changes", "refusals", "notes")
+
+    def __init__(self, tier: dict, policy: dict, facts: dict, why: str) -> None:
+        self.tier, self.policy, self.facts, self.why = tier, policy, facts, why
+        self.changes: list[dict] = []
+        self.refusals: list[str] = []
+        self.notes: list[tuple[str, str]] = list(facts.get("notes", ()))
+
+    def change(self, field: str, what: str, why: str) -> None:
+        self.changes.append({"field": field, "what": what, "why": why})
+
+    def escalation(self, what: str) -> None:
+        """The caller asked for something the tier forbids: clamp (recorded) or refuse, as the tier says."""
+        if self.tier["on_escalation"] == "refuse":
+            self.refusals.append(f"tier {self.tier['name']} refuses a container that {what}")
+        else:
+            self.note("clamped", what)
+
+    def refuse(self, reason: str) -> None:
+        self.refusals.append(reason)
+
+    def note(self, key: str, value: str) -> None:
+        if (key, value) not in self.notes:
+            self.notes.append((key, value))
+
+
+def harden(spec: dict, tier: dict, policy: dict, facts: dict | None = None, why: str = "") -> tuple[dict, list[dict], list[tuple[str, str]]]:
+    """Return (hardened copy of spec, changes, notes). Raises Refusal; SpecError on malformed input."""
+    original = spec
+    spec = clone(spec)
+    ctx = Context(tier, policy, facts or {}, why)
+    if not tier["passthrough"]:
+        for modify in MODIFIERS:
+            modify(spec, ctx)
+    if tier.get("audit"):
+        return audit(original, spec, ctx)
+    if ctx.refusals:
+        raise Refusal("; ".join(ctx.refusals))  # every reason, on one line
+    annotate.decision(spec, ctx)
+    return spec, ctx.changes, ctx.notes
+
+
+def audit(original: dict, hardened: dict, ctx: Context) -> tuple[dict, list[dict], list[tuple[str, str]]]:
+    """Audit (complain) mode: the container runs as asked; seccomp logs what the tier would deny.
+
+    The change list is what enforcement would do, each marked "would"; refusals become notes.
+    """
+    spec = clone(original)
+    profile = ctx.tier["seccomp"]
+    if profile is not None:
+        linux = spec.setdefault("linux", {}) if isinstance(spec.get("linux", {}), dict) else {}
+        linux["seccomp"] = seccomp_log(profile)
+    for reason in ctx.refusals:
+        ctx.note("would refuse", reason)
+    changes = [{**c, "what": "would: " + c["what"]} for c in ctx.changes if c["field"] != "$.linux.seccomp"]
+    if profile is not None:
+        changes.append({"field": "$.linux.seccomp", "what": f"{ctx.tier['seccomp_profile']} in log mode",
+                        "why": "audit: syscalls the tier would deny are logged (SCMP_ACT_LOG), not denied"})
+    ctx.changes = changes
+    ctx.note("audit", "enforcement off: the tier's decisions are logged, not applied")
+    annotate.decision(spec, ctx)
+    spec["annotations"]["io.tiergate.audit"] = "true"
+    return spec, changes, ctx.notes
+
+
+def seccomp_log(profile: dict) -> dict:
+    """The same filter with every denying action turned into SCMP_ACT_LOG."""
+    out = clone(profile)
+    if out.get("defaultAction") != "SCMP_ACT_ALLOW":
+        out["defaultAction"] = "SCMP_ACT_LOG"
+        out.pop("defaultErrnoRet", None)
+    for rule in out.get("syscalls", []):
+        if rule.get("action") != "SCMP_ACT_ALLOW":
+            rule["action"] = "SCMP_ACT_LOG"
+            rule.pop("errnoRet", None)
+    return out
+
+
+def clone(value):
+    """A deep copy of a JSON value (copy.deepcopy's memo and dispatch cost more, and its import)."""
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    return value

@@ -1,0 +1,50 @@
+"""Record the decision in the spec (io.tiergate.*) and hand the network policy on to createRuntime."""
+
+from __future__ import annotations
+
+from tiergate.core.modifiers._spec import get, objects
+
+PREFIX = "io.tiergate."
+
+
+def network(spec: dict, ctx) -> None:
+    """Tiers that program the network namespace (network policy, metadata block) get a createRuntime
+    hook unless the edge programs it itself (the namespace exists already, or the shim does it)."""
+    policy = ctx.tier["network"]
+    hook = ctx.facts.get("network_hook")
+    if hook is None or ctx.facts.get("network_applied"):
+        return
+    what = f"network policy {policy['name']}" if policy is not None else "the cloud metadata block"
+    hooks = get(spec, "hooks", dict, "$", create=True)
+    stage = objects(hooks, "createRuntime", "$.hooks")
+    if hook not in stage:
+        hooks["createRuntime"] = stage + [hook]
+        ctx.change("$.hooks.createRuntime", f"added {hook['path']} {' '.join(hook.get('args', [])[1:])}",
+                   f"applies {what} inside the container's namespace before it starts")
+
+
+def decision(spec: dict, ctx) -> None:
+    annotations = get(spec, "annotations", dict, "$", create=True)
+    want = {
+        PREFIX + "tier": ctx.tier["name"],
+        PREFIX + "why": ctx.why,
+        PREFIX + "policy": ctx.policy["digest"][:16],
+    }
+    if ctx.tier["network"] is not None:
+        want[PREFIX + "network"] = ctx.tier["network"]["name"]
+        if ctx.facts.get("ports"):
+            want[PREFIX + "ports"] = ",".join(f"{p['port']}/{p['proto']}" for p in ctx.facts["ports"])
+    # Notes describe what this pass clamped; a pass that changed nothing keeps the first pass's record.
+    again = not ctx.changes and all(annotations.get(k) == want[k] for k in (PREFIX + "tier", PREFIX + "policy"))
+    kept = annotations.get(PREFIX + "notes") if again else None
+    if isinstance(kept, str):
+        want[PREFIX + "notes"] = kept
+    elif ctx.notes:
+        want[PREFIX + "notes"] = "; ".join(f"{k}: {v}" for k, v in ctx.notes)
+    # Only what tiergate wrote is read back (createRuntime: tier, ports; exec: tier; status: why,
+    # notes): a caller's io.tiergate.* annotation is no fact, so every other one goes.
+    for key in [k for k in annotations if isinstance(k, str) and k.startswith(PREFIX) and k not in want]:
+        del annotations[key]
+    for key, value in want.items():
+        if annotations.get(key) != value:
+            annotations[key] = value

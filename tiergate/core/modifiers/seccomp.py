@@ -1,0 +1,58 @@
+"""Seccomp: the tier's profile, intersected with the one the engine or caller set (never a swap)."""
+
+from __future__ import annotations
+
+from tiergate.oci.errors import SpecError
+
+from tiergate.core.modifiers._spec import get
+
+
+def apply(spec: dict, ctx) -> None:
+    profile = ctx.tier["seccomp"]
+    if profile is None:
+        return
+    linux = get(spec, "linux", dict, "$", create=True)
+    current = get(linux, "seccomp", dict, "$.linux")
+    if current is not None and _same(current, profile):
+        return  # the tier's own filter, perhaps re-serialised by the engine
+    if current is None:
+        linux["seccomp"] = profile
+        ctx.change("$.linux.seccomp", f"replaced no profile (unconfined) with {ctx.tier['seccomp_profile']}",
+                   f"tier {ctx.tier['name']} allows only its own syscall set")
+        return
+    from tiergate.seccomp.intersect import intersect
+
+    try:
+        merged = intersect(profile, current)
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise SpecError(f"unreadable seccomp profile ({type(exc).__name__}: {exc})", "$.linux.seccomp") from None
+    if _same(current, merged):
+        return  # already the intersection (a verify stage, a second pass), perhaps re-serialised by the engine
+    linux["seccomp"] = merged
+    ctx.change("$.linux.seccomp", f"intersected the caller's profile with {ctx.tier['seccomp_profile']}",
+               f"tier {ctx.tier['name']} allows only its own syscall set, and what the caller denies stays denied")
+
+
+def _same(current: dict, profile: dict) -> bool:
+    """Equal, or the same filter re-serialised (canonical() only when it could be: it costs ~1 ms)."""
+    return current == profile or (len(current.get("syscalls") or ()) == len(profile.get("syscalls") or ())
+                                  and canonical(current) == canonical(profile))
+
+
+def canonical(profile: dict) -> object:
+    """The filter a profile means, whatever defaults an engine wrote out or left out.
+
+    Podman re-serialises config.json dropping `"valueTwo": 0`, for example; a
+    verify stage must not call that weaker. Malformed input compares unequal.
+    """
+    try:
+        rules = []
+        for rule in profile.get("syscalls") or []:
+            args = tuple(sorted((a["index"], a.get("value", 0), a.get("valueTwo", 0), a["op"])
+                                for a in rule.get("args") or []))
+            rules += [(name, rule["action"], rule.get("errnoRet"), args) for name in rule["names"]]
+        return (profile.get("defaultAction"), profile.get("defaultErrnoRet"),
+                tuple(sorted(profile.get("architectures") or [])), tuple(sorted(profile.get("flags") or [])),
+                profile.get("listenerPath"), tuple(sorted(set(rules), key=lambda r: (r[0], r[1], r[2] or 0, r[3]))))
+    except (AttributeError, KeyError, TypeError):
+        return object()

@@ -1,0 +1,155 @@
+"""The hook executable engines call: a real interpreter, isolated, without site.
+
+`python3 -I -S` starts in ~5 ms here; a console script through site (and an
+editable install's import finder) costs 10-20 ms more on every container start.
+
+Upgrades never change a running hook half-way: install copies the packages into
+BIN/lib/releases/<content digest>/ (built aside, renamed into place, never
+changed after) and points BIN/lib/current at it with one rename. The launcher
+resolves `current` once when it starts, so every module one hook run imports
+comes from one release; `pip install -U` changes nothing until `tiergate install`
+runs again, and the release a hook may still be running from is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+MARKER = "# written by tiergate install"
+
+
+def package_dirs() -> dict[str, Path]:
+    """The tiergate package: what a release copies."""
+    import tiergate
+
+    return {"tiergate": Path(tiergate.__file__).resolve().parent}
+
+
+def interpreter() -> str:
+    """The real interpreter behind this one (a version manager's shim costs ~90 ms per start)."""
+    exe = Path(sys.executable)
+    return str(exe) if exe.exists() else os.path.realpath(sys.executable)
+
+
+# Imported by the hook or the shim (attrs, cattrs, pyseccomp only when the policy must be
+# recompiled; prctl to confine the hook); their directories go on the launcher's sys.path.
+DEPENDENCIES = ("attrs", "cattrs", "pyseccomp", "prctl", "pyroute2", "nftables")
+
+
+def dependency_dirs() -> list[str]:
+    """Where this interpreter finds the dependencies: a venv's site-packages, or the Debian
+    package's /usr/lib/tiergate and dist-packages (sysconfig's purelib is neither there)."""
+    import importlib.util
+
+    dirs: list[str] = []
+    for name in DEPENDENCIES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+            continue
+        origin = Path(spec.origin)
+        where = str(origin.parent.parent if spec.submodule_search_locations else origin.parent)
+        if where not in dirs:
+            dirs.append(where)
+    return dirs
+
+
+def script(lib_dir: Path, entry: str) -> str:
+    return (f"#!{interpreter()} -IS\n{MARKER}\n"
+            "import os, sys\n"
+            f"sys.path.insert(0, os.path.realpath({str(Path(lib_dir) / CURRENT)!r}))  # pinned for this run\n"
+            f"sys.path.extend({dependency_dirs()!r})  # {', '.join(DEPENDENCIES)}\n"
+            f"from {entry} import main\n"
+            "sys.exit(main())\n")
+
+
+def needs() -> list[tuple[str, int]]:
+    """What a launcher written now needs to be runnable: the interpreter, the packages, the dependency dirs."""
+    return ([(interpreter(), os.X_OK)] + [(str(p), os.R_OK | os.X_OK) for p in package_dirs().values()]
+            + [(d, os.R_OK | os.X_OK) for d in dependency_dirs()])
+
+
+CURRENT = "current"
+RELEASES = "releases"
+_SKIP = ("__pycache__", "*.pyc")
+
+
+def release_digest(dirs: dict[str, Path]) -> str:
+    import fnmatch
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, root in sorted(dirs.items()):
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not any(fnmatch.fnmatch(d, p) for p in _SKIP))
+            for f in sorted(filenames):
+                if any(fnmatch.fnmatch(f, p) for p in _SKIP):
+                    continue
+                path = Path(dirpath) / f
+                h.update(f"{name}/{path.relative_to(root)}\0".encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def install_release(lib: Path, say=print) -> Path:
+    """lib/releases/<digest>/tiergate: a private copy, then lib/current -> it (one rename)."""
+    import compileall
+
+    from tiergate.engines import files
+
+    dirs = package_dirs()
+    release = lib / RELEASES / release_digest(dirs)
+    current = lib / CURRENT
+    before = os.path.realpath(current) if current.is_symlink() else None
+    files.install_tree(release, dict(dirs), _SKIP,
+                       finish=lambda tmp: compileall.compile_dir(str(tmp), quiet=1), say=say)
+    files.symlink(current, Path(f"{RELEASES}/{release.name}"), say)
+    keep = {str(release), before}
+    try:
+        olds = [p for p in (lib / RELEASES).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        olds = []
+    for old in olds:  # older releases: no hook can still be running from them
+        if str(old) not in keep and os.path.realpath(old) not in keep:
+            files.remove_tree(old, say)
+    _remove_legacy(lib, say)
+    return release
+
+
+def install_hook(bin_dir: Path, say=print) -> Path:
+    """The hook launcher and its pinned package release; shared by hooks.d and the shim."""
+    from tiergate.engines import files
+
+    lib = Path(bin_dir) / "lib"
+    install_release(lib, say)
+    exe = Path(bin_dir) / "tiergate-hook"
+    files.write(exe, script(lib, "tiergate.hook.stages"), 0o755, say)
+    return exe
+
+
+def remove_hook(bin_dir: Path, say=print) -> None:
+    """Undo install_hook; directories install created go with their last file (files.prune)."""
+    from tiergate.engines import files
+
+    lib = Path(bin_dir) / "lib"
+    files.remove(Path(bin_dir) / "tiergate-hook", MARKER, say)
+    files.remove(lib / CURRENT, None, say)
+    try:
+        releases = [p for p in (lib / RELEASES).iterdir() if p.is_dir()]
+    except OSError:
+        releases = []
+    for release in releases:
+        files.remove_tree(release, say)
+    files.prune(lib / RELEASES, say)
+    _remove_legacy(lib, say)
+
+
+def _remove_legacy(lib: Path, say) -> None:
+    """The symlink layout of earlier versions: lib/tiergate/{oci,hook,configs}."""
+    from . import files
+
+    for name in ("oci", "hook", "configs"):
+        legacy = lib / "tiergate" / name
+        if legacy.is_symlink():
+            files.remove(legacy, None, say)

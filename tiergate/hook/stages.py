@@ -1,0 +1,396 @@
+"""OCI hook entry points: `tiergate-hook precreate | createRuntime | prestart`.
+
+Stdout carries JSON only (precreate's rewritten spec); everything else goes
+to the decision log. This module is the container-start hot path: it imports
+the standard library, the compiled-policy cache and the pure engine, nothing
+else unless a tier needs it (network, AppArmor).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from tiergate.oci import bundle, stdio
+from tiergate.oci.errors import OciError, SpecError
+
+from tiergate.telemetry import record
+from tiergate.core.decide import Image, decide, show
+from tiergate.core.errors import Refusal, TiergateError
+from tiergate.core.harden import harden
+from tiergate.policy import cache
+
+USAGE = ("usage: tiergate-hook {precreate|createRuntime|prestart} "
+         "[--policy FILE] [--cache-dir DIR] [--log FILE]")
+EXEC_GAP = ("podman exec runs no hook: unless tiergate-runtime is podman's runtime (as the default install "
+            "makes it), an exec'd process keeps the tier's capabilities but not no_new_privs, and exec "
+            "--privileged gets every capability")
+
+
+class Options:
+    __slots__ = ("stage", "policy", "cache_dir", "log", "engine")
+
+    def __init__(self) -> None:
+        self.stage = self.policy = self.cache_dir = self.log = None
+        self.engine = "podman"
+
+
+def parse_args(argv: list[str]) -> Options:
+    opts = Options()
+    it = iter(argv)
+    for arg in it:
+        key, eq, value = arg.partition("=")
+        if key in ("--policy", "--cache-dir", "--log", "--engine"):
+            value = value if eq else next(it, None)
+            if value is None:
+                raise TiergateError(f"{key} needs a value")
+            setattr(opts, key[2:].replace("-", "_"), value)
+        elif not arg.startswith("-") and opts.stage is None:
+            opts.stage = arg
+        else:
+            raise TiergateError(f"unknown argument {show(arg)}; {USAGE}")
+    if opts.stage not in STAGES:
+        raise TiergateError(USAGE)
+    return opts
+
+
+def _hook_self(opts: Options, stage: str) -> dict:
+    """How to call this same hook again at another stage (for the network createRuntime hook)."""
+    args = [os.path.basename(sys.argv[0]) or "tiergate-hook", stage]
+    for key in ("policy", "cache_dir", "log", "engine"):
+        if getattr(opts, key):
+            args += ["--" + key.replace("_", "-"), getattr(opts, key)]
+    path = os.path.abspath(sys.argv[0])
+    if not os.access(path, os.X_OK) or path.endswith(".py"):
+        return {"path": sys.executable, "args": [sys.executable, "-I", "-m", "tiergate.hook.stages", *args[1:]]}
+    return {"path": path, "args": args}
+
+
+def _root_path(spec: dict) -> str | None:
+    root = spec.get("root")
+    path = root.get("path") if isinstance(root, dict) else None
+    return path if isinstance(path, str) else None
+
+
+def _storage_entry(spec: dict) -> dict | None:
+    """The containers-storage entry of this spec's rootfs (sources.storage), or None."""
+    from tiergate.sources.storage import container_for_rootfs
+
+    path = _root_path(spec)
+    return container_for_rootfs(path) if path else None
+
+
+def _container(spec: dict, rec: dict) -> None:
+    """The container's id and name from the engine's own records (containers-storage, by the
+    rootfs layer): precreate's spec has no id, and its hostname and HOSTNAME are the workload's."""
+    entry = _storage_entry(spec)
+    rec["container"] = entry["id"] if entry else ""
+    if entry and entry["names"]:
+        rec["name"] = entry["names"][0]
+
+
+def _image_id(spec: dict) -> str:
+    """For a later stage's record: the image id from the engine's records (containers-storage, docker)."""
+    entry = _storage_entry(spec)
+    if entry:
+        return entry["image"][:12]
+    from tiergate.sources.docker import image_for_spec
+
+    image = image_for_spec(spec)
+    return image.id[:12] if image is not None else ""
+
+
+def _image(spec: dict) -> Image:
+    path = _root_path(spec)
+    if path is None:
+        return Image.unknown("the spec names no root filesystem")
+    from tiergate.sources.storage import image_for_rootfs
+
+    return image_for_rootfs(path)
+
+
+def port_list(items) -> list[dict]:
+    """[{"port", "proto"}] from "80/tcp" strings, without duplicates; anything else is dropped."""
+    out = []
+    for item in items:
+        port, _, proto = str(item).partition("/")
+        if port.isdigit() and 0 < int(port) < 65536:
+            entry = {"port": int(port), "proto": proto if proto in ("tcp", "udp") else "tcp"}
+            if entry not in out:
+                out.append(entry)
+    return out
+
+
+def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec: dict,
+                      netns_ready: bool = False, network_hook: dict | None = None) -> tuple[dict, dict, list]:
+    """The shared middle of every stage and of the shim: decide the tier, gather facts, harden.
+
+    network_hook is the createRuntime hook that applies the tier's network
+    policy (default: this same executable); netns_ready says the caller
+    applies it itself because the namespace exists already.
+    """
+    from tiergate.host import facts as host
+
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    decision = decide(policy, image, annotations)
+    rec.update(requested=decision.requested, tier=decision.tier, why=decision.why, source=decision.source)
+    tier = policy["tiers"][decision.tier]
+    rec["mode"] = "audit" if tier.get("audit") else "enforce"
+    notes = [("exec", EXEC_GAP)] if opts.engine == "podman" and not tier["passthrough"] else []
+    facts = host.gather(spec, tier, notes, policy["sensitive"]["sockets"])
+    if not tier["passthrough"]:
+        facts["own_paths"] = host.own_paths(policy["file"], opts.cache_dir, opts.log)
+    # A pod whose host namespace were clamped away would run broken (hostNetwork without
+    # its network): under Kubernetes a forbidden host namespace is refused instead.
+    facts["refuse_host_ns"] = bool(image.namespace)
+    if needs_netns(tier):
+        facts["network_hook"] = network_hook or _hook_self(opts, "createRuntime")
+        facts["network_applied"] = netns_ready
+    if tier["network"] is not None:
+        items = list(image.exposed)
+        if tier["network"].get("ingress") == "published":  # what the caller published, from the engine's records
+            from tiergate.sources import published
+
+            items += published.ports(spec, opts.engine)
+        facts["ports"] = port_list(items)
+        rec["ports"] = [f"{p['port']}/{p['proto']}" for p in facts["ports"]]
+    hardened, changes, notes = harden(spec, tier, policy, facts, decision.why)
+    rec["changes"] = [f"{c['field']}: {c['what']}" for c in changes]
+    rec["notes"] = [f"{k}: {v}" for k, v in notes if k != "exec"]
+    return hardened, tier, changes
+
+
+def load_policy(explicit: str | None, cache_dir: str | None, rec: dict) -> dict:
+    """The compiled policy (cache.load_compiled), noted in the record: its digest and, when the
+    file on disk is broken and the last good policy was used, the error (record.write logs it)."""
+    policy = cache.load_compiled(explicit, cache_dir)
+    rec["policy"] = policy["digest"][:16]
+    if policy.get("stale"):
+        rec["policy_error"] = policy["stale"]
+    return policy
+
+
+def on_error(policy: dict | None, engine: str) -> str:
+    """"allow" only when the operator chose availability for this engine; unknown policy: refuse."""
+    if not policy:
+        return "refuse"
+    table = policy.get("on_error") or {}
+    return table.get(engine) or table.get("*") or "refuse"
+
+
+def precreate(opts: Options, rec: dict) -> int:
+    spec = policy = hardened = None
+    try:
+        spec = stdio.read_stdin("config")
+        _container(spec, rec)
+        policy = load_policy(opts.policy, opts.cache_dir, rec)
+        image = _image(spec)
+        rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
+                   label=image.labels.get(policy["label_key"]))
+        from tiergate.host.facts import empty_netns, netns_path
+
+        netns = netns_path(spec)
+        # podman made the namespace already (program it here), or runc will make an empty one.
+        hardened, tier, _ = decide_and_harden(spec, policy, image, opts, rec,
+                                              netns_ready=bool(netns) or empty_netns(spec))
+        if netns and needs_netns(tier):
+            program_netns(hardened, tier, netns, rec, port_list(rec.get("ports") or []))
+        elif tier["network"] is not None:
+            rec["network"] = f"{tier['network']['name']}: fresh namespace, loopback only, nothing to filter"
+    except Refusal as exc:
+        return _refuse_precreate(spec, str(exc), rec, "refused")
+    except SpecError as exc:  # malformed input is never let through, whatever on_error says
+        return _refuse_precreate(spec, str(exc), rec, "error")
+    except Exception as exc:  # errors, ours included: fail closed with one line, unless the operator chose "allow"
+        reason = str(exc) if isinstance(exc, (TiergateError, OciError)) else f"internal error: {type(exc).__name__}: {exc}"
+        if isinstance(spec, dict) and on_error(policy, opts.engine) == "allow":
+            # As hardened as we got: the hardened spec when only applying (network) failed.
+            rec.update(outcome="allowed-on-error", reason=reason)
+            print(f"tiergate: error, container ALLOWED by on_error=allow: {reason}", file=sys.stderr)
+            return _emit(hardened if hardened is not None else spec, rec)
+        return _refuse_precreate(spec, reason, rec, "error")
+    rec["outcome"] = "allowed"
+    return _emit(hardened, rec)
+
+
+def _refuse_precreate(spec, reason: str, rec: dict, outcome: str) -> int:
+    """Podman discards a failing precreate hook's output; a spec whose createRuntime hook
+    fails with the reason gets that one line to the user (runc quotes hook stderr)."""
+    line = f"tiergate: {outcome}: {reason}"
+    rec.update(outcome=outcome, reason=reason)
+    return _emit(refusal_spec(spec, line), rec)
+
+
+def _emit(spec: dict, rec: dict) -> int:
+    """precreate's stdout is the spec; main() prints it once the record is written (or not)."""
+    rec["_stdout"] = spec
+    return 0
+
+
+def refusal_spec(spec, line: str) -> dict:
+    """A spec that cannot start: no capabilities, no binds, and a createRuntime hook that fails with `line`."""
+    base = spec if isinstance(spec, dict) else {}
+    root = base.get("root") if isinstance(base.get("root"), dict) else {}
+    linux = base.get("linux") if isinstance(base.get("linux"), dict) else {}
+    out = {
+        "ociVersion": base.get("ociVersion") if isinstance(base.get("ociVersion"), str) else "1.0.2",
+        "root": {"path": root.get("path") if isinstance(root.get("path"), str) else "/", "readonly": True},
+        "process": {"args": ["/tiergate-refused"], "cwd": "/", "user": {"uid": 65534, "gid": 65534},
+                    "noNewPrivileges": True, "capabilities": {}},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "hooks": {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", 'printf "%s\\n" "$0" >&2; exit 1', line]}]},
+        "annotations": {"io.tiergate.refused": line},
+        "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
+    }
+    if isinstance(linux.get("cgroupsPath"), str):
+        out["linux"]["cgroupsPath"] = linux["cgroupsPath"]
+    return out
+
+
+def _state_and_config(rec: dict) -> tuple[dict, dict]:
+    state = stdio.read_stdin("state")
+    rec["container"] = str(state.get("id", ""))[:64]
+    bundle_dir = state.get("bundle")
+    if not isinstance(bundle_dir, str) or not bundle_dir:
+        raise OciError("the hook state names no bundle")
+    return state, bundle.read_config(bundle_dir)
+
+
+def create_runtime(opts: Options, rec: dict) -> int:
+    """Apply the tier's network policy inside the container's (now existing) network namespace."""
+    state, spec = _state_and_config(rec)
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    tier_name = annotations.get("io.tiergate.tier")
+    rec["image_id"] = _image_id(spec)
+    policy = load_policy(opts.policy, opts.cache_dir, rec)
+    tier = policy["tiers"].get(tier_name) if isinstance(tier_name, str) else None
+    if tier is None:
+        raise Refusal(f"the bundle carries no valid tiergate tier ({show(tier_name)}); it was not hardened")
+    rec.update(tier=tier_name)
+    if not needs_netns(tier):
+        return 0
+    pid = state.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        raise OciError("the hook state has no pid")
+    # the ports precreate (or the shim) read from the engine's records and wrote down
+    program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, port_list((annotations.get("io.tiergate.ports") or "").split(",")))
+    return 0
+
+
+def needs_netns(tier: dict) -> bool:
+    """Does this tier program the container's network namespace (metadata block, network policy)?"""
+    from tiergate.network.metadata import closes
+
+    return tier["network"] is not None or closes(tier)
+
+
+def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dict], detach_close: bool = False) -> None:
+    """Close metadata, then load the network policy, in the namespace at `netns`; TiergateError if not.
+
+    detach_close: the caller's parent reaps orphans (the shim): see network/apply.py."""
+    from tiergate.host import facts as host
+    from tiergate.network import metadata
+    from tiergate.network.apply import NetworkApplyError
+    from tiergate.network.netns import NetnsError
+
+    if metadata.closes(tier):
+        proc = spec.get("process") if isinstance(spec.get("process"), dict) else {}
+        caps = proc.get("capabilities") if isinstance(proc.get("capabilities"), dict) else {}
+        raw = "CAP_NET_RAW" in (caps.get("bounding") or [])
+        try:
+            rec["metadata"] = metadata.close(netns, host.resolv_conf_nameservers(spec), raw, detach_close)
+        except (NetnsError, NetworkApplyError, OSError) as exc:
+            raise TiergateError(f"cannot close cloud metadata in the container's network namespace: {exc}") from None
+    if tier["network"] is not None:
+        apply_network(spec, tier, netns, ports, rec, detach_close)
+
+
+def apply_network(spec: dict, tier: dict, netns: str, ports: list[dict], rec: dict, detach_close: bool = False) -> None:
+    from tiergate.host import facts as host
+    from tiergate.network import apply, ruleset
+
+    facts = {"id": rec.get("container", ""),
+             "nameservers": host.resolv_conf_nameservers(spec), "ports": ports}
+    doc = ruleset.build(tier["network"], facts)
+    if tier.get("audit"):
+        doc = log_only(doc)
+    try:
+        apply.apply(doc, netns, detach_close=detach_close)
+        if tier["network"].get("rate"):
+            from tiergate.network import shaping  # pyroute2: only tiers that shape pay its import
+
+            rec["shaped"] = shaping.shape(netns, tier["network"]["rate"])
+    except apply.NetworkApplyError as exc:
+        raise TiergateError(f"cannot apply network policy {tier['network']['name']}: {exc}") from None
+    rec["network"] = tier["network"]["name"]
+
+
+def log_only(node):
+    """Audit mode: every drop becomes accept (its counter and log rule stay), chain policies accept."""
+    if isinstance(node, dict):
+        if set(node) == {"drop"}:
+            return {"accept": None}
+        return {k: ("accept" if k == "policy" and v == "drop" else log_only(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [log_only(v) for v in node]
+    return node
+
+
+def prestart(opts: Options, rec: dict) -> int:
+    """Verify: refuse a container whose bundle is weaker than the tier its image gets."""
+    _, spec = _state_and_config(rec)
+    policy = load_policy(opts.policy, opts.cache_dir, rec)
+    image = _image(spec)
+    rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12])
+    _, tier, changes = decide_and_harden(spec, policy, image, opts, rec)
+    weaker = [c for c in changes if not c["field"].startswith(("$.annotations", "$.hooks"))]
+    if weaker:
+        raise Refusal(f"container is weaker than tier {tier['name']}: "
+                      + "; ".join(f"{c['field']}: {c['what']}" for c in weaker))
+    return 0
+
+
+STAGES = {"precreate": precreate, "createRuntime": create_runtime, "prestart": prestart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
+    rec: dict = {"stage": None, "engine": None}
+    try:
+        opts = parse_args(sys.argv[1:] if argv is None else argv)
+    except TiergateError as exc:
+        print(f"tiergate-hook: {exc}", file=sys.stderr)
+        return 2
+    rec.update(stage=opts.stage, engine=opts.engine)
+    inflight = record.begin(rec, opts.log)
+    from tiergate.host.confine import confine
+
+    problem = confine()  # before any untrusted byte is read
+    if problem:
+        rec["confine"] = problem
+    try:
+        code = STAGES[opts.stage](opts, rec)
+        rec.setdefault("outcome", "allowed")
+    except (Refusal, TiergateError, OciError) as exc:
+        rec.update(outcome="refused" if isinstance(exc, Refusal) else "error", reason=str(exc))
+        print(f"tiergate: {rec['outcome']}: {exc}", file=sys.stderr)
+        code = 1
+    except Exception as exc:
+        rec.update(outcome="error", reason=f"internal error: {type(exc).__name__}: {exc}")
+        print(f"tiergate: error: {rec['reason']}", file=sys.stderr)
+        code = 1
+    rec["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
+    out = rec.pop("_stdout", None)
+    problem = record.write(rec, opts.log, inflight)
+    if problem:
+        print(f"tiergate: warning: {problem}", file=sys.stderr)
+    if out is not None:  # precreate: podman shows no hook stderr, so a lost record is said in the spec too
+        if problem and isinstance(out.get("annotations"), dict):
+            out["annotations"]["io.tiergate.log-error"] = problem
+        stdio.write_stdout(out)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

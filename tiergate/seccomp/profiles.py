@@ -1,0 +1,382 @@
+"""Grouped seccomp profile sources -> OCI ``linux.seccomp`` objects.
+
+A source lives in ``configs/seccomp/<name>.json``::
+
+    {
+      "description": "...",
+      "extends": "baseline",                  # optional parent profile
+      "defaultAction": "SCMP_ACT_ERRNO",      # required at the root, inherited
+      "defaultErrnoRet": 38,                  # inherited
+      "architectures": ["SCMP_ARCH_X86_64"],  # required at the root, a child replaces it
+      "groups": [
+        {"name": "file-io", "why": "one line",
+         "action": "SCMP_ACT_ALLOW",          # default SCMP_ACT_ALLOW
+         "errnoRet": 1,                       # SCMP_ACT_ERRNO only (default 1, EPERM)
+         "names": ["read", "write"],
+         "args": [{"index": 0, "op": "SCMP_CMP_EQ", "value": 1}],   # optional, ANDed
+         "anyOf": [[{...}], [{...}]]          # optional instead of args: one rule per list (OR)
+        }
+      ],
+      "remove": ["ptrace"]                    # drop the parent's rules for these names
+    }
+
+Inheritance: a child group naming a syscall REPLACES every parent rule for
+that syscall; ``remove`` drops the parent's rules (the default action then
+applies).  ``value``/``valueTwo`` may be written as "0x..." strings.  For
+SCMP_CMP_MASKED_EQ, ``value`` is the mask and ``valueTwo`` the datum (as
+runc/crun read it).
+
+Compilation merges every group with the same action, errnoRet and args into
+one rule, so the output has few rules and a deterministic order.  Only the
+standard library is imported here; syscall names are checked against
+libseccomp (names.py) lazily, at compile time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "seccomp"
+
+ACTIONS = (
+    "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_LOG", "SCMP_ACT_TRACE",
+    "SCMP_ACT_TRAP", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+    "SCMP_ACT_NOTIFY",
+)
+OPS = (
+    "SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE",
+    "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ",
+)
+ARCHES = (
+    "SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32", "SCMP_ARCH_ARM",
+    "SCMP_ARCH_AARCH64", "SCMP_ARCH_LOONGARCH64", "SCMP_ARCH_M68K", "SCMP_ARCH_MIPS",
+    "SCMP_ARCH_MIPS64", "SCMP_ARCH_MIPS64N32", "SCMP_ARCH_MIPSEL", "SCMP_ARCH_MIPSEL64",
+    "SCMP_ARCH_MIPSEL64N32", "SCMP_ARCH_PPC", "SCMP_ARCH_PPC64", "SCMP_ARCH_PPC64LE",
+    "SCMP_ARCH_S390", "SCMP_ARCH_S390X", "SCMP_ARCH_SH", "SCMP_ARCH_SHEB",
+    "SCMP_ARCH_PARISC", "SCMP_ARCH_PARISC64", "SCMP_ARCH_RISCV64",
+)
+EPERM = 1
+# On 32-bit x86, libseccomp turns a rule on these into a rule on socketcall(2)
+# whose argument 0 is the *call number*: argument conditions cannot be enforced.
+SOCKETCALL_MULTIPLEXED = frozenset((
+    "socket", "bind", "connect", "listen", "accept", "accept4", "getsockname",
+    "getpeername", "socketpair", "send", "recv", "sendto", "recvfrom", "shutdown",
+    "setsockopt", "getsockopt", "sendmsg", "recvmsg", "recvmmsg", "sendmmsg",
+))
+
+_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+_PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_TOP_KEYS = {"description", "extends", "defaultAction", "defaultErrnoRet",
+             "architectures", "flags", "groups", "remove", "comment"}
+_GROUP_KEYS = {"name", "why", "action", "errnoRet", "names", "args", "anyOf"}
+_ARG_KEYS = {"index", "value", "valueTwo", "op"}
+_ACTION_RANK = {a: i for i, a in enumerate(ACTIONS)}
+
+
+class SeccompProfileError(ValueError):
+    """A seccomp profile source is missing, malformed or inconsistent."""
+
+
+def _dirs(search_dirs) -> list[Path]:
+    if search_dirs is None:
+        return [PROFILE_DIR]
+    if isinstance(search_dirs, (str, os.PathLike)):
+        return [Path(search_dirs)]
+    return [Path(d) for d in search_dirs]
+
+
+def list_profiles(search_dirs=None) -> list[str]:
+    """Names of the profiles found in ``search_dirs`` (default: the shipped ones)."""
+    found = set()
+    for d in _dirs(search_dirs):
+        if d.is_dir():
+            found.update(p.stem for p in d.glob("*.json") if _PROFILE_RE.match(p.stem))
+    return sorted(found)
+
+
+def load_source(name: str, search_dirs=None) -> dict:
+    """The raw source of profile ``name`` (first search dir that has it wins)."""
+    if not isinstance(name, str) or not _PROFILE_RE.match(name):
+        raise SeccompProfileError(f"seccomp profile name {name!r} is not valid")
+    for d in _dirs(search_dirs):
+        path = d / f"{name}.json"
+        if path.is_file():
+            try:
+                with open(path, encoding="utf-8") as f:
+                    src = json.load(f)
+            except (OSError, ValueError) as e:
+                raise SeccompProfileError(f"seccomp profile {name!r} ({path}): cannot read: {e}") from None
+            if not isinstance(src, dict):
+                raise SeccompProfileError(f"seccomp profile {name!r} ({path}): not a JSON object")
+            return src
+    where = ", ".join(str(d) for d in _dirs(search_dirs))
+    raise SeccompProfileError(f"unknown seccomp profile {name!r} (searched {where})")
+
+
+def _int(v, what: str) -> int:
+    if isinstance(v, bool):
+        raise SeccompProfileError(f"{what}: {v!r} is not an integer")
+    if isinstance(v, str):
+        try:
+            v = int(v, 0)
+        except ValueError:
+            raise SeccompProfileError(f"{what}: {v!r} is not an integer") from None
+    if not isinstance(v, int) or not 0 <= v < 2**64:
+        raise SeccompProfileError(f"{what}: {v!r} is not an unsigned 64-bit integer")
+    return v
+
+
+def _norm_args(args, what: str) -> tuple:
+    if not isinstance(args, list):
+        raise SeccompProfileError(f"{what}: args must be a list")
+    out = []
+    for a in args:
+        if not isinstance(a, dict) or set(a) - _ARG_KEYS:
+            raise SeccompProfileError(f"{what}: bad arg condition {a!r} (keys: index, value, valueTwo, op)")
+        if a.get("op") not in OPS:
+            raise SeccompProfileError(f"{what}: unknown op {a.get('op')!r}")
+        index = _int(a.get("index"), f"{what}: index")
+        if index > 5:
+            raise SeccompProfileError(f"{what}: arg index {index} > 5")
+        value = _int(a.get("value"), f"{what}: value")
+        two = _int(a.get("valueTwo", 0), f"{what}: valueTwo")
+        if a["op"] != "SCMP_CMP_MASKED_EQ" and two:
+            raise SeccompProfileError(f"{what}: valueTwo only means something with SCMP_CMP_MASKED_EQ")
+        if a["op"] == "SCMP_CMP_MASKED_EQ" and two & ~value:
+            raise SeccompProfileError(f"{what}: MASKED_EQ datum {two:#x} has bits outside mask {value:#x}")
+        out.append((index, a["op"], value, two))
+    if len(set(out)) != len(out):
+        raise SeccompProfileError(f"{what}: duplicate arg condition")
+    return tuple(sorted(out))
+
+
+def _norm_group(g, profile: str, i: int) -> dict:
+    what = f"seccomp profile {profile!r} group #{i}"
+    if not isinstance(g, dict):
+        raise SeccompProfileError(f"{what}: not an object")
+    what = f"seccomp profile {profile!r} group {g.get('name', i)!r}"
+    extra = set(g) - _GROUP_KEYS
+    if extra:
+        raise SeccompProfileError(f"{what}: unknown keys {sorted(extra)}")
+    if not isinstance(g.get("name"), str) or not g["name"]:
+        raise SeccompProfileError(f"{what}: needs a name")
+    if not isinstance(g.get("why"), str) or not g["why"].strip():
+        raise SeccompProfileError(f"{what}: needs a one-line 'why'")
+    action = g.get("action", "SCMP_ACT_ALLOW")
+    if action not in ACTIONS:
+        raise SeccompProfileError(f"{what}: unknown action {action!r}")
+    errno = None
+    if action in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
+        errno = _int(g.get("errnoRet", EPERM), f"{what}: errnoRet")
+        if errno >= 2**32:
+            raise SeccompProfileError(f"{what}: errnoRet out of range")
+    elif "errnoRet" in g:
+        raise SeccompProfileError(f"{what}: errnoRet needs SCMP_ACT_ERRNO or SCMP_ACT_TRACE")
+    names = g.get("names")
+    if not isinstance(names, list) or not names:
+        raise SeccompProfileError(f"{what}: names must be a non-empty list")
+    for n in names:
+        if not isinstance(n, str) or not _NAME_RE.match(n):
+            raise SeccompProfileError(f"{what}: {n!r} is not a syscall name")
+    if len(set(names)) != len(names):
+        raise SeccompProfileError(f"{what}: names listed twice")
+    if "args" in g and "anyOf" in g:
+        raise SeccompProfileError(f"{what}: give args or anyOf, not both")
+    if "anyOf" in g:
+        if not isinstance(g["anyOf"], list) or not g["anyOf"]:
+            raise SeccompProfileError(f"{what}: anyOf must be a non-empty list of arg lists")
+        alts = [_norm_args(a, what) for a in g["anyOf"]]
+        if any(not a for a in alts):
+            raise SeccompProfileError(f"{what}: an empty anyOf alternative matches everything")
+    else:
+        alts = [_norm_args(g.get("args", []), what)]
+    return {"name": g["name"], "why": g["why"].strip(), "action": action,
+            "errnoRet": errno, "names": list(names), "alternatives": alts}
+
+
+def resolve(name: str, search_dirs=None) -> dict:
+    """Resolve ``extends`` chains: the profile as its defaults plus a flat list of
+    rule entries ``(name, action, errnoRet, args, group, why)``, parents first."""
+    chain: list[str] = []
+    srcs: list[dict] = []
+    cur = name
+    while cur is not None:
+        if cur in chain:
+            raise SeccompProfileError(
+                f"seccomp profile {name!r}: extends cycle {' -> '.join(chain + [cur])}")
+        chain.append(cur)
+        src = load_source(cur, search_dirs)
+        extra = set(src) - _TOP_KEYS
+        if extra:
+            raise SeccompProfileError(f"seccomp profile {cur!r}: unknown keys {sorted(extra)}")
+        srcs.append(src)
+        parent = src.get("extends")
+        if parent is not None and not isinstance(parent, str):
+            raise SeccompProfileError(f"seccomp profile {cur!r}: extends must be a profile name")
+        cur = parent
+    chain.reverse()
+    srcs.reverse()
+
+    out = {"name": name, "chain": chain, "description": srcs[-1].get("description", ""),
+           "defaultAction": None, "defaultErrnoRet": None, "architectures": None,
+           "flags": None, "entries": []}
+    for pname, src in zip(chain, srcs):
+        if "defaultAction" in src:
+            if src["defaultAction"] not in ACTIONS:
+                raise SeccompProfileError(f"seccomp profile {pname!r}: unknown defaultAction {src['defaultAction']!r}")
+            out["defaultAction"] = src["defaultAction"]
+        if "defaultErrnoRet" in src:
+            out["defaultErrnoRet"] = _int(src["defaultErrnoRet"], f"seccomp profile {pname!r}: defaultErrnoRet")
+        if "architectures" in src:
+            arches = src["architectures"]
+            if not isinstance(arches, list) or not arches or any(a not in ARCHES for a in arches):
+                raise SeccompProfileError(f"seccomp profile {pname!r}: bad architectures {arches!r}")
+            out["architectures"] = list(dict.fromkeys(arches))
+        if "flags" in src:
+            out["flags"] = list(src["flags"])
+        groups = src.get("groups", [])
+        if not isinstance(groups, list):
+            raise SeccompProfileError(f"seccomp profile {pname!r}: groups must be a list")
+        groups = [_norm_group(g, pname, i) for i, g in enumerate(groups)]
+        remove = src.get("remove", [])
+        if not isinstance(remove, list) or any(not isinstance(n, str) for n in remove):
+            raise SeccompProfileError(f"seccomp profile {pname!r}: remove must be a list of names")
+        inherited = {e[0] for e in out["entries"]}
+        missing = sorted(set(remove) - inherited)
+        if missing:
+            raise SeccompProfileError(
+                f"seccomp profile {pname!r}: remove names no inherited rule: {', '.join(missing)}")
+        replaced = set(remove).union(*(g["names"] for g in groups)) if groups else set(remove)
+        entries = [e for e in out["entries"] if e[0] not in replaced]
+        for g in groups:
+            for alt in g["alternatives"]:
+                for n in g["names"]:
+                    entries.append((n, g["action"], g["errnoRet"], alt, g["name"], g["why"]))
+        out["entries"] = entries
+    if out["defaultAction"] is None:
+        raise SeccompProfileError(f"seccomp profile {name!r}: no defaultAction in {' -> '.join(chain)}")
+    if out["architectures"] is None:
+        raise SeccompProfileError(f"seccomp profile {name!r}: no architectures in {' -> '.join(chain)}")
+    return out
+
+
+def _check_consistency(name: str, entries, arches) -> None:
+    by_name: dict[str, set] = {}
+    for n, action, errno, args, *_ in entries:
+        by_name.setdefault(n, set()).add((action, errno, args))
+    for n, rules in sorted(by_name.items()):
+        if len(rules) > 1 and any(not args for _, _, args in rules):
+            raise SeccompProfileError(
+                f"seccomp profile {name!r}: {n} has an unconditional rule and other rules "
+                "(libseccomp would let the unconditional one win; give every rule for it conditions)")
+        seen = {}
+        for action, errno, args in rules:
+            if args in seen and seen[args] != (action, errno):
+                raise SeccompProfileError(
+                    f"seccomp profile {name!r}: {n} has two different actions for the same conditions")
+            seen[args] = (action, errno)
+    if "SCMP_ARCH_X86" in arches:
+        socketcall_open = ("SCMP_ACT_ALLOW", None, ()) in by_name.get("socketcall", ())
+        for n in sorted(SOCKETCALL_MULTIPLEXED & set(by_name)):
+            if any(args for _, _, args in by_name[n]) and not socketcall_open:
+                raise SeccompProfileError(
+                    f"seccomp profile {name!r}: argument conditions on {n} cannot be enforced on "
+                    "SCMP_ARCH_X86 (libseccomp filters socketcall's call number instead); "
+                    "drop SCMP_ARCH_X86 from architectures")
+
+
+def _arg_json(a) -> dict:
+    index, op, value, two = a
+    d = {"index": index, "value": value}
+    if op == "SCMP_CMP_MASKED_EQ":
+        d["valueTwo"] = two
+    d["op"] = op
+    return d
+
+
+def compile_profile(name: str, extra_deny=(), search_dirs=None, check_names: bool = True,
+                    arches=None, extra_allow=()) -> dict:
+    """Compile profile ``name`` to an OCI ``linux.seccomp`` object.
+
+    ``arches`` keeps only those of the profile's architectures (the host's
+    family): every listed architecture makes runc compile and the kernel carry
+    another copy of the filter (~10 ms per start for the two ARM ones on x86).
+
+    ``extra_deny`` names lose every rule they had and are denied with EPERM;
+    ``extra_allow`` names (a tier's seccomp_allow) lose every rule and are allowed.
+    With ``check_names`` every syscall name must be known to libseccomp
+    (see names.check_names); raises SeccompProfileError on any problem.
+    """
+    if isinstance(extra_deny, str):
+        extra_deny = [extra_deny]
+    res = resolve(name, search_dirs)
+    deny = []
+    for n in extra_deny:
+        if not isinstance(n, str) or not _NAME_RE.match(n):
+            raise SeccompProfileError(f"seccomp deny list: {n!r} is not a syscall name")
+        deny.append(n)
+    allow = []
+    for n in extra_allow:
+        if not isinstance(n, str) or not _NAME_RE.match(n):
+            raise SeccompProfileError(f"seccomp allow list: {n!r} is not a syscall name")
+        if n in deny:
+            raise SeccompProfileError(f"seccomp: {n!r} is both allowed and denied")
+        allow.append(n)
+    deny_set = set(deny) | set(allow)
+    entries = [e for e in res["entries"] if e[0] not in deny_set]
+    entries += [(n, "SCMP_ACT_ERRNO", EPERM, (), "extra-deny", "denied by policy") for n in deny]
+    entries += [(n, "SCMP_ACT_ALLOW", None, (), "extra-allow", "allowed by policy") for n in allow]
+
+    if check_names:
+        from tiergate.seccomp import names as _names  # pyseccomp: policy-compile time only
+        unknown = _names.check_names({e[0] for e in entries})
+        if unknown:
+            raise SeccompProfileError(
+                f"seccomp profile {name!r}: unknown syscall names: {', '.join(unknown)}")
+    _check_consistency(name, entries, res["architectures"])
+
+    rules: dict[tuple, set] = {}
+    for n, action, errno, args, *_ in entries:
+        rules.setdefault((action, errno, args), set()).add(n)
+
+    def order(key):
+        action, errno, args = key
+        return (_ACTION_RANK[action], errno or 0, len(args) > 0, args)
+
+    syscalls = []
+    for key in sorted(rules, key=order):
+        action, errno, args = key
+        rule = {"names": sorted(rules[key]), "action": action}
+        if errno is not None:
+            rule["errnoRet"] = errno
+        if args:
+            rule["args"] = [_arg_json(a) for a in args]
+        syscalls.append(rule)
+
+    out = {"defaultAction": res["defaultAction"]}
+    if res["defaultErrnoRet"] is not None:
+        out["defaultErrnoRet"] = res["defaultErrnoRet"]
+    out["architectures"] = [a for a in res["architectures"] if arches is None or a in arches]
+    if not out["architectures"]:
+        raise SeccompProfileError(f"seccomp profile {name!r} covers none of this host's architectures ({', '.join(arches)})")
+    if res["flags"]:
+        out["flags"] = list(res["flags"])
+    out["syscalls"] = syscalls
+    return out
+
+
+def explain(name: str, search_dirs=None) -> list[dict]:
+    """Per group, what the resolved profile does and why (for ``tiergate explain``)."""
+    res = resolve(name, search_dirs)
+    groups: dict[tuple, dict] = {}
+    for n, action, errno, args, group, why in res["entries"]:
+        g = groups.setdefault((group, action, errno), {
+            "group": group, "why": why, "action": action, "errnoRet": errno,
+            "names": [], "conditional": False})
+        if n not in g["names"]:
+            g["names"].append(n)
+        g["conditional"] = g["conditional"] or bool(args)
+    return list(groups.values())

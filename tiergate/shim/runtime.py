@@ -1,0 +1,658 @@
+"""tiergate-runtime: an OCI runtime shim that engines call as if it were runc.
+
+    ENGINE -> tiergate-runtime [global flags] SUBCOMMAND ... -> exec real runtime, same argv
+
+- create, run (and restore): find the bundle (--bundle/-b, else the working
+  directory), resolve the image (docker's config.v2.json, CRI annotations,
+  containers-storage, a spec annotation; else the policy's on_unknown_image),
+  harden config.json in place (atomic, same owner and mode), record the
+  decision, then exec the real runtime with the ORIGINAL argv.
+- exec: engines build the exec'd process from their own defaults, so the
+  --process file is hardened to the container's tier (read from the
+  container's state), --cap flags beyond the tier are stripped, and what the
+  tier forbids (exec --privileged) is clamped or refused.
+- update (docker update, podman update): the container's tier holds its pids
+  limit (a --resources document, file or stdin, and --pids-limit): refused or
+  clamped as the tier says.
+- every other subcommand execs the real runtime at once: this module imports
+  only os, sys and tiergate.oci.args before that.
+
+A refusal exits 1 after writing the reason to stderr and, as an error-level
+line, to the runtime's --log file (JSON with --log-format json): that line is
+all docker and containerd show their user ("OCI runtime create failed: ...").
+
+The installed `tiergate-runtime` is a /bin/sh front that does the
+pass-through itself and starts Python only for the subcommands in oci.args.ENFORCED
+(tiergate/engines/shim.py); this module is what it starts, and it accepts any
+subcommand on its own too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tiergate.oci import args as runc_args
+
+MARKER = "# written by tiergate install"  # as tiergate/engines/launcher.py (not imported: hot path)
+LOOP_ENV = "TIERGATE_SHIM_ACTIVE"
+CONF_ENV = "TIERGATE_RUNTIME_CONF"
+TIER_KEY = "io.tiergate.tier"
+CREATE_LIKE = frozenset({"create", "run", "restore"})
+ENFORCED = runc_args.ENFORCED
+_CONF_KEYS = ("runtime", "shim", "hook", "policy", "cache_dir", "log", "containerd_root")
+LABEL_SOURCES = ("docker", "storage", "cri", "annotation")  # the default order (policy: label_sources)
+# The engine's own records; cri and annotation read spec annotations, which a caller can set
+# (podman --annotation), so they are consulted only when no engine record recognises the bundle.
+ENGINE_RECORDS = ("docker", "storage")
+
+
+class LoopError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# configuration and the real runtime (pass-through path: no policy imports)
+# ---------------------------------------------------------------------------
+
+def read_conf(path: str | None) -> dict:
+    """`key=value` lines written at install (no JSON: the pass-through path stays import-free)."""
+    conf: dict = {}
+    path = path or os.environ.get(CONF_ENV)
+    if not path:
+        return conf
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                key, eq, value = line.strip().partition("=")
+                if eq and key in _CONF_KEYS and value:
+                    conf[key] = value
+    except OSError:
+        pass
+    return conf
+
+
+def _is_shim(path: str, own: set[str]) -> bool:
+    """Is `path` this shim (or another tiergate-runtime front)? Exec'ing it would loop."""
+    real = os.path.realpath(path)
+    if real in own:
+        return True
+    try:
+        with open(real, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and MARKER.encode() in head and b"tiergate-runtime" in head
+
+
+def find_runtime(conf: dict) -> str:
+    """The real runtime: $TIERGATE_RUNTIME, else the installed choice, else runc, on PATH skipping the shim."""
+    name = os.environ.get("TIERGATE_RUNTIME") or conf.get("runtime") or "runc"
+    own = {os.path.realpath(p) for p in (sys.argv[0], conf.get("shim")) if p}
+    if "/" in name:
+        if _is_shim(name, own):
+            raise LoopError(f"the real runtime {name} is tiergate-runtime itself")
+        return name
+    for d in os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK) and not _is_shim(cand, own):
+            return cand
+    raise LoopError(f"no real runtime {name!r} on PATH (other than tiergate-runtime itself)")
+
+
+def exec_runtime(argv: list[str], conf: dict) -> int:
+    """Replace this process with the real runtime, argv unchanged. Returns only on failure."""
+    try:
+        if os.environ.get(LOOP_ENV):
+            raise LoopError("tiergate-runtime was started by itself through the real runtime")
+        path = find_runtime(conf)
+        os.environ[LOOP_ENV] = "1"
+        os.execv(path, [path, *argv])
+    except LoopError as exc:
+        _fail(argv, f"tiergate: error: {exc} (a loop); set TIERGATE_RUNTIME or reinstall")
+    except OSError as exc:
+        _fail(argv, f"tiergate: error: cannot run the real runtime: {exc.strerror}")
+    return 1
+
+
+# ---------------------------------------------------------------------------
+# reporting a refusal where the engine's user sees it
+# ---------------------------------------------------------------------------
+
+def _now() -> str:
+    import time
+
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1e6) % 1000000:06d}Z"
+
+
+def _fail(argv: list[str], line: str) -> None:
+    """One error line in the runtime's --log file (what containerd and docker show), then on stderr
+    if it can be written (containerd gives a pod's sandbox a read-only one)."""
+    try:
+        parsed = runc_args.parse(argv)
+    except runc_args.ArgsError:
+        parsed = None
+    if parsed is not None and parsed.log:
+        write_log(parsed.log, parsed.log_format, line)
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def write_log(path: str, fmt: str, msg: str) -> None:
+    """Append an error-level record in runc's format (logrus json or text); never follows a symlink."""
+    from tiergate.oci.jsonio import dumps
+
+    if fmt == "json":
+        line = dumps({"level": "error", "msg": msg, "time": _now()}, ascii=True).decode() + "\n"
+    else:
+        line = f'time="{_now()}" level=error msg={dumps(msg, ascii=True).decode()}\n'
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, line.encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# enforcement (create, run, restore, exec)
+# ---------------------------------------------------------------------------
+
+def hook_for(conf: dict, extra: list[str]) -> dict:
+    """The createRuntime hook that applies a tier's network policy: the tiergate-hook launcher beside the shim."""
+    candidates = [conf.get("hook")]
+    for base in (conf.get("shim"), sys.argv[0]):
+        if base:
+            candidates.append(os.path.join(os.path.dirname(os.path.abspath(base)), "tiergate-hook"))
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return {"path": path, "args": ["tiergate-hook", "createRuntime", *extra]}
+    exe = sys.executable
+    return {"path": exe, "args": [exe, "-I", "-m", "tiergate.hook.stages", "createRuntime", *extra]}
+
+
+def _hook_args(conf: dict) -> list[str]:
+    out = []
+    for key in ("policy", "cache_dir", "log"):
+        if conf.get(key):
+            out += ["--" + key.replace("_", "-"), conf[key]]
+    return out
+
+
+def resolve_image(spec: dict, container_id: str | None, policy: dict, bundle_dir: str | None = None,
+                  conf: dict | None = None):
+    """(Image, engine) from the first label source, in the order the policy's `label_sources` sets,
+    that recognises this bundle; none: an unknown image (the policy's on_unknown_image decides)."""
+    from tiergate.core.decide import Image
+
+    def docker():
+        from tiergate.sources import docker as src
+
+        return src.image_for_spec(spec, container_id)
+
+    def cri():
+        from tiergate.sources import cri as src
+
+        return src.image_for_spec(spec, bundle_dir, (conf or {}).get("containerd_root"))
+
+    def storage():
+        from tiergate.sources import storage as src
+
+        root = spec.get("root") if isinstance(spec.get("root"), dict) else {}
+        path = root.get("path")
+        return src.image_for_rootfs(path) if isinstance(path, str) and src.split_root(path) else None
+
+    def annotation():
+        # A bare bundle (runc, ctr --rootfs): no image, no reference; the annotation
+        # asks for a tier within the default ceiling.
+        annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+        return Image(refs=[], id="", labels={}) if isinstance(annotations.get(policy["label_key"]), str) else None
+
+    sources = {"docker": (docker, "docker"), "cri": (cri, "containerd"),
+               "storage": (storage, "podman-runtime"), "annotation": (annotation, "runc")}
+    order = policy.get("label_sources") or LABEL_SOURCES
+    order = [s for s in order if s in ENGINE_RECORDS] + [s for s in order if s not in ENGINE_RECORDS]
+    for name in order:
+        find, engine = sources[name]
+        image = find()
+        if image is not None:
+            return image, engine
+    return Image.unknown(f"no image source recognised this bundle (tried {', '.join(order)})"), "runc"
+
+
+def _engine(bundle_dir: str, found: str) -> str:
+    """The engine behind a bundle: its image source, or where containerd and podman keep bundles."""
+    if found == "runc" and "/overlay-containers/" in bundle_dir:
+        return "podman-runtime"
+    if found == "runc" and "/io.containerd.runtime.v2.task/" in bundle_dir:
+        return "docker" if "/io.containerd.runtime.v2.task/moby/" in bundle_dir else "containerd"
+    return found
+
+
+def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> tuple[dict, dict] | None:
+    """Harden the bundle; (spec, tier) when the caller must program the namespace after `create`."""
+    from tiergate.oci import bundle
+
+    from tiergate.hook import stages
+
+    bundle_dir = os.path.abspath(parsed.bundle or os.getcwd())
+    rec.update(container=parsed.container_id or "", bundle=bundle_dir)
+    spec = bundle.read_config(bundle_dir)
+    policy = stages.load_policy(conf.get("policy"), conf.get("cache_dir"), rec)
+    image, found = resolve_image(spec, parsed.container_id, policy, bundle_dir, conf)
+    opts = stages.Options()
+    opts.stage, opts.policy, opts.cache_dir, opts.log = parsed.command, conf.get("policy"), conf.get("cache_dir"), conf.get("log")
+    opts.engine = rec["engine"] = _engine(bundle_dir, found)
+    if opts.engine == "docker":
+        from tiergate.sources.docker import container_name
+
+        rec["name"] = container_name(spec)
+    rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
+               label=image.labels.get(policy["label_key"]))
+    empty = _empty_netns(spec, opts.engine)
+    # create: this shim programs the namespace itself once the runtime has made it (create_and_program);
+    # run and restore start the workload at once, so a createRuntime hook does it there.
+    hardened, tier, _ = stages.decide_and_harden(spec, policy, image, opts, rec,
+                                                 netns_ready=empty or parsed.command == "create",
+                                                 network_hook=hook_for(conf, [*_hook_args(conf), "--engine", opts.engine]))
+    if hardened != spec:
+        bundle.write_config(bundle_dir, hardened)
+    if empty and tier["network"] is not None:
+        rec["network"] = f"{tier['network']['name']}: fresh namespace, loopback only, nothing to filter"
+    if parsed.command == "create" and not empty and stages.needs_netns(tier):
+        return hardened, tier
+    return None
+
+
+def _spawn(path: str, argv: list[str]) -> int:
+    """Run the real runtime as a child (same fds, environment marked against loops); its exit code."""
+    env = dict(os.environ)
+    env[LOOP_ENV] = "1"
+    pid = os.posix_spawn(path, [path, *argv], env)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        except InterruptedError:
+            continue
+
+
+def _init_pid(parsed: runc_args.RuncArgs, runtime: str) -> int:
+    """The container's init pid: the --pid-file the engine asked for, else runc's state.json."""
+    from tiergate.oci import bundle
+
+    path = parsed.value("pid-file")
+    if path:
+        with open(path, "rb") as fh:
+            text = fh.read(64).strip()
+        if not text.isdigit():
+            raise ValueError(f"pid file {path} holds no pid")
+        return int(text)
+    root = parsed.root or _default_root(runtime)
+    state = bundle.read_json_file(os.path.join(root, parsed.container_id or "", "state.json"), "runc state")
+    pid = state.get("init_process_pid")
+    if not isinstance(pid, int) or pid <= 1:
+        raise ValueError("the runtime's state names no init pid")
+    return pid
+
+
+def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, plan: tuple[dict, dict],
+                       rec: dict) -> int:
+    """`runtime create`, then program the new container's namespace before anything runs in it.
+
+    Between create and start the container's init waits in runc's exec fifo: no
+    workload code has run, so rules loaded now hold from its first instruction.
+    If programming fails the container is deleted and create fails (closed).
+    """
+    from tiergate.hook import stages
+
+    if os.environ.get(LOOP_ENV):
+        raise LoopError("tiergate-runtime was started by itself through the real runtime")
+    path = find_runtime(conf)
+    code = _spawn(path, argv)
+    if code != 0:
+        return code  # the runtime reported its own error in its log
+    spec, tier = plan
+    try:
+        pid = _init_pid(parsed, path)
+        # the engine's shim (containerd-shim, conmon) is a subreaper: the nft socket's slow last
+        # close may happen in an orphaned child it reaps
+        stages.program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, stages.port_list(rec.get("ports") or []),
+                             detach_close=True)
+    except Exception as exc:
+        _spawn(path, [*argv[:parsed.command_index], "delete", "--force", parsed.container_id or ""])
+        if isinstance(exc, stages.TiergateError):
+            raise
+        raise stages.TiergateError(f"cannot program the container's network namespace: {exc}") from None
+    return 0
+
+
+def _empty_netns(spec: dict, engine: str) -> bool:
+    """The container's network namespace will hold only loopback, so no rules are needed.
+
+    runc makes a fresh namespace when the spec names none; docker then moves its
+    network's interface in (a prestart hook), unless the container runs --network none;
+    other engines' hooks (CNI as an OCI hook) might do the same, so any hook counts.
+    """
+    from tiergate.host.facts import empty_netns, fresh_netns
+
+    if engine == "docker":  # its setkey prestart hook is there even with --network none
+        from tiergate.sources.docker import network_mode
+
+        return fresh_netns(spec) and network_mode(spec) == "none"
+    return empty_netns(spec)
+
+
+# -- exec -------------------------------------------------------------------
+
+def _default_root(runtime: str) -> str:
+    name = os.path.basename(runtime)
+    base = "/run" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR", "/run")
+    return os.path.join(base, "crun" if "crun" in name else "runc")
+
+
+def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: dict | None = None) -> tuple[str, str]:
+    """(tier name, where it came from) for an existing container, from the runtime's state.
+
+    `seen` collects what else was learnt on the way: the container's bounding set
+    ("bounding", which an exec must never exceed) and its bundle ("bundle").
+    """
+    seen = {} if seen is None else seen
+    from tiergate.oci import bundle, jsonio
+    from tiergate.oci.errors import OciError
+
+    cid = parsed.container_id or ""
+    if not _valid_id(cid):
+        raise _refusal(f"invalid container id {cid[:80]!r}")
+    runtime = find_runtime(conf)
+    root = parsed.root or _default_root(runtime)
+    bundle_dir = None
+    state_file = os.path.join(root, cid, "state.json")
+    try:  # runc: the labels runc applied: spec annotations as k=v, and bundle=<dir>
+        state = bundle.read_json_file(state_file, "runc state")
+        labels = (state.get("config") or {}).get("labels") or []
+        found = dict(str(x).partition("=")[::2] for x in labels if isinstance(x, str))
+        caps = ((state.get("config") or {}).get("capabilities") or {}).get("Bounding")
+        if isinstance(caps, list):
+            seen["bounding"] = [c for c in caps if isinstance(c, str)]
+        seen["bundle"] = found.get("bundle")
+        if found.get(TIER_KEY):
+            return found[TIER_KEY], f"{state_file} label"
+        bundle_dir = found.get("bundle")
+    except Exception:
+        pass
+    if bundle_dir is None:  # any runtime: `RUNTIME --root R state ID`
+        import subprocess
+
+        argv = [runtime, *(["--root", root] if parsed.root else []), "state", cid]
+        try:
+            out = subprocess.run(argv, capture_output=True, timeout=10, env={**os.environ, LOOP_ENV: "1"})
+            state = jsonio.parse(out.stdout.decode("utf-8"), "runtime state") if out.returncode == 0 else {}
+        except (OSError, UnicodeDecodeError, OciError, subprocess.TimeoutExpired):
+            state = {}
+        state = state if isinstance(state, dict) else {}
+        annotations = state.get("annotations") if isinstance(state.get("annotations"), dict) else {}
+        if isinstance(annotations.get(TIER_KEY), str):
+            return annotations[TIER_KEY], "runtime state annotation"
+        bundle_dir = state.get("bundle") if isinstance(state.get("bundle"), str) else None
+    if not bundle_dir:
+        raise _refusal(f"cannot find container {cid[:64]}'s bundle to learn its tier")
+    seen["bundle"] = bundle_dir
+    spec = bundle.read_config(bundle_dir)
+    proc = spec.get("process") if isinstance(spec.get("process"), dict) else {}
+    caps = (proc.get("capabilities") or {}).get("bounding") if isinstance(proc.get("capabilities"), dict) else None
+    if isinstance(caps, list) and "bounding" not in seen:
+        seen["bounding"] = [c for c in caps if isinstance(c, str)]
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    if isinstance(annotations.get(TIER_KEY), str):
+        return annotations[TIER_KEY], f"{bundle_dir}/config.json annotation"
+    # Created before tiergate was installed: decide now, from the same sources as create.
+    from tiergate.core.decide import decide
+
+    image, _ = resolve_image(spec, cid, policy, bundle_dir, conf)
+    return decide(policy, image, annotations).tier, "decided at exec (the container was created without tiergate)"
+
+
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+
+
+def _valid_id(cid: str) -> bool:
+    """runc's own rule for container ids (^[\\w+-\\.]+$, ASCII): it is a path component below --root."""
+    return 0 < len(cid) <= 1024 and set(cid) <= _ID_CHARS and cid not in (".", "..")
+
+
+def _refusal(reason: str):
+    from tiergate.core.errors import Refusal
+
+    return Refusal(reason)
+
+
+def _existing_container(parsed: runc_args.RuncArgs, conf: dict, rec: dict, seen: dict | None = None):
+    """(policy, tier, where the tier came from) for the container an exec or update names."""
+    from tiergate.hook import stages
+
+    rec["container"] = parsed.container_id or ""
+    policy = stages.load_policy(conf.get("policy"), conf.get("cache_dir"), rec)
+    name, source = container_tier(parsed, conf, policy, seen)
+    tier = policy["tiers"].get(name)
+    if tier is None:
+        raise _refusal(f"container {parsed.container_id} carries unknown tier {name[:64]!r} ({source})")
+    rec.update(tier=name, why=source)
+    return policy, tier, source
+
+
+def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]:
+    """Harden an exec to the container's tier; returns the argv to run (the original, minus stripped options)."""
+    from tiergate.oci import bundle
+
+    from tiergate.core import capabilities
+    from tiergate.host import facts
+    from tiergate.core.harden import Context, clone
+    from tiergate.core.modifiers import linux, process
+
+    seen: dict = {}
+    policy, tier, source = _existing_container(parsed, conf, rec, seen)
+    name = tier["name"]
+    if seen.get("bundle"):
+        rec["engine"] = _engine(seen["bundle"], "runc")
+    if tier["passthrough"]:
+        return parsed.argv
+    if seen.get("bounding") is not None:
+        # An exec gets the tier's capabilities, and never one its container was created without.
+        tier = dict(tier, capabilities=[c for c in tier["capabilities"] if c in seen["bounding"]])
+
+    class ExecContext(Context):
+        __slots__ = ()
+
+        def escalation(self, what: str) -> None:
+            if self.tier["on_escalation"] == "refuse":
+                self.refusals.append(f"tier {self.tier['name']} refuses an exec that {what}")
+            else:
+                self.note("clamped", what)
+
+    proc_path = parsed.value("process", "p")
+    proc = bundle.read_json_file(proc_path, "exec process file") if proc_path else {}
+    original = clone(proc)
+    spec = {"process": proc}
+    ctx = ExecContext(tier, policy, facts.gather(spec, tier), source)
+    if proc_path:
+        process.capabilities(spec, ctx)
+        process.no_new_privileges(spec, ctx)
+        if ctx.facts.get("cgroup_limits") is False:
+            linux.pids(spec, ctx)  # rootless: the exec'd process gets the container's RLIMIT_NPROC
+    process.apparmor(spec, ctx)
+    allowed = set(tier["capabilities"])
+    bad_caps = set()
+    for cap in sorted(parsed.values("cap", "c")):
+        norm = capabilities.normalize(cap)
+        if norm not in allowed:
+            bad_caps.add(cap)
+            if norm not in capabilities.ENGINE_DEFAULTS:
+                ctx.escalation(f"asks for --cap {norm}")
+            ctx.change("--cap", f"dropped {norm}", f"tier {name} allows {', '.join(sorted(allowed)) or 'no capabilities'}")
+    if ctx.refusals:
+        raise _refusal("; ".join(ctx.refusals))  # every reason, on one line
+    profile = proc.get("apparmorProfile") if proc_path else ctx.facts.get("apparmor")
+
+    def drop(opt) -> bool:
+        if opt.name in ("cap", "c"):
+            return opt.value in bad_caps
+        if opt.name in ("apparmor", "a") and tier["apparmor"] != "off":
+            return opt.value != profile
+        return False
+
+    argv = parsed.without(drop)
+    extra = []
+    if not proc_path:
+        if tier["no_new_privileges"] and not parsed.flag("no-new-privs"):
+            extra.append("--no-new-privs")
+            ctx.change("--no-new-privs", "added", "setuid binaries must not raise privileges")
+        if profile and parsed.value("apparmor", "a") != profile:
+            extra += ["--apparmor", profile]
+    elif spec["process"] != original:
+        bundle.write_json_file(proc_path, spec["process"])
+    rec["changes"] = [f"{c['field']}: {c['what']}" for c in ctx.changes]
+    if ctx.notes:
+        rec["notes"] = [f"{k}: {v}" for k, v in ctx.notes]
+    return parsed.with_options(extra, argv) if extra else argv
+
+
+MAX_RESOURCES = 60 * 1024  # fits a pipe's buffer (64 KiB): handed on without a writer process
+
+
+def enforce_update(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]:
+    """`update` (docker update, podman update) goes straight to the runtime: hold the container's
+    tier there too (its pids limit), in the --resources JSON (a file, or stdin as `-`) and in the
+    flags. Returns the argv to run; a rewritten stdin is put back on fd 0 for the runtime."""
+    from tiergate.oci import bundle, jsonio
+
+    from tiergate.core.harden import Context
+    from tiergate.core.modifiers import linux
+
+    policy, tier, source = _existing_container(parsed, conf, rec)
+    if tier["passthrough"]:
+        return parsed.argv
+    ctx = Context(tier, policy, {}, source)
+    where = parsed.value("resources", "r")
+    stdin = None
+    resources: dict = {}
+    if where == "-":
+        stdin = b""
+        while len(stdin) <= MAX_RESOURCES:
+            more = os.read(0, MAX_RESOURCES + 1 - len(stdin))
+            if not more:
+                break
+            stdin += more
+        if len(stdin) > MAX_RESOURCES:
+            raise _refusal(f"update resources on stdin are larger than {MAX_RESOURCES} bytes")
+        resources = jsonio.loads(stdin, "update resources")
+    elif where:
+        resources = bundle.read_json_file(where, "update resources")
+    original = jsonio.dumps(resources)
+    linux.pids_update(resources, ctx)
+    flag = parsed.value("pids-limit")
+    flag_res: dict = {}
+    if flag is not None:
+        try:
+            flag_res = {"pids": {"limit": int(flag)}}
+        except ValueError:
+            raise _refusal(f"invalid --pids-limit {flag[:32]!r}") from None
+        linux.pids_update(flag_res, ctx)
+    if ctx.refusals:
+        raise _refusal(ctx.refusals[0].replace("a container that", "an update that", 1))
+    rec["changes"] = [f"{c['field']}: {c['what']}" for c in ctx.changes]
+    argv = parsed.argv
+    if flag_res and flag_res["pids"]["limit"] != int(flag):
+        argv = parsed.without(lambda opt: opt.name == "pids-limit")
+        argv = parsed.with_options(["--pids-limit", str(flag_res["pids"]["limit"])], argv)
+    if where and where != "-" and jsonio.dumps(resources) != original:
+        bundle.write_json_file(where, resources)
+    if stdin is not None:  # consumed: hand the (clamped) document on through a pipe
+        data = jsonio.dumps(resources) if jsonio.dumps(resources) != original else stdin
+        r, w = os.pipe()
+        os.write(w, data)
+        os.close(w)
+        os.dup2(r, 0)
+        os.close(r)
+    return argv
+
+
+def enforce(argv: list[str], conf: dict) -> int:
+    import time
+
+    from tiergate.oci.errors import OciError
+
+    from tiergate.telemetry import record
+    from tiergate.core.errors import Refusal, TiergateError
+
+    started = time.monotonic()
+    rec: dict = {"stage": None, "engine": "runc", "shim": True}
+    run_argv = argv
+    code = 0
+    ran = None  # the runtime's exit code once this process ran it (create, then programming)
+    try:
+        parsed = runc_args.parse(argv)
+        rec["stage"] = parsed.command
+        if parsed.command == "exec":
+            run_argv = enforce_exec(parsed, conf, rec)
+        elif parsed.command == "update":
+            run_argv = enforce_update(parsed, conf, rec)
+        else:
+            plan = enforce_create(parsed, conf, rec)
+            if plan is not None:
+                ran = create_and_program(argv, parsed, conf, plan, rec)
+        rec["outcome"] = "allowed"
+    except (Refusal, OciError, runc_args.ArgsError, LoopError) as exc:  # never let through, whatever on_error says
+        rec.update(outcome="refused" if isinstance(exc, Refusal) else "error", reason=str(exc))
+        code = 1
+    except Exception as exc:  # errors, ours included: fail closed with one line, unless the operator chose "allow"
+        reason = str(exc) if isinstance(exc, TiergateError) else f"internal error: {type(exc).__name__}: {exc}"
+        if _allowed_on_error(conf, rec["engine"]):
+            # As hardened as we got: the bundle is written whole or not at all, and a container whose
+            # namespace could not be programmed was deleted: the runtime creates it again below.
+            rec.update(outcome="allowed-on-error", reason=reason)
+            ran = None
+            print(f"tiergate: error, container ALLOWED by on_error=allow: {reason}", file=sys.stderr)
+        else:
+            rec.update(outcome="error", reason=reason)
+            code = 1
+    rec["duration_ms"] = round((time.monotonic() - started) * 1000, 2)
+    problem = record.write(rec, conf.get("log"))
+    if code:
+        _fail(argv, f"tiergate: {rec['outcome']}: {rec['reason']}")
+        return code
+    if problem:
+        print(f"tiergate: warning: {problem}", file=sys.stderr)
+    return ran if ran is not None else exec_runtime(run_argv, conf)
+
+
+def _allowed_on_error(conf: dict, engine: str) -> bool:
+    """The policy's on_error for this engine (stages.on_error: one rule for the hook and the shim);
+    a policy that cannot be read at all: refuse."""
+    from tiergate.hook import stages
+    from tiergate.policy import cache
+
+    try:
+        policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
+    except Exception:
+        return False
+    return stages.on_error(policy, engine) == "allow"
+
+
+def main(argv: list[str] | None = None, conf: str | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    settings = read_conf(conf)
+    if runc_args.subcommand(argv) not in ENFORCED:
+        return exec_runtime(argv, settings)
+    return enforce(argv, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

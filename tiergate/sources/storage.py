@@ -1,0 +1,154 @@
+"""Image facts from containers-storage (podman, buildah, CRI-O), read without calling the engine.
+
+Podman holds the container's lock while hooks run, so asking podman would
+deadlock; its storage metadata is plain JSON on disk. The precreate spec's
+root.path is `<graphroot>/overlay/<layer>/merged`: the graphroot comes from
+it, which honours storage.conf, --root and rootless storage alike.
+
+Names here are no identity: `podman tag`, `import`, `load` and `commit` record
+a name together with a (locally made) manifest digest exactly as a pull does,
+so no name in images.json proves a pull. An image from containers-storage
+therefore earns a lifted ceiling only by a digest rule (its id or manifest
+digest); name rules may still tighten it.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import stat
+
+from tiergate.oci.jsonio import parse
+
+from tiergate.oci.errors import OciError
+
+from tiergate.core.decide import Image
+
+_DRIVERS = ("overlay", "vfs", "btrfs", "zfs", "aufs")
+_HEX = frozenset("0123456789abcdef")
+MAX_METADATA = 256 * 1024 * 1024
+
+
+def _read(path: str, what: str):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise OciError(f"cannot open {what} {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise OciError(f"{what} {path} is not a regular file")
+            data = fh.read(MAX_METADATA + 1)
+    except OSError as exc:
+        raise OciError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > MAX_METADATA:
+        raise OciError(f"{what} {path} is larger than {MAX_METADATA} bytes")
+    try:
+        return parse(data.decode("utf-8"), what)
+    except (OciError, UnicodeDecodeError) as exc:  # half-written or corrupt: the policy decides
+        raise OciError(f"{what} {path} is not valid JSON ({str(exc)[:80]})") from None
+
+
+def split_root(root_path: str) -> tuple[str, str, str] | None:
+    """(graphroot, driver, layer id) for a containers-storage rootfs path, else None."""
+    parts = os.path.normpath(root_path).split("/")
+    if parts and parts[-1] in ("merged", "diff"):
+        parts.pop()
+    if len(parts) < 3 or len(parts[-1]) != 64 or not set(parts[-1]) <= _HEX:
+        return None
+    layer = parts.pop()
+    if parts[-1] == "dir" and len(parts) >= 2 and parts[-2] == "vfs":
+        parts.pop()
+    driver = parts.pop()
+    graph = "/".join(parts)
+    if driver not in _DRIVERS or not graph.startswith("/") or graph == "":
+        return None
+    return graph, driver, layer
+
+
+_CONTAINERS: dict[tuple, list[dict]] = {}  # parsed once per start for the id and the image (~17 ms at 1,000)
+
+
+def _container_entry(graph: str, driver: str, layer: str) -> dict | None:
+    """The containers.json entry whose layer is this rootfs (raises OciError when unreadable)."""
+    path = os.path.join(graph, f"{driver}-containers", "containers.json")
+    try:
+        st = os.lstat(path)
+        key = (path, st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key is None or key not in _CONTAINERS:
+        parsed = _list(_read(path, "container metadata"), "containers.json")
+        if key is not None:
+            _CONTAINERS.clear()
+            _CONTAINERS[key] = parsed
+        return next((c for c in parsed if c.get("layer") == layer), None)
+    return next((c for c in _CONTAINERS[key] if c.get("layer") == layer), None)
+
+
+def container_for_rootfs(root_path: str) -> dict | None:
+    """{"id", "names", "image"} of the container the engine recorded for this rootfs, or None. Never raises."""
+    where = split_root(root_path)
+    try:
+        entry = _container_entry(*where) if where else None
+    except OciError:
+        return None
+    if not entry or not isinstance(entry.get("id"), str):
+        return None
+    return {"id": entry["id"][:64], "names": [n for n in entry.get("names") or [] if isinstance(n, str)],
+            "image": str(entry.get("image") or "")[:64]}
+
+
+def image_for_rootfs(root_path: str) -> Image:
+    """Never raises: what cannot be read becomes Image.unknown(reason) for the policy to judge."""
+    where = split_root(root_path)
+    if where is None:
+        return Image.unknown(f"rootfs {root_path[:200]} is not in containers-storage")
+    graph, driver, layer = where
+    try:
+        entry = _container_entry(graph, driver, layer)
+        if entry is None:
+            return Image.unknown(f"no container uses layer {layer[:12]}")
+        image_id = entry.get("image") or ""
+        if not isinstance(image_id, str):
+            return Image.unknown("containers.json names its image with a non-string")
+        if not image_id:
+            return Image(refs=[], id="", labels={})  # created from a bare rootfs: no image, no labels
+        images = _read(os.path.join(graph, f"{driver}-images", "images.json"), "image metadata")
+        image = next((i for i in _list(images, "images.json") if i.get("id") == image_id), None)
+        if image is None:
+            return Image.unknown(f"image {image_id[:12]} is not in images.json")
+        key = "sha256:" + image_id
+        blob = os.path.join(graph, f"{driver}-images", image_id, "=" + binascii.b2a_base64(key.encode(), newline=False).decode())
+        config = _read(blob, "image config")
+        cfg = config.get("config") if isinstance(config, dict) else None
+        cfg = cfg if isinstance(cfg, dict) else {}
+        labels = cfg.get("Labels") if isinstance(cfg.get("Labels"), dict) else {}
+        exposed = cfg.get("ExposedPorts") if isinstance(cfg.get("ExposedPorts"), dict) else {}
+        names = [n for n in image.get("names") or [] if isinstance(n, str)]
+        # Trust rules judge the reference the container was created from, not every alias
+        # the same image id carries (podman records it in the container's metadata).
+        ran = _metadata(entry).get("image-name")
+        if isinstance(ran, str) and ran:
+            names = [ran]
+        return Image(refs=names, id=image_id, labels={k: v for k, v in labels.items() if isinstance(v, str)},
+                     exposed=list(exposed), digest=str(image.get("digest") or ""))
+    except OciError as exc:
+        return Image.unknown(str(exc))
+    except (TypeError, AttributeError, ValueError) as exc:  # metadata of the wrong shape
+        return Image.unknown(f"malformed storage metadata ({type(exc).__name__})")
+
+
+def _metadata(entry: dict) -> dict:
+    raw = entry.get("metadata")
+    try:
+        meta = parse(raw, "container metadata") if isinstance(raw, str) else {}
+    except OciError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _list(value, what: str) -> list[dict]:
+    if not isinstance(value, list):
+        raise OciError(f"{what} is not a JSON array")
+    return [v for v in value if isinstance(v, dict)]

@@ -157,7 +157,7 @@ def alternate(configs: dict, rounds: int, what: str, warmup: bool = True) -> dic
 def with_deltas(results: dict, bare: str, floor: str | None = None) -> dict:
     b = results.get(bare, {}).get("median_ms")
     f = results.get(floor, {}).get("median_ms") if floor else None
-    for name, r in results.items():
+    for _name, r in results.items():
         m = r.get("median_ms")
         if m is None:
             continue
@@ -881,7 +881,7 @@ class Bench:
         bodies = {"ip rules (netlink)": rules, "nft table (libnftables)": table,
                   "ip rules + egress chains (CAP_NET_RAW, shim)": raw}
         samples: dict[str, list[float]] = {name: [] for name in bodies}
-        for r in range(self.rounds * 2):
+        for _round in range(self.rounds * 2):
             for name, body in bodies.items():
                 ns = f"tgb-mm-{uuid.uuid4().hex[:8]}"
                 subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)

@@ -46,7 +46,7 @@ def host_footprint():
     if os.geteuid() == 0:
         left = footprint.restore()
         if left:
-            warnings.warn(f"engine leftovers not removed (in use?): {left}")
+            warnings.warn(f"engine leftovers not removed (in use?): {left}", stacklevel=2)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ import tomllib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pytest
 
@@ -772,7 +772,7 @@ class Docker:
         self._procs: dict[str, subprocess.Popen] = {}
 
     # daemons ------------------------------------------------------------------
-    def start(self) -> "Docker":
+    def start(self) -> Docker:
         d = self.dir
         for p in (d, d / "cli", d / "tmp", d / "containerd", self.data_root, self.exec_root):
             p.mkdir(parents=True, exist_ok=True)

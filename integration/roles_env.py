@@ -161,7 +161,7 @@ class Peers:
         assert self._next < 250, "out of --ip addresses"
         return f"{self.net4}.{self._next}"
 
-    def setup(self) -> "Peers":
+    def setup(self) -> Peers:
         sh(IP, "netns", "add", self.ns)
         self.made_ns = True
         sh(IP, "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if, "netns", self.ns)
@@ -270,7 +270,7 @@ class RoleEnv:
                      "--log", str(self.log), "--cache-dir", str(self.tg / "cache")], timeout=60)
         assert r.returncode == 0, r.stderr
 
-    def start(self) -> "RoleEnv":
+    def start(self) -> RoleEnv:
         t = time.monotonic()
         # image: busybox tree + /www/index.html + /bin/tgprobe
         root = self.dir / "rootfs"

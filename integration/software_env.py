@@ -135,7 +135,7 @@ class SoftwareEnv(RoleEnv):
         self.base = IMAGE_PREFIX + "software"
         self.versions: dict[str, str] = {}
 
-    def start(self) -> "SoftwareEnv":
+    def start(self) -> SoftwareEnv:
         t = time.monotonic()
         self.no_hooks.mkdir()
         self.files.mkdir(mode=0o755)

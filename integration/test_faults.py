@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -254,7 +252,7 @@ def test_full_log_still_decides(podman, tg_images, tmp_path):
 def test_full_log_leaves_no_torn_line(podman, tg_images, tmp_path):
     proc, copy = _full_log_run(podman, tg_images, tmp_path)
     assert proc.returncode == 0, proc.stderr[-300:]
-    for n, line in enumerate(copy.read_bytes().split(b"\n")[:-1], 1):
+    for line in copy.read_bytes().split(b"\n")[:-1]:
         json.loads(line)  # a torn record fails here
     assert copy.read_bytes().endswith(b"\n"), f"torn tail: {copy.read_bytes()[-120:]!r}"
 
@@ -367,7 +365,6 @@ def _config_blob(podman, ref: str) -> Path:
 
     info = podman.image_inspect(ref)
     image_id = info["Id"]
-    key = info.get("Digest") and None
     d = podman.root / "overlay-images" / image_id
     blobs = [p for p in d.iterdir() if p.name.startswith("=")
              and base64.b64decode(p.name[1:]).decode(errors="replace").startswith("sha256:")]

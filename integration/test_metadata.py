@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from roles_env import BODY, IP, Peers, role_env_fixture, sh, wget
+from roles_env import BODY, IP, Peers, role_env_fixture, sh
 
 env = role_env_fixture("test_metadata")
 

@@ -289,7 +289,7 @@ class TestEscalation:
         if note is None:
             assert "clamped" not in notes
         else:
-            assert f"clamped: " in notes and note in notes, notes
+            assert "clamped: " in notes and note in notes, notes
             assert any(c.startswith(change) or re.search(change, c) for c in rec["changes"]), rec["changes"]
 
     def test_seccomp_unconfined_is_clamped(self, tgp, tg_control, tg_images):

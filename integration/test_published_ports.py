@@ -54,7 +54,7 @@ def test_docker_published_ports_open_and_nothing_else(docker_peers):  # noqa: F8
                            runtime=runtime)
         assert proc.returncode == 0, proc.stderr[-500:]
         try:
-            wait_for(lambda: "UP" in engine.docker("logs", name, timeout=20).stdout, 20, "servers")
+            wait_for(lambda: "UP" in engine.docker("logs", name, timeout=20).stdout, 20, "servers")  # noqa: B023 (called now)
             got[key] = {k: peers.http_from_peers(f"http://{ip}:{port}/hostname") for k, port in PORTS.items()}
         finally:
             engine.docker("rm", "-f", name, timeout=60)

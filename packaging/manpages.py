@@ -42,7 +42,7 @@ def page(name: str, summary: str, parser: argparse.ArgumentParser, version: str,
     os.environ["COLUMNS"] = "80"  # argparse wraps to the terminal: make pages reproducible
     usage, sections = _sections(parser.format_help())
     date = datetime.datetime.fromtimestamp(int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or 0,
-                                           datetime.timezone.utc).strftime("%Y-%m-%d")
+                                           datetime.UTC).strftime("%Y-%m-%d")
     lines = [f'.TH {name.upper()} 1 "{date}" "tiergate {version}" "User Commands"',
              ".SH NAME", f"{name} \\- {summary}", ".SH SYNOPSIS", ".nf", _roff(usage), ".fi"]
     for head, body in sections:

@@ -35,7 +35,7 @@ import sys
 import tarfile
 import uuid
 from pathlib import Path
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import harness
 from harness import run_cmd, stop_pid, toml_dumps, wait_until
@@ -154,7 +154,7 @@ class CriNode:
         }))
         return self.config
 
-    def start(self) -> "CriNode":
+    def start(self) -> CriNode:
         if not self.config.exists():
             self.write_config()
         run_cmd([IP, "netns", "add", self.netns], check=True, timeout=20)

@@ -11,7 +11,7 @@ from tiergate.cli import main as cli
 from tiergate.cli import log as L
 from tiergate.core.errors import TiergateError
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 
 RECS = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 
@@ -80,7 +79,7 @@ def test_render():
     assert s[f'tiergate_hook_duration_seconds_sum{{{lab}}}'] == pytest.approx(0.0049)
     assert 'tiergate_hook_duration_seconds_count{stage="createRuntime",tier="isolated",outcome="refused"}' not in s  # "n/a"
     assert s["tiergate_records_total"] == len(RECS)
-    assert s["tiergate_last_record_timestamp_seconds"] == dt.datetime(2026, 11, 24, 10, 0, 5, tzinfo=dt.timezone.utc).timestamp()
+    assert s["tiergate_last_record_timestamp_seconds"] == dt.datetime(2026, 11, 24, 10, 0, 5, tzinfo=dt.UTC).timestamp()
     assert text.count("# TYPE tiergate_hook_duration_seconds histogram") == 1
 
 

@@ -162,9 +162,9 @@ def test_unset_fields_get_the_built_in_defaults() -> None:
 
 def test_trust_rules_compile_with_policy_default_over_ceiling() -> None:
     """Digests lose their sha256: prefix; a rule without over_ceiling takes the policy's."""
-    text = policy(head=HEAD + 'over_ceiling = "refuse"\n',
-                  *[f'\n[[trust]]\ndigest = "sha256:{"ab" * 32}"\nmax_tier = "a"\n',
-                    '\n[[trust]]\nmatch = "docker.io/*"\nmax_tier = "a"\nover_ceiling = "clamp"\n'])
+    text = policy(*[f'\n[[trust]]\ndigest = "sha256:{"ab" * 32}"\nmax_tier = "a"\n',
+                    '\n[[trust]]\nmatch = "docker.io/*"\nmax_tier = "a"\nover_ceiling = "clamp"\n'],
+                  head=HEAD + 'over_ceiling = "refuse"\n')
     trust = compile_text(text)["trust"]
     assert trust == [
         {"match": None, "digest": "ab" * 32, "max_tier": "a", "over_ceiling": "refuse"},

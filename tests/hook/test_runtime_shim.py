@@ -119,7 +119,7 @@ def test_refusal_reaches_the_log_when_stderr_is_read_only(tmp_path, monkeypatch)
     import json
     import sys
 
-    ro = open(os.devnull, "r")  # writing raises, as on the sandbox's read-only /dev/null
+    ro = open(os.devnull)  # writing raises, as on the sandbox's read-only /dev/null
     monkeypatch.setattr(sys, "stderr", ro)
     log = tmp_path / "log.json"
     try:

@@ -20,7 +20,7 @@ import argparse
 import os
 from pathlib import Path
 
-from tiergate.engines import ENGINES, RUNTIME_ENGINES
+from tiergate.engines import ENGINES
 
 
 def register(sub) -> None:

@@ -83,14 +83,14 @@ def _parse_iso(text: str) -> dt.datetime:
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     t = dt.datetime.fromisoformat(text)
-    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
 
 
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """`30s`, `10m`, `1h`, `2d`, `1w` (ago), or an ISO date/time (UTC unless it has an offset)."""
     from tiergate.core.errors import TiergateError
 
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if m:
         return now - dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])

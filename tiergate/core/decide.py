@@ -59,7 +59,7 @@ class Image:
         return self._pulled
 
     @classmethod
-    def unknown(cls, problem: str) -> "Image":
+    def unknown(cls, problem: str) -> Image:
         return cls(known=False, problem=problem)
 
 

@@ -155,7 +155,7 @@ class _Lock:
     def __init__(self, cache_dir: str) -> None:
         self.path, self.fd = os.path.join(cache_dir, LOCK), -1
 
-    def __enter__(self) -> "_Lock":
+    def __enter__(self) -> _Lock:
         import fcntl
 
         try:

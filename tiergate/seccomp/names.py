@@ -11,7 +11,7 @@ their syscalls (``_llseek``, ``socketcall``, ``*_time64``).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pyseccomp
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 from tiergate.core import glob
 from tiergate.core.errors import Refusal
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any
+
 _TIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
@@ -38,10 +43,13 @@ class Image:
     __slots__ = ("refs", "_pulled", "id", "digest", "labels", "container_labels", "exposed", "known", "problem",
                  "namespace", "sandbox")
 
-    def __init__(self, refs=(), id="", labels=None, exposed=(), known=True, problem="", digest="",
-                 namespace="", sandbox=False, pulled=(), container_labels=None):
+    def __init__(self, refs: Iterable[str] = (), id: str = "", labels: Mapping[str, str] | None = None,
+                 exposed: Iterable[str] = (), known: bool = True, problem: str = "", digest: str = "",
+                 namespace: str = "", sandbox: bool = False,
+                 pulled: Iterable[str] | Callable[[], Iterable[str]] = (),
+                 container_labels: Mapping[str, str] | None = None) -> None:
         self.refs = list(refs)
-        self._pulled = pulled if callable(pulled) else list(pulled)  # a callable: read only when a rule asks
+        self._pulled: list[str] | Callable[[], Iterable[str]] = pulled if callable(pulled) else list(pulled)  # a callable: read only when a rule asks
         self.id = id.removeprefix("sha256:") if id else ""
         self.digest = digest.removeprefix("sha256:") if digest else ""
         self.labels = dict(labels or {})
@@ -53,7 +61,7 @@ class Image:
         self.sandbox = sandbox
 
     @property
-    def pulled(self) -> list:
+    def pulled(self) -> list[str]:
         if callable(self._pulled):
             self._pulled = list(self._pulled())
         return self._pulled
@@ -66,15 +74,15 @@ class Image:
 class Decision:
     __slots__ = ("tier", "requested", "source", "ceiling", "rule", "why")
 
-    def __init__(self, tier, requested, source, ceiling, rule, why):
+    def __init__(self, tier: str, requested: str, source: str, ceiling: str, rule: str, why: str) -> None:
         self.tier, self.requested, self.source = tier, requested, source
         self.ceiling, self.rule, self.why = ceiling, rule, why
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
-def ceiling_for(policy: dict, image: Image) -> tuple[str, str, str]:
+def ceiling_for(policy: dict[str, Any], image: Image) -> tuple[str, str, str]:
     """(max tier, over-ceiling action, rule description): the pod namespace's rule, else the first matching trust rule.
 
     A digest rule matches the full image id or manifest digest. A name rule that would
@@ -97,7 +105,7 @@ def ceiling_for(policy: dict, image: Image) -> tuple[str, str, str]:
     return policy["default_ceiling"], policy["over_ceiling"], "default ceiling"
 
 
-def caller_request(policy: dict, image: Image, annotations: dict) -> tuple[str, str] | None:
+def caller_request(policy: dict[str, Any], image: Image, annotations: dict[str, Any]) -> tuple[str, str] | None:
     """(tier, source) the caller asked for: a spec annotation, else a container label that is
     not the image's own (docker merges `--label` into the image's labels)."""
     key = policy["label_key"]
@@ -109,7 +117,7 @@ def caller_request(policy: dict, image: Image, annotations: dict) -> tuple[str, 
     return None
 
 
-def decide(policy: dict, image: Image, annotations: dict | None = None) -> Decision:
+def decide(policy: dict[str, Any], image: Image, annotations: dict[str, Any] | None = None) -> Decision:
     """Choose the tier. Raises Refusal when the policy says this container must not start."""
     tiers = policy["tiers"]
     key = policy["label_key"]
@@ -153,7 +161,7 @@ def decide(policy: dict, image: Image, annotations: dict | None = None) -> Decis
     return _floor(policy, image, Decision(ceiling, requested, source, ceiling, rule, why))
 
 
-def _floor(policy: dict, image: Image, decision: Decision) -> Decision:
+def _floor(policy: dict[str, Any], image: Image, decision: Decision) -> Decision:
     """A pod namespace's min_tier: nothing in it runs less strictly (kube-system may differ from shop)."""
     ns_rule = (policy.get("namespaces") or {}).get(image.namespace) if image.namespace else None
     floor = ns_rule.get("min_tier") if ns_rule else None

@@ -9,6 +9,10 @@ from __future__ import annotations
 from tiergate.core.errors import Refusal
 from tiergate.core.modifiers import annotate, devices, linux, mounts, namespaces, process, seccomp
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 # Order matters only for readability of the change list; each modifier is idempotent.
 MODIFIERS = (
     process.privileged,
@@ -33,9 +37,9 @@ class Context:
 
     __slots__ = ("tier", "policy", "facts", "why", "changes", "refusals", "notes")
 
-    def __init__(self, tier: dict, policy: dict, facts: dict, why: str) -> None:
+    def __init__(self, tier: dict[str, Any], policy: dict[str, Any], facts: dict[str, Any], why: str) -> None:
         self.tier, self.policy, self.facts, self.why = tier, policy, facts, why
-        self.changes: list[dict] = []
+        self.changes: list[dict[str, Any]] = []
         self.refusals: list[str] = []
         self.notes: list[tuple[str, str]] = list(facts.get("notes", ()))
 
@@ -57,7 +61,7 @@ class Context:
             self.notes.append((key, value))
 
 
-def harden(spec: dict, tier: dict, policy: dict, facts: dict | None = None, why: str = "") -> tuple[dict, list[dict], list[tuple[str, str]]]:
+def harden(spec: dict[str, Any], tier: dict[str, Any], policy: dict[str, Any], facts: dict[str, Any] | None = None, why: str = "") -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]:
     """Return (hardened copy of spec, changes, notes). Raises Refusal; SpecError on malformed input."""
     original = spec
     spec = clone(spec)
@@ -73,7 +77,7 @@ def harden(spec: dict, tier: dict, policy: dict, facts: dict | None = None, why:
     return spec, ctx.changes, ctx.notes
 
 
-def audit(original: dict, hardened: dict, ctx: Context) -> tuple[dict, list[dict], list[tuple[str, str]]]:
+def audit(original: dict[str, Any], hardened: dict[str, Any], ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]:
     """Audit (complain) mode: the container runs as asked; seccomp logs what the tier would deny.
 
     The change list is what enforcement would do, each marked "would"; refusals become notes.
@@ -96,9 +100,9 @@ def audit(original: dict, hardened: dict, ctx: Context) -> tuple[dict, list[dict
     return spec, changes, ctx.notes
 
 
-def seccomp_log(profile: dict) -> dict:
+def seccomp_log(profile: dict[str, Any]) -> dict[str, Any]:
     """The same filter with every denying action turned into SCMP_ACT_LOG."""
-    out = clone(profile)
+    out: dict[str, Any] = clone(profile)
     if out.get("defaultAction") != "SCMP_ACT_ALLOW":
         out["defaultAction"] = "SCMP_ACT_LOG"
         out.pop("defaultErrnoRet", None)
@@ -109,7 +113,7 @@ def seccomp_log(profile: dict) -> dict:
     return out
 
 
-def clone(value):
+def clone(value: Any) -> Any:
     """A deep copy of a JSON value (copy.deepcopy's memo and dispatch cost more, and its import)."""
     if isinstance(value, dict):
         return {k: clone(v) for k, v in value.items()}

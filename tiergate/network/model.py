@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -53,15 +54,15 @@ def _ip(value: Any, where: str) -> str:
         raise ValueError(f"{where}: not an IP address: {value!r}") from None
 
 
-def _enum(choices: tuple[str, ...]):
-    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _enum(choices: tuple[str, ...]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
             raise ValueError(f"{attribute.name}: must be one of {'|'.join(choices)}, got {value!r}")
 
     return check
 
 
-def _bool(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _bool(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{attribute.name}: must be true or false, got {value!r}")
 
@@ -79,7 +80,7 @@ class AllowRule:
             raise ValueError(f"allow.proto: must be one of {'|'.join(PROTOS)}, got {self.proto!r}")
 
 
-def _check_dns(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_dns(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, str):
         if value not in DNS_MODES:
             raise ValueError(f"dns: must be \"resolv.conf\", \"none\" or a list of IPs, got {value!r}")
@@ -90,12 +91,12 @@ def _check_dns(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ValueError(f"dns: must be \"resolv.conf\", \"none\" or a list of IPs, got {value!r}")
 
 
-def _check_rate(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_rate(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not _RATE_RE.match(value)):
         raise ValueError(f"rate: must be like \"10mbit\" or \"500kbit\" (or absent), got {value!r}")
 
 
-def _check_name(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_name(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not _NAME_RE.match(value):
         raise ValueError(f"name: must match {_NAME_RE.pattern}, got {value!r}")
 
@@ -114,7 +115,7 @@ class NetworkPolicy:
     rate: str | None = attrs.field(default=None, validator=_check_rate)
 
 
-def from_table(name: str, table: dict) -> NetworkPolicy:
+def from_table(name: str, table: dict[str, Any]) -> NetworkPolicy:
     """Validate one `[network.<name>]` table; ValueError names the field in one line."""
     if not isinstance(table, dict):
         raise ValueError(f"network.{name}: must be a table, got {type(table).__name__}")
@@ -176,7 +177,7 @@ def from_table(name: str, table: dict) -> NetworkPolicy:
         raise ValueError(f"network.{name}: {exc}") from None
 
 
-def to_dict(np: NetworkPolicy) -> dict:
+def to_dict(np: NetworkPolicy) -> dict[str, Any]:
     """The compiled, plain-JSON form (docs/contracts.md)."""
     return {
         "name": np.name,

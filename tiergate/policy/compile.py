@@ -19,6 +19,13 @@ from tiergate.core.errors import PolicyError
 from tiergate.policy.load import load, locate
 from tiergate.policy.model import TIER_DEFAULTS, PolicyFile, TierSpec
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Fail = Callable[..., PolicyError]  # raise fail(reason, *keys): the error at the policy file's line
+
 TIER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "cgroup", "user", "time")
 FORMAT = 2  # bump when the compiled form changes: old caches are ignored
@@ -30,14 +37,14 @@ def shipped_dir() -> Path:
     return Path(configs.__file__).parent
 
 
-def compile_file(path: str | Path) -> dict:
+def compile_file(path: str | Path) -> dict[str, Any]:
     """Load, check and compile one policy file. Raises PolicyError (file:line: reason)."""
     path = Path(path).resolve()
     model, text = load(path)
     return compile_policy(model, text, str(path))
 
 
-def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
+def compile_policy(model: PolicyFile, text: str, file: str) -> dict[str, Any]:
     def fail(reason: str, *keys: str | int) -> PolicyError:
         return PolicyError(reason, file, locate(text, list(keys)))
 
@@ -77,12 +84,12 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict:
     if model.sandbox_tier is not None:
         known(model.sandbox_tier, "sandbox_tier")
     namespaces = {}
-    for ns, rule in model.namespaces.items():
+    for ns, ns_rule in model.namespaces.items():
         for field in ("max_tier", "min_tier"):
-            if getattr(rule, field) is not None:
-                known(getattr(rule, field), "namespaces", ns, field)
-        namespaces[ns] = {"max_tier": rule.max_tier, "min_tier": rule.min_tier,
-                          "over_ceiling": rule.over_ceiling or model.over_ceiling}
+            if getattr(ns_rule, field) is not None:
+                known(getattr(ns_rule, field), "namespaces", ns, field)
+        namespaces[ns] = {"max_tier": ns_rule.max_tier, "min_tier": ns_rule.min_tier,
+                          "over_ceiling": ns_rule.over_ceiling or model.over_ceiling}
     sens = model.sensitive
     for p in sens.paths:
         if not p.startswith("/"):
@@ -123,7 +130,7 @@ def host_arches() -> tuple[str, ...] | None:
     return ARCH_FAMILIES.get(platform.machine())
 
 
-def _network(name: str, table: dict, fail) -> dict:
+def _network(name: str, table: dict[str, Any], fail: Fail) -> dict[str, Any]:
     from tiergate.network.model import from_table, to_dict
 
     if not TIER_NAME.match(name):
@@ -134,9 +141,10 @@ def _network(name: str, table: dict, fail) -> dict:
         raise fail(f"network policy {name!r}: {exc}", "networks", name) from None
 
 
-def _resolve(name: str, specs: dict[str, TierSpec], fail) -> dict:
+def _resolve(name: str, specs: dict[str, TierSpec], fail: Fail) -> dict[str, Any]:
     """Flatten `extends` chains: the child's set fields win, lists are replaced, not merged."""
-    chain, seen = [], set()
+    chain: list[str] = []
+    seen: set[str] = set()
     cur: str | None = name
     while cur is not None:
         if cur in seen:
@@ -157,7 +165,7 @@ def _resolve(name: str, specs: dict[str, TierSpec], fail) -> dict:
     return out
 
 
-def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], fail) -> dict:
+def _compile_tier(name: str, t: dict[str, Any], networks: dict[str, Any], seccomp_dirs: list[Path], fail: Fail) -> dict[str, Any]:
     allowed = []
     for cap in t["capabilities"]:
         norm = caps.normalize(cap)
@@ -254,7 +262,7 @@ def _compile_tier(name: str, t: dict, networks: dict, seccomp_dirs: list[Path], 
 _DOC_RANGES = ("192.0.2.", "198.51.100.", "203.0.113.", "2001:db8:")
 
 
-def warnings(compiled: dict) -> list[str]:
+def warnings(compiled: dict[str, Any]) -> list[str]:
     """One line per finding, in a stable order."""
     tiers = compiled["tiers"]
     out: list[str] = []

@@ -5,16 +5,18 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import get_args, get_origin
-
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 import cattrs
 from cattrs.gen import make_dict_structure_fn
 
 from tiergate.core.errors import PolicyError
 from tiergate.policy.model import EngineSettings, NamespaceRule, PolicyFile, Sensitive, TierSpec, TrustRule
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-def _strict(kind: type):
+
+def _strict(kind: type) -> Callable[[object, type], object]:
     def structure(value: object, _: type) -> object:
         # cattrs would coerce 1 -> "1" and "no" -> True; a policy must say what it means.
         if type(value) is not kind:
@@ -23,10 +25,11 @@ def _strict(kind: type):
     return structure
 
 
-def _list(conv: cattrs.Converter, value, t):
+def _list(conv: cattrs.Converter, value: object, t: Any) -> list[Any]:
     if not isinstance(value, list):
         raise TypeError(f"expected list, got {type(value).__name__} {value!r}")
-    out, errors = [], []
+    out: list[Any] = []
+    errors: list[Exception] = []
     for i, item in enumerate(value):
         try:
             out.append(conv.structure(item, get_args(t)[0]))
@@ -38,11 +41,12 @@ def _list(conv: cattrs.Converter, value, t):
     return out
 
 
-def _dict(conv: cattrs.Converter, value, t):
+def _dict(conv: cattrs.Converter, value: object, t: Any) -> dict[Any, Any]:
     if not isinstance(value, dict):
         raise TypeError(f"expected table, got {type(value).__name__} {value!r}")
     key_t, val_t = get_args(t)
-    out, errors = {}, []
+    out: dict[Any, Any] = {}
+    errors: list[Exception] = []
     for key, item in value.items():
         try:
             out[conv.structure(key, key_t)] = conv.structure(item, val_t)
@@ -59,8 +63,8 @@ def _converter() -> cattrs.Converter:
     for kind in (str, int, bool):
         conv.register_structure_hook(kind, _strict(kind))
     # cattrs would split "net.core" into characters where a list belongs.
-    conv.register_structure_hook_func(lambda t: get_origin(t) is list, lambda v, t: _list(conv, v, t))
-    conv.register_structure_hook_func(lambda t: get_origin(t) is dict, lambda v, t: _dict(conv, v, t))
+    conv.register_structure_hook_func(lambda t: get_origin(t) is list, lambda v, t: _list(conv, v, t))  # type: ignore[comparison-overlap]
+    conv.register_structure_hook_func(lambda t: get_origin(t) is dict, lambda v, t: _dict(conv, v, t))  # type: ignore[comparison-overlap]
     for cls in (PolicyFile, TierSpec, TrustRule, NamespaceRule, Sensitive, EngineSettings):
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True))
     return conv
@@ -135,7 +139,8 @@ def _dotted(keys: list[str | int]) -> str:
 def locate(text: str, keys: list[str | int]) -> int | None:
     """Best-effort line number of a key path in TOML text (tables, arrays of tables, keys)."""
     lines = text.splitlines()
-    start, prefix, i = 0, [], 0
+    start, i = 0, 0
+    prefix: list[str | int] = []
 
     def find(pattern: str, nth: int = 0) -> int | None:
         rx, seen = re.compile(pattern), -1

@@ -6,7 +6,7 @@ rebuild); the start-time path reads the compiled JSON form instead.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -98,7 +98,7 @@ class PolicyFile:
     sensitive: Sensitive = attrs.Factory(Sensitive)
     trust: list[TrustRule] = attrs.Factory(list)
     tiers: dict[str, TierSpec] = attrs.Factory(dict)
-    networks: dict[str, dict] = attrs.Factory(dict)
+    networks: dict[str, Any] = attrs.Factory(dict)
     engines: dict[str, EngineSettings] = attrs.Factory(dict)
 
 

@@ -14,6 +14,10 @@ import pyseccomp
 
 from tiergate.seccomp.names import ARCH_TOKENS
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 _OPS = {
     "SCMP_CMP_NE": pyseccomp.NE,
     "SCMP_CMP_LT": pyseccomp.LT,
@@ -50,7 +54,7 @@ def action_value(action: str, errno_ret: int | None = None) -> int:
     raise SeccompBuildError(f"unsupported seccomp action {action!r}")
 
 
-def _arch_ids(oci: dict, all_arches: bool) -> list[int]:
+def _arch_ids(oci: dict[str, Any], all_arches: bool) -> list[int]:
     if not all_arches:
         return []
     ids = []
@@ -61,7 +65,7 @@ def _arch_ids(oci: dict, all_arches: bool) -> list[int]:
     return ids
 
 
-def to_filter(oci_seccomp: dict, all_arches: bool = False) -> pyseccomp.SyscallFilter:
+def to_filter(oci_seccomp: dict[str, Any], all_arches: bool = False) -> pyseccomp.SyscallFilter:
     """A SyscallFilter equivalent to ``oci_seccomp``.
 
     By default it holds the native architecture only (what a test on this

@@ -16,6 +16,10 @@ each was disjoint from its own profile's allows, a superset of the result's.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
 ALLOW = "SCMP_ACT_ALLOW"
 # Actions that let the call run. NOTIFY and TRACE hand the choice to the caller's agent:
 # they count as denials (kept as they are), so the agent can never allow what the tier denies.
@@ -25,14 +29,15 @@ _NEGATE = {"SCMP_CMP_EQ": "SCMP_CMP_NE", "SCMP_CMP_NE": "SCMP_CMP_EQ", "SCMP_CMP
 _MAX_RULES = 64  # per syscall; beyond it the call is denied (sound, and keeps runc's compile small)
 _WEAKENING_FLAGS = frozenset({"SECCOMP_FILTER_FLAG_SPEC_ALLOW"})
 
-Cond = tuple  # (index, value, valueTwo, op)
-Action = tuple  # (action, errnoRet or None)
+Cond = tuple[int, int, int, str]  # (index, value, valueTwo, op)
+Action = tuple[str | None, int | None]  # (action or None when a profile lacks defaultAction, errnoRet or None)
+Conds = tuple[Cond, ...]  # a conjunction
 
 
 class _Profile:
     __slots__ = ("default", "rules", "plain")
 
-    def __init__(self, profile: dict) -> None:
+    def __init__(self, profile: dict[str, Any]) -> None:
         self.default: Action = (profile.get("defaultAction"), profile.get("defaultErrnoRet"))
         self.rules: dict[str, list[tuple[Action, tuple[Cond, ...]]]] = {}
         self.plain: dict[str, Action] = {}  # names whose every rule is unconditional: the action (the fast path)
@@ -54,7 +59,7 @@ class _Profile:
         """The action every call of `name` gets, or None when it depends on the arguments."""
         return self.plain.get(name) or (None if name in self.rules else self.default)
 
-    def outcome(self, name: str) -> tuple[list, list, Action | None]:
+    def outcome(self, name: str) -> tuple[list[Conds], list[tuple[Action, Conds]], Action | None]:
         """(allowing conjunctions, conditional deny rules, the deny every other call gets or None)."""
         rules = self.rules.get(name, [])
         plain = [a for a, conds in rules if not conds]
@@ -62,10 +67,10 @@ class _Profile:
         denies = [(a, conds) for a, conds in rules if conds and a[0] not in _ALLOWING]
         if fall[0] not in _ALLOWING:
             return [conds for a, conds in rules if conds and a[0] in _ALLOWING], denies, fall
-        allowed: list = [()]
+        allowed: list[Conds] = [()]
         for _, conds in denies:  # allowed where no deny rule matches: AND of NOT(c1 AND c2 ...)
-            negated = [(_negate(c),) for c in conds]
-            allowed = _and(allowed, negated) if all(n[0] for n in negated) else []
+            negated = [_negate(c) for c in conds]
+            allowed = _and(allowed, [(n,) for n in negated if n]) if all(negated) else []
         return allowed, denies, None
 
 
@@ -80,7 +85,7 @@ def _holds(cond: Cond, x: int) -> bool:
             "SCMP_CMP_GT": x > v, "SCMP_CMP_GE": x >= v, "SCMP_CMP_MASKED_EQ": (x & v) == v2}.get(op, False)
 
 
-def _both(c: Cond, d: Cond) -> Cond | None | bool:
+def _both(c: Cond, d: Cond) -> Cond | None | Literal[False]:
     """One comparison meaning `c and d` on the same argument; None: never true; False: not writable."""
     if c == d:
         return c
@@ -95,12 +100,12 @@ def _both(c: Cond, d: Cond) -> Cond | None | bool:
     return False
 
 
-def _and(left: list, right: list) -> list:
+def _and(left: list[Conds], right: list[Conds]) -> list[Conds]:
     """The conjunction of two disjunctions, one comparison per argument per rule (libseccomp's rule)."""
     out = []
     for a in left:
         for b in right:
-            by_index: dict = {}
+            by_index: dict[int, Cond] = {}
             ok = True
             for cond in (*a, *b):
                 have = by_index.get(cond[0])
@@ -115,13 +120,13 @@ def _and(left: list, right: list) -> list:
     return out if len(out) <= _MAX_RULES else []
 
 
-def intersect(tier: dict, caller: dict) -> dict:
+def intersect(tier: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
     """A profile that denies every call either profile denies (the tier's errno first)."""
     a, b = _Profile(tier), _Profile(caller)
     default = next((d for d in (a.default, b.default) if d[0] not in _ALLOWING), (ALLOW, None))
-    out_rules: dict[tuple, list[str]] = {}
+    out_rules: dict[tuple[Action, Conds], list[str]] = {}
 
-    def emit(name: str, action: Action, conds: tuple) -> None:
+    def emit(name: str, action: Action, conds: Conds) -> None:
         out_rules.setdefault((action, conds), []).append(name)
 
     for name in dict.fromkeys([*a.rules, *b.rules]):
@@ -163,8 +168,8 @@ def intersect(tier: dict, caller: dict) -> dict:
     return _render(tier, caller, default, out_rules)
 
 
-def _render(tier: dict, caller: dict, default: Action, rules: dict) -> dict:
-    out: dict = {"defaultAction": default[0]}
+def _render(tier: dict[str, Any], caller: dict[str, Any], default: Action, rules: dict[tuple[Action, Conds], list[str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"defaultAction": default[0]}
     if default[1] is not None:
         out["defaultErrnoRet"] = default[1]
     arches_a, arches_b = tier.get("architectures") or [], caller.get("architectures") or []
@@ -177,7 +182,7 @@ def _render(tier: dict, caller: dict, default: Action, rules: dict) -> dict:
         out["flags"] = flags
     syscalls = []  # in one canonical order, so a second intersection is equal, not only equivalent
     for (action, conds), names in sorted(rules.items(), key=lambda kv: (kv[0][0][0], kv[0][0][1] or 0, kv[0][1])):
-        rule: dict = {"names": sorted(names), "action": action[0]}
+        rule: dict[str, Any] = {"names": sorted(names), "action": action[0]}
         if action[1] is not None:
             rule["errnoRet"] = action[1]
         if conds:  # valueTwo only when set: Go engines re-serialise without a zero one

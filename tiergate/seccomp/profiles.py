@@ -39,6 +39,15 @@ import os
 import re
 from pathlib import Path
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+    SearchDirs = str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None
+    Arg = tuple[int, str, int, int]  # (index, op, value, valueTwo)
+    Entry = tuple[str, str, int | None, tuple[Arg, ...], str, str]  # (name, action, errnoRet, args, group, why)
+
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "seccomp"
 
 ACTIONS = (
@@ -80,7 +89,7 @@ class SeccompProfileError(ValueError):
     """A seccomp profile source is missing, malformed or inconsistent."""
 
 
-def _dirs(search_dirs) -> list[Path]:
+def _dirs(search_dirs: SearchDirs) -> list[Path]:
     if search_dirs is None:
         return [PROFILE_DIR]
     if isinstance(search_dirs, (str, os.PathLike)):
@@ -88,16 +97,16 @@ def _dirs(search_dirs) -> list[Path]:
     return [Path(d) for d in search_dirs]
 
 
-def list_profiles(search_dirs=None) -> list[str]:
+def list_profiles(search_dirs: SearchDirs = None) -> list[str]:
     """Names of the profiles found in ``search_dirs`` (default: the shipped ones)."""
-    found = set()
+    found: set[str] = set()
     for d in _dirs(search_dirs):
         if d.is_dir():
             found.update(p.stem for p in d.glob("*.json") if _PROFILE_RE.match(p.stem))
     return sorted(found)
 
 
-def load_source(name: str, search_dirs=None) -> dict:
+def load_source(name: str, search_dirs: SearchDirs = None) -> dict[str, Any]:
     """The raw source of profile ``name`` (first search dir that has it wins)."""
     if not isinstance(name, str) or not _PROFILE_RE.match(name):
         raise SeccompProfileError(f"seccomp profile name {name!r} is not valid")
@@ -116,7 +125,7 @@ def load_source(name: str, search_dirs=None) -> dict:
     raise SeccompProfileError(f"unknown seccomp profile {name!r} (searched {where})")
 
 
-def _int(v, what: str) -> int:
+def _int(v: object, what: str) -> int:
     if isinstance(v, bool):
         raise SeccompProfileError(f"{what}: {v!r} is not an integer")
     if isinstance(v, str):
@@ -129,7 +138,7 @@ def _int(v, what: str) -> int:
     return v
 
 
-def _norm_args(args, what: str) -> tuple:
+def _norm_args(args: object, what: str) -> tuple[Arg, ...]:
     if not isinstance(args, list):
         raise SeccompProfileError(f"{what}: args must be a list")
     out = []
@@ -153,7 +162,7 @@ def _norm_args(args, what: str) -> tuple:
     return tuple(sorted(out))
 
 
-def _norm_group(g, profile: str, i: int) -> dict:
+def _norm_group(g: object, profile: str, i: int) -> dict[str, Any]:
     what = f"seccomp profile {profile!r} group #{i}"
     if not isinstance(g, dict):
         raise SeccompProfileError(f"{what}: not an object")
@@ -197,12 +206,12 @@ def _norm_group(g, profile: str, i: int) -> dict:
             "errnoRet": errno, "names": list(names), "alternatives": alts}
 
 
-def resolve(name: str, search_dirs=None) -> dict:
+def resolve(name: str, search_dirs: SearchDirs = None) -> dict[str, Any]:
     """Resolve ``extends`` chains: the profile as its defaults plus a flat list of
     rule entries ``(name, action, errnoRet, args, group, why)``, parents first."""
     chain: list[str] = []
-    srcs: list[dict] = []
-    cur = name
+    srcs: list[dict[str, Any]] = []
+    cur: str | None = name
     while cur is not None:
         if cur in chain:
             raise SeccompProfileError(
@@ -263,8 +272,8 @@ def resolve(name: str, search_dirs=None) -> dict:
     return out
 
 
-def _check_consistency(name: str, entries, arches) -> None:
-    by_name: dict[str, set] = {}
+def _check_consistency(name: str, entries: list[Entry], arches: list[str]) -> None:
+    by_name: dict[str, set[tuple[str, int | None, tuple[Arg, ...]]]] = {}
     for n, action, errno, args, *_ in entries:
         by_name.setdefault(n, set()).add((action, errno, args))
     for n, rules in sorted(by_name.items()):
@@ -272,7 +281,7 @@ def _check_consistency(name: str, entries, arches) -> None:
             raise SeccompProfileError(
                 f"seccomp profile {name!r}: {n} has an unconditional rule and other rules "
                 "(libseccomp would let the unconditional one win; give every rule for it conditions)")
-        seen = {}
+        seen: dict[tuple[Arg, ...], tuple[str, int | None]] = {}
         for action, errno, args in rules:
             if args in seen and seen[args] != (action, errno):
                 raise SeccompProfileError(
@@ -288,17 +297,18 @@ def _check_consistency(name: str, entries, arches) -> None:
                     "drop SCMP_ARCH_X86 from architectures")
 
 
-def _arg_json(a) -> dict:
+def _arg_json(a: Arg) -> dict[str, Any]:
     index, op, value, two = a
-    d = {"index": index, "value": value}
+    d: dict[str, Any] = {"index": index, "value": value}
     if op == "SCMP_CMP_MASKED_EQ":
         d["valueTwo"] = two
     d["op"] = op
     return d
 
 
-def compile_profile(name: str, extra_deny=(), search_dirs=None, check_names: bool = True,
-                    arches=None, extra_allow=()) -> dict:
+def compile_profile(name: str, extra_deny: str | Iterable[str] = (), search_dirs: SearchDirs = None,
+                    check_names: bool = True, arches: Iterable[str] | None = None,
+                    extra_allow: Iterable[str] = ()) -> dict[str, Any]:
     """Compile profile ``name`` to an OCI ``linux.seccomp`` object.
 
     ``arches`` keeps only those of the profile's architectures (the host's
@@ -338,18 +348,18 @@ def compile_profile(name: str, extra_deny=(), search_dirs=None, check_names: boo
                 f"seccomp profile {name!r}: unknown syscall names: {', '.join(unknown)}")
     _check_consistency(name, entries, res["architectures"])
 
-    rules: dict[tuple, set] = {}
+    rules: dict[tuple[str, int | None, tuple[Arg, ...]], set[str]] = {}
     for n, action, errno, args, *_ in entries:
         rules.setdefault((action, errno, args), set()).add(n)
 
-    def order(key):
+    def order(key: tuple[str, int | None, tuple[Arg, ...]]) -> tuple[int, int, bool, tuple[Arg, ...]]:
         action, errno, args = key
         return (_ACTION_RANK[action], errno or 0, len(args) > 0, args)
 
     syscalls = []
     for key in sorted(rules, key=order):
         action, errno, args = key
-        rule = {"names": sorted(rules[key]), "action": action}
+        rule: dict[str, Any] = {"names": sorted(rules[key]), "action": action}
         if errno is not None:
             rule["errnoRet"] = errno
         if args:
@@ -361,17 +371,17 @@ def compile_profile(name: str, extra_deny=(), search_dirs=None, check_names: boo
         out["defaultErrnoRet"] = res["defaultErrnoRet"]
     out["architectures"] = [a for a in res["architectures"] if arches is None or a in arches]
     if not out["architectures"]:
-        raise SeccompProfileError(f"seccomp profile {name!r} covers none of this host's architectures ({', '.join(arches)})")
+        raise SeccompProfileError(f"seccomp profile {name!r} covers none of this host's architectures ({', '.join(arches or ())})")
     if res["flags"]:
         out["flags"] = list(res["flags"])
     out["syscalls"] = syscalls
     return out
 
 
-def explain(name: str, search_dirs=None) -> list[dict]:
+def explain(name: str, search_dirs: SearchDirs = None) -> list[dict[str, Any]]:
     """Per group, what the resolved profile does and why (for ``tiergate explain``)."""
     res = resolve(name, search_dirs)
-    groups: dict[tuple, dict] = {}
+    groups: dict[tuple[str, str, int | None], dict[str, Any]] = {}
     for n, action, errno, args, group, why in res["entries"]:
         g = groups.setdefault((group, action, errno), {
             "group": group, "why": why, "action": action, "errnoRet": errno,

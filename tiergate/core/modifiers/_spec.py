@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from tiergate.oci.errors import SpecError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 _TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer"}
 
 
-def get(parent: dict, key: str, kind: type, path: str, create: bool = False):
+def get(parent: dict[str, Any], key: str, kind: type, path: str, create: bool = False) -> Any:
     """parent[key] checked to be of `kind`; None when absent (or a new empty one when create)."""
     value = parent.get(key)
     if value is None:
@@ -19,8 +23,8 @@ def get(parent: dict, key: str, kind: type, path: str, create: bool = False):
     return value
 
 
-def strings(parent: dict, key: str, path: str) -> list[str] | None:
-    value = get(parent, key, list, path)
+def strings(parent: dict[str, Any], key: str, path: str) -> list[str] | None:
+    value: list[str] | None = get(parent, key, list, path)
     if value is not None:
         for i, item in enumerate(value):
             if type(item) is not str:
@@ -28,7 +32,7 @@ def strings(parent: dict, key: str, path: str) -> list[str] | None:
     return value
 
 
-def objects(parent: dict, key: str, path: str) -> list[dict]:
+def objects(parent: dict[str, Any], key: str, path: str) -> list[dict[str, Any]]:
     value = get(parent, key, list, path) or []
     for i, item in enumerate(value):
         if type(item) is not dict:

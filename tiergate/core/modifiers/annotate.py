@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from tiergate.core.modifiers._spec import get, objects
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tiergate.core.harden import Context
+
 PREFIX = "io.tiergate."
 
 
-def network(spec: dict, ctx) -> None:
+def network(spec: dict[str, Any], ctx: Context) -> None:
     """Tiers that program the network namespace (network policy, metadata block) get a createRuntime
     hook unless the edge programs it itself (the namespace exists already, or the shim does it)."""
     policy = ctx.tier["network"]
@@ -23,7 +29,7 @@ def network(spec: dict, ctx) -> None:
                    f"applies {what} inside the container's namespace before it starts")
 
 
-def decision(spec: dict, ctx) -> None:
+def decision(spec: dict[str, Any], ctx: Context) -> None:
     annotations = get(spec, "annotations", dict, "$", create=True)
     want = {
         PREFIX + "tier": ctx.tier["name"],

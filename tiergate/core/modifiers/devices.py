@@ -8,20 +8,27 @@ from __future__ import annotations
 
 from tiergate.core.modifiers._spec import get, objects
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tiergate.core.harden import Context
+
 # (type, major, minor) the engines and runc always allow; None = any minor.
 _STANDARD = {("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9), ("c", 5, 0),
              ("c", 5, 1), ("c", 5, 2), ("c", 136, None), ("c", 10, 200)}
 DENY_ALL = {"allow": False, "access": "rwm"}
 
 
-def apply(spec: dict, ctx) -> None:
+def apply(spec: dict[str, Any], ctx: Context) -> None:
     """A device is the host's (type, major, minor), whatever path it gets inside: the allow-list
     names host paths, which the edge stats (facts["devices"])."""
     linux = get(spec, "linux", dict, "$", create=True)
     allowed_paths = set(ctx.tier["devices"])
     host = {_key(t, ma, mi) for t, ma, mi in ctx.facts.get("devices", {}).values()}
     devices = objects(linux, "devices", "$.linux")
-    kept, removed = [], []
+    kept: list[dict[str, Any]] = []
+    removed: list[dict[str, Any]] = []
     for i, dev in enumerate(devices):
         get(dev, "path", str, f"$.linux.devices[{i}]")
         kind = get(dev, "type", str, f"$.linux.devices[{i}]")
@@ -30,7 +37,7 @@ def apply(spec: dict, ctx) -> None:
         (kept if _key(kind, dev.get("major"), dev.get("minor")) in host else removed).append(dev)
     if removed:
         linux["devices"] = kept
-        names = [d.get("path") for d in removed]
+        names = [str(d.get("path")) for d in removed]  # a device without a path: shown, not a TypeError
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         ctx.escalation(f"asks for host devices ({shown})")
         ctx.change("$.linux.devices", f"removed {len(removed)} host devices ({shown})",
@@ -61,15 +68,15 @@ def apply(spec: dict, ctx) -> None:
                        f"tier {ctx.tier['name']} limits device access")
 
 
-def _key(kind, major, minor) -> tuple:
+def _key(kind: object, major: object, minor: object) -> tuple[object, object, object]:
     return ("c" if kind == "u" else kind, major, minor)
 
 
-def _grants_access(rule: dict) -> bool:
+def _grants_access(rule: dict[str, Any]) -> bool:
     access = rule.get("access", "rwm")
     return not isinstance(access, str) or "r" in access or "w" in access
 
 
-def _standard(rule: dict, ok: set) -> bool:
+def _standard(rule: dict[str, Any], ok: set[tuple[object, object, object]]) -> bool:
     key = (rule.get("type"), rule.get("major"), rule.get("minor"))
     return key in ok or (key[0], key[1], None) in ok

@@ -5,8 +5,14 @@ from __future__ import annotations
 from tiergate.core import glob
 from tiergate.core.modifiers._spec import get, strings
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-def paths(spec: dict, ctx) -> None:
+    from tiergate.core.harden import Context
+
+
+def paths(spec: dict[str, Any], ctx: Context) -> None:
     linux = get(spec, "linux", dict, "$", create=True)
     for key, tier_key, why in (("maskedPaths", "masked_paths", "hidden from the container"),
                                ("readonlyPaths", "readonly_paths", "read-only in the container")):
@@ -20,7 +26,7 @@ def paths(spec: dict, ctx) -> None:
             ctx.change(f"$.linux.{key}", f"added {', '.join(missing)}", f"kernel interfaces {why} in tier {ctx.tier['name']}")
 
 
-def sysctls(spec: dict, ctx) -> None:
+def sysctls(spec: dict[str, Any], ctx: Context) -> None:
     linux = get(spec, "linux", dict, "$", create=True)
     table = get(linux, "sysctl", dict, "$.linux")
     if not table:
@@ -33,7 +39,7 @@ def sysctls(spec: dict, ctx) -> None:
             ctx.change(f"$.linux.sysctl.{name}", "removed", f"tier {ctx.tier['name']} does not allow this sysctl")
 
 
-def pids(spec: dict, ctx) -> None:
+def pids(spec: dict[str, Any], ctx: Context) -> None:
     limit = ctx.tier["pids_limit"]
     if not limit:
         return
@@ -48,7 +54,7 @@ def pids(spec: dict, ctx) -> None:
         ctx.change("$.linux.resources.pids.limit", f"set to {limit}", f"tier {ctx.tier['name']} caps processes (fork bombs)")
 
 
-def nproc_instead(spec: dict, ctx, limit: int) -> None:
+def nproc_instead(spec: dict[str, Any], ctx: Context, limit: int) -> None:
     """Rootless without cgroup delegation: runc cannot set a pids limit (every start would fail).
 
     RLIMIT_NPROC (soft = hard, which the workload cannot raise: that needs CAP_SYS_RESOURCE in the
@@ -68,7 +74,7 @@ def nproc_instead(spec: dict, ctx, limit: int) -> None:
     linux = get(spec, "linux", dict, "$")
     resources = get(linux, "resources", dict, "$.linux") if linux else None
     pids = get(resources, "pids", dict, "$.linux.resources") if resources else None
-    if pids is not None:
+    if pids is not None and resources is not None:
         asked = get(pids, "limit", int, "$.linux.resources.pids")
         if asked is not None and 0 < asked < limit:
             limit = asked  # never weaker than what the caller asked either
@@ -87,14 +93,14 @@ def nproc_instead(spec: dict, ctx, limit: int) -> None:
              "user's containers running as the same uid)")
 
 
-def pids_update(resources: dict, ctx) -> None:
+def pids_update(resources: dict[str, Any], ctx: Context) -> None:
     """`runc update` resources (docker update, podman update): the tier's pids limit holds after
     create too. 0 leaves the limit as it is (runc); below 0 is unlimited; cgroup v2 `unified`
     pids.* keys would bypass the field."""
     limit = ctx.tier["pids_limit"]
     if not limit:
         return
-    pids = resources.get("pids")
+    pids: Any = resources.get("pids")
     have = pids.get("limit") if isinstance(pids, dict) else None
     if isinstance(have, int) and not isinstance(have, bool) and (have < 0 or have > limit):
         ctx.escalation(f"raises its pids limit to {'unlimited' if have < 0 else have} by update (the tier caps it at {limit})")

@@ -14,6 +14,12 @@ import os
 from tiergate.core import glob
 from tiergate.core.modifiers._spec import get, objects, strings
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tiergate.core.harden import Context
+
 _HEX = frozenset("0123456789abcdef")
 _DOCKER_FILES = ("hostname", "hosts", "resolv.conf", "mounts/shm")
 _CRI_FILES = ("hostname", "hosts", "resolv.conf", "shm")  # containerd CRI: .../io.containerd.grpc.v1.cri/sandboxes/<id>/
@@ -72,12 +78,12 @@ _LEAVE_WRITABLE = {"proc", "sysfs", "devpts", "cgroup", "cgroup2"}
 _READ_ONLY_FS = ("sysfs", "cgroup", "cgroup2")
 
 
-def is_bind(mount: dict) -> bool:
+def is_bind(mount: dict[str, Any]) -> bool:
     opts = mount.get("options") or []
     return mount.get("type") == "bind" or "bind" in opts or "rbind" in opts
 
 
-def host_paths(mount: dict) -> list[str]:
+def host_paths(mount: dict[str, Any]) -> list[str]:
     """The host paths a mount exposes (see the module docstring); [] for the container's own filesystems."""
     typ, src = mount.get("type"), mount.get("source") or ""
     if is_bind(mount):
@@ -94,7 +100,7 @@ def host_paths(mount: dict) -> list[str]:
     return [src] if typ not in _LABEL_TYPES and src.startswith("/") else []
 
 
-def written_paths(mount: dict) -> list[str]:
+def written_paths(mount: dict[str, Any]) -> list[str]:
     """The host paths writes through the mount land in (an overlay writes only to its upper and work dirs)."""
     if mount.get("type") == "overlay" and not is_bind(mount):
         return [v for o in mount.get("options") or [] for k, _, v in [o.partition("=")]
@@ -118,7 +124,7 @@ def sensitive(path: str, sensitive_paths: list[str], sockets: list[str]) -> str 
     return None
 
 
-def candidates(path: str, fact: dict | None) -> list[str]:
+def candidates(path: str, fact: dict[str, Any] | None) -> list[str]:
     """Every host path a source stands for: as written, resolved, and its aliases (edge facts)."""
     out = [normalize(path)]
     if fact:
@@ -126,7 +132,7 @@ def candidates(path: str, fact: dict | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def judge(path: str, fact: dict | None, sens: list[str], sockets: list[str], tier: dict) -> tuple[str, str] | None:
+def judge(path: str, fact: dict[str, Any] | None, sens: list[str], sockets: list[str], tier: dict[str, Any]) -> tuple[str, str] | None:
     """(kind, reason) a tier without sensitive_mounts may not mount `path` for, or None."""
     if not path.startswith("/"):
         return "relative host path", "resolved by the runtime against its bundle directory, unknown here"
@@ -144,7 +150,7 @@ def judge(path: str, fact: dict | None, sens: list[str], sockets: list[str], tie
     return None
 
 
-def sensitive_mounts(spec: dict, ctx) -> None:
+def sensitive_mounts(spec: dict[str, Any], ctx: Context) -> None:
     """Every mount is judged by the host paths it exposes: sensitive paths, tiergate's own state,
     engine sockets, directories holding one, paths a non-root user can swap."""
     mounts = objects(spec, "mounts", "$")
@@ -177,7 +183,7 @@ def sensitive_mounts(spec: dict, ctx) -> None:
         spec["mounts"] = keep
 
 
-def _readonly_host_bind(m: dict, i: int, facts: dict, ctx) -> None:
+def _readonly_host_bind(m: dict[str, Any], i: int, facts: dict[str, Any], ctx: Context) -> None:
     """writable_binds: host paths a mount writes to stay writable only when the policy names them."""
     writable = ctx.tier.get("writable_binds")
     if writable is None or "ro" in (m.get("options") or []):
@@ -194,7 +200,7 @@ def _readonly_host_bind(m: dict, i: int, facts: dict, ctx) -> None:
         return
 
 
-def kernel_fs(spec: dict, ctx) -> None:
+def kernel_fs(spec: dict[str, Any], ctx: Context) -> None:
     """sysfs and the cgroup filesystem read-only, as in an ordinary container (--privileged asks rw)."""
     for i, m in enumerate(objects(spec, "mounts", "$")):
         if m.get("type") not in _READ_ONLY_FS:
@@ -206,7 +212,7 @@ def kernel_fs(spec: dict, ctx) -> None:
                        f"tier {ctx.tier['name']} lets no container write host-wide kernel state")
 
 
-def rootfs(spec: dict, ctx) -> None:
+def rootfs(spec: dict[str, Any], ctx: Context) -> None:
     """Read-only rootfs, the tier's tmpfs mounts, and (with writable_mounts) every other mount read-only."""
     tier = ctx.tier
     if tier["readonly_rootfs"]:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from tiergate.core.modifiers._spec import get, objects
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tiergate.core.harden import Context
+
 # A missing entry means "the host's namespace" (runtime-spec). user, cgroup and
 # time are not required: rootful engines run without them by default.
 REQUIRED = ("pid", "network", "ipc", "uts", "mount")
 POD_FIELDS = {"network": "hostNetwork", "pid": "hostPID", "ipc": "hostIPC"}  # what a pod spec calls them
 
 
-def apply(spec: dict, ctx) -> None:
+def apply(spec: dict[str, Any], ctx: Context) -> None:
     linux = get(spec, "linux", dict, "$", create=True)
     entries = objects(linux, "namespaces", "$.linux")
     linux["namespaces"] = entries  # `objects` returns a fresh list for a missing or empty one

@@ -5,8 +5,14 @@ from __future__ import annotations
 from tiergate.core.capabilities import ENGINE_DEFAULTS, SETS
 from tiergate.core.modifiers._spec import get, strings
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-def capabilities(spec: dict, ctx) -> None:
+    from tiergate.core.harden import Context
+
+
+def capabilities(spec: dict[str, Any], ctx: Context) -> None:
     proc = get(spec, "process", dict, "$")
     if proc is None:
         return
@@ -32,14 +38,14 @@ def capabilities(spec: dict, ctx) -> None:
         ctx.escalation(f"asks for capabilities beyond the engine defaults: {shown} (--cap-add or --privileged)")
 
 
-def privileged(spec: dict, ctx) -> None:
+def privileged(spec: dict[str, Any], ctx: Context) -> None:
     """Name --privileged as such; its parts are clamped by the other modifiers."""
     annotations = get(spec, "annotations", dict, "$") or {}
     if annotations.get("io.podman.annotations.privileged") == "TRUE" or ctx.facts.get("privileged"):
         ctx.escalation("runs --privileged")
 
 
-def no_new_privileges(spec: dict, ctx) -> None:
+def no_new_privileges(spec: dict[str, Any], ctx: Context) -> None:
     proc = get(spec, "process", dict, "$")
     if proc is None or not ctx.tier["no_new_privileges"]:
         return
@@ -49,7 +55,7 @@ def no_new_privileges(spec: dict, ctx) -> None:
                    "setuid binaries and file capabilities must not raise privileges")
 
 
-def apparmor(spec: dict, ctx) -> None:
+def apparmor(spec: dict[str, Any], ctx: Context) -> None:
     """Set the tier's profile only when the edge loaded it (ctx.facts['apparmor'])."""
     proc = get(spec, "process", dict, "$")
     mode = ctx.tier["apparmor"]

@@ -6,8 +6,14 @@ from tiergate.oci.errors import SpecError
 
 from tiergate.core.modifiers._spec import get
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-def apply(spec: dict, ctx) -> None:
+    from tiergate.core.harden import Context
+
+
+def apply(spec: dict[str, Any], ctx: Context) -> None:
     profile = ctx.tier["seccomp"]
     if profile is None:
         return
@@ -33,13 +39,13 @@ def apply(spec: dict, ctx) -> None:
                f"tier {ctx.tier['name']} allows only its own syscall set, and what the caller denies stays denied")
 
 
-def _same(current: dict, profile: dict) -> bool:
+def _same(current: dict[str, Any], profile: dict[str, Any]) -> bool:
     """Equal, or the same filter re-serialised (canonical() only when it could be: it costs ~1 ms)."""
     return current == profile or (len(current.get("syscalls") or ()) == len(profile.get("syscalls") or ())
                                   and canonical(current) == canonical(profile))
 
 
-def canonical(profile: dict) -> object:
+def canonical(profile: dict[str, Any]) -> object:
     """The filter a profile means, whatever defaults an engine wrote out or left out.
 
     Podman re-serialises config.json dropping `"valueTwo": 0`, for example; a

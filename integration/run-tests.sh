@@ -14,6 +14,7 @@ check() {  # check NAME CMD...: run a static check; on failure its findings, the
   "${@:2}" || { echo "run-tests: $1 failed: fix the findings above (${*:2})" >&2; exit 1; }
 }
 check ruff .venv/bin/ruff check --quiet --output-format concise
+check mypy .venv/bin/mypy
 
 # As root, setup.sh has just installed every engine: a missing one is a
 # failure, not a skip (harness.require_binary honours this).

@@ -22,3 +22,10 @@ def test_package_init_is_empty() -> None:
     init = Path(tiergate.oci.__file__)
     code = [line for line in init.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert all(not line.startswith(("import ", "from ")) for line in code), code
+
+
+def test_start_path_imports_no_typing() -> None:
+    """Annotations on the start path are for mypy only (under TYPE_CHECKING): typing costs ms to import."""
+    code = ("import sys, tiergate.hook.stages, tiergate.shim.runtime; "
+            "assert 'typing' not in sys.modules, 'the start path imports typing'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -60,7 +60,7 @@ def bash_script(parser: argparse.ArgumentParser) -> str:
         positional = [a for a in sp._actions if not a.option_strings and a.choices
                       and not isinstance(a, argparse._SubParsersAction)]
         for a in positional:
-            args += [str(c) for c in a.choices]
+            args += [str(c) for c in a.choices or ()]
         cases.append(f'        {name}) opts="{" ".join(dict.fromkeys(opts))}"; args="{" ".join(dict.fromkeys(args))}" ;;')
         for opt, vals in sorted(choices.items()):
             value_cases.append(f'        "{name} {opt}") COMPREPLY=($(compgen -W "{" ".join(vals)}" -- "$cur")); return ;;')

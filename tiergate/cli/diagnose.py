@@ -189,6 +189,6 @@ def explain_container(args) -> int:
     return 0
 
 
-def _short(change: object) -> str:
+def _short(change: str | dict) -> str:
     text = change if isinstance(change, str) else f"{change.get('field')}: {change.get('what')}"
     return re.sub(r"\s+", " ", text)

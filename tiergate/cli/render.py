@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tiergate.core.decide import Image, decide
+from tiergate.core.decide import Decision, Image, decide
 from tiergate.core.errors import Refusal, TiergateError
 
 
@@ -34,7 +34,7 @@ def _read_spec(path: str) -> dict:
     return spec
 
 
-def _decide_and_harden(args) -> tuple[dict, object, dict, list, list]:
+def _decide_and_harden(args) -> tuple[dict, Decision | None, dict, list, list]:
     from tiergate.host import facts as host
     from tiergate.core.harden import harden
     from tiergate.policy.cache import load_compiled

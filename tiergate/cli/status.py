@@ -89,7 +89,7 @@ def _opt(argv: list[str], *names: str) -> str | None:
 def find_containers(proc: str = "/proc") -> list[dict]:
     """[{pid, id, name, bundle, engine}] for every container init process visible in proc."""
     ours = _ns(proc, "self") or _ns(proc, 1)
-    out = []
+    out: list[dict] = []
     try:
         pids = [int(e) for e in os.listdir(proc) if e.isdigit()]
     except OSError:
@@ -136,7 +136,7 @@ def describe(pid: int, proc: str = "/proc", ppid: int | None = None) -> dict:
     return info
 
 
-def annotations(bundle: str) -> dict:
+def bundle_annotations(bundle: str) -> dict:
     if not bundle:
         return {}
     try:
@@ -205,7 +205,7 @@ def podman_pid(name: str) -> tuple[int, str] | None:
 
 def report(info: dict, records: list[dict], proc: str = "/proc", counters=None) -> dict:
     """One container's status: identity, tier and why, live facts, network counters."""
-    ann = annotations(info.get("bundle", ""))
+    ann = bundle_annotations(info.get("bundle", ""))
     rec = last_decision(records, info.get("id", ""))
     out = dict(info)
     out["tier"] = ann.get("io.tiergate.tier") or (rec or {}).get("tier")

@@ -112,7 +112,8 @@ class PidMap:
     KEEP = 10.0
 
     def __init__(self, proc: str = "/proc") -> None:
-        self.proc, self.known = proc, {}
+        self.proc = proc
+        self.known: dict = {}
 
     def refresh(self) -> None:
         try:

@@ -56,7 +56,7 @@ def _toml(value) -> str | None:
     if isinstance(value, (int, float, str)):
         return json.dumps(value)
     if isinstance(value, list) and all(_toml(v) is not None and not isinstance(v, list) for v in value):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(_toml(v) or "" for v in value) + "]"
     return None
 
 
@@ -75,7 +75,7 @@ def block(exe: Path, with_runc: bool, default_table: bool, version: int = 2, run
     annotations = list(dict.fromkeys([*POD_ANNOTATIONS, *(runc.get("pod_annotations") or [])]))
     lines += [f"[{cri}.runtimes.{NAME}]", *(f"  {k} = {_toml(v)}" for k, v in settings.items()),
               f"  pod_annotations = {_toml(annotations)}", f"[{cri}.runtimes.{NAME}.options]"]
-    options = runc.get("options") if isinstance(runc.get("options"), dict) else {}
+    options = runc["options"] if isinstance(runc.get("options"), dict) else {}
     lines += [f"  {k} = {_toml(v)}" for k, v in options.items() if k != "BinaryName" and _toml(v) is not None]
     lines += [f"  BinaryName = {q(str(exe))}", END]
     return "\n".join(lines) + "\n"

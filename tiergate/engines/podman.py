@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from tiergate.engines import files
@@ -109,7 +110,7 @@ def uninstall(hooks_dirs: list[Path], bin_dir: Path, say=print) -> None:
     release_hook(bin_dir, say, users(bin_dir), gone=dirs)
 
 
-def release_hook(bin_dir: Path, say=print, still: list[str] = (), gone: list[Path] = ()) -> None:
+def release_hook(bin_dir: Path, say=print, still: Sequence[str] = (), gone: Sequence[Path] = ()) -> None:
     """Remove the hook launcher unless `still` (e.g. runtime shim users) or a hook file in a hooks
     dir install wrote to, or one podman reads, calls it (`gone`: dirs being emptied now). The list
     of dirs keeps only live ones."""

@@ -35,7 +35,7 @@ VALUE_FLAGS = ("root", "log", "log-format", "criu", "rootless", "cgroup-manager"
 ENFORCED = tuple(sorted(runc_args.ENFORCED))
 
 
-def is_shim(path: Path) -> bool:
+def is_shim(path: Path | str) -> bool:
     try:
         head = Path(path).read_bytes()[:512]
     except OSError:
@@ -51,14 +51,14 @@ def real_runtime(name: str | None, shim: Path) -> str:
         if not os.access(path, os.X_OK):
             raise FileNotFoundError(f"runtime {path} is not an executable")
     else:
-        path = None
+        path = ""
         for d in os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
             cand = Path(d or ".") / name
             if cand.is_file() and os.access(cand, os.X_OK) and not is_shim(cand) \
                     and os.path.realpath(cand) != os.path.realpath(shim):
                 path = str(cand)
                 break
-        if path is None:
+        if not path:
             raise FileNotFoundError(f"no {name} on PATH (install runc, or pass --runtime PATH)")
     if is_shim(Path(path)) or os.path.realpath(path) == os.path.realpath(shim):
         raise ValueError(f"runtime {path} is tiergate-runtime itself: that would loop")

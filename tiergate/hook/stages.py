@@ -30,6 +30,10 @@ EXEC_GAP = ("podman exec runs no hook: unless tiergate-runtime is podman's runti
 
 class Options:
     __slots__ = ("stage", "policy", "cache_dir", "log", "engine")
+    stage: str | None
+    policy: str | None
+    cache_dir: str | None
+    log: str | None
 
     def __init__(self) -> None:
         self.stage = self.policy = self.cache_dir = self.log = None
@@ -42,10 +46,10 @@ def parse_args(argv: list[str]) -> Options:
     for arg in it:
         key, eq, value = arg.partition("=")
         if key in ("--policy", "--cache-dir", "--log", "--engine"):
-            value = value if eq else next(it, None)
-            if value is None:
+            given = value if eq else next(it, None)
+            if given is None:
                 raise TiergateError(f"{key} needs a value")
-            setattr(opts, key[2:].replace("-", "_"), value)
+            setattr(opts, key[2:].replace("-", "_"), given)
         elif not arg.startswith("-") and opts.stage is None:
             opts.stage = arg
         else:
@@ -132,7 +136,7 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
     """
     from tiergate.host import facts as host
 
-    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    annotations = spec["annotations"] if isinstance(spec.get("annotations"), dict) else {}
     decision = decide(policy, image, annotations)
     rec.update(requested=decision.requested, tier=decision.tier, why=decision.why, source=decision.source)
     tier = policy["tiers"][decision.tier]
@@ -231,9 +235,9 @@ def _emit(spec: dict, rec: dict) -> int:
 def refusal_spec(spec, line: str) -> dict:
     """A spec that cannot start: no capabilities, no binds, and a createRuntime hook that fails with `line`."""
     base = spec if isinstance(spec, dict) else {}
-    root = base.get("root") if isinstance(base.get("root"), dict) else {}
-    linux = base.get("linux") if isinstance(base.get("linux"), dict) else {}
-    out = {
+    root = base["root"] if isinstance(base.get("root"), dict) else {}
+    linux = base["linux"] if isinstance(base.get("linux"), dict) else {}
+    out: dict = {
         "ociVersion": base.get("ociVersion") if isinstance(base.get("ociVersion"), str) else "1.0.2",
         "root": {"path": root.get("path") if isinstance(root.get("path"), str) else "/", "readonly": True},
         "process": {"args": ["/tiergate-refused"], "cwd": "/", "user": {"uid": 65534, "gid": 65534},
@@ -260,7 +264,7 @@ def _state_and_config(rec: dict) -> tuple[dict, dict]:
 def create_runtime(opts: Options, rec: dict) -> int:
     """Apply the tier's network policy inside the container's (now existing) network namespace."""
     state, spec = _state_and_config(rec)
-    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    annotations = spec["annotations"] if isinstance(spec.get("annotations"), dict) else {}
     tier_name = annotations.get("io.tiergate.tier")
     rec["image_id"] = _image_id(spec)
     policy = load_policy(opts.policy, opts.cache_dir, rec)
@@ -295,8 +299,8 @@ def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dic
     from tiergate.network.netns import NetnsError
 
     if metadata.closes(tier):
-        proc = spec.get("process") if isinstance(spec.get("process"), dict) else {}
-        caps = proc.get("capabilities") if isinstance(proc.get("capabilities"), dict) else {}
+        proc = spec["process"] if isinstance(spec.get("process"), dict) else {}
+        caps = proc["capabilities"] if isinstance(proc.get("capabilities"), dict) else {}
         raw = "CAP_NET_RAW" in (caps.get("bounding") or [])
         try:
             rec["metadata"] = metadata.close(netns, host.resolv_conf_nameservers(spec), raw, detach_close)
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         rec["confine"] = problem
     try:
-        code = STAGES[opts.stage](opts, rec)
+        code = STAGES[opts.stage](opts, rec)  # type: ignore[index]  # parse_args admits only a stage in STAGES
         rec.setdefault("outcome", "allowed")
     except (Refusal, TiergateError, OciError) as exc:
         rec.update(outcome="refused" if isinstance(exc, Refusal) else "error", reason=str(exc))

@@ -52,7 +52,7 @@ class AppArmorError(TiergateError):
     """AppArmor could not be put in force as the tier asks (one line)."""
 
 
-def profile_name(tier_name: str) -> str:
+def profile_name(tier_name: object) -> str:
     """The stable profile name of a tier: tiergate-<tier>."""
     if not isinstance(tier_name, str) or not tier_name or not set(tier_name) <= _NAME_CHARS:
         raise ValueError(f"tier name {tier_name!r} is not [a-z0-9-]+")
@@ -147,7 +147,7 @@ def render(tier: dict) -> str:
     """The AppArmor profile text for a compiled tier dict."""
     if not isinstance(tier, dict):
         raise ValueError("tier must be a dict")
-    name = profile_name(tier.get("name"))  # type: ignore[arg-type]
+    name = profile_name(tier.get("name"))
     caps = _capabilities(tier)
     readonly = tier.get("readonly_rootfs", False)
     if not isinstance(readonly, bool):

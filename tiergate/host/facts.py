@@ -21,8 +21,8 @@ def gather(spec: dict, tier: dict, notes: list | None = None, sockets: tuple = (
     facts: dict = {"notes": list(notes or ())}
     if tier.get("passthrough"):
         return facts
-    linux = spec.get("linux") if isinstance(spec.get("linux"), dict) else {}
-    nss = linux.get("namespaces") if isinstance(linux.get("namespaces"), list) else []
+    linux = spec["linux"] if isinstance(spec.get("linux"), dict) else {}
+    nss = linux["namespaces"] if isinstance(linux.get("namespaces"), list) else []
     paths = [ns["path"] for ns in nss if isinstance(ns, dict) and isinstance(ns.get("path"), str)]
     if paths:
         # The host's identity of each namespace: init's when readable (it is not always,
@@ -30,7 +30,7 @@ def gather(spec: dict, tier: dict, notes: list | None = None, sockets: tuple = (
         facts["host_ns"] = {kind: [i for i in (_ident(f"/proc/{who}/ns/{f}") for who in ("1", "2", "self")) if i]
                             for kind, f in _NS_FILES.items()}
         facts["ns_paths"] = {p: _ident(p) for p in paths}
-    mounts = spec.get("mounts") if isinstance(spec.get("mounts"), list) else []
+    mounts = spec["mounts"] if isinstance(spec.get("mounts"), list) else []
     if not tier.get("sensitive_mounts") or tier.get("writable_binds") is not None:
         facts["mount_paths"] = mount_paths(mounts, tuple(sockets))
     wanted = tier.get("devices") or ()
@@ -118,7 +118,7 @@ def mount_paths(mounts: list, sockets) -> dict[str, dict]:
             if path in out or not path.startswith("/"):
                 continue
             real, mutable = resolve(path)
-            fact = {"real": real, "mutable": mutable}
+            fact: dict = {"real": real, "mutable": mutable}
             if not engine_file(real):
                 fact["aliases"] = table.aliases(real, KERNEL_FS)
                 fact["socket"] = table.socket_under(real, sockets)
@@ -314,7 +314,7 @@ def own_paths(policy_file: str, cache_dir: str | None, log: str | None) -> list[
 
 def fresh_netns(spec: dict) -> bool:
     """A network entry without a path: the runtime makes a new namespace holding only loopback."""
-    linux = spec.get("linux") if isinstance(spec.get("linux"), dict) else {}
+    linux = spec["linux"] if isinstance(spec.get("linux"), dict) else {}
     return any(isinstance(ns, dict) and ns.get("type") == "network" and not ns.get("path")
                for ns in linux.get("namespaces") or [])
 
@@ -322,7 +322,7 @@ def fresh_netns(spec: dict) -> bool:
 def empty_netns(spec: dict) -> bool:
     """The namespace will stay loopback-only: fresh, and no hook that could move an interface in
     (CNI as an OCI hook, docker's libnetwork-setkey). Nothing for a policy to filter then."""
-    hooks = spec.get("hooks") if isinstance(spec.get("hooks"), dict) else {}
+    hooks = spec["hooks"] if isinstance(spec.get("hooks"), dict) else {}
     return fresh_netns(spec) and not any(hooks.get(s) for s in ("prestart", "createRuntime", "createContainer"))
 
 
@@ -337,7 +337,7 @@ def _apparmor_enabled() -> bool:
 
 def netns_path(spec: dict) -> str | None:
     """The network namespace the container will join, if it exists already (podman at precreate)."""
-    linux = spec.get("linux") if isinstance(spec.get("linux"), dict) else {}
+    linux = spec["linux"] if isinstance(spec.get("linux"), dict) else {}
     for ns in linux.get("namespaces") or []:
         if isinstance(ns, dict) and ns.get("type") == "network":
             return ns.get("path") if isinstance(ns.get("path"), str) and ns.get("path") else None

@@ -117,7 +117,7 @@ def read_counters(netns: str | int, timeout: float = TIMEOUT) -> list[dict]:
     check_not_host(path)
     out = _run_in_netns(path, [NFT, "-j", "list", "table", "inet", "tiergate"], None, timeout)
     try:
-        items = parse(out, "nft output").get("nftables", [])
+        items = parse(out, "nft output").get("nftables", [])  # type: ignore[attr-defined]  # not an object: caught
     except (OciError, AttributeError):
         raise NetworkApplyError("nft printed JSON that does not parse") from None
     rows = []

@@ -134,7 +134,7 @@ class RuncArgs:
     # -- rewriting -------------------------------------------------------------
     def without(self, drop) -> list[str]:
         """A copy of argv without the options for which drop(option) is true."""
-        gone = set()
+        gone: set[int] = set()
         for opt in self.options:
             if drop(opt):
                 gone.update(range(opt.start, opt.end))

@@ -141,7 +141,7 @@ def make_converter() -> Converter:
 
     def structure_factory(cl: type) -> Any:
         known = frozenset(a.name for a in attrs.fields(cl) if a.name != "extras")
-        gen = make_dict_structure_fn(cl, conv, extras=override(omit=True))
+        gen: Any = make_dict_structure_fn(cl, conv, extras=override(omit=True))
 
         def structure(value: Any, _: type) -> Any:
             if not isinstance(value, dict):
@@ -153,7 +153,7 @@ def make_converter() -> Converter:
         return structure
 
     def unstructure_factory(cl: type) -> Any:
-        gen = make_dict_unstructure_fn(cl, conv, _cattrs_omit_if_default=True, extras=override(omit=True))
+        gen: Any = make_dict_unstructure_fn(cl, conv, _cattrs_omit_if_default=True, extras=override(omit=True))
 
         def unstructure(obj: Any) -> dict:
             out = gen(obj)
@@ -175,7 +175,7 @@ converter = make_converter()
 def _first_error(exc: BaseException, path: str = "$") -> SpecError:
     """Walk a cattrs exception group down to its first leaf, building the path."""
     if isinstance(exc, BaseValidationError):
-        with_notes, without = exc.group_exceptions()
+        with_notes, without = exc.group_exceptions()  # type: ignore[attr-defined]  # both subclasses have it
         if with_notes:
             sub, note = with_notes[0]
             if isinstance(exc, ClassValidationError):

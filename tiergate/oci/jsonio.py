@@ -112,7 +112,7 @@ class _Context:
         self.parse_float = float
         self.parse_int = int
         self.parse_constant = _bad_constant
-        self.memo = {}
+        self.memo: dict = {}
 
 
 def _position(text: str, idx: int) -> str:
@@ -122,7 +122,7 @@ def _position(text: str, idx: int) -> str:
 
 def parse(text: str, what: str = "document", pairs_hook=None) -> object:
     """Any JSON value from text, strictly (no NaN, nothing after the value); one SpecError line otherwise."""
-    scan = _json.make_scanner(_Context(pairs_hook))
+    scan = _json.make_scanner(_Context(pairs_hook))  # type: ignore[arg-type]  # the scanner reads only these attributes
     start = len(text) - len(text.lstrip(_WS))
     try:
         try:
@@ -141,7 +141,7 @@ def parse(text: str, what: str = "document", pairs_hook=None) -> object:
     except ValueError as e:  # JSONDecodeError from the scanner, or NaN/Infinity from _bad_constant
         msg = getattr(e, "msg", None)
         if msg is not None:
-            raise SpecError(f"invalid JSON in {what}: {msg} at {_position(text, e.pos)}", "$") from None
+            raise SpecError(f"invalid JSON in {what}: {msg} at {_position(text, e.pos)}", "$") from None  # type: ignore[attr-defined]
         raise SpecError(f"invalid JSON in {what}: {e}", "$") from None
     rest = text[end:]
     if rest.strip(_WS):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, NewType, Optional
+from typing import Any, Literal, NewType, Optional
 
 from attrs import define, field
 
@@ -25,7 +25,7 @@ from tiergate.oci.errors import SpecError, key_path
 class _Missing(enum.Enum):
     MISSING = "MISSING"
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> Literal[False]:
         return False
 
     def __repr__(self) -> str:
@@ -361,7 +361,7 @@ def _show(value: object) -> str:
     return "missing" if value is MISSING else repr(value)
 
 
-def _each(items: list | None | _Missing, path: str) -> Iterator[tuple[Any, str]]:
+def _each(items: Any, path: str) -> Iterator[tuple[Any, str]]:
     for i, item in enumerate(items or ()):
         yield item, f"{path}[{i}]"
 

@@ -99,7 +99,7 @@ def check_trusted(path: str, what: str, st: os.stat_result | None = None) -> Non
             raise PolicyError(problem, p)
 
 
-def policy_inputs(path: str) -> list[list]:
+def policy_inputs(path: str) -> list[list[object]]:
     """Every file the compiled form depends on, with what stat says about it (each one checked)."""
     if not os.path.exists(path):
         why = "is a dangling symlink" if os.path.lexists(path) else "does not exist"
@@ -110,7 +110,7 @@ def policy_inputs(path: str) -> list[list]:
             files += sorted(e.path for e in os.scandir(d) if e.name.endswith(".json"))
         except OSError:
             pass
-    out = []
+    out: list[list[object]] = []
     for f in dict.fromkeys(files):
         try:
             st = os.stat(f)

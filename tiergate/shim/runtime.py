@@ -205,14 +205,14 @@ def resolve_image(spec: dict, container_id: str | None, policy: dict, bundle_dir
     def storage():
         from tiergate.sources import storage as src
 
-        root = spec.get("root") if isinstance(spec.get("root"), dict) else {}
+        root = spec["root"] if isinstance(spec.get("root"), dict) else {}
         path = root.get("path")
         return src.image_for_rootfs(path) if isinstance(path, str) and src.split_root(path) else None
 
     def annotation():
         # A bare bundle (runc, ctr --rootfs): no image, no reference; the annotation
         # asks for a tier within the default ceiling.
-        annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+        annotations = spec["annotations"] if isinstance(spec.get("annotations"), dict) else {}
         return Image(refs=[], id="", labels={}) if isinstance(annotations.get(policy["label_key"]), str) else None
 
     sources = {"docker": (docker, "docker"), "cri": (cri, "containerd"),
@@ -394,23 +394,23 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
         argv = [runtime, *(["--root", root] if parsed.root else []), "state", cid]
         try:
             out = subprocess.run(argv, capture_output=True, timeout=10, env={**os.environ, LOOP_ENV: "1"})
-            state = jsonio.parse(out.stdout.decode("utf-8"), "runtime state") if out.returncode == 0 else {}
+            doc = jsonio.parse(out.stdout.decode("utf-8"), "runtime state") if out.returncode == 0 else {}
         except (OSError, UnicodeDecodeError, OciError, subprocess.TimeoutExpired):
-            state = {}
-        state = state if isinstance(state, dict) else {}
-        annotations = state.get("annotations") if isinstance(state.get("annotations"), dict) else {}
+            doc = {}
+        state = doc if isinstance(doc, dict) else {}
+        annotations = state["annotations"] if isinstance(state.get("annotations"), dict) else {}
         if isinstance(annotations.get(TIER_KEY), str):
             return annotations[TIER_KEY], "runtime state annotation"
-        bundle_dir = state.get("bundle") if isinstance(state.get("bundle"), str) else None
+        bundle_dir = state["bundle"] if isinstance(state.get("bundle"), str) else None
     if not bundle_dir:
         raise _refusal(f"cannot find container {cid[:64]}'s bundle to learn its tier")
     seen["bundle"] = bundle_dir
     spec = bundle.read_config(bundle_dir)
-    proc = spec.get("process") if isinstance(spec.get("process"), dict) else {}
+    proc = spec["process"] if isinstance(spec.get("process"), dict) else {}
     caps = (proc.get("capabilities") or {}).get("bounding") if isinstance(proc.get("capabilities"), dict) else None
     if isinstance(caps, list) and "bounding" not in seen:
         seen["bounding"] = [c for c in caps if isinstance(c, str)]
-    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    annotations = spec["annotations"] if isinstance(spec.get("annotations"), dict) else {}
     if isinstance(annotations.get(TIER_KEY), str):
         return annotations[TIER_KEY], f"{bundle_dir}/config.json annotation"
     # Created before tiergate was installed: decide now, from the same sources as create.
@@ -569,7 +569,7 @@ def enforce_update(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[st
         raise _refusal(ctx.refusals[0].replace("a container that", "an update that", 1))
     rec["changes"] = [f"{c['field']}: {c['what']}" for c in ctx.changes]
     argv = parsed.argv
-    if flag_res and flag_res["pids"]["limit"] != int(flag):
+    if flag is not None and flag_res and flag_res["pids"]["limit"] != int(flag):
         argv = parsed.without(lambda opt: opt.name == "pids-limit")
         argv = parsed.with_options(["--pids-limit", str(flag_res["pids"]["limit"])], argv)
     if where and where != "-" and jsonio.dumps(resources) != original:

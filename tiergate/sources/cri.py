@@ -55,7 +55,7 @@ _HEX = frozenset("0123456789abcdef")
 def image_for_spec(spec: dict, bundle_dir: str | None = None, containerd_root: str | None = None) -> Image | None:
     """The image of a CRI container; None when this is neither a containerd task with CRI
     annotations nor a CRI-O container (an annotation alone claims nothing: the next source asks)."""
-    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    annotations = spec["annotations"] if isinstance(spec.get("annotations"), dict) else {}
     if isinstance(annotations.get(CONTAINER_TYPE), str) and task_path(bundle_dir):
         return containerd_image(bundle_dir, containerd_root or DEFAULT_ROOT)
     if isinstance(annotations.get(CRIO_NAME), str) and annotations[CRIO_NAME]:
@@ -86,7 +86,7 @@ def containerd_image(bundle_dir: str | None, root: str) -> Image:
         if not isinstance(record, dict):
             return {}
         ext = snap.get(*containers, cid.encode(), b"extensions")
-        out = {"image": record.get(b"image") or b"", "ext": ext if isinstance(ext, dict) else {}}
+        out: dict = {"image": record.get(b"image") or b"", "ext": ext if isinstance(ext, dict) else {}}
         if out["image"]:
             target = snap.get(b"v1", ns.encode(), b"images", out["image"], b"target")
             out["target"] = target if isinstance(target, dict) else {}
@@ -122,8 +122,8 @@ def containerd_image(bundle_dir: str | None, root: str) -> Image:
         config = parse(_blob(root, image_id).decode("utf-8"), f"image config {image_id[:19]}")
     except (OSError, UnicodeDecodeError, OciError, ValueError) as exc:
         return Image.unknown(f"cannot read image config {image_id[:19]} from containerd's content store: {exc}")
-    cfg = config.get("config") if isinstance(config, dict) and isinstance(config.get("config"), dict) else {}
-    raw = cfg.get("Labels") if isinstance(cfg.get("Labels"), dict) else {}
+    cfg = config["config"] if isinstance(config, dict) and isinstance(config.get("config"), dict) else {}
+    raw = cfg["Labels"] if isinstance(cfg.get("Labels"), dict) else {}
     labels = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
     exposed = sorted(cfg["ExposedPorts"]) if isinstance(cfg.get("ExposedPorts"), dict) else []
     name = found["image"].decode("utf-8", "replace")
@@ -229,7 +229,7 @@ def _crio(annotations: dict) -> Image:
             return Image.unknown(f"annotation {CRIO_LABELS} is not valid JSON")
         if isinstance(parsed, dict):
             labels = {k: v for k, v in parsed.items() if isinstance(k, str) and isinstance(v, str)}
-    image_id = annotations.get(CRIO_ID) if isinstance(annotations.get(CRIO_ID), str) else ""
+    image_id = annotations[CRIO_ID] if isinstance(annotations.get(CRIO_ID), str) else ""
     refs = [normalize_ref(name)] if not name.startswith("sha256:") else []
     # The pod's labels are the caller's (a request that may only tighten), never the image's;
     # an annotated name is no pull record, so it lifts no ceiling (Image.pulled stays empty).

@@ -50,7 +50,7 @@ DEFAULT_DOMAIN = "docker.io"
 
 def container_dir(spec: dict) -> tuple[str, str] | None:
     """(docker's per-container directory, container id) from the /etc/hostname bind mount, else None."""
-    mounts = spec.get("mounts") if isinstance(spec.get("mounts"), list) else []
+    mounts = spec["mounts"] if isinstance(spec.get("mounts"), list) else []
     for m in mounts:
         if isinstance(m, dict) and m.get("destination") == "/etc/hostname" and isinstance(m.get("source"), str):
             found = _hostname_source(os.path.normpath(m["source"]))
@@ -144,11 +144,11 @@ def image_for_spec(spec: dict, container_id: str | None = None) -> Image | None:
         return Image.unknown(f"docker's container config {path}: {str(exc)[:100]}")
     if doc.get("ID") != dir_id:
         return Image.unknown(f"docker's container config {path} names another container")
-    config = doc.get("Config") if isinstance(doc.get("Config"), dict) else {}
-    labels = config.get("Labels") if isinstance(config.get("Labels"), dict) else {}
-    exposed = config.get("ExposedPorts") if isinstance(config.get("ExposedPorts"), dict) else {}
-    image_id = doc.get("Image") if isinstance(doc.get("Image"), str) else ""
-    asked = config.get("Image") if isinstance(config.get("Image"), str) else ""
+    config = doc["Config"] if isinstance(doc.get("Config"), dict) else {}
+    labels = config["Labels"] if isinstance(config.get("Labels"), dict) else {}
+    exposed = config["ExposedPorts"] if isinstance(config.get("ExposedPorts"), dict) else {}
+    image_id = doc["Image"] if isinstance(doc.get("Image"), str) else ""
+    asked = config["Image"] if isinstance(config.get("Image"), str) else ""
     refs = []
     if asked and not (_hex(asked.removeprefix("sha256:"), 12, 64) and image_id.removeprefix("sha256:").startswith(asked.removeprefix("sha256:"))):
         refs.append(normalize_ref(asked))
@@ -173,7 +173,7 @@ def image_labels(store: str, image_id: str) -> dict | str:
         return f"cannot read docker's image record {path}: {exc.strerror}"
     except (ValueError, UnicodeDecodeError, OciError) as exc:
         return f"docker's image record {path}: {str(exc)[:100]}"
-    labels = cfg.get("Labels") if isinstance(cfg, dict) and isinstance(cfg.get("Labels"), dict) else {}
+    labels = cfg["Labels"] if isinstance(cfg, dict) and isinstance(cfg.get("Labels"), dict) else {}
     return {k: v for k, v in labels.items() if isinstance(v, str)}
 
 

@@ -43,7 +43,7 @@ def _docker(spec: dict) -> list[str]:
         if name == "config.v2.json":
             if doc.get("ID") != found[1]:
                 continue
-            doc = doc.get("Config") if isinstance(doc.get("Config"), dict) else {}
+            doc = doc["Config"] if isinstance(doc.get("Config"), dict) else {}
             key = "ExposedPorts"
         ports = doc.get(key)
         if isinstance(ports, dict):
@@ -95,7 +95,7 @@ def podman_config(db_path: str, cid: str) -> dict | None:
 def _podman(spec: dict) -> list[str]:
     from tiergate.sources.storage import split_root
 
-    root = spec.get("root") if isinstance(spec.get("root"), dict) else {}
+    root = spec["root"] if isinstance(spec.get("root"), dict) else {}
     where = split_root(root["path"]) if isinstance(root.get("path"), str) else None
     if where is None:
         return []

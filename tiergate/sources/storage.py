@@ -123,8 +123,8 @@ def image_for_rootfs(root_path: str) -> Image:
         config = _read(blob, "image config")
         cfg = config.get("config") if isinstance(config, dict) else None
         cfg = cfg if isinstance(cfg, dict) else {}
-        labels = cfg.get("Labels") if isinstance(cfg.get("Labels"), dict) else {}
-        exposed = cfg.get("ExposedPorts") if isinstance(cfg.get("ExposedPorts"), dict) else {}
+        labels = cfg["Labels"] if isinstance(cfg.get("Labels"), dict) else {}
+        exposed = cfg["ExposedPorts"] if isinstance(cfg.get("ExposedPorts"), dict) else {}
         names = [n for n in image.get("names") or [] if isinstance(n, str)]
         # Trust rules judge the reference the container was created from, not every alias
         # the same image id carries (podman records it in the container's metadata).

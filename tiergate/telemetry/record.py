@@ -255,7 +255,7 @@ def _read_journal() -> list[dict]:
 
 
 def _killed(directory: str) -> list[dict]:
-    out = []
+    out: list[dict] = []
     try:
         entries = list(os.scandir(directory))
     except OSError:

@@ -301,6 +301,15 @@ def test_host_devices_are_removed_and_cgroup_denied() -> None:
     assert what["$.linux.devices"] == "removed 3 host devices (/dev/sda, /dev/mem, /dev/kmsg)"
 
 
+def test_host_device_without_a_path_is_removed_not_a_crash() -> None:
+    """A device entry lacking `path` is removed like any other (the change line shows None)."""
+    spec = privileged_like()
+    del spec["linux"]["devices"][0]["path"]
+    out, changes, _ = run(spec, "baseline")
+    assert out["linux"].get("devices") == []
+    assert {c["field"]: c["what"] for c in changes}["$.linux.devices"].startswith("removed 3 host devices (None, ")
+
+
 def test_tier_device_is_kept_with_its_cgroup_rule() -> None:
     """A device the tier lists survives, and gets exactly one allow rule after deny-all."""
     spec = privileged_like()

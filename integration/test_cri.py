@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import grpc
 import pytest
@@ -44,7 +45,7 @@ DEFAULT_CAPS = caps_from_hex("00000000a80425fb")  # containerd's default set
 @pytest.fixture(scope="module")
 def node(it_dir, busybox_rootfs):
     """The node: shipped policy plus namespace rules; tiergate's handler beside runc."""
-    from tiergate.policy.compile import shipped_dir
+    from tiergate.core.names import configs_dir
 
     d = it_dir / "cri"
     n = cri.CriNode(d / "node", busybox_rootfs.tar)
@@ -52,7 +53,7 @@ def node(it_dir, busybox_rootfs):
     tg = d / "tg"  # tiergate's own state apart from the node's: no container may mount it
     tg.mkdir(parents=True, exist_ok=True)
     policy = tg / "policy.toml"
-    policy.write_text((shipped_dir() / "policy.toml").read_text() + NODE_POLICY)
+    policy.write_text((Path(configs_dir()) / "policy.toml").read_text() + NODE_POLICY)
     n.log = tg / "decisions.jsonl"
     tiergate("install", "--engine", "containerd", "--config", n.config, "--bin-dir", tg / "bin",
              "--policy", policy, "--log", n.log, "--cache-dir", tg / "cache")

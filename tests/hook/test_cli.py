@@ -12,7 +12,7 @@ import pytest
 from helpers import (SHIPPED_POLICY, TIERS, assert_no_traceback, docker_bundle, privileged_like, run,
                      runc_default, shipped_policy, weaknesses)
 from tiergate.cli import main as cli
-from tiergate.oci.convert import parse_spec
+from tiergate.core.spec import validate as validate_spec
 from spec_schema import validate_config
 
 class _Stdin:
@@ -49,7 +49,7 @@ def test_render_each_tier_validates(capsys, monkeypatch, tier: str) -> None:
     assert (code, err) == (0, "")
     spec = json.loads(out)
     assert validate_config(spec) == []
-    parse_spec(spec)
+    validate_spec(spec)
     policy = shipped_policy()
     assert weaknesses(spec, policy["tiers"][tier], policy) == []
     assert spec["annotations"]["io.tiergate.tier"] == tier

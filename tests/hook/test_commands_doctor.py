@@ -6,11 +6,13 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
 from tiergate.cli import main as cli, probes as host
 from tiergate.cli import doctor
+from tiergate.core.names import configs_dir
 
 MOUNTS_HYBRID = ("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
                  "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\nproc /proc proc rw 0 0\n")
@@ -350,3 +352,27 @@ def test_release_check_says_when_an_upgrade_waits_for_install(tmp_path, monkeypa
     c = host.check_release(exe)
     assert c.status == "warn" and "installed package is 0123456789abcdef" in c.detail
     assert host.check_release(str(tmp_path / "elsewhere" / "tiergate-hook")) is None
+
+
+def test_doctor_json_says_what_this_tiergate_knows(monkeypatch, capsys):
+    """Like `runc features`: the names the product enforces, not a copy (the shim's front, the
+    policy compiler and the spec validator are asked, not the table)."""
+    from tiergate.core.spec import validate
+    from tiergate.engines import shim
+    from tiergate.oci.errors import SpecError
+    from tiergate.policy.compile import compile_file
+
+    monkeypatch.setattr(host, "gather", _fake_gather(["ok"]))
+    assert cli.main(["doctor", "--json"]) == 0
+    known = json.loads(capsys.readouterr().out)["known"]
+    assert "CAP_SYS_ADMIN" in known["capabilities"] and len(known["capabilities"]) >= 41
+    assert set(known["shim_subcommands"]["enforced"]) == set(shim.ENFORCED) >= {"create", "run", "restore", "exec"}
+    assert known["label_key"] == compile_file(Path(configs_dir()) / "policy.toml")["label_key"]
+    for ns in known["namespaces"]:  # every known namespace passes the validator, an unknown one does not
+        validate({"linux": {"namespaces": [{"type": ns}]}})
+    with pytest.raises(SpecError):
+        validate({"linux": {"namespaces": [{"type": "bogus"}]}})
+    for action in known["seccomp"]["actions"]:
+        validate({"linux": {"seccomp": {"defaultAction": action}}})
+    with pytest.raises(SpecError):
+        validate({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_BOGUS"}}})

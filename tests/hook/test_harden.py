@@ -12,7 +12,7 @@ from helpers import (NON_PRIVILEGED, TIERS, all_caps, docker_bundle, linux_input
                      privileged_like, runc_default, shipped_policy, weaknesses, without_annotations)
 from tiergate.core.errors import Refusal
 from tiergate.core.harden import harden
-from tiergate.oci.convert import parse_spec
+from tiergate.core.spec import validate as validate_spec
 from tiergate.oci.errors import SpecError
 from spec_schema import validate_config
 
@@ -66,7 +66,7 @@ def test_every_input_hardens_never_weaker_valid_and_idempotent(path: Path, name:
         return
     assert weaknesses(out, t, POLICY) == []
     assert validate_config(spec) == [] and validate_config(out) == []
-    parse_spec(out)
+    validate_spec(out)
     again, changes2, _ = run(out, name)
     assert changes2 == [] and again == out
     assert out["annotations"]["io.tiergate.tier"] == name
@@ -249,7 +249,7 @@ def test_host_namespace_path_is_removed_when_facts_identify_the_host() -> None:
     """A namespace path whose identity equals the host's (facts) loses its path under baseline, refuses under restricted."""
     spec = runc_default()
     spec["linux"]["namespaces"][0] = {"type": "pid", "path": "/proc/1/ns/pid"}
-    facts = {"host_ns": {"pid": "4:1"}, "ns_paths": {"/proc/1/ns/pid": "4:1"}}
+    facts = {"host_ns": {"pid": ["4:1"]}, "ns_paths": {"/proc/1/ns/pid": "4:1"}}
     out, changes, _ = run(spec, "baseline", facts)
     assert out["linux"]["namespaces"][0] == {"type": "pid"}
     assert {"field": "$.linux.namespaces[0].path", "what": "removed /proc/1/ns/pid",
@@ -262,7 +262,7 @@ def test_other_namespace_paths_are_kept() -> None:
     """A path to a pod's namespace (not the host's) is the engine's business: kept."""
     spec = runc_default()
     spec["linux"]["namespaces"][1] = {"type": "network", "path": "/run/netns/pod1"}
-    facts = {"host_ns": {"network": "4:1"}, "ns_paths": {"/run/netns/pod1": "4:99"}}
+    facts = {"host_ns": {"network": ["4:1"]}, "ns_paths": {"/run/netns/pod1": "4:99"}}
     out, changes, _ = run(spec, "restricted", facts)
     assert out["linux"]["namespaces"][1] == {"type": "network", "path": "/run/netns/pod1"}
 

@@ -212,10 +212,10 @@ def test_compile_file_errors_name_the_resolved_file(tmp_path: Path) -> None:
 
 def test_local_seccomp_profile_beside_the_policy_is_found(tmp_path: Path) -> None:
     """A seccomp profile in <policy dir>/seccomp/ is searched before the shipped ones."""
-    from tiergate.policy.compile import shipped_dir
+    from tiergate.core.names import configs_dir
 
     (tmp_path / "seccomp").mkdir()
-    (tmp_path / "seccomp" / "mine.json").write_text((shipped_dir() / "seccomp" / "restricted.json").read_text())
+    (tmp_path / "seccomp" / "mine.json").write_text((Path(configs_dir()) / "seccomp" / "restricted.json").read_text())
     path = tmp_path / "p.toml"
     path.write_text(policy('seccomp = "mine"\n'))
     compiled = compile_file(path)

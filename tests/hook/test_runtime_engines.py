@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -171,11 +172,11 @@ def test_containerd_broken_config_is_one_line_with_its_line(tmp_path, runc):
 def test_policy_path_kept_as_given(tmp_path, runc):
     """A ConfigMap volume: policy.toml -> ..data/policy.toml, ..data -> ..2026_x; kubelet swaps ..data."""
     from tiergate.cli.main import main
-    from tiergate.policy.compile import shipped_dir
+    from tiergate.core.names import configs_dir
 
     vol = tmp_path / "cm"
     (vol / "..2026_a").mkdir(parents=True)
-    (vol / "..2026_a" / "policy.toml").write_text((shipped_dir() / "policy.toml").read_text())
+    (vol / "..2026_a" / "policy.toml").write_text((Path(configs_dir()) / "policy.toml").read_text())
     (vol / "..data").symlink_to("..2026_a")
     (vol / "policy.toml").symlink_to("..data/policy.toml")
     bin_dir = tmp_path / "bin"

@@ -12,6 +12,7 @@ import pytest
 
 from tiergate.shim import runtime
 from tiergate.engines import shim
+from tiergate.core.names import SHIM_ENFORCED
 from tiergate.oci import args as runc_args
 
 ARGVS = [
@@ -44,7 +45,7 @@ def test_front_agrees_with_python(front, argv):
     """What the sh front passes through is exactly what Python (and runc) would not enforce."""
     env = {k: v for k, v in os.environ.items() if k not in ("TIERGATE_RUNTIME", runtime.LOOP_ENV)}
     out = subprocess.run([str(front), *argv], capture_output=True, text=True, env=env, timeout=10).stdout.strip()
-    want = "PY" if runc_args.subcommand(argv) in runtime.ENFORCED else "REAL"
+    want = "PY" if runc_args.subcommand(argv) in SHIM_ENFORCED else "REAL"
     assert out == want
 
 
@@ -68,7 +69,8 @@ def test_pass_through_imports_no_policy(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "TIERGATE_RUNTIME": str(real)}).stdout
     mods, argv = out.splitlines()
-    assert eval(mods) == ["tiergate", "tiergate.oci", "tiergate.oci.args", "tiergate.shim", "tiergate.shim.runtime"]
+    assert eval(mods) == ["tiergate", "tiergate.core", "tiergate.core.names", "tiergate.oci", "tiergate.oci.args",
+                         "tiergate.shim", "tiergate.shim.runtime"]
     assert eval(argv) == [str(real), "--root", "/r", "state", "x"]
 
 

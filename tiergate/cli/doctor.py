@@ -27,7 +27,9 @@ def register(sub) -> None:
                        "(hooks.d) and docker (daemon.json runtimes) and with which interpreter, and whether the "
                        "policy compiles.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--json", action="store_true", help="print {\"ok\": bool, \"checks\": [{name, status, detail}]}")
+    c.add_argument("--json", action="store_true", help="print {\"ok\": bool, \"checks\": [{name, status, detail}], "
+                   "\"known\": {...}}: known is what this tiergate knows (capabilities, namespaces, seccomp actions/operators/architectures, shim "
+                   "subcommands, tier-name rule, label and annotation keys), as `runc features` says")
     c.add_argument("--hooks-dir", action="append", metavar="DIR",
                    help="podman hooks dir to look in (repeatable; default: containers.conf hooks_dir, "
                    "else /usr/share/containers/oci/hooks.d and /etc/containers/oci/hooks.d)")
@@ -54,7 +56,9 @@ def cmd_doctor(args) -> int:
     checks = host.gather(args.policy, args.hooks_dir)
     ok = not any(c.status == host.FAIL for c in checks)
     if args.json:
-        json.dump({"ok": ok, "checks": [c.as_dict() for c in checks]}, sys.stdout, indent=2)
+        from tiergate.core.names import known
+
+        json.dump({"ok": ok, "checks": [c.as_dict() for c in checks], "known": known()}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(render(checks, use_colour()))

@@ -14,6 +14,8 @@ import re
 import shutil
 import sys
 
+from tiergate.core.names import DECISION_STAGES
+
 EXAMPLES = """examples:
   tiergate log                                  # every decision, oldest first
   tiergate log --since 10m --refused            # what was refused in the last ten minutes
@@ -196,7 +198,7 @@ def cmd_log(args) -> int:
     since = parse_since(args.since) if args.since else None
     records = select(record.read(path), since, args.container, args.tier, args.refused, args.stage)
     if args.would_deny:
-        records = [r for r in records if r.get("mode") == "audit" and r.get("stage") in ("precreate", "create", "run", None)]
+        records = [r for r in records if r.get("mode") == "audit" and r.get("stage") in (*DECISION_STAGES, None)]
         if not args.json:
             print(would_deny(records) if records else "no audit-mode decisions", file=sys.stdout if records else sys.stderr)
             return 0

@@ -25,12 +25,12 @@ def register(sub) -> None:
         c.set_defaults(func=cmd_render if name == "render" else cmd_explain)
 
 def _read_spec(path: str) -> dict:
+    from tiergate.core.spec import validate
     from tiergate.oci import jsonio
-    from tiergate.oci.convert import parse_spec
 
     data = sys.stdin.buffer.read(jsonio.MAX_BYTES + 1) if path == "-" else Path(path).read_bytes()
     spec = jsonio.loads(data, "config")
-    parse_spec(spec)  # full validation: wrong types and bad values fail here, naming the field
+    validate(spec)  # the hook's and the shim's rules: each refuses the same specs, naming the field
     return spec
 
 
@@ -55,8 +55,7 @@ def _decide_and_harden(args) -> tuple[dict, Decision | None, dict, list, list]:
                 raise TiergateError(f"--label {item!r}: expected KEY=VALUE")
             labels[key] = value
         image = Image(refs=[args.image_ref], id=args.image_id, labels=labels)
-        annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
-        decision = decide(policy, image, annotations)
+        decision = decide(policy, image, spec.get("annotations") or {})
         tier_name, why = decision.tier, decision.why
     tier = policy["tiers"][tier_name]
     hardened, changes, notes = harden(spec, tier, policy, host.gather(spec, tier), why)
@@ -73,10 +72,10 @@ def cmd_render(args) -> int:
 def _denied_groups(tier: dict, args) -> list[str]:
     """The profile's denying groups, each with the rationale written beside it in tiergate/configs/seccomp."""
     from tiergate.policy.cache import policy_path
-    from tiergate.policy.compile import shipped_dir
+    from tiergate.core.names import configs_dir
     from tiergate.seccomp.profiles import SeccompProfileError, explain
 
-    dirs = [Path(policy_path(args.policy)).parent / "seccomp", shipped_dir() / "seccomp"]
+    dirs = [Path(policy_path(args.policy)).parent / "seccomp", Path(configs_dir(), "seccomp")]
     try:
         groups = explain(tier["seccomp_profile"], search_dirs=dirs)
     except SeccompProfileError:

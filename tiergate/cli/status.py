@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 
+from tiergate.core.names import ANN_AUDIT, ANN_NETWORK, ANN_TIER, ANN_WHY
 from tiergate.cli.probes import read_text as _read  # one /proc reader for doctor and status
 
 EXAMPLES = """examples:
@@ -208,14 +209,14 @@ def report(info: dict, records: list[dict], proc: str = "/proc", counters=None) 
     ann = bundle_annotations(info.get("bundle", ""))
     rec = last_decision(records, info.get("id", ""))
     out = dict(info)
-    out["tier"] = ann.get("io.tiergate.tier") or (rec or {}).get("tier")
-    out["tier_source"] = "bundle annotations" if ann.get("io.tiergate.tier") else ("decision log" if rec else None)
-    out["why"] = ann.get("io.tiergate.why") or (rec or {}).get("why")
-    out["mode"] = "audit" if ann.get("io.tiergate.audit") == "true" or (rec or {}).get("mode") == "audit" else (
+    out["tier"] = ann.get(ANN_TIER) or (rec or {}).get("tier")
+    out["tier_source"] = "bundle annotations" if ann.get(ANN_TIER) else ("decision log" if rec else None)
+    out["why"] = ann.get(ANN_WHY) or (rec or {}).get("why")
+    out["mode"] = "audit" if ann.get(ANN_AUDIT) == "true" or (rec or {}).get("mode") == "audit" else (
         "enforce" if out["tier"] else None)
     out["image"] = (rec or {}).get("image")
     out.update(kernel_facts(info["pid"], proc))
-    network = ann.get("io.tiergate.network") or (rec or {}).get("network")
+    network = ann.get(ANN_NETWORK) or (rec or {}).get("network")
     out["network_policy"] = network
     out["network_counters"] = None
     if network:

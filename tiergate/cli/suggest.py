@@ -25,6 +25,8 @@ import re
 import sys
 import time
 
+from tiergate.core.names import DECISION_STAGES
+
 KMSG = "/dev/kmsg"
 HEX64 = re.compile(r"[0-9a-f]{64}")
 SECCOMP = re.compile(r"type=1326\b.*?\bpid=(\d+)\b.*?\bcomm=(\"[^\"]*\"|\S+).*?\barch=([0-9a-f]+)\s+syscall=(\d+)")
@@ -43,7 +45,6 @@ SYSCALL_CAPS = {
     "acct": "CAP_SYS_PACCT",
     **dict.fromkeys(("mknod", "mknodat"), "CAP_MKNOD"),
 }
-DECISION_STAGES = ("precreate", "create", "run")
 LIMITS = ("capabilities are inferred from the syscalls, not observed; a syscall the tier allows leaves no "
           "record (e.g. socket(AF_PACKET), which only CAP_NET_RAW guards); network flows are not collected")
 

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from tiergate.core import glob
 from tiergate.core.errors import Refusal
+from tiergate.core.names import valid_tier_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from typing import Any
-
-_TIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-def valid_tier_name(name: object) -> bool:
-    """[a-z0-9][a-z0-9-]{0,62}: tier names end up in profile names, file names and log lines."""
-    return (isinstance(name, str) and 0 < len(name) <= 63 and name[0] != "-"
-            and all(c in _TIER_CHARS for c in name))
 
 
 def show(value: object, limit: int = 64) -> str:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from tiergate.core.errors import Refusal
 from tiergate.core.modifiers import annotate, devices, linux, mounts, namespaces, process, seccomp
+from tiergate.core.names import ANN_AUDIT
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the start path)
 if TYPE_CHECKING:
     from typing import Any
+
+    from tiergate.core.contracts import Change, Facts, Tier
 
 # Order matters only for readability of the change list; each modifier is idempotent.
 MODIFIERS = (
@@ -37,9 +40,9 @@ class Context:
 
     __slots__ = ("tier", "policy", "facts", "why", "changes", "refusals", "notes")
 
-    def __init__(self, tier: dict[str, Any], policy: dict[str, Any], facts: dict[str, Any], why: str) -> None:
+    def __init__(self, tier: Tier, policy: dict[str, Any], facts: Facts, why: str) -> None:
         self.tier, self.policy, self.facts, self.why = tier, policy, facts, why
-        self.changes: list[dict[str, Any]] = []
+        self.changes: list[Change] = []
         self.refusals: list[str] = []
         self.notes: list[tuple[str, str]] = list(facts.get("notes", ()))
 
@@ -61,7 +64,8 @@ class Context:
             self.notes.append((key, value))
 
 
-def harden(spec: dict[str, Any], tier: dict[str, Any], policy: dict[str, Any], facts: dict[str, Any] | None = None, why: str = "") -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]:
+def harden(spec: dict[str, Any], tier: Tier, policy: dict[str, Any], facts: Facts | None = None,
+           why: str = "") -> tuple[dict[str, Any], list[Change], list[tuple[str, str]]]:
     """Return (hardened copy of spec, changes, notes). Raises Refusal; SpecError on malformed input."""
     original = spec
     spec = clone(spec)
@@ -77,7 +81,8 @@ def harden(spec: dict[str, Any], tier: dict[str, Any], policy: dict[str, Any], f
     return spec, ctx.changes, ctx.notes
 
 
-def audit(original: dict[str, Any], hardened: dict[str, Any], ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, str]]]:
+def audit(original: dict[str, Any], hardened: dict[str, Any],
+          ctx: Context) -> tuple[dict[str, Any], list[Change], list[tuple[str, str]]]:
     """Audit (complain) mode: the container runs as asked; seccomp logs what the tier would deny.
 
     The change list is what enforcement would do, each marked "would"; refusals become notes.
@@ -89,14 +94,14 @@ def audit(original: dict[str, Any], hardened: dict[str, Any], ctx: Context) -> t
         linux["seccomp"] = seccomp_log(profile)
     for reason in ctx.refusals:
         ctx.note("would refuse", reason)
-    changes = [{**c, "what": "would: " + c["what"]} for c in ctx.changes if c["field"] != "$.linux.seccomp"]
+    changes: list[Change] = [{**c, "what": "would: " + c["what"]} for c in ctx.changes if c["field"] != "$.linux.seccomp"]
     if profile is not None:
         changes.append({"field": "$.linux.seccomp", "what": f"{ctx.tier['seccomp_profile']} in log mode",
                         "why": "audit: syscalls the tier would deny are logged (SCMP_ACT_LOG), not denied"})
     ctx.changes = changes
     ctx.note("audit", "enforcement off: the tier's decisions are logged, not applied")
     annotate.decision(spec, ctx)
-    spec["annotations"]["io.tiergate.audit"] = "true"
+    spec["annotations"][ANN_AUDIT] = "true"
     return spec, changes, ctx.notes
 
 

@@ -27,6 +27,7 @@ import tomllib
 from pathlib import Path
 
 from tiergate.core.errors import EngineConfigError
+from tiergate.core.names import ANNOTATION_PREFIX
 from tiergate.engines import files, parse, shim
 
 DEFAULT_CONFIG = Path("/etc/containerd/config.toml")
@@ -35,7 +36,7 @@ NAME = "tiergate"
 BACKUP_SUFFIX = ".tiergate-backup"
 # config version -> the CRI plugin's name (the runtimes live in its `containerd` table)
 CRI_PLUGIN = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
-POD_ANNOTATIONS = ["io.tiergate.*"]  # never io.kubernetes.*: those are containerd's records
+POD_ANNOTATIONS = [ANNOTATION_PREFIX + "*"]  # never io.kubernetes.*: those are containerd's records
 BEGIN, END = "# BEGIN tiergate runtime handler (tiergate install)", "# END tiergate runtime handler"
 DEFAULT_TAG = "# tiergate default"
 WAS_TAG = "# tiergate-was: "

@@ -20,7 +20,7 @@ import os
 import shlex
 from pathlib import Path
 
-from tiergate.oci import args as runc_args
+from tiergate.core.names import SHIM_ENFORCED
 
 from tiergate.engines import files
 from tiergate.engines.launcher import MARKER, install_hook, interpreter, script
@@ -32,7 +32,7 @@ PY_LAUNCHER = "lib/tiergate-runtime.py"
 # Global flags taking a value: runc 1.1's, plus crun's that runc rejects anyway
 # (never a runc boolean: `--debug create` must still be seen as create).
 VALUE_FLAGS = ("root", "log", "log-format", "criu", "rootless", "cgroup-manager")
-ENFORCED = tuple(sorted(runc_args.ENFORCED))
+ENFORCED = tuple(sorted(SHIM_ENFORCED))
 
 
 def is_shim(path: Path | str) -> bool:

@@ -19,6 +19,8 @@ from tiergate.telemetry import record
 from tiergate.core.decide import Image, decide, show
 from tiergate.core.errors import Refusal, TiergateError
 from tiergate.core.harden import harden
+from tiergate.core.spec import validate
+from tiergate.core.names import ANN_LOG_ERROR, ANN_PORTS, ANN_REFUSED, ANN_TIER, PRIVATE_NAMESPACES
 from tiergate.policy import cache
 
 USAGE = ("usage: tiergate-hook {precreate|createRuntime|prestart} "
@@ -136,8 +138,8 @@ def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec
     """
     from tiergate.host import facts as host
 
-    annotations = spec["annotations"] if isinstance(spec.get("annotations"), dict) else {}
-    decision = decide(policy, image, annotations)
+    validate(spec)  # before anything reads it: every path refuses the same malformed specs
+    decision = decide(policy, image, spec.get("annotations") or {})
     rec.update(requested=decision.requested, tier=decision.tier, why=decision.why, source=decision.source)
     tier = policy["tiers"][decision.tier]
     rec["mode"] = "audit" if tier.get("audit") else "enforce"
@@ -244,8 +246,8 @@ def refusal_spec(spec, line: str) -> dict:
                     "noNewPrivileges": True, "capabilities": {}},
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
         "hooks": {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", 'printf "%s\\n" "$0" >&2; exit 1', line]}]},
-        "annotations": {"io.tiergate.refused": line},
-        "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
+        "annotations": {ANN_REFUSED: line},
+        "linux": {"namespaces": [{"type": t} for t in PRIVATE_NAMESPACES]},
     }
     if isinstance(linux.get("cgroupsPath"), str):
         out["linux"]["cgroupsPath"] = linux["cgroupsPath"]
@@ -265,7 +267,7 @@ def create_runtime(opts: Options, rec: dict) -> int:
     """Apply the tier's network policy inside the container's (now existing) network namespace."""
     state, spec = _state_and_config(rec)
     annotations = spec["annotations"] if isinstance(spec.get("annotations"), dict) else {}
-    tier_name = annotations.get("io.tiergate.tier")
+    tier_name = annotations.get(ANN_TIER)
     rec["image_id"] = _image_id(spec)
     policy = load_policy(opts.policy, opts.cache_dir, rec)
     tier = policy["tiers"].get(tier_name) if isinstance(tier_name, str) else None
@@ -278,7 +280,7 @@ def create_runtime(opts: Options, rec: dict) -> int:
     if not isinstance(pid, int) or pid <= 0:
         raise OciError("the hook state has no pid")
     # the ports precreate (or the shim) read from the engine's records and wrote down
-    program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, port_list((annotations.get("io.tiergate.ports") or "").split(",")))
+    program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, port_list((annotations.get(ANN_PORTS) or "").split(",")))
     return 0
 
 
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiergate: warning: {problem}", file=sys.stderr)
     if out is not None:  # precreate: podman shows no hook stderr, so a lost record is said in the spec too
         if problem and isinstance(out.get("annotations"), dict):
-            out["annotations"]["io.tiergate.log-error"] = problem
+            out["annotations"][ANN_LOG_ERROR] = problem
         stdio.write_stdout(out)
     return code
 

@@ -13,6 +13,11 @@ from __future__ import annotations
 import os
 
 from tiergate.core.errors import TiergateError
+from tiergate.core.names import TIER_NAME_RULE, configs_dir, valid_tier_name
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the start path)
+if TYPE_CHECKING:
+    from tiergate.core.contracts import Tier
 
 __all__ = [
     "AppArmorError",
@@ -28,7 +33,6 @@ PARSER_CANDIDATES = ("/sbin/apparmor_parser", "/usr/sbin/apparmor_parser")
 SECURITYFS = "/sys/kernel/security/apparmor"
 MODES = ("require", "prefer", "off")
 
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/@+-")
 
 # Capability names the kernel (and apparmor_parser 3.0) know, without CAP_.
@@ -54,16 +58,15 @@ class AppArmorError(TiergateError):
 
 def profile_name(tier_name: object) -> str:
     """The stable profile name of a tier: tiergate-<tier>."""
-    if not isinstance(tier_name, str) or not tier_name or not set(tier_name) <= _NAME_CHARS:
-        raise ValueError(f"tier name {tier_name!r} is not [a-z0-9-]+")
+    if not valid_tier_name(tier_name):
+        raise ValueError(f"tier name {tier_name!r} is not {TIER_NAME_RULE}")
     return f"tiergate-{tier_name}"
 
 
 def _template() -> str:
     global _template_cache
     if _template_cache is None:
-        here = os.path.dirname(os.path.abspath(__file__))
-        path = os.path.join(os.path.dirname(here), "configs", "apparmor", "tiergate.profile")
+        path = os.path.join(configs_dir(), "apparmor", "tiergate.profile")
         try:
             with open(path, encoding="utf-8") as f:
                 _template_cache = f.read()
@@ -76,7 +79,7 @@ def _template() -> str:
     return _template_cache
 
 
-def _capabilities(tier: dict) -> list[str]:
+def _capabilities(tier: Tier) -> list[str]:
     caps = tier.get("capabilities") or []
     if not isinstance(caps, list):
         raise ValueError("capabilities must be a list of CAP_* names")
@@ -102,7 +105,7 @@ def _safe_path(path: object) -> str:
     return trimmed
 
 
-def _writable_mounts(tier: dict) -> list[str]:
+def _writable_mounts(tier: Tier) -> list[str]:
     """writable_mounts plus the tier's tmpfs destinations (writable too)."""
     mounts = tier.get("writable_mounts")
     if mounts is None:
@@ -143,7 +146,7 @@ def _file_rules(readonly_rootfs: bool, mounts: list[str]) -> list[str]:
     return rules
 
 
-def render(tier: dict) -> str:
+def render(tier: Tier) -> str:
     """The AppArmor profile text for a compiled tier dict."""
     if not isinstance(tier, dict):
         raise ValueError("tier must be a dict")
@@ -222,7 +225,7 @@ def _read(path: str) -> str | None:
 
 
 def ensure_loaded(
-    tier: dict,
+    tier: Tier,
     cache_dir: str = DEFAULT_CACHE_DIR,
     *,
     parser: str | None = None,
@@ -286,7 +289,7 @@ def ensure_loaded(
         os.close(lock_fd)
 
 
-def decide(tier: dict, enabled: bool, *, load=None) -> tuple[str | None, str]:
+def decide(tier: Tier, enabled: bool, *, load=None) -> tuple[str | None, str]:
     """(process.apparmorProfile to set or None, short note) for a tier.
 
     enabled is host_enabled(); load (default ensure_loaded) loads the

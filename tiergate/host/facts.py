@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
-_NS_FILES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
-             "cgroup": "cgroup", "user": "user", "time": "time"}
+from tiergate.core.names import NAMESPACE_FILES
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the start path)
+if TYPE_CHECKING:
+    from tiergate.core.contracts import Facts, MountFact, Tier
 
 
 def _ident(path: str) -> str | None:
@@ -16,9 +19,9 @@ def _ident(path: str) -> str | None:
     return f"{st.st_dev}:{st.st_ino}"
 
 
-def gather(spec: dict, tier: dict, notes: list | None = None, sockets: tuple = ()) -> dict:
+def gather(spec: dict, tier: Tier, notes: list | None = None, sockets: tuple = ()) -> Facts:
     """Stat what the spec points at; load the tier's AppArmor profile when the host has AppArmor."""
-    facts: dict = {"notes": list(notes or ())}
+    facts: Facts = {"notes": list(notes or ())}
     if tier.get("passthrough"):
         return facts
     linux = spec["linux"] if isinstance(spec.get("linux"), dict) else {}
@@ -28,7 +31,7 @@ def gather(spec: dict, tier: dict, notes: list | None = None, sockets: tuple = (
         # The host's identity of each namespace: init's when readable (it is not always,
         # even as root), kthreadd's (pid 2 always lives in the host's), and this hook's own.
         facts["host_ns"] = {kind: [i for i in (_ident(f"/proc/{who}/ns/{f}") for who in ("1", "2", "self")) if i]
-                            for kind, f in _NS_FILES.items()}
+                            for kind, f in NAMESPACE_FILES.items()}
         facts["ns_paths"] = {p: _ident(p) for p in paths}
     mounts = spec["mounts"] if isinstance(spec.get("mounts"), list) else []
     if not tier.get("sensitive_mounts") or tier.get("writable_binds") is not None:
@@ -99,7 +102,7 @@ def cgroup_delegated(cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgr
 _FS_HOST_PATH = {"proc": "/proc", "sysfs": "/sys", "cgroup": "/sys/fs/cgroup", "cgroup2": "/sys/fs/cgroup"}
 
 
-def mount_paths(mounts: list, sockets) -> dict[str, dict]:
+def mount_paths(mounts: list, sockets) -> dict[str, MountFact]:
     """For each host path a mount exposes: {"real", "aliases", "mutable", "socket"}.
 
     real: the path resolved as the kernel will; mutable: why a user other than root (or this
@@ -109,7 +112,7 @@ def mount_paths(mounts: list, sockets) -> dict[str, dict]:
     """
     from tiergate.core.modifiers.mounts import KERNEL_FS, engine_file, host_paths
 
-    out: dict[str, dict] = {}
+    out: dict[str, MountFact] = {}
     table = _MountTable()
     for m in mounts:
         if not isinstance(m, dict):
@@ -118,7 +121,7 @@ def mount_paths(mounts: list, sockets) -> dict[str, dict]:
             if path in out or not path.startswith("/"):
                 continue
             real, mutable = resolve(path)
-            fact: dict = {"real": real, "mutable": mutable}
+            fact: MountFact = {"real": real, "mutable": mutable}
             if not engine_file(real):
                 fact["aliases"] = table.aliases(real, KERNEL_FS)
                 fact["socket"] = table.socket_under(real, sockets)

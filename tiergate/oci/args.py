@@ -1,7 +1,7 @@
 """runc's command line, read the way runc (urfave/cli over Go's flag package) reads it.
 
 The shim needs three things from an engine's argv: the subcommand (pass
-through at once unless it is create, run or exec), the global flags (--root,
+through at once unless tiergate enforces it: core.names.SHIM_ENFORCED), the global flags (--root,
 --log, --log-format) and the subcommand's options (--bundle, --process,
 --cap ...). The original argv is kept untouched: the real runtime is exec'd
 with it (or with a copy minus the options tiergate strips).
@@ -45,9 +45,6 @@ COMMAND_VALUE_FLAGS: dict[str, frozenset[str]] = {
 }
 # Subcommands whose options stop at the first positional (urfave/cli SkipArgReorder).
 NO_REORDER = frozenset({"exec"})
-# Subcommands that tiergate inspects; everything else is passed through unread (the one
-# table: the runtime shim and its /bin/sh front use it too).
-ENFORCED = frozenset({"create", "run", "restore", "exec", "update"})
 
 
 class ArgsError(ValueError):

@@ -19,18 +19,13 @@ from tiergate.oci.errors import OciError
 from tiergate.oci.jsonio import dumps, parse
 
 from tiergate.core.errors import PolicyError
+from tiergate.core.names import configs_dir
 
 DEFAULT_CACHE_DIR = "/var/cache/tiergate"
 SYSTEM_POLICY = "/etc/tiergate/policy.toml"
 FORMAT = 2  # must equal compile.FORMAT
 LOCK = ".lock"
 FAILED = ".failed"  # beside an entry: the inputs that last failed to compile, and why
-
-
-def _shipped_dir() -> str:
-    from tiergate import configs
-
-    return os.path.dirname(configs.__file__)
 
 
 def policy_path(explicit: str | None = None, cache_dir: str | None = None) -> str:
@@ -43,7 +38,7 @@ def policy_path(explicit: str | None = None, cache_dir: str | None = None) -> st
     path = explicit or os.environ.get("TIERGATE_POLICY")
     if not path:
         used = cache_dir is not None and os.path.lexists(entry_path(cache_dir, SYSTEM_POLICY))
-        path = SYSTEM_POLICY if os.path.lexists(SYSTEM_POLICY) or used else os.path.join(_shipped_dir(), "policy.toml")
+        path = SYSTEM_POLICY if os.path.lexists(SYSTEM_POLICY) or used else os.path.join(configs_dir(), "policy.toml")
     return os.path.abspath(path)
 
 
@@ -105,7 +100,7 @@ def policy_inputs(path: str) -> list[list[object]]:
         why = "is a dangling symlink" if os.path.lexists(path) else "does not exist"
         raise PolicyError(f"the configured policy file {why} (tiergate never falls back to another policy)", path)
     files = [path, os.path.join(os.path.dirname(__file__), "compile.py")]
-    for d in (os.path.join(os.path.dirname(path), "seccomp"), os.path.join(_shipped_dir(), "seccomp")):
+    for d in (os.path.join(os.path.dirname(path), "seccomp"), os.path.join(configs_dir(), "seccomp")):
         try:
             files += sorted(e.path for e in os.scandir(d) if e.name.endswith(".json"))
         except OSError:

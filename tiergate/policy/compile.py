@@ -15,26 +15,21 @@ from pathlib import Path
 import attrs
 
 from tiergate.core import capabilities as caps
+from tiergate.core import names
 from tiergate.core.errors import PolicyError
 from tiergate.policy.load import load, locate
 from tiergate.policy.model import TIER_DEFAULTS, PolicyFile, TierSpec
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the start path)
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from tiergate.core.contracts import Tier
+
     Fail = Callable[..., PolicyError]  # raise fail(reason, *keys): the error at the policy file's line
 
-TIER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "cgroup", "user", "time")
 FORMAT = 2  # bump when the compiled form changes: old caches are ignored
-
-
-def shipped_dir() -> Path:
-    from tiergate import configs
-
-    return Path(configs.__file__).parent
 
 
 def compile_file(path: str | Path) -> dict[str, Any]:
@@ -51,10 +46,11 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict[str, Any]:
     if not model.tiers:
         raise fail("the policy defines no tiers", "tiers")
     for name in model.tiers:
-        if not TIER_NAME.match(name):
-            raise fail(f"invalid tier name {name!r}: use lowercase letters, digits and '-'", "tiers", name)
+        if not names.valid_tier_name(name):
+            raise fail(f"invalid tier name {name!r}: use lowercase letters, digits and '-' ({names.TIER_NAME_RULE})",
+                       "tiers", name)
 
-    seccomp_dirs = [Path(file).parent / "seccomp", shipped_dir() / "seccomp"]
+    seccomp_dirs = [Path(file).parent / "seccomp", Path(names.configs_dir(), "seccomp")]
     networks = {name: _network(name, table, fail) for name, table in model.networks.items()}
     tiers = {name: _resolve(name, model.tiers, fail) for name in model.tiers}
     compiled_tiers = {name: _compile_tier(name, t, networks, seccomp_dirs, fail) for name, t in tiers.items()}
@@ -116,24 +112,17 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict[str, Any]:
     }
 
 
-# Architectures a process on this host can run syscalls as (native and compat ABIs).
-ARCH_FAMILIES = {
-    "x86_64": ("SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"),
-    "aarch64": ("SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"),
-}
-
-
 def host_arches() -> tuple[str, ...] | None:
     """The compiled policy is per host (its cache lives there): filters name only its family."""
     import platform
 
-    return ARCH_FAMILIES.get(platform.machine())
+    return names.SECCOMP_ARCH_FAMILIES.get(platform.machine())
 
 
 def _network(name: str, table: dict[str, Any], fail: Fail) -> dict[str, Any]:
     from tiergate.network.model import from_table, to_dict
 
-    if not TIER_NAME.match(name):
+    if not names.valid_tier_name(name):
         raise fail(f"invalid network policy name {name!r}", "networks", name)
     try:
         return to_dict(from_table(name, table))
@@ -165,7 +154,8 @@ def _resolve(name: str, specs: dict[str, TierSpec], fail: Fail) -> dict[str, Any
     return out
 
 
-def _compile_tier(name: str, t: dict[str, Any], networks: dict[str, Any], seccomp_dirs: list[Path], fail: Fail) -> dict[str, Any]:
+def _compile_tier(name: str, t: dict[str, Any], networks: dict[str, Any], seccomp_dirs: list[Path],
+                  fail: Fail) -> Tier:
     allowed = []
     for cap in t["capabilities"]:
         norm = caps.normalize(cap)
@@ -173,8 +163,8 @@ def _compile_tier(name: str, t: dict[str, Any], networks: dict[str, Any], seccom
             raise fail(f"tier {name!r}: unknown capability {cap!r}", "tiers", name, "capabilities")
         allowed.append(norm)
     for ns in t["host_namespaces"]:
-        if ns not in NAMESPACES:
-            raise fail(f"tier {name!r}: unknown namespace {ns!r}; known: {', '.join(NAMESPACES)}",
+        if ns not in names.NAMESPACES:
+            raise fail(f"tier {name!r}: unknown namespace {ns!r}; known: {', '.join(names.NAMESPACES)}",
                        "tiers", name, "host_namespaces")
     for key in ("masked_paths", "readonly_paths", "devices"):
         for p in t[key]:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import attrs
 
+from tiergate.core.names import LABEL_KEY
+
 Escalation = Literal["clamp", "refuse"]
 AppArmorMode = Literal["off", "prefer", "require"]
 
@@ -83,7 +85,7 @@ class EngineSettings:
 @attrs.define(kw_only=True)
 class PolicyFile:
     version: int
-    label_key: str = "io.tiergate.tier"
+    label_key: str = LABEL_KEY
     default_tier: str = "baseline"
     on_unknown_image: str = "refuse"
     default_ceiling: str = "baseline"

@@ -12,21 +12,14 @@ import errno as _errno
 
 import pyseccomp
 
+from tiergate.core.names import SECCOMP_OPERATORS
 from tiergate.seccomp.names import ARCH_TOKENS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_OPS = {
-    "SCMP_CMP_NE": pyseccomp.NE,
-    "SCMP_CMP_LT": pyseccomp.LT,
-    "SCMP_CMP_LE": pyseccomp.LE,
-    "SCMP_CMP_EQ": pyseccomp.EQ,
-    "SCMP_CMP_GE": pyseccomp.GE,
-    "SCMP_CMP_GT": pyseccomp.GT,
-    "SCMP_CMP_MASKED_EQ": pyseccomp.MASKED_EQ,
-}
+_OPS = {op: getattr(pyseccomp, op.removeprefix("SCMP_CMP_")) for op in SECCOMP_OPERATORS}  # EQ, MASKED_EQ ...
 
 
 class SeccompBuildError(ValueError):

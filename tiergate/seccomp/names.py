@@ -15,30 +15,14 @@ from collections.abc import Iterable
 
 import pyseccomp
 
-NATIVE_TARGETS = ("SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64")
+from tiergate.core.names import SECCOMP_ARCH_FAMILIES, SECCOMP_ARCHES
+
+NATIVE_TARGETS = tuple(family[0] for family in SECCOMP_ARCH_FAMILIES.values())
 DEFAULT_ARCHES = NATIVE_TARGETS + ("SCMP_ARCH_X86", "SCMP_ARCH_ARM")
 
-ARCH_TOKENS = {
-    "SCMP_ARCH_X86": pyseccomp.Arch.X86,
-    "SCMP_ARCH_X86_64": pyseccomp.Arch.X86_64,
-    "SCMP_ARCH_X32": pyseccomp.Arch.X32,
-    "SCMP_ARCH_ARM": pyseccomp.Arch.ARM,
-    "SCMP_ARCH_AARCH64": pyseccomp.Arch.AARCH64,
-    "SCMP_ARCH_MIPS": pyseccomp.Arch.MIPS,
-    "SCMP_ARCH_MIPS64": pyseccomp.Arch.MIPS64,
-    "SCMP_ARCH_MIPS64N32": pyseccomp.Arch.MIPS64N32,
-    "SCMP_ARCH_MIPSEL": pyseccomp.Arch.MIPSEL,
-    "SCMP_ARCH_MIPSEL64": pyseccomp.Arch.MIPSEL64,
-    "SCMP_ARCH_MIPSEL64N32": pyseccomp.Arch.MIPSEL64N32,
-    "SCMP_ARCH_PPC": pyseccomp.Arch.PPC,
-    "SCMP_ARCH_PPC64": pyseccomp.Arch.PPC64,
-    "SCMP_ARCH_PPC64LE": pyseccomp.Arch.PPC64LE,
-    "SCMP_ARCH_S390": pyseccomp.Arch.S390,
-    "SCMP_ARCH_S390X": pyseccomp.Arch.S390X,
-    "SCMP_ARCH_PARISC": pyseccomp.Arch.PARISC,
-    "SCMP_ARCH_PARISC64": pyseccomp.Arch.PARISC64,
-    "SCMP_ARCH_RISCV64": pyseccomp.Arch.RISCV64,
-}
+# The runtime-spec's architectures this libseccomp build knows (pyseccomp.Arch.X86_64 ...).
+ARCH_TOKENS = {a: getattr(pyseccomp.Arch, a.removeprefix("SCMP_ARCH_")) for a in SECCOMP_ARCHES
+               if hasattr(pyseccomp.Arch, a.removeprefix("SCMP_ARCH_"))}
 
 
 def syscall_number(name: str, arch: str | int = "native") -> int | None:

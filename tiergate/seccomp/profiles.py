@@ -39,6 +39,8 @@ import os
 import re
 from pathlib import Path
 
+from tiergate.core.names import SECCOMP_ACTIONS, SECCOMP_ARCHES, SECCOMP_OPERATORS, configs_dir
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -48,25 +50,7 @@ if TYPE_CHECKING:
     Arg = tuple[int, str, int, int]  # (index, op, value, valueTwo)
     Entry = tuple[str, str, int | None, tuple[Arg, ...], str, str]  # (name, action, errnoRet, args, group, why)
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "seccomp"
-
-ACTIONS = (
-    "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_LOG", "SCMP_ACT_TRACE",
-    "SCMP_ACT_TRAP", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
-    "SCMP_ACT_NOTIFY",
-)
-OPS = (
-    "SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE",
-    "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ",
-)
-ARCHES = (
-    "SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32", "SCMP_ARCH_ARM",
-    "SCMP_ARCH_AARCH64", "SCMP_ARCH_LOONGARCH64", "SCMP_ARCH_M68K", "SCMP_ARCH_MIPS",
-    "SCMP_ARCH_MIPS64", "SCMP_ARCH_MIPS64N32", "SCMP_ARCH_MIPSEL", "SCMP_ARCH_MIPSEL64",
-    "SCMP_ARCH_MIPSEL64N32", "SCMP_ARCH_PPC", "SCMP_ARCH_PPC64", "SCMP_ARCH_PPC64LE",
-    "SCMP_ARCH_S390", "SCMP_ARCH_S390X", "SCMP_ARCH_SH", "SCMP_ARCH_SHEB",
-    "SCMP_ARCH_PARISC", "SCMP_ARCH_PARISC64", "SCMP_ARCH_RISCV64",
-)
+PROFILE_DIR = Path(configs_dir(), "seccomp")
 EPERM = 1
 # On 32-bit x86, libseccomp turns a rule on these into a rule on socketcall(2)
 # whose argument 0 is the *call number*: argument conditions cannot be enforced.
@@ -82,7 +66,7 @@ _TOP_KEYS = {"description", "extends", "defaultAction", "defaultErrnoRet",
              "architectures", "flags", "groups", "remove", "comment"}
 _GROUP_KEYS = {"name", "why", "action", "errnoRet", "names", "args", "anyOf"}
 _ARG_KEYS = {"index", "value", "valueTwo", "op"}
-_ACTION_RANK = {a: i for i, a in enumerate(ACTIONS)}
+_ACTION_RANK = {a: i for i, a in enumerate(SECCOMP_ACTIONS)}
 
 
 class SeccompProfileError(ValueError):
@@ -145,7 +129,7 @@ def _norm_args(args: object, what: str) -> tuple[Arg, ...]:
     for a in args:
         if not isinstance(a, dict) or set(a) - _ARG_KEYS:
             raise SeccompProfileError(f"{what}: bad arg condition {a!r} (keys: index, value, valueTwo, op)")
-        if a.get("op") not in OPS:
+        if a.get("op") not in SECCOMP_OPERATORS:
             raise SeccompProfileError(f"{what}: unknown op {a.get('op')!r}")
         index = _int(a.get("index"), f"{what}: index")
         if index > 5:
@@ -175,7 +159,7 @@ def _norm_group(g: object, profile: str, i: int) -> dict[str, Any]:
     if not isinstance(g.get("why"), str) or not g["why"].strip():
         raise SeccompProfileError(f"{what}: needs a one-line 'why'")
     action = g.get("action", "SCMP_ACT_ALLOW")
-    if action not in ACTIONS:
+    if action not in SECCOMP_ACTIONS:
         raise SeccompProfileError(f"{what}: unknown action {action!r}")
     errno = None
     if action in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
@@ -234,14 +218,14 @@ def resolve(name: str, search_dirs: SearchDirs = None) -> dict[str, Any]:
            "flags": None, "entries": []}
     for pname, src in zip(chain, srcs):
         if "defaultAction" in src:
-            if src["defaultAction"] not in ACTIONS:
+            if src["defaultAction"] not in SECCOMP_ACTIONS:
                 raise SeccompProfileError(f"seccomp profile {pname!r}: unknown defaultAction {src['defaultAction']!r}")
             out["defaultAction"] = src["defaultAction"]
         if "defaultErrnoRet" in src:
             out["defaultErrnoRet"] = _int(src["defaultErrnoRet"], f"seccomp profile {pname!r}: defaultErrnoRet")
         if "architectures" in src:
             arches = src["architectures"]
-            if not isinstance(arches, list) or not arches or any(a not in ARCHES for a in arches):
+            if not isinstance(arches, list) or not arches or any(a not in SECCOMP_ARCHES for a in arches):
                 raise SeccompProfileError(f"seccomp profile {pname!r}: bad architectures {arches!r}")
             out["architectures"] = list(dict.fromkeys(arches))
         if "flags" in src:

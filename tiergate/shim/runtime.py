@@ -22,7 +22,7 @@ line, to the runtime's --log file (JSON with --log-format json): that line is
 all docker and containerd show their user ("OCI runtime create failed: ...").
 
 The installed `tiergate-runtime` is a /bin/sh front that does the
-pass-through itself and starts Python only for the subcommands in oci.args.ENFORCED
+pass-through itself and starts Python only for the subcommands in core.names.SHIM_ENFORCED
 (tiergate/engines/shim.py); this module is what it starts, and it accepts any
 subcommand on its own too.
 """
@@ -32,14 +32,12 @@ from __future__ import annotations
 import os
 import sys
 
+from tiergate.core import names
 from tiergate.oci import args as runc_args
 
 MARKER = "# written by tiergate install"  # as tiergate/engines/launcher.py (not imported: hot path)
 LOOP_ENV = "TIERGATE_SHIM_ACTIVE"
 CONF_ENV = "TIERGATE_RUNTIME_CONF"
-TIER_KEY = "io.tiergate.tier"
-CREATE_LIKE = frozenset({"create", "run", "restore"})
-ENFORCED = runc_args.ENFORCED
 _CONF_KEYS = ("runtime", "shim", "hook", "policy", "cache_dir", "log", "containerd_root")
 LABEL_SOURCES = ("docker", "storage", "cri", "annotation")  # the default order (policy: label_sources)
 # The engine's own records; cri and annotation read spec annotations, which a caller can set
@@ -383,8 +381,8 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
         if isinstance(caps, list):
             seen["bounding"] = [c for c in caps if isinstance(c, str)]
         seen["bundle"] = found.get("bundle")
-        if found.get(TIER_KEY):
-            return found[TIER_KEY], f"{state_file} label"
+        if found.get(names.ANN_TIER):
+            return found[names.ANN_TIER], f"{state_file} label"
         bundle_dir = found.get("bundle")
     except Exception:
         pass
@@ -399,8 +397,8 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
             doc = {}
         state = doc if isinstance(doc, dict) else {}
         annotations = state["annotations"] if isinstance(state.get("annotations"), dict) else {}
-        if isinstance(annotations.get(TIER_KEY), str):
-            return annotations[TIER_KEY], "runtime state annotation"
+        if isinstance(annotations.get(names.ANN_TIER), str):
+            return annotations[names.ANN_TIER], "runtime state annotation"
         bundle_dir = state["bundle"] if isinstance(state.get("bundle"), str) else None
     if not bundle_dir:
         raise _refusal(f"cannot find container {cid[:64]}'s bundle to learn its tier")
@@ -411,8 +409,8 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
     if isinstance(caps, list) and "bounding" not in seen:
         seen["bounding"] = [c for c in caps if isinstance(c, str)]
     annotations = spec["annotations"] if isinstance(spec.get("annotations"), dict) else {}
-    if isinstance(annotations.get(TIER_KEY), str):
-        return annotations[TIER_KEY], f"{bundle_dir}/config.json annotation"
+    if isinstance(annotations.get(names.ANN_TIER), str):
+        return annotations[names.ANN_TIER], f"{bundle_dir}/config.json annotation"
     # Created before tiergate was installed: decide now, from the same sources as create.
     from tiergate.core.decide import decide
 
@@ -649,7 +647,7 @@ def _allowed_on_error(conf: dict, engine: str) -> bool:
 def main(argv: list[str] | None = None, conf: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     settings = read_conf(conf)
-    if runc_args.subcommand(argv) not in ENFORCED:
+    if runc_args.subcommand(argv) not in names.SHIM_ENFORCED:
         return exec_runtime(argv, settings)
     return enforce(argv, settings)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from tiergate.core.names import DECISION_STAGES
 from tiergate.oci.errors import OciError
 from tiergate.oci.jsonio import dumps, parse
 
@@ -119,7 +120,7 @@ def add(state: dict, rec: dict, timestamp: float) -> dict:
                 h["buckets"][i] += 1
         h["sum"] = round(h["sum"] + seconds, 6)
         h["count"] += 1
-    if rec.get("mode") == "audit" and stage in ("precreate", "create", "run"):
+    if rec.get("mode") == "audit" and stage in DECISION_STAGES:
         for change in rec.get("changes") or []:
             bump("would_deny", would_deny_kind(str(change)))
     if rec.get("log_fallback"):

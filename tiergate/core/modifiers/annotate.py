@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from tiergate.core.modifiers._spec import get, objects
+from tiergate.core.spec import get, objects
+from tiergate.core.names import (ANN_NETWORK, ANN_NOTES, ANN_POLICY, ANN_PORTS, ANN_TIER, ANN_WHY,
+                                 ANNOTATION_PREFIX)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
     from tiergate.core.harden import Context
-
-PREFIX = "io.tiergate."
 
 
 def network(spec: dict[str, Any], ctx: Context) -> None:
@@ -32,24 +32,24 @@ def network(spec: dict[str, Any], ctx: Context) -> None:
 def decision(spec: dict[str, Any], ctx: Context) -> None:
     annotations = get(spec, "annotations", dict, "$", create=True)
     want = {
-        PREFIX + "tier": ctx.tier["name"],
-        PREFIX + "why": ctx.why,
-        PREFIX + "policy": ctx.policy["digest"][:16],
+        ANN_TIER: ctx.tier["name"],
+        ANN_WHY: ctx.why,
+        ANN_POLICY: ctx.policy["digest"][:16],
     }
     if ctx.tier["network"] is not None:
-        want[PREFIX + "network"] = ctx.tier["network"]["name"]
+        want[ANN_NETWORK] = ctx.tier["network"]["name"]
         if ctx.facts.get("ports"):
-            want[PREFIX + "ports"] = ",".join(f"{p['port']}/{p['proto']}" for p in ctx.facts["ports"])
+            want[ANN_PORTS] = ",".join(f"{p['port']}/{p['proto']}" for p in ctx.facts["ports"])
     # Notes describe what this pass clamped; a pass that changed nothing keeps the first pass's record.
-    again = not ctx.changes and all(annotations.get(k) == want[k] for k in (PREFIX + "tier", PREFIX + "policy"))
-    kept = annotations.get(PREFIX + "notes") if again else None
+    again = not ctx.changes and all(annotations.get(k) == want[k] for k in (ANN_TIER, ANN_POLICY))
+    kept = annotations.get(ANN_NOTES) if again else None
     if isinstance(kept, str):
-        want[PREFIX + "notes"] = kept
+        want[ANN_NOTES] = kept
     elif ctx.notes:
-        want[PREFIX + "notes"] = "; ".join(f"{k}: {v}" for k, v in ctx.notes)
+        want[ANN_NOTES] = "; ".join(f"{k}: {v}" for k, v in ctx.notes)
     # Only what tiergate wrote is read back (createRuntime: tier, ports; exec: tier; status: why,
     # notes): a caller's io.tiergate.* annotation is no fact, so every other one goes.
-    for key in [k for k in annotations if isinstance(k, str) and k.startswith(PREFIX) and k not in want]:
+    for key in [k for k in annotations if isinstance(k, str) and k.startswith(ANNOTATION_PREFIX) and k not in want]:
         del annotations[key]
     for key, value in want.items():
         if annotations.get(key) != value:

@@ -6,7 +6,7 @@ device list and its allow-all cgroup rule are clamped as a whole.
 
 from __future__ import annotations
 
-from tiergate.core.modifiers._spec import get, objects
+from tiergate.core.spec import get, objects
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tiergate.core import glob
-from tiergate.core.modifiers._spec import get, strings
+from tiergate.core.spec import get, strings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -14,9 +14,8 @@ if TYPE_CHECKING:
 
 def paths(spec: dict[str, Any], ctx: Context) -> None:
     linux = get(spec, "linux", dict, "$", create=True)
-    for key, tier_key, why in (("maskedPaths", "masked_paths", "hidden from the container"),
-                               ("readonlyPaths", "readonly_paths", "read-only in the container")):
-        want = ctx.tier[tier_key]
+    for key, want, why in (("maskedPaths", ctx.tier["masked_paths"], "hidden from the container"),
+                           ("readonlyPaths", ctx.tier["readonly_paths"], "read-only in the container")):
         if not want:
             continue
         have = strings(linux, key, "$.linux") or []

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 
 from tiergate.core import glob
-from tiergate.core.modifiers._spec import get, objects, strings
+from tiergate.core.spec import get, objects, strings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from tiergate.core.contracts import MountFact, Tier
     from tiergate.core.harden import Context
 
 _HEX = frozenset("0123456789abcdef")
@@ -78,8 +79,12 @@ _LEAVE_WRITABLE = {"proc", "sysfs", "devpts", "cgroup", "cgroup2"}
 _READ_ONLY_FS = ("sysfs", "cgroup", "cgroup2")
 
 
+def options(mount: dict[str, Any]) -> list[str]:
+    return strings(mount, "options", "$.mounts[]") or []
+
+
 def is_bind(mount: dict[str, Any]) -> bool:
-    opts = mount.get("options") or []
+    opts = options(mount)
     return mount.get("type") == "bind" or "bind" in opts or "rbind" in opts
 
 
@@ -90,7 +95,7 @@ def host_paths(mount: dict[str, Any]) -> list[str]:
         return [src]
     if typ == "overlay":
         out = []
-        for opt in mount.get("options") or []:
+        for opt in options(mount):
             key, _, value = opt.partition("=")
             if key in _OVERLAY_DIRS:
                 out += [p for p in value.split(":") if p]
@@ -103,7 +108,7 @@ def host_paths(mount: dict[str, Any]) -> list[str]:
 def written_paths(mount: dict[str, Any]) -> list[str]:
     """The host paths writes through the mount land in (an overlay writes only to its upper and work dirs)."""
     if mount.get("type") == "overlay" and not is_bind(mount):
-        return [v for o in mount.get("options") or [] for k, _, v in [o.partition("=")]
+        return [v for o in options(mount) for k, _, v in [o.partition("=")]
                 if k in ("upperdir", "workdir") and v]
     return host_paths(mount)
 
@@ -124,7 +129,7 @@ def sensitive(path: str, sensitive_paths: list[str], sockets: list[str]) -> str 
     return None
 
 
-def candidates(path: str, fact: dict[str, Any] | None) -> list[str]:
+def candidates(path: str, fact: MountFact | None) -> list[str]:
     """Every host path a source stands for: as written, resolved, and its aliases (edge facts)."""
     out = [normalize(path)]
     if fact:
@@ -132,7 +137,7 @@ def candidates(path: str, fact: dict[str, Any] | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def judge(path: str, fact: dict[str, Any] | None, sens: list[str], sockets: list[str], tier: dict[str, Any]) -> tuple[str, str] | None:
+def judge(path: str, fact: MountFact | None, sens: list[str], sockets: list[str], tier: Tier) -> tuple[str, str] | None:
     """(kind, reason) a tier without sensitive_mounts may not mount `path` for, or None."""
     if not path.startswith("/"):
         return "relative host path", "resolved by the runtime against its bundle directory, unknown here"
@@ -186,14 +191,14 @@ def sensitive_mounts(spec: dict[str, Any], ctx: Context) -> None:
 def _readonly_host_bind(m: dict[str, Any], i: int, facts: dict[str, Any], ctx: Context) -> None:
     """writable_binds: host paths a mount writes to stay writable only when the policy names them."""
     writable = ctx.tier.get("writable_binds")
-    if writable is None or "ro" in (m.get("options") or []):
+    if writable is None or "ro" in options(m):
         return
     for path in written_paths(m):
         fact = facts.get(path)
         names = candidates(path, fact)
         if all(engine_owned(c) for c in names) or any(glob.match(p, c) for p in writable for c in names):
             continue
-        m["options"] = [o for o in m.get("options") or [] if o != "rw"] + ["ro"]
+        m["options"] = [o for o in options(m) if o != "rw"] + ["ro"]
         ctx.change(f"$.mounts[{i}].options", f"made host path {path} at {m.get('destination')} read-only",
                    f"tier {ctx.tier['name']} writes only to host paths its policy names "
                    f"(writable_binds: {', '.join(writable) or 'none'})")
@@ -222,12 +227,12 @@ def rootfs(spec: dict[str, Any], ctx: Context) -> None:
             ctx.change("$.root.readonly", "set to true", f"tier {tier['name']} has a read-only root filesystem")
     mounts = objects(spec, "mounts", "$")
     have = {get(m, "destination", str, f"$.mounts[{i}]") for i, m in enumerate(mounts)}
-    for dest, opts in tier["tmpfs"].items():
-        if dest not in have:
-            options = ["nosuid", "nodev", "noexec"] + [o for o in opts.split(",") if o]
-            mounts.append({"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": options})
+    for at, extra in tier["tmpfs"].items():
+        if at not in have:
+            tmpfs_options = ["nosuid", "nodev", "noexec"] + [o for o in extra.split(",") if o]
+            mounts.append({"destination": at, "type": "tmpfs", "source": "tmpfs", "options": tmpfs_options})
             spec["mounts"] = mounts
-            ctx.change("$.mounts", f"added tmpfs at {dest} ({opts or 'default size'})", f"tier {tier['name']} names it writable")
+            ctx.change("$.mounts", f"added tmpfs at {at} ({extra or 'default size'})", f"tier {tier['name']} names it writable")
     writable = tier["writable_mounts"]
     if writable is None:
         return
@@ -236,7 +241,7 @@ def rootfs(spec: dict[str, Any], ctx: Context) -> None:
         dest = m.get("destination")
         if dest in allowed or m.get("type") in _LEAVE_WRITABLE:
             continue
-        opts = m.get("options") or []
+        opts = options(m)
         if "ro" in opts:
             continue
         m["options"] = [o for o in opts if o != "rw"] + ["ro"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tiergate.core.modifiers._spec import get, objects
+from tiergate.core.spec import get, objects
+from tiergate.core.names import PRIVATE_NAMESPACES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -10,9 +11,6 @@ if TYPE_CHECKING:
 
     from tiergate.core.harden import Context
 
-# A missing entry means "the host's namespace" (runtime-spec). user, cgroup and
-# time are not required: rootful engines run without them by default.
-REQUIRED = ("pid", "network", "ipc", "uts", "mount")
 POD_FIELDS = {"network": "hostNetwork", "pid": "hostPID", "ipc": "hostIPC"}  # what a pod spec calls them
 
 
@@ -33,7 +31,7 @@ def apply(spec: dict[str, Any], ctx: Context) -> None:
             ctx.escalation(f"joins the host's {kind} namespace ({path})")
             del ns["path"]
             ctx.change(f"$.linux.namespaces[{i}].path", f"removed {path}", f"tier {ctx.tier['name']} forbids host namespaces")
-    for kind in REQUIRED:
+    for kind in PRIVATE_NAMESPACES:  # a missing entry means the host's namespace
         if kind in present or kind in allowed:
             continue
         if kind == "network" and ctx.tier["network"] is not None:

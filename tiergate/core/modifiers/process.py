@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tiergate.core.capabilities import ENGINE_DEFAULTS, SETS
-from tiergate.core.modifiers._spec import get, strings
+from tiergate.core.names import PODMAN_PRIVILEGED
+from tiergate.core.spec import get, strings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,9 +40,10 @@ def capabilities(spec: dict[str, Any], ctx: Context) -> None:
 
 
 def privileged(spec: dict[str, Any], ctx: Context) -> None:
-    """Name --privileged as such; its parts are clamped by the other modifiers."""
+    """Name --privileged as such (podman says so; docker's is seen in its parts, which the other
+    modifiers clamp)."""
     annotations = get(spec, "annotations", dict, "$") or {}
-    if annotations.get("io.podman.annotations.privileged") == "TRUE" or ctx.facts.get("privileged"):
+    if annotations.get(PODMAN_PRIVILEGED) == "TRUE":
         ctx.escalation("runs --privileged")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tiergate.oci.errors import SpecError
 
-from tiergate.core.modifiers._spec import get
+from tiergate.core.spec import get
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

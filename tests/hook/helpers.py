@@ -122,13 +122,34 @@ def _engine_owned(src: str) -> bool:
 
 
 def sensitive_hit(src: str, policy: dict) -> str | None:
+    """The sensitive path `src` is, is under, or is a parent of (-v /var exposes /var/lib/docker)."""
     norm = _norm(src)
     if posixpath.basename(norm) in policy["sensitive"]["sockets"]:
         return "socket"
     for s in policy["sensitive"]["paths"]:
-        if norm == s or (s != "/" and norm.startswith(s + "/")):
+        if norm == s or (s != "/" and norm.startswith(s + "/")) or (norm != "/" and s.startswith(norm + "/")):
             return s
     return None
+
+
+_NS_FILES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt", "cgroup": "cgroup",
+             "user": "user", "time": "time"}
+
+
+def _ns_ident(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def host_namespace(kind: str, path: str) -> bool:
+    """Would joining `path` share the host's namespace? Unreadable counts as yes (fail closed);
+    the host's identity is init's, kthreadd's or this test's own (it runs in the host's)."""
+    ident = _ns_ident(path)
+    host = {_ns_ident(f"/proc/{who}/ns/{_NS_FILES.get(kind, kind)}") for who in ("1", "2", "self")}
+    return ident is None or ident in host
 
 
 def is_bind(m: dict) -> bool:
@@ -136,8 +157,12 @@ def is_bind(m: dict) -> bool:
     return m.get("type") == "bind" or "bind" in opts or "rbind" in opts
 
 
-def weaknesses(out: dict, tier: dict, policy: dict) -> list[str]:
-    """Every way `out` is weaker than `tier` allows; empty means the invariant holds."""
+def weaknesses(out: dict, tier: dict, policy: dict, facts: dict | None = None) -> list[str]:
+    """Every way `out` is weaker than `tier` allows; empty means the invariant holds.
+
+    facts: what harden() was given about the host, when it was gathered from this host: then
+    mount sources count as they resolve here too, and the AppArmor profile the facts say was
+    loaded must be the spec's."""
     bad: list[str] = []
     if tier["passthrough"]:
         return bad
@@ -150,6 +175,11 @@ def weaknesses(out: dict, tier: dict, policy: dict) -> list[str]:
                 bad.append(f"capabilities.{name} has {sorted(extra)}")
         if tier["no_new_privileges"] and proc.get("noNewPrivileges") is not True:
             bad.append("noNewPrivileges is not true")
+        loaded = (facts or {}).get("apparmor")
+        if tier["apparmor"] != "off" and loaded and proc.get("apparmorProfile") != tier["apparmor_profile"]:
+            bad.append(f"AppArmor profile {proc.get('apparmorProfile')!r}, not the tier's (loaded here)")
+        if tier["apparmor"] == "require" and not loaded:
+            bad.append("runs without the AppArmor profile its tier requires (none loaded)")
     linux = out.get("linux") or {}
     if tier["seccomp"] is not None and seccomp_allows_more(linux.get("seccomp"), tier["seccomp"]):
         bad.append("seccomp allows what the tier's profile denies")
@@ -157,6 +187,10 @@ def weaknesses(out: dict, tier: dict, policy: dict) -> list[str]:
     for kind in REQUIRED_NAMESPACES:
         if kind not in tier["host_namespaces"] and kind not in kinds:
             bad.append(f"{kind} namespace missing (host's shared)")
+    for ns in linux.get("namespaces") or []:
+        path = ns.get("path")
+        if path and ns.get("type") not in tier["host_namespaces"] and host_namespace(ns.get("type"), path):
+            bad.append(f"joins the host's {ns.get('type')} namespace at {path}")
     for dev in linux.get("devices") or []:
         if dev.get("path") not in tier["devices"]:
             bad.append(f"host device {dev.get('path')}")
@@ -180,6 +214,15 @@ def weaknesses(out: dict, tier: dict, policy: dict) -> list[str]:
                 bad.append(f"engine socket at {dest}")
             if is_bind(m) and not _engine_owned(src) and sensitive_hit(src, policy):
                 bad.append(f"sensitive bind mount {src} -> {dest}")
+            real = os.path.realpath(src) if facts and is_bind(m) and src.startswith("/") else None
+            if real and not _engine_owned(real) and sensitive_hit(real, policy):
+                bad.append(f"sensitive bind mount {src} (here {real}) -> {dest}")
+    if tier["writable_mounts"] is not None:  # every other mount read-only (the kernel's own filesystems aside)
+        writable = set(tier["writable_mounts"]) | set(tier["tmpfs"])
+        for m in out.get("mounts") or []:
+            if (m.get("destination") not in writable and m.get("type") not in ("proc", "sysfs", "devpts", "cgroup", "cgroup2")
+                    and "ro" not in (m.get("options") or [])):
+                bad.append(f"writable mount at {m.get('destination')} (writable_mounts: {sorted(writable)})")
     for key, tkey in (("maskedPaths", "masked_paths"), ("readonlyPaths", "readonly_paths")):
         missing = set(tier[tkey]) - set(linux.get(key) or [])
         if missing:

@@ -1,7 +1,9 @@
 """Hypothesis: specs built from the official schema's sub-schemas, hardened by every tier.
 
 Properties: the result validates against the schema, hardening is idempotent,
-and the result is never weaker than the tier (or the tier refused it).
+and the result is never weaker than the tier (or the tier refused it), both with
+no host facts and with the facts gathered from this host (host.facts.gather: namespace
+identities, where mount sources really lead, AppArmor), as the hook gathers them.
 
 Profiles: `ci` (CI=true) runs >= 1000 examples of the main property, `dev` ~100.
 The `linux`/`process`/`mounts` parts come from their sub-schemas ($refs
@@ -20,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from helpers import NON_PRIVILEGED, TIERS, all_caps, podman_precreate, runc_default, shipped_policy, weaknesses
+from helpers import NON_PRIVILEGED, all_caps, podman_precreate, runc_default, shipped_policy, weaknesses
 from tiergate.core.errors import Refusal
 from tiergate.core.harden import harden
+from tiergate.host import facts as host
 from spec_schema import schema_dir, validate_config
 
 settings.register_profile("ci", max_examples=1000, deadline=None,
@@ -33,6 +36,10 @@ PROFILE = settings.get_profile("ci" if os.environ.get("CI", "").lower() == "true
 SMALL = settings(PROFILE, max_examples=max(50, PROFILE.max_examples // 10))
 
 POLICY = shipped_policy()
+# The shipped tiers, and variants for what none of them ships: AppArmor required.
+VARIANTS = {**POLICY["tiers"],
+            "aa-require": dict(POLICY["tiers"]["baseline"], name="aa-require", apparmor="require",
+                               apparmor_profile="tiergate-aa-require")}
 SECCOMP_STUB = {"defaultAction": "SCMP_ACT_ERRNO"}
 
 
@@ -130,6 +137,17 @@ SYSCTLS = st.sampled_from(["net.ipv4.ping_group_range", "net.core.somaxconn", "k
                            "kernel.shmmax", "vm.swappiness", "fs.mqueue.msg_max", "kernel.sem",
                            "net.ipv4.ip_unprivileged_port_start"])
 NS_TYPES = ("pid", "network", "ipc", "uts", "mount", "user", "cgroup", "time")
+NS_FILES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt", "user": "user",
+            "cgroup": "cgroup", "time": "time"}
+
+
+@st.composite
+def namespace_paths(draw, kind: str) -> str:
+    """The host's own namespaces (init's, this process's), another kind's, missing ones, hostile paths."""
+    return draw(st.one_of(
+        st.sampled_from([f"/proc/{who}/ns/{NS_FILES[kind]}" for who in ("1", "2", "self", "thread-self")]),
+        st.sampled_from([f"/proc/self/ns/{f}" for f in NS_FILES.values()] + ["/run/netns/absent", "/proc/0/ns/net"]),
+        HOSTILE_PATHS))
 
 
 @st.composite
@@ -186,7 +204,7 @@ def specs(draw):
         spec["mounts"] = spec["mounts"] + draw(mounts())
     if draw(st.booleans()):
         # min_size=1: an empty list is a known bug with its own xfail (test_harden.py)
-        linux["namespaces"] = [{"type": t} | ({"path": draw(HOSTILE_PATHS)} if draw(st.booleans()) and draw(st.booleans()) else {})
+        linux["namespaces"] = [{"type": t} | ({"path": draw(namespace_paths(t))} if draw(st.booleans()) else {})
                                for t in draw(st.lists(st.sampled_from(NS_TYPES), min_size=1, max_size=6, unique=True))]
     if draw(st.booleans()):
         linux["devices"] = draw(devices())
@@ -218,21 +236,35 @@ def test_tier_seccomp_profiles_validate(name: str) -> None:
     assert validate_config(spec) == []
 
 
+def host_facts(spec: dict, tier: dict) -> dict:
+    """This host's facts, gathered as the hook gathers them (stages.decide_and_harden)."""
+    facts = host.gather(spec, tier, [], POLICY["sensitive"]["sockets"])
+    if not tier["passthrough"]:
+        facts["own_paths"] = host.own_paths(POLICY["file"], None, None)
+    return facts
+
+
+def _refusal_expected(tier: dict, facts: dict, reason: str) -> bool:
+    return tier["on_escalation"] == "refuse" or (tier["apparmor"] == "require" and not facts.get("apparmor")
+                                                  and "requires AppArmor" in reason)
+
+
 @settings(PROFILE)
-@given(specs())
-def test_hardened_specs_validate_are_idempotent_and_never_weaker(spec: dict) -> None:
-    """For every tier: Refusal (refusing tiers only), or a valid, idempotent, never-weaker spec."""
+@given(specs(), st.booleans())
+def test_hardened_specs_validate_are_idempotent_and_never_weaker(spec: dict, real: bool) -> None:
+    """For every tier, with no facts or with this host's: Refusal (refusing tiers, or AppArmor required
+    where none is loaded), or a valid, idempotent, never-weaker spec."""
     assume(_schema_errors(spec, {"seccomp": None}) == [])
-    for name in TIERS:
-        tier = POLICY["tiers"][name]
+    for name, tier in VARIANTS.items():
+        facts = host_facts(spec, tier) if real else {}
         try:
-            out, _, _ = harden(spec, tier, POLICY, {}, "property")
-        except Refusal:
-            assert tier["on_escalation"] == "refuse", name
+            out, _, _ = harden(spec, tier, POLICY, facts, "property")
+        except Refusal as exc:
+            assert _refusal_expected(tier, facts, str(exc)), (name, str(exc))
             continue
-        assert weaknesses(out, tier, POLICY) == [], name
+        assert weaknesses(out, tier, POLICY, facts) == [], name
         assert _schema_errors(out, tier) == [], name
-        again, changes, _ = harden(out, tier, POLICY, {}, "property")
+        again, changes, _ = harden(out, tier, POLICY, host_facts(out, tier) if real else {}, "property")
         assert changes == [] and again == out, name
 
 

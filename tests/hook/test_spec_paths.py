@@ -106,3 +106,16 @@ def test_render_refuses(capsys, monkeypatch, tmp_path, mutate, line: str) -> Non
     code, out, err = tg(capsys, monkeypatch, ["render", "--tier", "baseline"], json.dumps(spec).encode())
     assert (code, out) == (2, "")
     assert err.splitlines() == [f"tiergate: {line}"]
+
+
+def test_what_the_runtime_accepts_passes() -> None:
+    """Values runc accepts beside the runtime-spec's tables pass: "" propagation (the default), null
+    for an absent field (Go's nil), a device cgroup rule without access."""
+    spec = runc_default()
+    spec["linux"]["rootfsPropagation"] = ""
+    spec["linux"]["resources"] = {"devices": [{"allow": False}], "pids": None}
+    spec["process"]["capabilities"]["ambient"] = None
+    validate(spec)
+    spec["linux"]["rootfsPropagation"] = "bogus"
+    with pytest.raises(SpecError, match=r"unknown rootfs propagation 'bogus' @ \$\.linux\.rootfsPropagation"):
+        validate(spec)

@@ -117,7 +117,7 @@ SCHEMA = {
                                                    "limit": int}),
                       "rdma": ("map", {"hcaHandles": int, "hcaObjects": int})},
         "netDevices": ("map", {"name": _NETDEV}, _NETDEV),
-        "rootfsPropagation": _one_of(PROPAGATIONS, "rootfs propagation"),
+        "rootfsPropagation": _one_of(("", *PROPAGATIONS), "rootfs propagation"),  # "": the runtime's default
         "sysctl": ("map", str),
         "seccomp": _SECCOMP,
         "maskedPaths": _STRINGS,

@@ -207,3 +207,14 @@ def test_policy_apply_cli(tmp_path: Path, capsys) -> None:
     assert cli.main([*base, str(good)]) == 0
     assert capsys.readouterr().out.startswith(f"applied: {good} -> {live}: ")
     assert live.read_text() == good.read_text()
+
+
+def test_explain_names_the_policys_own_seccomp_denies(capsys, monkeypatch, tmp_path: Path) -> None:
+    """A tier's seccomp_deny reaches explain through the compiled tier (it was read and never set)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('version = 1\ndefault_tier = "a"\ndefault_ceiling = "a"\n\n'
+                      '[tiers.a]\nstrictness = 1\nseccomp = "baseline"\nseccomp_deny = ["syslog"]\n')
+    monkeypatch.setenv("TIERGATE_POLICY", str(policy))
+    code, out, err = tg(capsys, monkeypatch, ["explain", "--tier", "a"], json.dumps(runc_default()).encode())
+    assert (code, err) == (0, "")
+    assert "  denied (errno 1): syslog\n      because the policy's seccomp_deny names it" in out

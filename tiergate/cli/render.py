@@ -86,7 +86,7 @@ def _denied_groups(tier: dict, args) -> list[str]:
             continue
         how = "only with some arguments" if g["conditional"] else f"errno {g['errnoRet']}"
         lines.append(f"  denied ({how}): {', '.join(sorted(g['names']))}\n      because {g['why']}")
-    for name in tier.get("seccomp_deny") or []:
+    for name in tier["seccomp_deny"]:
         lines.append(f"  denied (errno 1): {name}\n      because the policy's seccomp_deny names it")
     return lines
 

@@ -38,6 +38,7 @@ class Tier(TypedDict):
     no_new_privileges: bool
     seccomp: dict[str, Any] | None  # an OCI linux.seccomp object; None: keep the caller's
     seccomp_profile: str | None
+    seccomp_deny: list[str]  # the policy's extra denies (in `seccomp` already; `explain` names them)
     apparmor: Literal["off", "prefer", "require"]
     apparmor_profile: str | None
     masked_paths: list[str]

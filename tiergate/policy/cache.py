@@ -23,7 +23,7 @@ from tiergate.core.names import configs_dir
 
 DEFAULT_CACHE_DIR = "/var/cache/tiergate"
 SYSTEM_POLICY = "/etc/tiergate/policy.toml"
-FORMAT = 2  # must equal compile.FORMAT
+FORMAT = 3  # must equal compile.FORMAT
 LOCK = ".lock"
 FAILED = ".failed"  # beside an entry: the inputs that last failed to compile, and why
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     Fail = Callable[..., PolicyError]  # raise fail(reason, *keys): the error at the policy file's line
 
-FORMAT = 2  # bump when the compiled form changes: old caches are ignored
+FORMAT = 3  # bump when the compiled form changes: old caches are ignored
 
 
 def compile_file(path: str | Path) -> dict[str, Any]:
@@ -226,6 +226,7 @@ def _compile_tier(name: str, t: dict[str, Any], networks: dict[str, Any], seccom
         "no_new_privileges": t["no_new_privileges"],
         "seccomp": seccomp,
         "seccomp_profile": t["seccomp"],
+        "seccomp_deny": sorted(set(t["seccomp_deny"])),  # in the filter already; kept for `explain`
         "apparmor": t["apparmor"],
         "apparmor_profile": None if t["apparmor"] == "off" else f"tiergate-{name}",
         "masked_paths": sorted(set(t["masked_paths"])),

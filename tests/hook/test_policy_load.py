@@ -155,3 +155,15 @@ def test_locate_finds_key_paths(keys: list, line: int) -> None:
     """locate() maps a key path to its 1-based line in the TOML text."""
     text = policy('\n[[trust]]\nmatch = "*"\nmax_tier = "a"\n\n[[trust]]\nmatch = "x"\nmax_tier = "a"\n')
     assert locate(text, keys) == line
+
+
+def test_label_sources_the_loader_accepts_are_the_names_table() -> None:
+    """policy/model.py's Literal (what cattrs accepts) and core/names.LABEL_SOURCES name the same sources."""
+    import typing
+
+    from tiergate.core.names import LABEL_SOURCES
+    from tiergate.policy.model import PolicyFile
+
+    hint = typing.get_type_hints(PolicyFile)["label_sources"]
+    assert set(typing.get_args(typing.get_args(hint)[0])) == set(LABEL_SOURCES)
+    assert PolicyFile(version=1).label_sources == list(LABEL_SOURCES)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the start path)
+if TYPE_CHECKING:
+    from typing import Literal
+
 # Linux namespaces as the runtime-spec names them, each with its file under /proc/<pid>/ns.
 NAMESPACE_FILES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts", "mount": "mnt",
                    "cgroup": "cgroup", "user": "user", "time": "time"}
@@ -47,6 +51,11 @@ SHIM_CREATE = frozenset({"create", "run", "restore"})
 SHIM_ENFORCED = SHIM_CREATE | {"exec", "update"}
 # Where a tier is decided for a new container (decision log's `stage`): the hook's and the shim's.
 DECISION_STAGES = ("precreate", *sorted(SHIM_CREATE))
+
+# Where an image's labels are read, in the default order (policy: label_sources; policy/model.py's
+# Literal lists the same names for the loader).
+LABEL_SOURCES: tuple[Literal["docker", "storage", "cri", "annotation"], ...] = (
+    "docker", "storage", "cri", "annotation")
 
 # Tier names end up in AppArmor profile names, file names and log lines: [a-z0-9][a-z0-9-]{0,62}.
 TIER_NAME_RULE = "[a-z0-9][a-z0-9-]{0,62}"
@@ -95,6 +104,7 @@ def known() -> dict[str, object]:
         "shim_subcommands": {"create": sorted(SHIM_CREATE), "enforced": sorted(SHIM_ENFORCED)},
         "tier_name": TIER_NAME_RULE,
         "label_key": LABEL_KEY,
+        "label_sources": list(LABEL_SOURCES),
         "annotations": list(ANNOTATIONS),
         "engine_annotations": [PODMAN_PRIVILEGED],
     }

@@ -21,6 +21,7 @@ import shlex
 from pathlib import Path
 
 from tiergate.core.names import SHIM_ENFORCED
+from tiergate.oci.args import GLOBAL_VALUE_FLAGS
 
 from tiergate.engines import files
 from tiergate.engines.launcher import MARKER, install_hook, interpreter, script
@@ -29,9 +30,9 @@ SHIM = "tiergate-runtime"
 CONF = "tiergate-runtime.conf"
 USERS = "tiergate-runtime.users"
 PY_LAUNCHER = "lib/tiergate-runtime.py"
-# Global flags taking a value: runc 1.1's, plus crun's that runc rejects anyway
-# (never a runc boolean: `--debug create` must still be seen as create).
-VALUE_FLAGS = ("root", "log", "log-format", "criu", "rootless", "cgroup-manager")
+# Global flags taking a value (oci/args.py's table: never a runc boolean, `--debug create` must
+# still be seen as create).
+VALUE_FLAGS = tuple(sorted(GLOBAL_VALUE_FLAGS))
 ENFORCED = tuple(sorted(SHIM_ENFORCED))
 
 

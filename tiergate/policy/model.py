@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import attrs
 
-from tiergate.core.names import LABEL_KEY
+from tiergate.core.names import LABEL_KEY, LABEL_SOURCES
 
 Escalation = Literal["clamp", "refuse"]
 AppArmorMode = Literal["off", "prefer", "require"]
@@ -94,7 +94,7 @@ class PolicyFile:
     on_error: Literal["refuse", "allow"] = "refuse"
     audit: bool = False
     label_sources: list[Literal["docker", "cri", "storage", "annotation"]] = attrs.Factory(
-        lambda: ["docker", "storage", "cri", "annotation"])
+        lambda: list(LABEL_SOURCES))
     sandbox_tier: str | None = None
     namespaces: dict[str, NamespaceRule] = attrs.Factory(dict)
     sensitive: Sensitive = attrs.Factory(Sensitive)

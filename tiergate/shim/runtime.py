@@ -39,7 +39,6 @@ MARKER = "# written by tiergate install"  # as tiergate/engines/launcher.py (not
 LOOP_ENV = "TIERGATE_SHIM_ACTIVE"
 CONF_ENV = "TIERGATE_RUNTIME_CONF"
 _CONF_KEYS = ("runtime", "shim", "hook", "policy", "cache_dir", "log", "containerd_root")
-LABEL_SOURCES = ("docker", "storage", "cri", "annotation")  # the default order (policy: label_sources)
 # The engine's own records; cri and annotation read spec annotations, which a caller can set
 # (podman --annotation), so they are consulted only when no engine record recognises the bundle.
 ENGINE_RECORDS = ("docker", "storage")
@@ -215,7 +214,7 @@ def resolve_image(spec: dict, container_id: str | None, policy: dict, bundle_dir
 
     sources = {"docker": (docker, "docker"), "cri": (cri, "containerd"),
                "storage": (storage, "podman-runtime"), "annotation": (annotation, "runc")}
-    order = policy.get("label_sources") or LABEL_SOURCES
+    order = policy.get("label_sources") or names.LABEL_SOURCES
     order = [s for s in order if s in ENGINE_RECORDS] + [s for s in order if s not in ENGINE_RECORDS]
     for name in order:
         find, engine = sources[name]

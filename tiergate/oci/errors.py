@@ -33,8 +33,8 @@ class BundleError(OciError):
 def key_path(path: str, key: object) -> str:
     """Append ``key`` to a ``$``-path: ``.name`` for identifiers, ``[3]`` or ``['a.b']`` else.
 
-    Shared so that jsonio (duplicate keys), convert (cattrs errors) and the
-    checks in model all print the same path for the same place.
+    Shared so that jsonio (duplicate keys) and the spec validator (core/spec.py)
+    print the same path for the same place.
     """
     if isinstance(key, int):
         return f"{path}[{key}]"

@@ -226,15 +226,17 @@ def test_metrics_never_decrease_across_log_rotation(rollout, tg_images):
                             'outcome="allowed",le="10.0"}') for k in before)
 
 
-# -- suggest (issue 19, the smaller honest version: syscalls, inferred capabilities) -------------
+# -- suggest (issue 19: syscalls, AF_PACKET, observed capabilities, flows) ----------------------
 
 WORKLOAD = ("unshare -m true; a=$?; chroot / true; b=$?; mkdir -p /tmp/m; mount -t tmpfs t /tmp/m; c=$?; "
-            "echo rc=$a,$b,$c; sleep 1")
-NEIGHBOUR = "hostname tg-neighbour; echo rc=$?; sleep 1"
+            "/tgprobe packet >/dev/null; d=$?; timeout 5 wget -q -O - http://{peer}/ >/dev/null; e=$?; "
+            "echo rc=$a,$b,$c,$d,$e; sleep 1")
+NEIGHBOUR = "hostname tg-neighbour; timeout 5 wget -q -O - http://{peer}:8080/ >/dev/null; echo rc=$?; sleep 1"
+ALL_OK = "rc=0,0,0,0,0"
 
 
-def _audit_policy(path: Path, extra: str = "", audit: bool = True) -> Path:
-    text = SHIPPED.read_text()
+def _audit_policy(path: Path, base: str, extra: str = "", audit: bool = True) -> Path:
+    text = base
     if audit:
         text = text.replace("version = 1\n", "version = 1\naudit = true\n", 1)
     path.write_text(text + extra)
@@ -243,39 +245,50 @@ def _audit_policy(path: Path, extra: str = "", audit: bool = True) -> Path:
 
 
 def test_suggest_from_an_audited_workload_and_its_delta_holds(podman, tmp_path):
+    """Audit mode, tier queue-worker (egress only to the broker): the workload unshares, chroots, mounts,
+    opens an AF_PACKET socket and fetches from a peer outside the allowlist; a neighbour on the same
+    network sets its hostname and fetches from another peer. suggest names exactly each one's own."""
     import subprocess
     import sys
 
     from harness import stop_pid
+    from roles_env import Peers, build_probe, make_test_policy, skip_unless_tools
 
+    skip_unless_tools()
     tag = secrets.token_hex(3)
     etc = tmp_path / "etc"
     etc.mkdir(mode=0o755)
-    image_a, image_b = f"localhost/tg-suggest-a-{tag}", f"localhost/tg-suggest-b-{tag}"
+    probe = build_probe(tmp_path / "tgprobe")
+    image_a, image_b, image_c = (f"localhost/tg-suggest-{x}-{tag}" for x in "abc")
     for ref in (image_a, image_b):
-        podman.import_image(ref, {"io.tiergate.tier": "restricted"})
+        podman.import_image(ref, {"io.tiergate.tier": "queue-worker"})
+    peers = Peers(podman, tmp_path / "peers")
     try:
-        audited = Hooks(podman, tmp_path / "audit", policy=_audit_policy(etc / "audit.toml"))
+        peers.setup()
+        base = make_test_policy(peers, etc / "test.toml").read_text()
+        audited = Hooks(podman, tmp_path / "audit", policy=_audit_policy(etc / "audit.toml", base))
+        workload = WORKLOAD.format(peer=peers.api)
+        net = ["--network", peers.network, "-v", f"{probe}:/tgprobe:ro"]
+        caps = ["--cap-add", "SYS_ADMIN", "--cap-add", "NET_RAW"]
         evidence = tmp_path / "kernel.jsonl"
         collector = subprocess.Popen([sys.executable, "-m", "tiergate.cli.main", "collect", "--out", str(evidence)],
                                      cwd=REPO, stderr=subprocess.PIPE, text=True)
         try:
-            time.sleep(1.5)  # the collector has opened /dev/kmsg
-            procs = [subprocess.Popen(podman_argv(podman, audited.hooks_dir, "run", "--rm", "--name", f"tg-sa-{tag}",
-                                                  "--cap-add", "SYS_ADMIN", image_a, "sh", "-c", WORKLOAD), env=podman.env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-                     subprocess.Popen(podman_argv(podman, audited.hooks_dir, "run", "--rm", "--name", f"tg-sb-{tag}",
-                                                  image_b, "sh", "-c", NEIGHBOUR), env=podman.env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+            time.sleep(1.5)  # the collector has opened /dev/kmsg and its tracing instance
+            runs = [("a", image_a, [*net, *caps], workload), ("b", image_b, net, NEIGHBOUR.format(peer=peers.other))]
+            procs = [subprocess.Popen(podman_argv(podman, audited.hooks_dir, "run", "--rm", "--name", f"tg-s{x}-{tag}",
+                                                  *args, image, "sh", "-c", cmd), env=podman.env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for x, image, args, cmd in runs]
             outs = [p.communicate(timeout=120) for p in procs]
             assert all(p.returncode == 0 for p in procs), outs
-            time.sleep(0.5)
+            time.sleep(1.0)  # the collector reads the flow sets of the containers it saw end
         finally:
             stop_pid(collector.pid)
             collector.wait(10)
-        assert "rc=0,0,0" in outs[0][0]  # audit: the workload ran as asked, the filter only logged
+        assert ALL_OK in outs[0][0] and "rc=0" in outs[1][0], outs  # audit: they ran as asked, nothing was stopped
         kernel = [json.loads(x) for x in evidence.read_text().splitlines()]
-        assert kernel, "no seccomp log records: is auditd taking them from the kernel log?"
+        assert any(k["kind"] == "syscall" for k in kernel), "no seccomp log records: is auditd taking them?"
 
         def suggested(target: str) -> dict:
             out = tiergate("--policy", etc / "audit.toml", "suggest", target, "--file", audited.log,
@@ -283,22 +296,33 @@ def test_suggest_from_an_audited_workload_and_its_delta_holds(podman, tmp_path):
             return json.loads(out)
 
         a, b = suggested(image_a), suggested(f"tg-sb-{tag}")
-        assert a["audited_as"] == "restricted" and len(a["containers"]) == 1
+        assert a["audited_as"] == "queue-worker" and len(a["containers"]) == 1 and b["containers"] != a["containers"]
         assert a["delta"]["seccomp_allow"] == ["chroot", "mount", "unshare"], kernel
-        assert a["delta"]["capabilities"] == ["CAP_SYS_ADMIN", "CAP_SYS_CHROOT"]
+        assert "socket(AF_PACKET)" in a["evidence"] and "socket(AF_PACKET)" not in b["evidence"]
+        assert a["delta"]["capabilities"] == ["CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_CHROOT"], a["capabilities"]
+        assert a["capabilities_source"].startswith("observed"), a["capabilities_source"]
+        assert {"CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_CHROOT"} <= set(a["capabilities"])  # seen, not inferred
+        assert a["delta"]["egress"] == [{"cidr": f"{peers.api}/32", "ports": [80], "proto": "tcp"}], a["flows"]
+        (flow,) = a["flows"]
+        assert flow["count"] >= 1 and flow["first"] <= flow["last"] and flow["containers"] == a["containers"]
         assert all(e["containers"] == a["containers"] for e in a["evidence"].values())
-        assert b["delta"]["seccomp_allow"] == ["sethostname"] and b["containers"] != a["containers"], kernel
+        assert b["delta"]["seccomp_allow"] == ["sethostname"], kernel
+        assert b["delta"]["egress"] == [{"cidr": f"{peers.other}/32", "ports": [8080], "proto": "tcp"}], b["flows"]
 
         # applying the delta lets the workload run enforced; the unmodified tier still stops it
         snippet = a["snippet"]
         new_tier = re.search(r"^\[tiers\.([a-z0-9-]+)\]", snippet, re.M).group(1)
-        enforced = Hooks(podman, tmp_path / "enforced", policy=_audit_policy(etc / "new.toml", "\n" + snippet, audit=False))
-        image_c = f"localhost/tg-suggest-c-{tag}"
+        enforced = Hooks(podman, tmp_path / "enforced",
+                         policy=_audit_policy(etc / "new.toml", base, "\n" + snippet, audit=False))
         podman.import_image(image_c, {"io.tiergate.tier": new_tier})
-        ok = enforced.run(image_c, "sh", "-c", WORKLOAD, args=["--cap-add", "SYS_ADMIN"])
-        assert ok.returncode == 0 and "rc=0,0,0" in ok.stdout, (ok.stdout, ok.stderr[-500:])
+        ok = enforced.run(image_c, "sh", "-c", workload, args=[*net, *caps])
+        assert ok.returncode == 0 and ALL_OK in ok.stdout, (snippet, ok.stdout, ok.stderr[-500:])
         assert enforced.last()["tier"] == new_tier and enforced.last()["mode"] == "enforce"
-        control = enforced.run(image_a, "sh", "-c", WORKLOAD, args=["--cap-add", "SYS_ADMIN"])
-        assert "rc=0,0,0" not in control.stdout and enforced.last()["tier"] == "restricted", control.stdout
+        control = enforced.run(image_a, "sh", "-c", workload, args=[*net, *caps])
+        assert ALL_OK not in control.stdout and enforced.last()["tier"] == "queue-worker", control.stdout
+        control = enforced.run(image_a, "sh", "-c", workload, args=net)  # not even refused: each probe fails
+        assert control.returncode == 0 and "rc=1,1,1,1," in control.stdout and ",0\n" not in control.stdout, control
     finally:
-        podman.rmi(image_a, image_b, f"localhost/tg-suggest-c-{tag}")
+        podman.remove_containers()
+        peers.teardown()
+        podman.rmi(image_a, image_b, image_c)

@@ -90,32 +90,21 @@ def audit(original: dict[str, Any], hardened: dict[str, Any],
     spec = clone(original)
     profile = ctx.tier["seccomp"]
     if profile is not None:
+        from tiergate.seccomp.audit import log_mode
+
         linux = spec.setdefault("linux", {}) if isinstance(spec.get("linux", {}), dict) else {}
-        linux["seccomp"] = seccomp_log(profile)
+        linux["seccomp"] = log_mode(profile)
     for reason in ctx.refusals:
         ctx.note("would refuse", reason)
     changes: list[Change] = [{**c, "what": "would: " + c["what"]} for c in ctx.changes if c["field"] != "$.linux.seccomp"]
     if profile is not None:
         changes.append({"field": "$.linux.seccomp", "what": f"{ctx.tier['seccomp_profile']} in log mode",
-                        "why": "audit: syscalls the tier would deny are logged (SCMP_ACT_LOG), not denied"})
+                        "why": "audit: syscalls the tier would deny, and AF_PACKET sockets, are logged (SCMP_ACT_LOG), not denied"})
     ctx.changes = changes
     ctx.note("audit", "enforcement off: the tier's decisions are logged, not applied")
     annotate.decision(spec, ctx)
     spec["annotations"][ANN_AUDIT] = "true"
     return spec, changes, ctx.notes
-
-
-def seccomp_log(profile: dict[str, Any]) -> dict[str, Any]:
-    """The same filter with every denying action turned into SCMP_ACT_LOG."""
-    out: dict[str, Any] = clone(profile)
-    if out.get("defaultAction") != "SCMP_ACT_ALLOW":
-        out["defaultAction"] = "SCMP_ACT_LOG"
-        out.pop("defaultErrnoRet", None)
-    for rule in out.get("syscalls", []):
-        if rule.get("action") != "SCMP_ACT_ALLOW":
-            rule["action"] = "SCMP_ACT_LOG"
-            rule.pop("errnoRet", None)
-    return out
 
 
 def clone(value: Any) -> Any:

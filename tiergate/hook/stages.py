@@ -320,7 +320,9 @@ def apply_network(spec: dict, tier: dict, netns: str, ports: list[dict], rec: di
              "nameservers": host.resolv_conf_nameservers(spec), "ports": ports}
     doc = ruleset.build(tier["network"], facts)
     if tier.get("audit"):
-        doc = log_only(doc)
+        from tiergate.network import flows
+
+        doc = flows.record(log_only(doc))  # would-be drops: counted per flow in the container's netns
     try:
         apply.apply(doc, netns, detach_close=detach_close)
         if tier["network"].get("rate"):

@@ -111,15 +111,23 @@ def apply(doc: dict, netns: str | int, timeout: float = TIMEOUT, detach_close: b
     _load(doc, netns, detach_close)
 
 
-def read_counters(netns: str | int, timeout: float = TIMEOUT) -> list[dict]:
-    """[{"chain", "name", "packets", "bytes"}] for every rule of `inet tiergate` that counts."""
+def list_table(netns: str | int, timeout: float = TIMEOUT) -> dict:
+    """`nft -j list table inet tiergate` in a container's netns (never the host's), parsed."""
     path = netns_path(netns)
     check_not_host(path)
     out = _run_in_netns(path, [NFT, "-j", "list", "table", "inet", "tiergate"], None, timeout)
     try:
-        items = parse(out, "nft output").get("nftables", [])  # type: ignore[attr-defined]  # not an object: caught
-    except (OciError, AttributeError):
+        listing = parse(out, "nft output")
+    except OciError:
         raise NetworkApplyError("nft printed JSON that does not parse") from None
+    if not isinstance(listing, dict):
+        raise NetworkApplyError("nft printed JSON that does not parse")
+    return listing
+
+
+def read_counters(netns: str | int, timeout: float = TIMEOUT) -> list[dict]:
+    """[{"chain", "name", "packets", "bytes"}] for every rule of `inet tiergate` that counts."""
+    items = list_table(netns, timeout).get("nftables", [])
     rows = []
     for item in items:
         rule = item.get("rule") if isinstance(item, dict) else None

@@ -181,7 +181,7 @@ def test_policy_check(tmp_path):
 
 
 def _fake_gather(statuses):
-    return lambda policy, dirs: [host.Check(f"c{i}", s, f"detail {i}") for i, s in enumerate(statuses)]
+    return lambda policy, dirs, **_: [host.Check(f"c{i}", s, f"detail {i}") for i, s in enumerate(statuses)]
 
 
 @pytest.mark.parametrize("statuses,rc", [(["ok", "warn"], 0), (["ok", "fail", "warn"], 1)])
@@ -376,3 +376,39 @@ def test_doctor_json_says_what_this_tiergate_knows(monkeypatch, capsys):
         validate({"linux": {"seccomp": {"defaultAction": action}}})
     with pytest.raises(SpecError):
         validate({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_BOGUS"}}})
+
+
+def test_doctor_reads_containerd_and_podman_runtime_registrations(tmp_path):
+    """Each registered shim: the policy, cache and log its own settings file names, and its launchers."""
+    from tiergate.engines import containerd, podman_runtime
+    from tiergate.policy import cache
+
+    quiet = {"say": lambda *a: None}
+    policy = tmp_path / "etc" / "policy.toml"
+    policy.parent.mkdir()
+    shutil.copy(cache.policy_path(), policy)
+    ctr_conf, conf_d = tmp_path / "containerd" / "config.toml", tmp_path / "conf.d"
+    ctr_exe = containerd.install(ctr_conf, tmp_path / "bin-ctr", policy=str(policy), cache_dir=str(tmp_path / "c1"),
+                                 log=str(tmp_path / "l1" / "d.jsonl"), runtime="/bin/true", **quiet)
+    pod_exe = podman_runtime.install(conf_d, tmp_path / "bin-pod", policy=str(tmp_path / "etc" / "broken.toml"),
+                                     cache_dir=str(tmp_path / "c2"), runtime="/bin/true", **quiet)
+    (tmp_path / "etc" / "broken.toml").write_text("version = 1\n[tiers.a\n")
+    confs = [str(conf_d / podman_runtime.DROP_IN)]
+    regs = dict(host.registrations([], str(tmp_path / "none.json"), containerd_configs=[str(ctr_conf)],
+                                   podman_confs=confs))
+    assert regs[f"{ctr_conf} runtime tiergate"]["policy"] == str(policy)
+    assert regs[f"{ctr_conf} runtime tiergate"]["launchers"] == [str(ctr_exe), str(tmp_path / "bin-ctr" / "lib" /
+                                                                                   "tiergate-runtime.py")]
+    assert regs[f"{confs[0]} runtime tiergate"]["cache_dir"] == str(tmp_path / "c2")
+    assert str(pod_exe) in regs[f"{confs[0]} runtime tiergate"]["launchers"]
+    checks = host.gather(None, [str(tmp_path / "no-hooks")], containerd_configs=[str(ctr_conf)], podman_confs=confs)
+    launchers = [c for c in checks if c.name == "launcher"]
+    assert [c.status for c in launchers] == ["ok", "ok"], launchers
+    used = [c for c in checks if c.name == "policy in use"]
+    (ok,) = [c for c in used if str(ctr_conf) in c.detail]
+    (bad,) = [c for c in used if confs[0] in c.detail]
+    assert ok.status == "ok" and bad.status == "fail" and "broken.toml:2: invalid TOML" in bad.detail
+    (tmp_path / "bin-ctr" / "lib" / "tiergate-runtime.py").unlink()  # what containerd would run is gone: red
+    checks = host.gather(None, [str(tmp_path / "no-hooks")], containerd_configs=[str(ctr_conf)], podman_confs=[])
+    (launcher,) = [c for c in checks if c.name == "launcher"]
+    assert launcher.status == "fail" and "tiergate-runtime.py is MISSING" in launcher.detail

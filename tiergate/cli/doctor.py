@@ -24,8 +24,9 @@ def register(sub) -> None:
                        description="Probe the host for real: seccomp filters (a filter is loaded in a forked child), "
                        "nftables (a test ruleset is checked, not loaded), AppArmor, user namespaces, landlock, cgroup "
                        "mode, container engines and their versions, whether tiergate is registered with podman "
-                       "(hooks.d) and docker (daemon.json runtimes) and with which interpreter, and whether the "
-                       "policy compiles.",
+                       "(hooks.d, [engine.runtimes]), docker (daemon.json runtimes) and containerd (CRI runtimes) and "
+                       "with which interpreter, whether the policy compiles, and for each registration the policy, "
+                       "compiled cache, decision log and launchers it really uses.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--json", action="store_true", help="print {\"ok\": bool, \"checks\": [{name, status, detail}], "
                    "\"known\": {...}}: known is what this tiergate knows (capabilities, namespaces, seccomp actions/operators/architectures, shim "
@@ -33,6 +34,12 @@ def register(sub) -> None:
     c.add_argument("--hooks-dir", action="append", metavar="DIR",
                    help="podman hooks dir to look in (repeatable; default: containers.conf hooks_dir, "
                    "else /usr/share/containers/oci/hooks.d and /etc/containers/oci/hooks.d)")
+    c.add_argument("--containerd-config", action="append", metavar="FILE",
+                   help="containerd config.toml whose CRI runtimes to check (repeatable; default: "
+                   "/etc/containerd/config.toml)")
+    c.add_argument("--containers-conf", action="append", metavar="FILE",
+                   help="containers.conf whose [engine.runtimes] to check (repeatable; default: the files podman "
+                   "merges: $CONTAINERS_CONF, else containers.conf and containers.conf.d/*.conf)")
     c.set_defaults(func=cmd_doctor)
 
 
@@ -53,7 +60,8 @@ def cmd_doctor(args) -> int:
     from tiergate.cli import probes as host
     from tiergate.cli.log import use_colour
 
-    checks = host.gather(args.policy, args.hooks_dir)
+    checks = host.gather(args.policy, args.hooks_dir, containerd_configs=args.containerd_config or host.CONTAINERD_CONFIGS,
+                         podman_confs=args.containers_conf)
     ok = not any(c.status == host.FAIL for c in checks)
     if args.json:
         from tiergate.core.names import known

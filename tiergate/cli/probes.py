@@ -523,9 +523,59 @@ def hook_settings(args: list) -> dict:
     return out
 
 
-def registrations(hooks_dirs: list[str], daemon_json: str = DOCKER_DAEMON_JSON) -> list[tuple[str, dict]]:
-    """(where, settings) for every tiergate hook in hooks_dirs and tiergate runtime in daemon.json."""
+CONTAINERD_CONFIGS = ("/etc/containerd/config.toml",)
+CONTAINERS_CONF_DIRS = ("/usr/share/containers/containers.conf.d", "/etc/containers/containers.conf.d")
+
+
+def containers_confs() -> list[str]:
+    """containers.conf files podman merges: $CONTAINERS_CONF alone, else the main files and their drop-ins."""
+    if os.environ.get("CONTAINERS_CONF"):
+        return [os.environ["CONTAINERS_CONF"]]
+    out = list(CONTAINERS_CONFS)
+    for d in CONTAINERS_CONF_DIRS:
+        try:
+            out += [os.path.join(d, n) for n in sorted(os.listdir(d)) if n.endswith(".conf")]
+        except OSError:
+            continue
+    return out
+
+
+def shim_settings(front: str) -> dict | None:
+    """What a registered tiergate-runtime really runs: its Python launcher (from the /bin/sh front) and
+    the settings file that launcher passes to main(); None for a program that is not a tiergate shim."""
+    import ast
+    import re
+    import shlex
+
+    from tiergate.engines.shim import is_shim
     from tiergate.shim.runtime import read_conf
+
+    if not is_shim(front):
+        return None
+    text = read_text(front) or ""
+    m = re.search(r"^case \$real in /\*\) ;; \*\) exec \S+ -IS (.+?) \"\$@\"", text, re.M)
+    launcher = shlex.split(m.group(1))[0] if m else ""
+    m = re.search(r"main\(conf=('[^'\n]*'|\"[^\"\n]*\")\)", read_text(launcher) or "") if launcher else None
+    conf = ast.literal_eval(m.group(1)) if m else ""
+    settings = {k: v for k, v in read_conf(conf).items() if k in ("policy", "cache_dir", "log")} if conf else {}
+    return {**settings, "launcher": front, "launchers": [front, launcher], "conf": conf}
+
+
+def _toml_file(path: str) -> dict:
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
+def registrations(hooks_dirs: list[str], daemon_json: str = DOCKER_DAEMON_JSON,
+                  containerd_configs=CONTAINERD_CONFIGS, podman_confs=None) -> list[tuple[str, dict]]:
+    """(where, settings) for every tiergate hook in hooks_dirs and every tiergate-runtime registered with
+    docker (daemon.json runtimes), containerd (CRI runtimes' BinaryName) and podman ([engine.runtimes])."""
+    from tiergate.engines.containerd import CRI_PLUGIN
 
     found = []
     for d in hooks_dirs:
@@ -542,18 +592,45 @@ def registrations(hooks_dirs: list[str], daemon_json: str = DOCKER_DAEMON_JSON) 
             if isinstance(hook, dict) and "tiergate" in json.dumps(hook):
                 found.append((os.path.join(d, name), {**hook_settings(hook.get("args") or []),
                                                       "launcher": str(hook.get("path", ""))}))
+    shims: list[tuple[str, str]] = []
     try:
         runtimes = json.loads(open(daemon_json, encoding="utf-8").read()).get("runtimes") or {}
     except (OSError, ValueError, AttributeError):
         runtimes = {}
     for name, rt in runtimes.items() if isinstance(runtimes, dict) else ():
-        path = str(rt.get("path", "")) if isinstance(rt, dict) else ""
-        if "tiergate" in name + path:
-            conf = os.path.join(os.path.dirname(path), "tiergate-runtime.conf")
-            found.append((f"{daemon_json} runtime {name}", {**{k: v for k, v in read_conf(conf).items()
-                                                               if k in ("policy", "cache_dir", "log")},
-                                                            "launcher": os.path.join(os.path.dirname(path), "tiergate-hook")}))
+        shims.append((f"{daemon_json} runtime {name}", str(rt.get("path", "")) if isinstance(rt, dict) else ""))
+    for config in containerd_configs:
+        doc = _toml_file(config)
+        cri = (doc.get("plugins") or {}).get(CRI_PLUGIN.get(doc.get("version"), ""), {})
+        for name, rt in ((cri.get("containerd") or {}).get("runtimes") or {}).items():
+            binary = (rt.get("options") or {}).get("BinaryName", "") if isinstance(rt, dict) else ""
+            shims.append((f"{config} runtime {name}", str(binary)))
+    for conf in containers_confs() if podman_confs is None else podman_confs:
+        for name, paths in ((_toml_file(conf).get("engine") or {}).get("runtimes") or {}).items():
+            for path in paths if isinstance(paths, list) else ():
+                shims.append((f"{conf} runtime {name}", str(path)))
+    for where, path in shims:
+        settings = shim_settings(path) if path else None
+        if settings is not None:
+            found.append((where, settings))
+        elif "tiergate" in where.rsplit(" ", 1)[-1] + path:  # named ours, but not a shim tiergate wrote
+            found.append((where, {"launcher": path, "launchers": [path]}))
     return found
+
+
+def check_launchers(where: str, launchers: list[str]) -> Check:
+    """Each program a registered shim runs on the way to tiergate exists and starts without PATH or venv."""
+    problems, notes = [], []
+    for path in launchers:
+        if not path or not os.path.lexists(path):
+            problems.append(f"{path or 'its Python launcher'} is MISSING")
+            continue
+        status, _, detail = launcher_interpreter(path)
+        lib = _launcher_lib_ok(path) if status != FAIL else None
+        (problems if status == FAIL or lib else notes).append(lib or detail)
+    if problems:
+        return Check("launcher", FAIL, f"{where}: {'; '.join(problems)}: the engine cannot start containers with it")
+    return Check("launcher", OK, f"{where}: {'; '.join(notes)}")
 
 
 def check_release(launcher: str) -> Check | None:
@@ -615,7 +692,8 @@ def check_used_state(where: str, settings: dict) -> list[Check]:
     return checks
 
 
-def gather(policy: str | None = None, hooks_dirs: list[str] | None = None) -> list[Check]:
+def gather(policy: str | None = None, hooks_dirs: list[str] | None = None,
+           containerd_configs=CONTAINERD_CONFIGS, podman_confs=None) -> list[Check]:
     """Every check, in table order."""
     pol, compiled = check_policy(policy)
     tiers = (compiled or {}).get("tiers", {}).values()
@@ -637,8 +715,14 @@ def gather(policy: str | None = None, hooks_dirs: list[str] | None = None) -> li
     if audited:
         checks.append(check_audit_network_log(audited))
     seen = set()
-    for where, settings in registrations(hooks_dirs or podman_hooks_dirs()[0]):
+    for where, settings in registrations(hooks_dirs or podman_hooks_dirs()[0], containerd_configs=containerd_configs,
+                                         podman_confs=podman_confs):
         launcher = settings.pop("launcher", "")
+        launchers = settings.pop("launchers", None)
+        settings.pop("conf", None)
+        if launchers and tuple(launchers) not in seen:  # a shim: hooks.d launchers have their own check
+            seen.add(tuple(launchers))
+            checks.append(check_launchers(where, launchers))
         if launcher and launcher not in seen:
             seen.add(launcher)
             release = check_release(launcher)

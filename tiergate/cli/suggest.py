@@ -48,8 +48,8 @@ SYSCALL_CAPS = {
     **dict.fromkeys(("mknod", "mknodat"), "CAP_MKNOD"),
 }
 LIMITS = ("a seccomp record holds no arguments: where the tier admits AF_PACKET a logged socket() is reported as "
-          "socket(AF_PACKET) (the only other family such tiers deny is AF_VSOCK); granted capability checks include "
-          "the kernel's silent ones (e.g. CAP_SYS_ADMIN in memory accounting) for capabilities the container had; "
+          "socket(AF_PACKET) (the only other family such tiers deny is AF_VSOCK); a granted capability check counts as a "
+          "use unless the kernel made it with other credentials (overlayfs) or only to pick a behaviour (overcommit); "
           "flows are per network namespace (containers sharing one share them), ICMP and other protocols only in "
           "the rule counters of `tiergate status`; first/last seen of flows are to the collector's 0.5 s poll")
 

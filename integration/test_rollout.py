@@ -307,6 +307,7 @@ def test_suggest_from_an_audited_workload_and_its_delta_holds(podman, tmp_path):
         assert flow["count"] >= 1 and flow["first"] <= flow["last"] and flow["containers"] == a["containers"]
         assert all(e["containers"] == a["containers"] for e in a["evidence"].values())
         assert b["delta"]["seccomp_allow"] == ["sethostname"], kernel
+        assert not {"CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_CHROOT"} & set(b["capabilities"]), b["capabilities"]
         assert b["delta"]["egress"] == [{"cidr": f"{peers.other}/32", "ports": [8080], "proto": "tcp"}], b["flows"]
 
         # applying the delta lets the workload run enforced; the unmodified tier still stops it

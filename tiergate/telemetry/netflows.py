@@ -16,6 +16,7 @@ import os
 import time
 
 POLL = 0.5
+HOST_GRACE = 2.0
 MISSES = 4  # a netns with no flow sets after this many reads is not an audited network tier: let go
 
 
@@ -41,6 +42,7 @@ class FlowWatch:
         self.proc = proc
         self.netns: dict[str, Netns | None] = {}  # container -> handle (None: host netns, let go, unreadable)
         self.live: set[str] = set()
+        self.first: dict[str, float] = {}  # container -> when it was first seen in the host netns
         self.lock = threading.Lock()
         self.found: queue.SimpleQueue = queue.SimpleQueue()
         self.stop = threading.Event()
@@ -54,6 +56,10 @@ class FlowWatch:
         with self.lock:
             self.live = set(live)
             new = [(cid, pid) for cid, pid in live.items() if cid not in self.netns]
+            for cid in [c for c, ns in self.netns.items() if ns is None and c not in live]:
+                del self.netns[cid]  # a long-running collector keeps only what is alive or still to read
+        self.first = {c: t for c, t in self.first.items() if c in live}
+        now = time.monotonic()
         for cid, pid in new:
             try:
                 fd = os.open(f"{self.proc}/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -64,7 +70,11 @@ class FlowWatch:
                 check_not_host(ns.path)
             except NetworkApplyError:
                 os.close(fd)
-                ns = None  # --network host: nothing of tiergate's in there
+                # the runtime's first process joins the cgroup before it joins the container's netns:
+                # host netns for HOST_GRACE seconds means --network host (nothing of tiergate's there)
+                if now - self.first.setdefault(cid, now) < HOST_GRACE:
+                    continue
+                ns = None
             with self.lock:
                 self.netns[cid] = ns
 

@@ -27,13 +27,14 @@ def test_parse_kmsg():
 
 def test_pids_are_attributed_by_cgroup_then_by_the_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     proc = tmp_path / "proc"
-    for pid, cg in ((10, f"12:pids:/tg/libpod-{A}\n0::/tg/libpod-{A}\n"), (11, f"0::/docker/{B}\n"), (12, "0::/user.slice\n")):
+    for pid, cg in ((10, f"12:pids:/tg/libpod-{A}\n0::/tg/libpod-{A}\n"), (11, f"0::/docker/{B}\n"), (12, "0::/user.slice\n"),
+                    (15, f"0::/machine.slice/libpod-conmon-{A}.scope\n")):
         (proc / str(pid)).mkdir(parents=True)
         (proc / str(pid) / "cgroup").write_text(cg)
     pids = S.PidMap(str(proc))
     pids.refresh()
     assert pids.container(10) == (A, "cgroup") and pids.container(11) == (B, "cgroup")
-    assert pids.container(12) == ("", "unattributed")
+    assert pids.container(12) == ("", "unattributed") and pids.container(15) == ("", "unattributed")  # conmon
     (proc / "10" / "cgroup").unlink()  # exited before its record was read: the map still knows it
     assert pids.container(10) == (A, "pid map")
     pids.forked(11, 13)  # a child of a docker container's process, gone before anyone looked at it

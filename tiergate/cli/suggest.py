@@ -81,13 +81,17 @@ def register(sub) -> None:
 # -- collect ---------------------------------------------------------------------------
 
 def cgroup_container(pid: int, proc: str = "/proc") -> str:
-    """The 64-hex container id in the pid's cgroup path (podman libpod-<id>, docker/<id>, CRI), or ""."""
+    """The 64-hex container id in the pid's cgroup path (podman libpod-<id>, docker/<id>, CRI), or "".
+
+    Not podman's monitor (libpod-conmon-<id>.scope under systemd): conmon runs with the engine's
+    privileges, outside the container."""
     try:
         with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
-            m = HEX64.search(fh.read())
+            text = fh.read()
     except OSError:
         return ""
-    return m.group(0) if m else ""
+    m = HEX64.search(text)
+    return m.group(0) if m and "conmon" not in text else ""
 
 
 def parse_kmsg(line: str) -> dict | None:

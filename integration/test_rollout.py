@@ -127,6 +127,55 @@ def test_broken_save_keeps_starting_on_the_last_good_policy(rollout, tg_images):
     assert [c["status"] for c in checks["policy in use"]] == ["ok"]
 
 
+def test_doctor_checks_what_a_podman_runtime_registration_uses(tmp_path, busybox_rootfs):
+    """tiergate-runtime as podman's runtime ([engine.runtimes] in a containers.conf drop-in): doctor follows
+    the shim to the settings its launcher passes; a broken save of THAT policy (the CLI's is fine) keeps
+    starts on the last good one and turns doctor red naming file:line; a missing launcher is red too."""
+    import tempfile
+
+    import harness
+    from test_podman_runtime import RuntimePodman
+
+    harness.require_binary("podman")
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    policy = etc / "policy.toml"
+    policy.write_text(SHIPPED.read_text())
+    policy.chmod(0o644)
+    rt = RuntimePodman(Path(tempfile.mkdtemp(prefix="tg-rt-", dir="/tmp")), busybox_rootfs.tar, policy=policy)
+    try:
+        conf = rt.conf_d / "99-tiergate.conf"
+        where = f"{conf} runtime tiergate"
+
+        def doctor_rt() -> tuple[int, dict[str, list[dict]]]:
+            proc = tiergate("doctor", "--json", "--hooks-dir", tmp_path / "no-hooks", "--containers-conf", conf,
+                            "--containerd-config", tmp_path / "none.toml", check=False)
+            checks: dict[str, list[dict]] = {}
+            for c in json.loads(proc.stdout)["checks"]:
+                if where in c["detail"]:
+                    checks.setdefault(c["name"], []).append(c)
+            return proc.returncode, checks
+
+        image = rt.images["restricted"]
+        started(rt.tg("run", "--rm", image, "true"))
+        rc, checks = doctor_rt()
+        assert [c["status"] for c in checks["policy in use"] + checks["launcher"]] == ["ok", "ok"], checks
+        assert str(policy) in checks["policy in use"][0]["detail"]
+        policy.write_text(BROKEN)
+        proc = rt.tg("run", "--rm", image, "sh", "-c", "grep CapEff /proc/self/status")
+        started(proc)
+        assert "CapEff:\t0000000000000400" in proc.stdout  # still restricted, on the last good policy
+        rc, checks = doctor_rt()
+        (used,) = checks["policy in use"]
+        assert rc == 1 and used["status"] == "fail" and f"{policy}:3: invalid TOML" in used["detail"]
+        assert tiergate("policy", "check", check=False).returncode == 0  # the CLI's own policy is fine
+        (rt.bin_dir / "lib" / "tiergate-runtime.py").unlink()
+        rc, checks = doctor_rt()
+        assert rc == 1 and checks["launcher"][0]["status"] == "fail" and "MISSING" in checks["launcher"][0]["detail"]
+    finally:
+        rt.cleanup()
+
+
 # -- trusted state (issue 15 item 2) ------------------------------------------------------------
 
 @pytest.mark.parametrize("what", ["policy file", "cache dir", "cache entry"])

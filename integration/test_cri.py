@@ -258,3 +258,16 @@ def test_default_handler_install(it_dir, busybox_rootfs):
         assert [r["tier"] for r in recs if r["stage"] == "create"] == ["baseline", "baseline"]
     finally:
         n.stop()
+
+
+def test_doctor_checks_what_the_handler_containerd_runs_uses(node, tmp_path):
+    """doctor follows the CRI handler's BinaryName in the config containerd loaded to the shim's settings:
+    the policy, cache and log it names, and its launchers."""
+    proc = tiergate("doctor", "--json", "--hooks-dir", tmp_path / "none", "--containerd-config", node.config,
+                    "--containers-conf", tmp_path / "none.conf", check=False)
+    where = f"{node.config} runtime tiergate"
+    mine = {c["name"]: c for c in json.loads(proc.stdout)["checks"] if where in c["detail"]}
+    assert {k: c["status"] for k, c in mine.items()} == {"launcher": "ok", "policy cache": "ok", "policy in use": "ok",
+                                                       "decision log": "ok"}, mine
+    assert str(node.log.parent / "policy.toml") in mine["policy in use"]["detail"]
+    assert str(node.log) in mine["decision log"]["detail"]

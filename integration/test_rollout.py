@@ -300,7 +300,7 @@ def test_suggest_from_an_audited_workload_and_its_delta_holds(podman, tmp_path):
     import subprocess
     import sys
 
-    from harness import stop_pid
+    from harness import stop_pid, wait_until
     from roles_env import Peers, build_probe, make_test_policy, skip_unless_tools
 
     skip_unless_tools()
@@ -358,6 +358,20 @@ def test_suggest_from_an_audited_workload_and_its_delta_holds(podman, tmp_path):
         assert b["delta"]["seccomp_allow"] == ["sethostname"], kernel
         assert not {"CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_CHROOT"} & set(b["capabilities"]), b["capabilities"]
         assert b["delta"]["egress"] == [{"cidr": f"{peers.other}/32", "ports": [8080], "proto": "tcp"}], b["flows"]
+
+        # `tiergate status` of a running audit container shows the same per-flow counts
+        name = f"tg-sd-{tag}"
+        started(audited.podman_cmd("run", "-d", "--name", name, *net, image_a, "sh", "-c",
+                                   f"timeout 5 wget -q -O - http://{peers.api}/ >/dev/null; sleep 30"))
+        try:
+            pid = podman.podman("inspect", "--format", "{{.State.Pid}}", name, check=True).stdout.strip()
+            wait_until(lambda: json.loads(tiergate("status", "--pid", pid, "--log", audited.log, "--json").stdout)[0]
+                       .get("would_drop_flows"), timeout=15, what="a would-drop flow in status")
+            (rep,) = json.loads(tiergate("status", "--pid", pid, "--log", audited.log, "--json").stdout)
+            assert rep["mode"] == "audit" and rep["would_drop_flows"] == [
+                {"peer": peers.api, "proto": "tcp", "port": 80, "packets": 1}], rep
+        finally:
+            audited.podman_cmd("rm", "-f", "-t", "0", name)
 
         # applying the delta lets the workload run enforced; the unmodified tier still stops it
         snippet = a["snippet"]

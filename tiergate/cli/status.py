@@ -41,7 +41,8 @@ def register(sub) -> None:
                        description="For running containers: the tier tiergate enforced (bundle annotations, else "
                        "the decision log) and what the kernel says now: effective capabilities, no_new_privs, "
                        "seccomp mode and filter count, AppArmor label, and, when the tier has a network policy, the "
-                       "packet counters of its nftables rules inside the container's network namespace.",
+                       "packet counters of its nftables rules inside the container's network namespace (audit mode: also "
+                       "each flow the tier would drop, counted per peer/proto/port).",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("container", nargs="?", metavar="CONTAINER", help="container id prefix or name (default: all)")
     c.add_argument("--pid", type=int, help="report on this process (a container's init) instead of searching")
@@ -226,7 +227,20 @@ def report(info: dict, records: list[dict], proc: str = "/proc", counters=None) 
             out["network_counters"] = counters(f"{proc}/{info['pid']}/ns/net")
         except Exception as exc:  # noqa: BLE001 - show why, keep the rest of the report
             out["network_counters"] = f"cannot read: {exc}"
+        if out["mode"] == "audit" and isinstance(out["network_counters"], list):
+            out["would_drop_flows"] = audit_flows(f"{proc}/{info['pid']}/ns/net")
     return out
+
+
+def audit_flows(netns: str) -> list[dict] | str:
+    """Audit mode: the flows the tier would drop, as counted per peer/proto/port in the container's netns."""
+    from tiergate.network import flows
+    from tiergate.network.apply import NetworkApplyError, list_table
+
+    try:
+        return flows.parse(list_table(netns))
+    except NetworkApplyError as exc:
+        return f"cannot read: {exc}"
 
 
 def render(reports: list[dict]) -> str:
@@ -252,6 +266,11 @@ def render(reports: list[dict]) -> str:
                 lines.append(f"  network:       policy {r['network_policy']}, {len(c)} counted rule(s)")
                 for row in c:
                     lines.append(f"    {row['chain']:<10} {row['packets']:>8} pkts {row['bytes']:>10} bytes  {row['name']}")
+                if "would_drop_flows" in r:
+                    f = r["would_drop_flows"]
+                    lines.append(f"  would drop:    {f}" if isinstance(f, str) else f"  would drop:    {len(f)} flow(s)")
+                    for row in f if isinstance(f, list) else ():
+                        lines.append(f"    {row['proto']:<10} {row['packets']:>8} pkts  to {row['peer']}:{row['port']}")
             else:
                 lines.append(f"  network:       policy {r['network_policy']}: {c}")
         else:

@@ -601,7 +601,8 @@ def registrations(hooks_dirs: list[str], daemon_json: str = DOCKER_DAEMON_JSON,
         shims.append((f"{daemon_json} runtime {name}", str(rt.get("path", "")) if isinstance(rt, dict) else ""))
     for config in containerd_configs:
         doc = _toml_file(config)
-        cri = (doc.get("plugins") or {}).get(CRI_PLUGIN.get(doc.get("version"), ""), {})
+        version = doc.get("version")
+        cri = (doc.get("plugins") or {}).get(CRI_PLUGIN.get(version, "") if isinstance(version, int) else "", {})
         for name, rt in ((cri.get("containerd") or {}).get("runtimes") or {}).items():
             binary = (rt.get("options") or {}).get("BinaryName", "") if isinstance(rt, dict) else ""
             shims.append((f"{config} runtime {name}", str(binary)))
@@ -620,7 +621,8 @@ def registrations(hooks_dirs: list[str], daemon_json: str = DOCKER_DAEMON_JSON,
 
 def check_launchers(where: str, launchers: list[str]) -> Check:
     """Each program a registered shim runs on the way to tiergate exists and starts without PATH or venv."""
-    problems, notes = [], []
+    problems: list[str] = []
+    notes: list[str] = []
     for path in launchers:
         if not path or not os.path.lexists(path):
             problems.append(f"{path or 'its Python launcher'} is MISSING")

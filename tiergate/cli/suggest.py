@@ -520,7 +520,7 @@ def _valid(rec: dict) -> bool:
         import ipaddress
 
         try:
-            ipaddress.ip_address(rec.get("peer"))
+            ipaddress.ip_address(str(rec.get("peer")))
         except ValueError:
             return False
         return rec.get("proto") in ("tcp", "udp") and isinstance(rec.get("port"), int) and isinstance(rec.get("count"), int)

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 from tiergate.core.harden import clone
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 AF_PACKET = 17
 FAMILIES = 64  # AF_MAX is 46 on Linux 6.x; above this every value behaves as 64 does for the shipped rules
-WATCHED = {"socket": {AF_PACKET: ("CAP_NET_RAW", "AF_PACKET")}}
 
 
-def _holds(cond: dict, v: int) -> bool:
-    op, a, b = cond.get("op"), int(cond.get("value", 0)), int(cond.get("valueTwo", 0))
+def _holds(cond: dict[str, Any], v: int) -> bool:
+    op, a, b = str(cond.get("op")), int(cond.get("value", 0)), int(cond.get("valueTwo", 0))
     return {"SCMP_CMP_NE": v != a, "SCMP_CMP_EQ": v == a, "SCMP_CMP_LT": v < a, "SCMP_CMP_LE": v <= a,
             "SCMP_CMP_GT": v > a, "SCMP_CMP_GE": v >= a, "SCMP_CMP_MASKED_EQ": v & a == b}.get(op, False)
 
 
-def admits(profile: dict | None, syscall: str, arg0: int) -> bool:
+def admits(profile: dict[str, Any] | None, syscall: str, arg0: int) -> bool:
     """Does the filter allow syscall(arg0, ...) for some value of the other arguments? (None: no filter.)"""
     if not profile:
         return True
@@ -36,9 +39,9 @@ def admits(profile: dict | None, syscall: str, arg0: int) -> bool:
     return "SCMP_ACT_ALLOW" in hits if hits else profile.get("defaultAction") == "SCMP_ACT_ALLOW"
 
 
-def log_mode(profile: dict) -> dict:
+def log_mode(profile: dict[str, Any]) -> dict[str, Any]:
     """The same filter with every denying action turned into SCMP_ACT_LOG, and AF_PACKET sockets logged."""
-    out = clone(profile)
+    out: dict[str, Any] = clone(profile)
     if out.get("defaultAction") != "SCMP_ACT_ALLOW":
         out["defaultAction"] = "SCMP_ACT_LOG"
         out.pop("defaultErrnoRet", None)
@@ -49,7 +52,7 @@ def log_mode(profile: dict) -> dict:
     return _watch_socket(out)
 
 
-def _watch_socket(out: dict) -> dict:
+def _watch_socket(out: dict[str, Any]) -> dict[str, Any]:
     rules = out.get("syscalls", [])
     allows = [r for r in rules if "socket" in r.get("names", []) and r.get("action") == "SCMP_ACT_ALLOW"]
     if not allows and out.get("defaultAction") == "SCMP_ACT_ALLOW":  # allowed by default: an explicit LOG rule

@@ -112,7 +112,7 @@ class CapTrace:
         data = self.rest + b"".join(chunks)
         lines = data.split(b"\n")
         self.rest = lines.pop()
-        out = []
+        out: list[tuple[str, int, int]] = []
         for raw in lines:
             line = raw.decode("utf-8", "replace")
             if line.startswith(" => "):

@@ -65,9 +65,10 @@ class FlowWatch:
                 fd = os.open(f"{self.proc}/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue  # gone already: a later pid of it may still come
-            ns: Netns | None = Netns(fd)
+            held = Netns(fd)
+            ns: Netns | None = held
             try:
-                check_not_host(ns.path)
+                check_not_host(held.path)
             except NetworkApplyError:
                 os.close(fd)
                 # the runtime's first process joins the cgroup before it joins the container's netns:

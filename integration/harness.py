@@ -303,6 +303,10 @@ class HostFootprint:
     of them exist; ``restore()`` removes, of the ones that did not, the known
     files and then the directories if they are empty. It never removes a
     non-empty directory or anything that existed at the snapshot.
+
+    tiergate's own default cache dir (/var/cache/tiergate) fills when a hook an
+    engine runs, or a CLI call, compiles a test's policy without a private cache
+    dir: the entries made during the session go, and the dir if it was not there.
     """
 
     files: tuple[str, ...] = ("/var/lib/containers/cache/blob-info-cache-v1.boltdb",)
@@ -312,13 +316,16 @@ class HostFootprint:
         "/run/containerd/s", "/run/containerd",
         "/run/docker/plugins", "/run/docker",
     )
+    cache_dir: str = "/var/cache/tiergate"
     existed: set[str] = field(default_factory=set)
+    cache_entries: set[str] | None = None
 
     def snapshot(self) -> None:
         self.existed = {p for p in self.files + self.dirs if os.path.lexists(p)}
+        self.cache_entries = set(os.listdir(self.cache_dir)) if os.path.isdir(self.cache_dir) else None
 
     def restore(self) -> list[str]:
-        left = []
+        left = self._restore_cache()
         for f in self.files:
             if f not in self.existed and os.path.lexists(f):
                 try:
@@ -332,6 +339,22 @@ class HostFootprint:
                 except OSError:
                     left.append(d)
         return left
+
+    def _restore_cache(self) -> list[str]:
+        if not os.path.isdir(self.cache_dir):
+            return []
+        for name in set(os.listdir(self.cache_dir)) - (self.cache_entries or set()):
+            path = Path(self.cache_dir) / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if self.cache_entries is None:
+            try:
+                os.rmdir(self.cache_dir)
+            except OSError:
+                return [self.cache_dir]
+        return []
 
 
 def file_tree(root: Path) -> dict[str, tuple]:

@@ -425,6 +425,18 @@ class Bench:
             return {"error": "the hook refused the spec"}
         return {"instructions": max(found)}  # a forked child reports too: the parent ran longest
 
+    def hook_instructions(self, spec_bytes: bytes, *, policy: str | None = None, cache: Path | None = None,
+                          hooks: str = "tiergate") -> dict:
+        """callgrind's count for the hook installed in hooks dir `hooks` on a spec (optionally with another
+        policy or cache dir), or {}. Each install pins its own copy of tiergate, whose compile.py is one of
+        the cache's inputs: a cache is warm only for the launcher that compiled it."""
+        if not shutil.which("valgrind"):
+            return {}
+        hook = json.loads(next(self.hooks[hooks].glob("*precreate*.json")).read_text())["hook"]
+        argv = self._override(self._override(list(hook["args"]), "--policy", policy), "--cache-dir",
+                              str(cache) if cache else None)
+        return self.callgrind([hook["path"], *argv[1:]], spec_bytes)
+
     def run_hook(self, spec_bytes: bytes, *, policy: str | None = None, cache: Path | None = None,
                  noop: bool = False) -> tuple[float, float]:
         """One precreate hook process as podman runs it (empty environment), -> (wall s, cpu s)."""
@@ -732,10 +744,14 @@ class Bench:
         cold = alternate(cold_cfgs, cold_n, "cold hook (compile)", warmup=False)
         for name in warm:
             key = next((k for k in policies if f"{k[0]} rules x {k[1]} tiers" == name), None)
+            # instructions with a warm cache: the shipped policy and the largest one (deterministic)
+            ins = (self.hook_instructions(data) if key is None else
+                   self.hook_instructions(data, policy=str(policies[key][0]), cache=policies[key][1])
+                   if key == cases[-1] else {})
             out.append({"policy": name, "trust_rules": key[0] if key else len(self.policy_doc.get("trust", [])),
                         "tiers": key[1] if key else len(self.policy_doc.get("tiers", {})),
                         "cache_bytes": policies[key][2] if key else cache_bytes(self.cache),
-                        "warm": warm[name], "cold": cold.get(name)})
+                        "warm": warm[name], "cold": cold.get(name), "warm_instructions": ins.get("instructions")})
         return {"noop_hook": floor, "rows": out}
 
     def _scale_spec(self) -> list:
@@ -918,8 +934,14 @@ class Bench:
                    f"tiergate {tier}, warm cache": self.podman_start("tiergate", self.images[tier]),
                    f"tiergate {tier}, first start after a policy change": after_change}
         say(f"cold: {self.rounds} rounds, warm cache vs first start after a policy change")
-        self.results["cold"] = {"tier": tier,
-                                "results": with_deltas(alternate(configs, self.rounds, "cold"), "bare", "no-op hook")}
+        res = with_deltas(alternate(configs, self.rounds, "cold"), "bare", "no-op hook")
+        # the hook process alone, deterministic: warm cache vs a policy changed since the last compile
+        data = json.dumps(self.specs.get(tier) or next(iter(self.specs.values()))).encode()
+        warm_i = self.hook_instructions(data, hooks="tiergate-cold")
+        cold.write_text(text + "\n# bench: changed once more\n")
+        cold_i = self.hook_instructions(data, hooks="tiergate-cold")
+        self.results["cold"] = {"tier": tier, "results": res, "instructions": {
+            "warm": warm_i.get("instructions"), "after a policy change": cold_i.get("instructions")}}
 
     def section_cri(self) -> None:
         """Pod start and ExecSync under containerd's CRI plugin (bench/cri.py)."""

@@ -137,18 +137,24 @@ def summary_rows(res: dict) -> list[str]:
     cold = res.get("cold") or {}
     if cold:
         r, t = cold["results"], cold["tier"]
+        ins = cold.get("instructions") or {}
         L.append(_row(f"first start after a policy change, {t} (bare column: the same with a warm cache)",
                       r.get(f"tiergate {t}, warm cache"), r.get("no-op hook"),
-                      r.get(f"tiergate {t}, first start after a policy change"), f"bare podman {cell(r.get('bare'))}"))
+                      r.get(f"tiergate {t}, first start after a policy change"), f"bare podman {cell(r.get('bare'))}"
+                      + (f"; hook alone {ins['warm'] / 1e6:.1f} M → {ins['after a policy change'] / 1e6:.1f} M "
+                         "instructions" if ins.get("warm") and ins.get("after a policy change") else "")))
     pol = (res.get("scale") or {}).get("policy") or {}
     if isinstance(pol, dict) and pol.get("rows"):
         rows = {(x["trust_rules"], x["tiers"]): x for x in pol["rows"]}
         shipped = next((x for x in pol["rows"] if x["policy"] == "shipped policy"), None)
         big = rows.get((1000, 200))
         if shipped and big:
+            grew = (big.get("warm_instructions") or 0) - (shipped.get("warm_instructions") or 0)
             L.append(_row(f"hook process alone, 200 tiers × 1,000 trust rules (bare column: the shipped "
                           f"{shipped['tiers']} tiers)", shipped["warm"], pol.get("noop_hook"), big["warm"],
-                          f"cold compile {fmt((big.get('cold') or {}).get('median_ms'), 0)} ms"))
+                          f"cold compile {fmt((big.get('cold') or {}).get('median_ms'), 0)} ms"
+                          + (f"; {grew / 1e6:+.1f} M instructions over the shipped policy"
+                             if big.get("warm_instructions") and shipped.get("warm_instructions") else "")))
     for par in (res.get("scale") or {}).get("parallel") or ():
         if not isinstance(par, dict) or "results" not in par:
             continue
@@ -297,19 +303,24 @@ def markdown(res: dict) -> str:
     if cold:
         L += ["## First start after a policy change (the policy rewritten before each timed start)", ""]
         L += table(cold["results"], "bare", "no-op hook")
+        ins = cold.get("instructions") or {}
+        if any(ins.values()):
+            L += ["The hook process alone (callgrind): " + ", ".join(
+                f"{k} {fmt(v and v / 1e6, 2)} M" for k, v in ins.items()) + " instructions.", ""]
     sc = res.get("scale") or {}
     pol = sc.get("policy") or {}
     if isinstance(pol, dict) and pol.get("rows"):
         L += ["## Scale", "", f"Policy size: the hook on the saved baseline spec, warm cache vs cold (compiles the "
               f"policy); the no-op hook in the same rounds: {cell(pol.get('noop_hook'))}.", "",
-              "| policy | trust rules | tiers | cache KiB | warm hook ms (min–max) | vs shipped ms | cold hook ms |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| policy | trust rules | tiers | cache KiB | warm hook ms (min–max) | vs shipped ms | cold hook ms | "
+              "warm instructions |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         shipped = next((x for x in pol["rows"] if x["policy"] == "shipped policy"), None)
         for row in pol["rows"]:
             w, c = row["warm"], row.get("cold") or {}
             kib = f"{row['cache_bytes'] / 1024:.0f}" if row.get("cache_bytes") else "-"
             L.append(f"| {row['policy']} | {row['trust_rules']} | {row['tiers']} | {kib} | {cell(w)} | "
-                     f"{fmt(diff(w, shipped and shipped['warm']), sign=True)} | {fmt(c.get('median_ms'))} |")
+                     f"{fmt(diff(w, shipped and shipped['warm']), sign=True)} | {fmt(c.get('median_ms'))} | "
+                     f"{fmt(row.get('warm_instructions') and row['warm_instructions'] / 1e6, 2)} M |")
         L.append("")
     if sc.get("spec_size"):
         L += ["Spec size (warm hook, shipped policy):", "", "| spec | bytes | hook ms (min–max) | vs smallest ms |",

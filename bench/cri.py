@@ -44,7 +44,7 @@ CONFIGS = {  # name -> (handler, image key, RuntimeDefault seccomp)
 EXEC_HANDLERS = {"runc": "runc", "no-op Python shim": "noop", "tiergate": "tiergate"}
 
 
-def add_noop_handler(node: "cri.CriNode", work: Path) -> None:
+def add_noop_handler(node: cri.CriNode, work: Path) -> None:
     """A `noop` runtime handler: runc's options with BinaryName a Python script that execs runc."""
     runc = harness.require_binary("runc")
     noop = work / "noop-runc"

@@ -1,28 +1,32 @@
 #!/usr/bin/env python3
-"""tiergate's cost on every container start, measured side by side (issue 10).
+"""tiergate's cost on every start, exec and pod, measured side by side (issues 10 and 20).
 
-    sudo .venv/bin/python bench/bench.py [--rounds N] [--quick] [--out bench/results]
+    sudo .venv/bin/python bench/bench.py [--quick] [--publish] [--rounds N] [--out bench/results]
 
 Run on demand (never as a test), as root, on a machine with the engines
 integration/setup.sh installs. Everything runs in scratch engines from
-integration/harness.py (own storage, hooks dirs, a private dockerd, runc
-roots, cgroup parents, one throwaway network namespace) and is removed at
-the end. Sections (bench/README.md says how to read them):
+integration/harness.py (own storage, hooks dirs, a private dockerd and
+containerd, runc roots, cgroup parents, throwaway network namespaces) and is
+removed at the end. Every comparison is interleaved round by round: bare, a
+no-op Python floor, tiergate. Sections (bench/README.md says how to read them):
 
-  e2e      container start, configurations ALTERNATING within each round:
-           podman bare / no-op Python precreate hook / tiergate per tier;
-           docker bare / --runtime tiergate per tier; runc run / tiergate-runtime run
-  hook     the precreate hook process alone on saved specs (wall and CPU),
-           beside the no-op hook; tiergate-runtime pass-through vs runc
-  scale    1,000 trust rules x 50 tiers (warm hook, cold compile), spec size,
-           10,000-CIDR allowlist (build + apply in a netns), 20 parallel starts
+  e2e      container start: podman bare / no-op hook / tiergate per tier; docker
+           bare / no-op runtime / --runtime tiergate; runc / no-op / tiergate-runtime run
+  hook     the precreate hook process alone on saved specs (wall, CPU, callgrind
+           instructions) beside the no-op hook; tiergate-runtime pass-through vs runc
+  network  web, database, isolated with and without their network policy (macvlan)
+  storage  10 vs 1,000 images + 1,000 containers in containers-storage
+  cold     the first start after a policy change vs a warm cache
+  scale    policy size (1,000 trust rules x 200 tiers), spec size, 10,000-CIDR
+           allowlists, 20 and 50 parallel starts (throughput vs bare)
+  cri      containerd CRI pod start and ExecSync (bench/cri.py)
   seccomp  bench/syscalls.c (static) in a container per tier, unconfined and
            under podman's default profile (derived from Docker's); ns/syscall
-  metadata baseline with and without the metadata block on a macvlan network
-           (podman; docker through the shim), and the two mechanisms alone
+  metadata (extra) baseline with and without the metadata block on a macvlan network
 
-Writes OUT/latest.json, OUT/latest.md and OUT/latest.png (a copy of each
-under a timestamped name too) and prints the Markdown at the end.
+Writes OUT/latest.json, OUT/latest.md and OUT/latest.png (a copy of each under
+a timestamped name too) and prints the Markdown (bench/report.py) at the end;
+--publish then regenerates README.md's table and docs/benchmark/ from the run.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "integration"))
+sys.path.insert(1, str(REPO / "bench"))
+
+import report  # noqa: E402  (bench/report.py: the tables, README block and docs from a results file)
 
 LABEL = "io.tiergate.tier"
 SHIPPED_POLICY = REPO / "tiergate" / "configs" / "policy.toml"
@@ -54,7 +61,8 @@ DOCKER_DEFAULT_SECCOMP = "/usr/share/containers/seccomp.json"  # podman's; deriv
 SHIPPED_TIERS = ("privileged", "baseline", "restricted", "isolated")
 # Tiers whose seccomp profile differs (the other roles reuse restricted's).
 SECCOMP_TIERS = ("baseline", "restricted", "isolated", "image-processor", "node-worker", "scheduler")
-HOOK_BUDGET_MS = 10.0
+NETWORK_TIERS = ("web", "database", "isolated")  # tiers measured with and without their network policy
+SECTIONS = "e2e,hook,network,storage,cold,scale,cri,seccomp"  # the default; `metadata` is extra
 
 
 # ---------------------------------------------------------------------------
@@ -69,11 +77,11 @@ def stats(samples_s: list[float]) -> dict:
     """Milliseconds: median, quartiles, min, n (from samples in seconds)."""
     raw = [x * 1000 for x in samples_s]
     ms = sorted(raw)
-    out = {"n": len(ms), "median_ms": None, "p25_ms": None, "p75_ms": None, "min_ms": None,
+    out = {"n": len(ms), "median_ms": None, "p25_ms": None, "p75_ms": None, "min_ms": None, "max_ms": None,
            "samples_ms": [round(x, 2) for x in raw]}  # in run order
     if ms:
         out["median_ms"] = round(statistics.median(ms), 2)
-        out["min_ms"] = round(ms[0], 2)
+        out["min_ms"], out["max_ms"] = round(ms[0], 2), round(ms[-1], 2)
         if len(ms) >= 2:
             q = statistics.quantiles(ms, n=4, method="inclusive")
             out["p25_ms"], out["p75_ms"] = round(q[0], 2), round(q[2], 2)
@@ -164,9 +172,59 @@ def with_deltas(results: dict, bare: str, floor: str | None = None) -> dict:
         if b:
             r["added_vs_bare_ms"] = round(m - b, 2)
             r["ratio_to_bare"] = round(m / b, 3)
-        if f is not None:
+        if f:
             r["added_vs_noop_ms"] = round(m - f, 2)
+            r["ratio_to_noop"] = round(m / f, 3)
     return results
+
+
+def without_network(policy_text: str, tiers) -> str:
+    """The policy with the `network = ...` line of each of `tiers` removed."""
+    out, section = [], None
+    for line in policy_text.splitlines(keepends=True):
+        m = re.match(r"\s*\[([^\]]+)\]\s*$", line)
+        if m:
+            section = m.group(1).strip()
+        if section in {f"tiers.{t}" for t in tiers} and re.match(r"\s*network\s*=", line):
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def pad_storage(graphroot: Path, n_images: int, n_containers: int) -> dict[Path, bytes]:
+    """Pad containers-storage's images.json and containers.json to n entries each with copies of
+    the first real entry (new ids and names; the same layers, so nothing else changes). Returns the
+    original bytes of each file, to be written back before the engine removes its storage."""
+    originals = {}
+    for kind, n, key in (("images", n_images, "names"), ("containers", n_containers, "names")):
+        path = Path(graphroot) / f"overlay-{kind}" / f"{kind}.json"
+        raw = path.read_bytes()
+        originals[path] = raw
+        entries = json.loads(raw)
+        model = entries[0]
+        for i in range(max(0, n - len(entries))):
+            e = json.loads(json.dumps(model))
+            e["id"] = uuid.uuid4().hex + uuid.uuid4().hex
+            e[key] = [f"localhost/tgb-pad-{kind}-{i}:latest" if kind == "images" else f"tgb-pad-{i}"]
+            e.pop("digests", None)
+            entries.insert(0, e)  # before the real ones: a lookup cannot stop early
+        path.write_text(json.dumps(entries))
+    return originals
+
+
+def cache_bytes(cache_dir: Path) -> int | None:
+    """Bytes of the compiled policy in a cache dir (its files but the lock and failure notes)."""
+    if not cache_dir.is_dir():
+        return None
+    return sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file() and not f.name.startswith(".")) or None
+
+
+def nsenter_apply(doc: dict, netns_path: str, timeout: float = 120) -> None:
+    """The loader tiergate used before libnftables: `nsenter --net=PATH nft -j -f -` (for comparison)."""
+    proc = subprocess.run(["/usr/bin/nsenter", f"--net={netns_path}", "/usr/sbin/nft", "-j", "-f", "-"], input=json.dumps(doc),
+                          capture_output=True, text=True, timeout=timeout, env={}, cwd="/")
+    if proc.returncode != 0:
+        raise Failed(f"nsenter nft exited {proc.returncode}: {last_line(proc.stderr)}")
 
 
 # ---------------------------------------------------------------------------
@@ -187,6 +245,8 @@ class Bench:
         self.podman = None
         self.docker = None
         self.netns: str | None = None
+        self.netnses: list[str] = []  # throwaway namespaces holding a macvlan parent's veth peer
+        self.stores: list = []  # extra podmans (the storage-size section): (Podman, {path: original bytes})
         self.runc_cgroup = f"/tiergate-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.footprint = harness.HostFootprint()
         self.footprint.snapshot()
@@ -243,6 +303,12 @@ class Bench:
         self.noop.write_text(f"#!{SYSTEM_PYTHON} -IS\n"
                              "import sys\nsys.stdout.buffer.write(sys.stdin.buffer.read())\n")
         self.noop.chmod(0o755)
+        # The no-op floor of a runtime shim: Python that execs runc unchanged.
+        runc = shutil.which("runc") or "/usr/sbin/runc"
+        self.noop_runtime = self.d / "noop-runtime"
+        self.noop_runtime.write_text(f"#!{SYSTEM_PYTHON} -IS\nimport os, sys\n"
+                                     f"os.execv({runc!r}, [{runc!r}, *sys.argv[1:]])\n")
+        self.noop_runtime.chmod(0o755)
         self.capture_file = self.d / "captured-spec.json"
         capture = self.d / "capture-hook"
         capture.write_text(f"#!{SYSTEM_PYTHON} -IS\nimport sys\ndata = sys.stdin.buffer.read()\n"
@@ -288,35 +354,88 @@ class Bench:
         say(f"SKIPPED {what}: {why}")
         self.results["skipped"].append({"what": what, "why": why})
 
-    def podman_argv(self, hooks: str, *args: str) -> list[str]:
-        p = self.podman
+    def podman_argv(self, hooks: str, *args: str, network: str = "none", podman=None) -> list[str]:
+        p = podman or self.podman
         flags = list(p.global_flags)
         flags[flags.index("--hooks-dir") + 1] = str(self.hooks[hooks])
         args_l = [os.fspath(a) for a in args]
         if args_l and args_l[0] in ("run", "create"):
-            args_l = [args_l[0], "--network", "none", "--cgroup-parent", p.cgroup_parent, *args_l[1:]]
+            args_l = [args_l[0], "--network", network, "--cgroup-parent", p.cgroup_parent, *args_l[1:]]
         return [p.binary, *flags, *args_l]
 
-    def podman_start(self, hooks: str, image: str, *extra: str):
-        return start_cmd(self.podman_argv(hooks, "run", "--rm", *extra, image, "true"), self.podman.env, "podman run")
+    def podman_start(self, hooks: str, image: str, *extra: str, network: str = "none", podman=None):
+        p = podman or self.podman
+        return start_cmd(self.podman_argv(hooks, "run", "--rm", *extra, image, "true", network=network, podman=p),
+                         p.env, "podman run")
+
+    def install_podman(self, name: str, policy: str | Path) -> None:
+        """tiergate installed into hooks dir `name` with its own policy file and cache."""
+        self.hooks[name] = self.d / f"hooks-{name}"
+        self.hooks[name].mkdir()
+        self.tiergate("install", "--engine", "podman", "--hooks-dir", self.hooks[name], "--bin-dir",
+                      self.d / f"bin-{name}", "--log", self.log, "--cache-dir", self.d / f"cache-{name}",
+                      "--policy", policy)
+
+    def macvlan(self, subnet: str) -> tuple[str, str]:
+        """A podman macvlan network (subnet "a.b.c") on a veth whose peer sits in a throwaway netns
+        (host-facts' recipe: podman's default bridge would turn on ip_forward): (network, host ifname)."""
+        sfx = uuid.uuid4().hex[:6]
+        ns, host_if = f"tgb-md-{sfx}", f"tgbm{sfx}"
+        subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+        self.netnses.append(ns)
+        subprocess.run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", f"tgbs{sfx}", "netns", ns],
+                       check=True, timeout=30)
+        subprocess.run(["ip", "link", "set", host_if, "up"], check=True, timeout=30)
+        net = f"tgb-net-{sfx}"
+        self.podman.podman("network", "create", "-d", "macvlan", "-o", f"parent={host_if}", "--subnet",
+                           f"{subnet}.0/24", "--gateway", f"{subnet}.1", net, check=True)
+        return net, host_if
 
     # -- saved precreate specs ------------------------------------------------------
     def capture_specs(self) -> None:
         """One real precreate spec per tier image, from a container kept in storage (no --rm),
         so the hook resolves its image from the scratch storage as it would at a start."""
         for tier, ref in self.images.items():
-            self.capture_file.unlink(missing_ok=True)
-            proc = subprocess.run(self.podman_argv("capture", "run", "--name", f"tgb-spec-{tier}", ref, "true"),
-                                  env=self.podman.env, capture_output=True, timeout=120)
-            if proc.returncode != 0 or not self.capture_file.exists():
-                raise RuntimeError(f"capturing the {tier} spec failed: {last_line(proc.stderr)}")
-            self.specs[tier] = json.loads(self.capture_file.read_bytes())
+            self.specs[tier] = self.capture(ref, f"tgb-spec-{tier}")
         spec = self.specs.get("baseline") or next(iter(self.specs.values()))
         (self.d / "saved-spec.json").write_text(json.dumps(spec, indent=1))
         # podman's default profile as podman hands it to the runtime (OCI form, this host's arches).
         priv = self.specs.get("privileged") or {}
         self.podman_seccomp = (priv.get("linux") or {}).get("seccomp")
         self.results["meta"]["saved_spec_bytes"] = len(json.dumps(spec))
+
+    def capture(self, ref: str, name: str, podman=None) -> dict:
+        """The precreate spec podman hands its hooks for `run ref`, its container kept in storage."""
+        p = podman or self.podman
+        self.capture_file.unlink(missing_ok=True)
+        proc = subprocess.run(self.podman_argv("capture", "run", "--name", name, ref, "true", podman=p),
+                              env=p.env, capture_output=True, timeout=120)
+        if proc.returncode != 0 or not self.capture_file.exists():
+            raise RuntimeError(f"capturing the spec of {ref} failed: {last_line(proc.stderr)}")
+        return json.loads(self.capture_file.read_bytes())
+
+    def callgrind(self, argv: list[str], data: bytes) -> dict:
+        """{"instructions": N} of one process fed data on stdin (empty environment), or {"error": ...}."""
+        proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+                              input=data, capture_output=True, env={}, timeout=600, cwd="/")
+        found = [int(n) for n in re.findall(r"Collected : (\d+)", proc.stderr.decode(errors="replace"))]
+        if proc.returncode != 0 or not found:
+            return {"error": f"exited {proc.returncode}: {last_line(proc.stderr)}"}
+        if b"io.tiergate.refused" in proc.stdout:
+            return {"error": "the hook refused the spec"}
+        return {"instructions": max(found)}  # a forked child reports too: the parent ran longest
+
+    def hook_instructions(self, spec_bytes: bytes, *, policy: str | None = None, cache: Path | None = None,
+                          hooks: str = "tiergate") -> dict:
+        """callgrind's count for the hook installed in hooks dir `hooks` on a spec (optionally with another
+        policy or cache dir), or {}. Each install pins its own copy of tiergate, whose compile.py is one of
+        the cache's inputs: a cache is warm only for the launcher that compiled it."""
+        if not shutil.which("valgrind"):
+            return {}
+        hook = json.loads(next(self.hooks[hooks].glob("*precreate*.json")).read_text())["hook"]
+        argv = self._override(self._override(list(hook["args"]), "--policy", policy), "--cache-dir",
+                              str(cache) if cache else None)
+        return self.callgrind([hook["path"], *argv[1:]], spec_bytes)
 
     def run_hook(self, spec_bytes: bytes, *, policy: str | None = None, cache: Path | None = None,
                  noop: bool = False) -> tuple[float, float]:
@@ -372,7 +491,7 @@ class Bench:
         base.setdefault("process", {})["args"] = ["true"]
         root = self.d / "runc-root"
         configs = {}
-        bundles = {"runc run": (None, None)}
+        bundles = {"runc run": (None, None), "no-op Python runtime run": (str(self.noop_runtime), None)}
         # privileged is left out: a bare bundle has no image reference, so no trust rule lifts its
         # ceiling and it would be clamped to baseline.
         for tier in (t for t in SHIPPED_TIERS if t in self.tiers and t != "privileged"):
@@ -385,7 +504,7 @@ class Bench:
             b = h.RuncBundle(self.d / "bundles" / name.replace(" ", "-"), self.rootfs.path, cfg, runc_root=root,
                              runc=runtime or runc, cgroup_parent=f"{self.runc_cgroup}/runc")
             configs[name] = self._runc_runner(b)
-            if not tier and self.podman_seccomp:
+            if name == "runc run" and self.podman_seccomp:
                 # `runc spec` has no seccomp filter; podman's default profile (converted to OCI form
                 # by podman, from the saved privileged spec) is the fair reference for a tier's filter.
                 cfg = json.loads(json.dumps(base))
@@ -407,7 +526,7 @@ class Bench:
                                    runc_root=root, runc=runc, cgroup_parent=f"{self.runc_cgroup}/runc")
                 configs[f"runc run, spec pre-hardened as {tier}"] = self._runc_runner(pre)
         say(f"e2e runc: {self.rounds} rounds, runc run vs tiergate-runtime run (a bundle annotation asks the tier)")
-        out["runc"] = with_deltas(alternate(configs, self.rounds, "runc"), "runc run")
+        out["runc"] = with_deltas(alternate(configs, self.rounds, "runc"), "runc run", "no-op Python runtime run")
 
     def _runc_runner(self, b):
         def run() -> float:
@@ -432,7 +551,7 @@ class Bench:
         h = self.h
         try:
             self.docker = h.Docker(self.d / "docker", image_tar=self.rootfs.tar,
-                                   runtimes={"tiergate": self.shim})
+                                   runtimes={"tiergate": self.shim, "noop": str(self.noop_runtime)})
             self.docker.start()
         except KeyboardInterrupt:
             raise
@@ -453,12 +572,13 @@ class Bench:
             argv = [dk.cli, "-H", f"unix://{dk.sock}", "run", "--rm", "--network", "none", *extra, image, "true"]
             return start_cmd(argv, dk.env, "docker run")
 
-        configs = {"docker bare": start(self.bare_image)}
+        configs = {"docker bare": start(self.bare_image),
+                   "docker no-op runtime": start(self.bare_image, "--runtime", "noop")}
         for tier in tiers:
             configs[f"docker tiergate {tier}"] = start(self.images[tier], "--runtime", "tiergate")
         say(f"e2e docker: {self.rounds} rounds, bare vs --runtime tiergate x {len(tiers)} tiers")
         try:
-            out["docker"] = with_deltas(alternate(configs, self.rounds, "docker"), "docker bare")
+            out["docker"] = with_deltas(alternate(configs, self.rounds, "docker"), "docker bare", "docker no-op runtime")
         finally:
             self.docker.stop()
             self.docker = None
@@ -490,15 +610,32 @@ class Bench:
             if name in cpu:
                 c = stats(cpu[name][-r["n"]:] if r["n"] else [])
                 r["cpu_median_ms"] = c["median_ms"]
-        out["runs"] = with_deltas(res, "no-op hook")
-        for r in res.values():  # "added vs bare" here means beyond the no-op hook
-            r.pop("ratio_to_bare", None)
-            if "added_vs_bare_ms" in r:
-                r["added_vs_noop_ms"] = r.pop("added_vs_bare_ms")
+        out["runs"] = with_deltas(res, "python -IS -c pass", "no-op hook")
+        out["instructions"] = self._instructions(payloads)
         out["importtime"] = self._importtime(base)
         if self.shim:
             out["passthrough"] = self._passthrough(n)
         self.results["hook"] = out
+
+    def _instructions(self, payloads: dict[str, bytes]) -> dict:
+        """User-space instructions of each hook process (callgrind; deterministic to ~0.1%, unlike wall
+        time on a shared machine), fed the same saved spec on stdin with an empty environment."""
+        if not shutil.which("valgrind"):
+            self.skip("hook instruction counts", "valgrind is not installed")
+            return {}
+        base = payloads.get("baseline") or next(iter(payloads.values()))
+        tiers = list(payloads) if not self.quick else [t for t in ("baseline", "restricted", "web") if t in payloads]
+        runs = {"python -IS -c pass": ([SYSTEM_PYTHON, "-I", "-S", "-c", "pass"], b""),
+                "no-op hook": ([str(self.noop)], base)}
+        for tier in tiers:
+            runs[f"tiergate {tier}"] = ([self.hook_path, *self.hook_argv[1:]], payloads[tier])
+        say(f"hook instructions (callgrind): {len(runs)} processes")
+        out = {name: self.callgrind(argv, data) for name, (argv, data) in runs.items()}
+        floor = out.get("no-op hook", {}).get("instructions")
+        for row in out.values():
+            if floor and row.get("instructions"):
+                row["ratio_to_noop"] = round(row["instructions"] / floor, 3)
+        return out
 
     def _python_floor(self):
         def run() -> float:
@@ -580,7 +717,7 @@ class Bench:
     def _scale_policy(self) -> dict:
         warm_n = 8 if self.quick else 25
         cold_n = 2 if self.quick else 5
-        cases = [(10, 50), (100, 50), (1000, 50)] + ([] if self.quick else [(1000, 200)])
+        cases = [(1000, 200)] if self.quick else [(10, 50), (100, 50), (1000, 50), (1000, 200)]
         data = json.dumps(self.specs.get("baseline") or next(iter(self.specs.values()))).encode()
         out = []
         gen_dir = self.d / "gen-policies"
@@ -591,12 +728,13 @@ class Bench:
             p = self.gen_policy(n_trust, n_tiers, gen_dir / f"policy-{n_trust}-{n_tiers}.toml")
             cache = self.d / f"cache-gen-{n_trust}-{n_tiers}"
             self.run_hook(data, policy=str(p), cache=cache)  # compile once: the cache is warm from here
-            entry = next(cache.iterdir(), None)
-            policies[(n_trust, n_tiers)] = (p, cache, entry.stat().st_size if entry else None)
-        configs = {"shipped policy": lambda: self.run_hook(data)[0]}
+            policies[(n_trust, n_tiers)] = (p, cache, cache_bytes(cache))
+        configs = {"no-op hook": lambda: self.run_hook(data, noop=True)[0],
+                   "shipped policy": lambda: self.run_hook(data)[0]}
         for (n_trust, n_tiers), (p, cache, _) in policies.items():
             configs[f"{n_trust} rules x {n_tiers} tiers"] = (lambda p=p, c=cache: self.run_hook(data, policy=str(p), cache=c)[0])
-        warm = with_deltas(alternate(configs, warm_n, "warm hook", warmup=False), "shipped policy")
+        warm = with_deltas(alternate(configs, warm_n, "warm hook", warmup=False), "shipped policy", "no-op hook")
+        floor = warm.pop("no-op hook")
         cold_cfgs = {}
         counter = iter(range(10 ** 6))
         for key, (p, _, _) in [(("shipped", ""), (Path(self.policy), None, None)), *policies.items()]:
@@ -606,12 +744,15 @@ class Bench:
         cold = alternate(cold_cfgs, cold_n, "cold hook (compile)", warmup=False)
         for name in warm:
             key = next((k for k in policies if f"{k[0]} rules x {k[1]} tiers" == name), None)
-            shipped_cache = next(self.cache.iterdir(), None) if self.cache.is_dir() else None
+            # instructions with a warm cache: the shipped policy and the largest one (deterministic)
+            ins = (self.hook_instructions(data) if key is None else
+                   self.hook_instructions(data, policy=str(policies[key][0]), cache=policies[key][1])
+                   if key == cases[-1] else {})
             out.append({"policy": name, "trust_rules": key[0] if key else len(self.policy_doc.get("trust", [])),
                         "tiers": key[1] if key else len(self.policy_doc.get("tiers", {})),
-                        "cache_bytes": policies[key][2] if key else (shipped_cache.stat().st_size if shipped_cache else None),
-                        "warm": warm[name], "cold": cold.get(name)})
-        return out
+                        "cache_bytes": policies[key][2] if key else cache_bytes(self.cache),
+                        "warm": warm[name], "cold": cold.get(name), "warm_instructions": ins.get("instructions")})
+        return {"noop_hook": floor, "rows": out}
 
     def _scale_spec(self) -> list:
         runs = 8 if self.quick else 25
@@ -668,7 +809,7 @@ class Bench:
                     # the former loader, for comparison: an nsenter + nft process
                     try:
                         t0 = time.perf_counter()
-                        apply._nsenter(doc, path, timeout=120)
+                        nsenter_apply(doc, path)
                         nsent.append(time.perf_counter() - t0)
                     except Exception as exc:  # noqa: BLE001
                         nsent_error = str(exc)[:200]
@@ -682,35 +823,147 @@ class Bench:
         self.netns = None
         return out
 
-    def _scale_parallel(self) -> dict:
-        n = 20
+    def _scale_parallel(self) -> list:
         rounds = 1 if self.quick else 3
         tier = "baseline" if "baseline" in self.images else next(iter(self.images))
-        say(f"scale: {n} containers started in parallel, bare vs tiergate {tier}, {rounds} round(s)")
+        out = []
+        for n in (20, 50):
+            say(f"scale: {n} containers started at once, bare / no-op hook / tiergate {tier}, {rounds} round(s)")
 
-        def batch(hooks: str):
-            def run() -> float:
-                argv = self.podman_argv(hooks, "run", "--rm", self.images[tier], "true")
-                t0 = time.perf_counter()
-                procs = [subprocess.Popen(argv, env=self.podman.env, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(n)]
-                errs = []
-                for p in procs:
-                    _, err = p.communicate(timeout=300)
-                    if p.returncode != 0:
-                        errs.append(last_line(err))
-                wall = time.perf_counter() - t0
-                if errs:
-                    raise Failed(f"{len(errs)}/{n} failed: {errs[0]}")
-                return wall
-            return run
-        res = alternate({"bare": batch("bare"), f"tiergate {tier}": batch("tiergate")}, rounds, "parallel",
-                        warmup=False)
-        for r in res.values():
-            if r["median_ms"]:
-                r["containers_per_s"] = round(n / (r["median_ms"] / 1000), 2)
-        b, t = res["bare"].get("containers_per_s"), res[f"tiergate {tier}"].get("containers_per_s")
-        return {"containers": n, "results": res, "throughput_ratio": round(t / b, 3) if b and t else None}
+            def batch(hooks: str, n=n):
+                def run() -> float:
+                    argv = self.podman_argv(hooks, "run", "--rm", self.images[tier], "true")
+                    t0 = time.perf_counter()
+                    procs = [subprocess.Popen(argv, env=self.podman.env, stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(n)]
+                    errs = []
+                    for p in procs:
+                        _, err = p.communicate(timeout=600)
+                        if p.returncode != 0:
+                            errs.append(last_line(err))
+                    wall = time.perf_counter() - t0
+                    if errs:
+                        raise Failed(f"{len(errs)}/{n} failed: {errs[0]}")
+                    return wall
+                return run
+            res = alternate({"bare": batch("bare"), "no-op hook": batch("noop"), f"tiergate {tier}": batch("tiergate")},
+                            rounds, f"parallel {n}", warmup=False)
+            bare = res["bare"].get("median_ms")
+            for r in res.values():
+                if r["median_ms"]:
+                    r["containers_per_s"] = round(n / (r["median_ms"] / 1000), 2)
+                    if bare:
+                        r["throughput_ratio"] = round(bare / r["median_ms"], 3)
+            out.append({"containers": n, "tier": tier, "results": res})
+        return out
+
+    # -- network policy, storage size, first start after a policy change -------------------------
+    def section_network(self) -> None:
+        """A tier with a network policy beside the same tier without one (a policy copy with its
+        `network` line removed), on a macvlan network: podman makes a real namespace to program."""
+        tiers = [t for t in NETWORK_TIERS if t in self.tiers and self.policy_doc["tiers"][t].get("network")]
+        if not tiers:
+            self.skip("network policy", "no tier of NETWORK_TIERS with a network in the policy")
+            return
+        nonet = self.d / "policy-no-network.toml"
+        nonet.write_text(without_network(Path(self.policy).read_text(), tiers))
+        self.install_podman("tiergate-no-network", nonet)
+        net, _ = self.macvlan(f"10.216.{os.getpid() % 250}")
+        configs = {"bare": self.podman_start("bare", self.bare_image, network=net),
+                   "no-op hook": self.podman_start("noop", self.bare_image, network=net)}
+        for t in tiers:
+            configs[f"{t} without a network policy"] = self.podman_start("tiergate-no-network", self.images[t],
+                                                                         network=net)
+            configs[f"{t} with its network policy"] = self.podman_start("tiergate", self.images[t], network=net)
+        say(f"network: {self.rounds} rounds, {', '.join(tiers)} with / without their network policy, macvlan network")
+        res = with_deltas(alternate(configs, self.rounds, "network"), "bare", "no-op hook")
+        for t in tiers:
+            a, b = res[f"{t} with its network policy"], res[f"{t} without a network policy"]
+            if a.get("median_ms") and b.get("median_ms"):
+                a["added_vs_without_ms"] = round(a["median_ms"] - b["median_ms"], 2)
+        self.results["network"] = {"tiers": tiers, "results": res}
+
+    def section_storage(self) -> None:
+        """podman run against a storage of 10 images + 10 containers and one of N + N (synthetic
+        entries copied from the real ones, as the engine writes them: every start's lookup reads
+        these files), each with bare / no-op hook / tiergate, all alternating."""
+        sizes = [10, 1000]
+        tier = "baseline" if "baseline" in self.images else next(iter(self.images))
+        configs: dict = {}
+        specs: dict[int, bytes] = {}
+        for n in sizes:
+            p = self.h.Podman(self.d / f"st{n}", image_tar=self.rootfs.tar, hooks_dir=self.hooks["bare"])
+            self.stores.append((p, {}))
+            p.import_image(self.images[tier], {LABEL: tier})
+            specs[n] = json.dumps(self.capture(self.images[tier], "tgb-store-real", podman=p)).encode()
+            self.stores[-1] = (p, pad_storage(p.root, n, n))
+            for hooks, label in (("bare", "bare"), ("noop", "no-op hook"), ("tiergate", f"tiergate {tier}")):
+                configs[f"{n} images + {n} containers: {label}"] = self.podman_start(hooks, self.images[tier],
+                                                                                    podman=p)
+        say(f"storage: {self.rounds} rounds, {sizes} images + containers, bare / no-op hook / tiergate")
+        res = alternate(configs, self.rounds, "storage")
+        out = {}
+        for n in sizes:
+            rows = {k.split(": ", 1)[1]: v for k, v in res.items() if k.startswith(f"{n} images")}
+            out[str(n)] = with_deltas(rows, "bare", "no-op hook")
+        # the hook process alone on a spec of each storage: wall (alternating) and instructions
+        hook = with_deltas(alternate({f"{n} + {n}": (lambda d=specs[n]: self.run_hook(d)[0]) for n in sizes},
+                                     self.args.hook_runs or (10 if self.quick else 40), "storage hook"),
+                           f"{sizes[0]} + {sizes[0]}")
+        if shutil.which("valgrind"):
+            for n in sizes:
+                hook[f"{n} + {n}"].update(self.callgrind([self.hook_path, *self.hook_argv[1:]], specs[n]))
+        self.results["storage"] = {"sizes": sizes, "tier": tier, "results": out, "hook": hook}
+
+    def section_cold(self) -> None:
+        """The first start after a policy change (the policy file rewritten before each timed start,
+        so the hook finds its cache stale) beside a start with a warm cache."""
+        cold = self.d / "policy-cold.toml"
+        text = Path(self.policy).read_text()
+        cold.write_text(text)
+        self.install_podman("tiergate-cold", cold)
+        tier = "baseline" if "baseline" in self.images else next(iter(self.images))
+        first = self.podman_start("tiergate-cold", self.images[tier])
+        changes = iter(range(10 ** 6))
+
+        def after_change() -> float:
+            cold.write_text(text + f"\n# bench: change {next(changes)}\n")
+            return first()
+        configs = {"bare": self.podman_start("bare", self.bare_image),
+                   "no-op hook": self.podman_start("noop", self.bare_image),
+                   f"tiergate {tier}, warm cache": self.podman_start("tiergate", self.images[tier]),
+                   f"tiergate {tier}, first start after a policy change": after_change}
+        say(f"cold: {self.rounds} rounds, warm cache vs first start after a policy change")
+        res = with_deltas(alternate(configs, self.rounds, "cold"), "bare", "no-op hook")
+        # the hook process alone, deterministic: warm cache vs a policy changed since the last compile
+        data = json.dumps(self.specs.get(tier) or next(iter(self.specs.values()))).encode()
+        warm_i = self.hook_instructions(data, hooks="tiergate-cold")
+        cold.write_text(text + "\n# bench: changed once more\n")
+        cold_i = self.hook_instructions(data, hooks="tiergate-cold")
+        self.results["cold"] = {"tier": tier, "results": res, "instructions": {
+            "warm": warm_i.get("instructions"), "after a policy change": cold_i.get("instructions")}}
+
+    def section_cri(self) -> None:
+        """Pod start and ExecSync under containerd's CRI plugin (bench/cri.py)."""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("bench_cri", REPO / "bench" / "cri.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        rounds = self.args.cri_rounds or (3 if self.quick else 15)
+        say(f"cri: {rounds} rounds of pod start, {rounds} ExecSync each")
+        try:
+            raw = mod.measure(rounds, rounds, work=self.d / "cri", rootfs_tar=self.rootfs.tar, say=say)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - pytest.skip from the harness included
+            self.skip("containerd CRI", f"{type(exc).__name__}: {exc}")
+            return
+        pods = {k: stats(v) for k, v in raw["pods"].items()}
+        execs = {k: stats(v) for k, v in raw["exec"].items()}
+        self.results["cri"] = {"rounds": rounds,
+                               "pods": with_deltas(pods, "runc + RuntimeDefault seccomp", "no-op Python shim"),
+                               "exec": with_deltas(execs, "runc", "no-op Python shim")}
 
     # -- 4. seccomp workload cost ------------------------------------------------------------
     def section_seccomp(self) -> None:
@@ -800,32 +1053,15 @@ class Bench:
         open_policy = self.d / "policy-open.toml"
         text = Path(self.policy).read_text()
         open_policy.write_text(text.replace("[tiers.baseline]\n", "[tiers.baseline]\nallow_metadata = true\n", 1))
-        sfx = uuid.uuid4().hex[:6]
-        self.md_ns, host_if = f"tgb-md-{sfx}", f"tgbm{sfx}"
-        subprocess.run(["ip", "netns", "add", self.md_ns], check=True, timeout=30)
-        subprocess.run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", f"tgbs{sfx}", "netns",
-                        self.md_ns], check=True, timeout=30)
-        subprocess.run(["ip", "link", "set", host_if, "up"], check=True, timeout=30)
+        net, host_if = self.macvlan("10.215.7")
         out: dict = {"mechanism": self._md_mechanisms()}
-        hooks_open = self.d / "hooks-tiergate-open"
-        hooks_open.mkdir()
-        self.hooks["tiergate-open"] = hooks_open
-        self.tiergate("install", "--engine", "podman", "--hooks-dir", hooks_open, "--bin-dir", self.d / "bin-open",
-                      "--log", self.log, "--cache-dir", self.d / "cache-open", "--policy", open_policy)
-        net = f"tgb-md-{sfx}"
-        self.podman.podman("network", "create", "-d", "macvlan", "-o", f"parent={host_if}", "--subnet",
-                           "10.215.7.0/24", "--gateway", "10.215.7.1", net, check=True)
-        p = self.podman
-
-        def start(hooks: str):
-            flags = list(p.global_flags)
-            flags[flags.index("--hooks-dir") + 1] = str(self.hooks[hooks])
-            argv = [p.binary, *flags, "run", "--rm", "--network", net, "--cgroup-parent", p.cgroup_parent,
-                    self.images["baseline"], "true"]
-            return start_cmd(argv, p.env, "podman run")
+        self.install_podman("tiergate-open", open_policy)
         say(f"metadata podman: {self.rounds} rounds, baseline with / without the block, macvlan network")
-        res = alternate({"podman baseline, allow_metadata": start("tiergate-open"),
-                         "podman baseline, metadata closed": start("tiergate")}, self.rounds, "metadata podman")
+        res = alternate({"podman baseline, allow_metadata": self.podman_start("tiergate-open", self.images["baseline"],
+                                                                              network=net),
+                         "podman baseline, metadata closed": self.podman_start("tiergate", self.images["baseline"],
+                                                                               network=net)},
+                        self.rounds, "metadata podman")
         out["podman"] = with_deltas(res, "podman baseline, allow_metadata")
         if self.shim:
             out["docker"] = self._md_docker(open_policy, host_if)
@@ -834,7 +1070,7 @@ class Bench:
     def _md_docker(self, open_policy: Path, host_if: str) -> dict:
         h = self.h
         self.tiergate("install", "--engine", "docker", "--daemon-json", self.d / "docker-open/daemon.json",
-                      "--bin-dir", self.d / "bin-shim-open", "--log", self.log, "--cache-dir", self.d / "cache-open",
+                      "--bin-dir", self.d / "bin-shim-open", "--log", self.log, "--cache-dir", self.d / "cache-tiergate-open",
                       "--policy", open_policy)
         self.docker = h.Docker(self.d / "docker-md", image_tar=self.rootfs.tar,
                                runtimes={"tiergate": self.shim,
@@ -937,9 +1173,16 @@ class Bench:
                 self.docker.stop()
             except Exception as exc:  # noqa: BLE001
                 say(f"docker stop: {exc}")
-        for ns in (self.netns, getattr(self, "md_ns", None)):
+        for ns in (self.netns, *self.netnses):
             if ns:  # deleting the namespace removes the veth pair with it
                 subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
+        for p, originals in self.stores:
+            for path, raw in originals.items():  # the engine removes only what it knows
+                path.write_bytes(raw)
+            try:
+                p.cleanup()
+            except Exception as exc:  # noqa: BLE001
+                say(f"podman (storage) cleanup: {exc}")
         if self.podman is not None:
             try:
                 self.podman.cleanup()
@@ -959,150 +1202,6 @@ class Bench:
         left = self.footprint.restore()
         if left:
             say(f"host paths left (not empty): {left}")
-
-
-# ---------------------------------------------------------------------------
-# report
-# ---------------------------------------------------------------------------
-
-def fmt(v, nd=1, sign=False) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) or isinstance(v, int):
-        return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
-    return str(v)
-
-
-def markdown(res: dict) -> str:
-    m = res.get("meta", {})
-    L = [f"# tiergate benchmark: {m.get('date', '')}", "",
-         f"{m.get('host', '')}; {m.get('cpus')} CPUs; load average {m.get('loadavg_start')} at start, "
-         f"{m.get('loadavg_end')} at end; {m.get('engines', '')}; "
-         f"rounds {m.get('rounds')}{' (--quick: PRELIMINARY)' if m.get('quick') else ''}; "
-         f"run took {m.get('duration_s')} s.", ""]
-    e2e = res.get("e2e") or {}
-    if e2e:
-        L += ["## Container start (median wall, configurations alternating within each round)", "",
-              "| configuration | median ms | p25-p75 ms | vs bare ms | vs no-op hook ms | ratio to bare | n |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-        for engine in ("podman", "docker", "runc"):
-            for name, r in (e2e.get(engine) or {}).items():
-                if r.get("error") and not r.get("n"):
-                    L.append(f"| {name} | failed: {r['error'][:80]} | | | | | 0 |")
-                    continue
-                L.append(f"| {name} | {fmt(r['median_ms'])} | {fmt(r['p25_ms'])}-{fmt(r['p75_ms'])} | "
-                         f"{fmt(r.get('added_vs_bare_ms'), sign=True)} | {fmt(r.get('added_vs_noop_ms'), sign=True)} | "
-                         f"{fmt(r.get('ratio_to_bare'), 3)} | {r['n']} |")
-        pod = e2e.get("podman") or {}
-        over = {k: v.get("added_vs_noop_ms") for k, v in pod.items() if k.startswith("podman tiergate")}
-        if over and all(v is not None for v in over.values()):
-            worst = max(over, key=over.get)
-            ok = over[worst] <= HOOK_BUDGET_MS
-            L += ["", f"Budget (issue 10): tiergate's median beyond the no-op hook <= {HOOK_BUDGET_MS:.0f} ms for every "
-                      f"tier: **{'met' if ok else 'NOT met'}** (worst: {worst.removeprefix('podman tiergate ')} "
-                      f"{over[worst]:+.1f} ms)."]
-        L.append("")
-    hook = res.get("hook") or {}
-    if hook.get("runs"):
-        L += ["## The precreate hook process alone (saved spec, empty environment as podman runs it)", "",
-              "| process | wall median ms | p25-p75 ms | min ms | CPU median ms | wall vs no-op hook ms | n |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-        for name, r in hook["runs"].items():
-            L.append(f"| {name} | {fmt(r['median_ms'])} | {fmt(r['p25_ms'])}-{fmt(r['p75_ms'])} | {fmt(r['min_ms'])} | "
-                     f"{fmt(r.get('cpu_median_ms'))} | {fmt(r.get('added_vs_noop_ms'), sign=True)} | {r['n']} |")
-        it = hook.get("importtime") or {}
-        if it:
-            top = ", ".join(f"{x['module']} {x['cumulative_us'] / 1000:.1f}" for x in it["top_level_by_cumulative"][:6])
-            L += ["", f"`-X importtime` of the hook (baseline spec): {it['modules']} modules, "
-                      f"{it['total_import_us'] / 1000:.1f} ms of imports; slowest top-level (ms, cumulative): {top}."]
-        pt = hook.get("passthrough") or {}
-        if pt:
-            r = pt.get("tiergate-runtime list", {})
-            L += ["", f"tiergate-runtime pass-through (`list`): {fmt(r.get('median_ms'))} ms vs runc "
-                      f"{fmt(pt.get('runc list', {}).get('median_ms'))} ms ({fmt(r.get('added_vs_bare_ms'), sign=True)} ms)."]
-        L.append("")
-    sc = res.get("scale") or {}
-    if sc.get("policy"):
-        L += ["## Scale", "", "Policy size: hook on the saved baseline spec, warm cache vs cold (compiles the policy).", "",
-              "| policy | trust rules | tiers | cache KiB | warm hook median ms | min ms | vs shipped ms | cold hook ms |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for row in sc["policy"]:
-            w, c = row["warm"], row.get("cold") or {}
-            kib = f"{row['cache_bytes'] / 1024:.0f}" if row.get("cache_bytes") else "-"
-            L.append(f"| {row['policy']} | {row['trust_rules']} | {row['tiers']} | {kib} | {fmt(w['median_ms'])} | "
-                     f"{fmt(w['min_ms'])} | {fmt(w.get('added_vs_bare_ms'), sign=True)} | {fmt(c.get('median_ms'))} |")
-        L.append("")
-    if sc.get("spec_size"):
-        L += ["Spec size (warm hook, shipped policy):", "", "| spec | bytes | hook median ms | min ms | vs smallest ms |",
-              "|---|---:|---:|---:|---:|"]
-        for row in sc["spec_size"]:
-            L.append(f"| {row['spec']} | {row['bytes']} | {fmt(row['median_ms'])} | {fmt(row['min_ms'])} | "
-                     f"{fmt(row.get('added_vs_bare_ms'), sign=True)} |")
-        L.append("")
-    if sc.get("cidrs"):
-        L += ["Network allowlist (ruleset.build in-process; apply.apply = libnftables in-process into a scratch netns):", "",
-              "| CIDRs | model (compile) ms | build ms | apply ms (libnftables, in-process) | apply ms (nsenter + nft) | "
-              "nft JSON KiB | loaded |", "|---:|---:|---:|---:|---:|---:|---|"]
-        for row in sc["cidrs"]:
-            lib = row.get("apply_nsenter") or {}
-            L.append(f"| {row['cidrs']} | {fmt(row['model_compile_ms'])} | {fmt(row['build']['median_ms'])} | "
-                     f"{fmt(row['apply']['median_ms'])} | {fmt(lib.get('median_ms'))} | {row['doc_bytes'] / 1024:.0f} | "
-                     f"{'yes' if row['loaded_ok'] else 'NO'} |")
-        L.append("")
-    par = sc.get("parallel")
-    if par:
-        parts = [f"{k}: {fmt(v.get('median_ms') and v['median_ms'] / 1000, 2)} s, {fmt(v.get('containers_per_s'), 2)}/s"
-                 for k, v in par["results"].items()]
-        L += [f"{par['containers']} containers started in parallel (podman): " + "; ".join(parts)
-              + f"; throughput ratio tiergate/bare **{fmt(par.get('throughput_ratio'), 3)}**.", ""]
-    sec = res.get("seccomp") or {}
-    if sec.get("results"):
-        c = sec["calls"]
-        L += ["## Workload cost of seccomp (bench/syscalls.c, static, inside the container)", "",
-              f"{c['getppid']:,} getppid() via syscall() and {c['open_close_pairs']:,} open/close of /dev/null, "
-              f"fastest of {c['batches']} batches per run, median of {sec['rounds']} runs. \"Docker default\" is podman's "
-              f"{sec['docker_default_profile']}, which is derived from moby's default.json (not available offline here).", "",
-              "| configuration | Seccomp / filters | getppid ns | open+close ns/syscall | mixed ns/syscall | "
-              "getppid vs Docker default | mixed vs Docker default |",
-              "|---|---|---:|---:|---:|---:|---:|"]
-        for name, r in sec["results"].items():
-            if r.get("getppid_ns") is None:
-                L.append(f"| {name} | failed: {(r.get('error') or '')[:80]} | | | | | |")
-                continue
-            mode = f"{fmt(r.get('seccomp_mode'), 0)} / {fmt(r.get('seccomp_filters'), 0)}"
-            L.append(f"| {name} | {mode} | {fmt(r['getppid_ns'])} | {fmt(r['open_close_ns'])} | {fmt(r['mixed_ns'])} | "
-                     f"{fmt(r.get('getppid_ns_vs_docker_default'), 3)} | {fmt(r.get('mixed_ns_vs_docker_default'), 3)} |")
-        tiers = {k: v.get("mixed_ns_vs_docker_default") for k, v in sec["results"].items() if k.startswith("tiergate")}
-        if tiers and all(v is not None for v in tiers.values()):
-            worst = max(tiers, key=tiers.get)
-            L += ["", f"Goal: every tier's filter costs no more than Docker's default (ratio <= 1.00 within noise, "
-                      f"~3%): worst {worst.removeprefix('tiergate ')} {tiers[worst]:.3f}: "
-                      f"**{'met' if tiers[worst] <= 1.03 else 'NOT met'}**."]
-        L.append("")
-    md = res.get("metadata") or {}
-    if md:
-        L += ["## The metadata block (issue 16): the same tier with and without it", "",
-              "baseline with the shipped policy (cloud metadata and link-local closed) beside baseline with "
-              "`allow_metadata = true`, both on a macvlan network (a real namespace to program), "
-              "configurations alternating within each round.", "",
-              "| engine | configuration | median ms | p25–p75 | added by the block |", "|---|---|---:|---:|---:|"]
-        for engine in ("podman", "docker"):
-            for name, r in (md.get(engine) or {}).items():
-                L.append(f"| {engine} | {name} | {fmt(r.get('median_ms'))} | {fmt(r.get('p25_ms'))}–{fmt(r.get('p75_ms'))} | "
-                         f"{fmt(r.get('added_vs_bare_ms'), 1, True) if 'closed' in name else ''} |")
-        mech = md.get("mechanism") or {}
-        if mech:
-            L += ["", "The mechanisms alone, timed inside the process that applies them (imports included, "
-                      "a fresh namespace each time): " + "; ".join(
-                          f"{n} {fmt(r.get('median_ms'), 2)} ms (min {fmt(r.get('min_ms'), 2)}"
-                          + (f", +{r['added_instructions_M']} M instructions" if "added_instructions_M" in r else "")
-                          + ")" for n, r in mech.items())
-                  + ". Instructions: callgrind, user space, over the same process that only imports the hook "
-                    "(deterministic; the wall figures move with the machine's load)."]
-        L.append("")
-    if res.get("skipped"):
-        L += ["## Skipped", ""] + [f"- {s['what']}: {s['why']}" for s in res["skipped"]] + [""]
-    return "\n".join(L)
 
 
 def ensure_matplotlib() -> bool:
@@ -1191,6 +1290,14 @@ def plot(res: dict, path: Path) -> bool:
     return True
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "?")
+    except OSError:
+        return "?"
+
+
 def versions() -> str:
     out = []
     for argv in (["podman", "--version"], ["/usr/bin/docker", "--version"], ["runc", "--version"]):
@@ -1206,7 +1313,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds of the start comparisons (default 15, --quick 3)")
     ap.add_argument("--quick", action="store_true", help="a short trial run: fewer rounds everywhere (preliminary)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where results go")
-    ap.add_argument("--sections", default="e2e,hook,scale,seccomp", help="comma-separated subset to run")
+    ap.add_argument("--sections", default=SECTIONS, help=f"comma-separated subset to run (default {SECTIONS}; "
+                    "metadata is extra)")
+    ap.add_argument("--cri-rounds", type=int, default=None, help="CRI pod starts and ExecSyncs (default 15, quick 3)")
+    ap.add_argument("--publish", action="store_true",
+                    help="then regenerate README.md's table and docs/benchmark/ from this run (bench/report.py)")
     ap.add_argument("--tiers", default=None, help="comma-separated tiers (default: every tier of the policy)")
     ap.add_argument("--policy", default=None, help="policy file (default: the shipped tiergate/configs/policy.toml)")
     ap.add_argument("--hook-runs", type=int, default=None, help="runs per hook process config (default 40, quick 10)")
@@ -1226,7 +1337,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     bench.results["meta"] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": f"{platform.node()} {platform.release()}",
-        "cpus": os.cpu_count(), "loadavg_start": round(os.getloadavg()[0], 2), "quick": args.quick,
+        "cpus": os.cpu_count(), "cpu_model": cpu_model(), "loadavg_start": round(os.getloadavg()[0], 2),
+        "load_by_section": {}, "quick": args.quick,
         "rounds": bench.rounds, "engines": versions(), "policy": bench.policy, "python": sys.version.split()[0],
         "sections": sections, "argv": sys.argv[1:],
     }
@@ -1235,7 +1347,15 @@ def main(argv: list[str] | None = None) -> int:
         bench.setup()
         bench.capture_specs()
         for name in sections:
-            getattr(bench, f"section_{name}")()
+            load0 = round(os.getloadavg()[0], 2)
+            try:
+                getattr(bench, f"section_{name}")()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - one section's failure must not lose the others
+                bench.skip(f"section {name}", f"{type(exc).__name__}: {str(exc)[-500:]}")
+                status = 1
+            bench.results["meta"]["load_by_section"][name] = [load0, round(os.getloadavg()[0], 2)]
     except KeyboardInterrupt as exc:
         say(f"interrupted ({exc}): writing what was measured")
         status = 130
@@ -1249,7 +1369,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             (args.out / "latest.json").write_text(json.dumps(res, indent=1) + "\n")
-            md = markdown(res)
+            md = report.markdown(res)
             png = args.out / "latest.png"
             if can_plot and plot(res, png):
                 md += f"\n![tiergate benchmark]({png.name})\n"
@@ -1260,6 +1380,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + md)
             say(f"results: {args.out / 'latest.json'}, {args.out / 'latest.md'}"
                 + (f", {png}" if png.exists() else ""))
+    if args.publish and status == 0:
+        report.publish(args.out / "latest.json")
+        say("README.md's table, docs/benchmark/results.{json,md,png} regenerated (bench/report.py)")
     return status
 
 

@@ -348,30 +348,18 @@ def _big_policy(n: int = 10000) -> dict:
     return dict(POLICY, allow=allow)
 
 
-def test_10k_cidr_allowlist_apply_time(net):
+def test_10k_cidr_allowlist_loads(net):
+    """10,000 CIDRs load, and load again over a loaded table (their cost is measured in bench/)."""
     pol = _big_policy()
-    t0 = time.perf_counter()
     doc = build(pol, FACTS)
-    t1 = time.perf_counter()
     A.apply(doc, net.c_path)
-    t2 = time.perf_counter()
     A.apply(doc, net.c_path)  # replacing a loaded 10k table
-    t3 = time.perf_counter()
-    print(f"\n10,000 CIDRs: build {(t1 - t0) * 1000:.1f} ms, apply (nsenter+nft) {(t2 - t1) * 1000:.1f} ms, "
-          f"re-apply {(t3 - t2) * 1000:.1f} ms")
-    assert t2 - t1 < 1.0 and t3 - t2 < 1.0
-    loaded = [x["set"] for x in json.loads(run(IP, "netns", "exec", net.C, NFT, "-j", "list", "sets").stdout)["nftables"]
-              if "set" in x]
-    assert sum(len(s.get("elem", [])) for s in loaded) >= 9000
-    assert net.http(net.C, "http://10.213.0.1:80/")
-    assert not net.http(net.C, "http://10.213.0.2:80/")
     try:
-        timings = A.bench(doc, net.c_path, rounds=5)
-        small = A.bench(build(POLICY, FACTS), net.c_path, rounds=5)
-        print("median apply, 10k CIDRs: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in timings.items()))
-        print("median apply, small policy: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in small.items()))
-    except (A.NetworkApplyError, OSError) as exc:  # libnftables comparison is informative only
-        print(f"libnftables comparison skipped: {exc}")
+        loaded = [x["set"] for x in json.loads(run(IP, "netns", "exec", net.C, NFT, "-j", "list", "sets").stdout)["nftables"]
+                  if "set" in x]
+        assert sum(len(s.get("elem", [])) for s in loaded) >= 9000
+        assert net.http(net.C, "http://10.213.0.1:80/")
+        assert not net.http(net.C, "http://10.213.0.2:80/")
     finally:
         A.apply(build(POLICY, FACTS), net.c_path)
 

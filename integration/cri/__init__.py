@@ -240,11 +240,15 @@ class CriNode:
     def create(self, sid: str, sandbox_config, image: str, cmd: Sequence[str] = ("/bin/sleep", "3600"), *,
                name: str = "app", privileged: bool = False, add_caps: Sequence[str] = (),
                mounts: Sequence[tuple[str, str]] = (), host_pid: bool = False,
-               annotations: Mapping[str, str] | None = None) -> str:
+               annotations: Mapping[str, str] | None = None, seccomp_default: bool = False) -> str:
+        """seccomp_default: the pod spec's `seccompProfile: RuntimeDefault` (containerd's default profile)."""
         pb = self.pb
         sc = pb.LinuxContainerSecurityContext(
             privileged=privileged, capabilities=pb.Capability(add_capabilities=list(add_caps)),
             namespace_options=pb.NamespaceOption(pid=pb.NODE if host_pid else pb.CONTAINER))
+        if seccomp_default:
+            sc.seccomp.SetInParent()  # RuntimeDefault is the enum's zero: only presence says it
+            sc.seccomp.profile_type = pb.SecurityProfile.RuntimeDefault
         config = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=image),
             command=list(cmd), log_path=f"{name}.log", annotations=dict(annotations or {}),

@@ -4,9 +4,9 @@ Never the host's namespace: the target is compared (st_dev, st_ino) with
 /proc/1/ns/net and with our own namespace, and refused if equal.
 
 Loader: libnftables (through `_ctypes`) while this thread is in the namespace
-(network/netns.py): no nft process, no subprocess import. `_nsenter`
-(`/usr/bin/nsenter --net=<path> /usr/sbin/nft -j -f -`, ~20 ms) is kept for
-bench() and read_counters (the CLI).
+(network/netns.py): no nft process, no subprocess import. read_counters (the
+CLI, off the start path) runs `/usr/bin/nsenter --net=<path> /usr/sbin/nft`;
+bench/bench.py compares the two loaders.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _run_in_netns(path: str, args: list[str], stdin: str | None, timeout: float)
 def apply(doc: dict, netns: str | int, timeout: float = TIMEOUT, detach_close: bool = False) -> None:
     """Load `doc` (from ruleset.build) in one nft transaction inside `netns` (path or pid).
 
-    `timeout` bounds only the nsenter loader: a netlink transaction in-process does not hang."""
+    `timeout` is accepted for callers' sake and unused: a netlink transaction in-process does not hang."""
     _load(doc, netns, detach_close)
 
 
@@ -248,26 +248,3 @@ def _close_later(fds: list[int]) -> None:
             os._exit(0)
     for fd in fds:
         os.close(fd)
-
-
-def _nsenter(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> None:
-    """The former loader, kept for bench(): `nsenter --net=<path> nft -j -f -` (~20 ms a start)."""
-    path = netns_path(netns)
-    check_not_host(path)
-    _run_in_netns(path, [NFT, "-j", "-f", "-"], dumps(doc).decode(), timeout)
-
-
-def bench(doc: dict, netns: str | int, rounds: int = 5) -> dict:
-    """Median wall seconds of the nsenter+nft loader and apply() (in-process libnftables) for `doc`."""
-    import statistics
-    import time
-
-    out = {}
-    for name, fn in (("nsenter", _nsenter), ("libnftables", apply)):
-        times = []
-        for _ in range(max(1, min(rounds, 50))):
-            t = time.perf_counter()
-            fn(doc, netns)
-            times.append(time.perf_counter() - t)
-        out[name] = statistics.median(times)
-    return out

@@ -47,7 +47,7 @@ def test_error_is_one_line_with_first_nft_error(tmp_path, monkeypatch):
     monkeypatch.setattr(A, "NSENTER", str(fake))
     monkeypatch.setattr(A, "check_not_host", lambda path: None)
     with pytest.raises(A.NetworkApplyError) as ei:
-        A._nsenter({"nftables": []}, "/run/netns/whatever")
+        A.read_counters("/run/netns/whatever")
     msg = str(ei.value)
     assert "\n" not in msg and "Could not process rule" in msg and "rc 1" in msg
 
@@ -59,21 +59,20 @@ def test_timeout(tmp_path, monkeypatch):
     monkeypatch.setattr(A, "NSENTER", str(fake))
     monkeypatch.setattr(A, "check_not_host", lambda path: None)
     with pytest.raises(A.NetworkApplyError, match="timed out"):
-        A._nsenter({"nftables": []}, "/run/netns/whatever", timeout=0.3)
+        A.read_counters("/run/netns/whatever", timeout=0.3)
 
 
-def test_apply_runs_with_empty_env_and_absolute_paths(tmp_path, monkeypatch):
+def test_nft_process_runs_with_empty_env_and_absolute_paths(tmp_path, monkeypatch):
     out = tmp_path / "argv"
     fake = tmp_path / "nsenter"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" > {out}\nenv | /usr/bin/sort >> {out}\n/bin/cat >> {out}\n")
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {out}\nenv | /usr/bin/sort >> {out}\necho '{{\"nftables\": []}}'\n")
     fake.chmod(0o755)
     monkeypatch.setattr(A, "NSENTER", str(fake))
     monkeypatch.setattr(A, "check_not_host", lambda path: None)
-    A._nsenter({"nftables": [{"add": {"table": {"family": "inet", "name": "tiergate"}}}]}, "/run/netns/c1")
+    assert A.read_counters("/run/netns/c1") == []
     lines = out.read_text().splitlines()
-    assert lines[0] == "--net=/run/netns/c1 /usr/sbin/nft -j -f -"
-    assert not any(l.startswith("PATH=") and "/usr" in l for l in lines[1:-1])
-    assert '"tiergate"' in lines[-1]
+    assert lines[0] == "--net=/run/netns/c1 /usr/sbin/nft -j list table inet tiergate"
+    assert not any(l.startswith("PATH=") and "/usr" in l for l in lines[1:])
 
 
 def test_rate_bits():

@@ -1,0 +1,60 @@
+"""README's benchmark table is what bench/report.py makes of the committed run (issue 20).
+
+No timing here: the benchmark runs on demand (bench/bench.py); this checks only that
+the claims in README.md and docs/benchmark/results.md are generated from
+docs/benchmark/results.json, unchanged by hand.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("bench_report", REPO / "bench" / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def results(report):
+    return json.loads(report.RESULTS_JSON.read_text())
+
+
+def test_readme_block_is_generated_from_the_committed_run(report, results):
+    readme = (REPO / "README.md").read_text()
+    a, b = readme.index(report.BEGIN), readme.index(report.END) + len(report.END)
+    assert readme[a:b] == report.readme_block(results), "run: .venv/bin/python bench/report.py --results docs/benchmark/results.json"
+
+
+def test_results_doc_is_generated_from_the_committed_run(report, results):
+    plot = (REPO / "docs" / "benchmark" / "results.png").exists()
+    assert report.RESULTS_MD.read_text() == report.results_md(results, plot)
+
+
+def test_the_block_states_every_row_and_its_machine(report, results):
+    block = report.readme_block(results)
+    meta = results["meta"]
+    assert meta["cpu_model"] in block and f"{meta['cpus']} cores" in block
+    assert f"load average {meta['loadavg_start']:.2f}" in block
+    rows = [ln for ln in block.splitlines() if ln.startswith("| ") and not ln.startswith("| path")]
+    for what in ("precreate hook process alone", "callgrind instructions", "`podman run --rm`, runc",
+                 "network policy", "images + 1,000 containers", "first start after a policy change",
+                 "200 tiers", "20 `podman run --rm` at once", "50 `podman run --rm` at once", "`docker run --rm`",
+                 "CRI pod start", "ExecSync"):
+        assert any(what in ln for ln in rows), what
+
+
+def test_rewrite_replaces_only_the_block(report):
+    text = f"before\n{report.BEGIN}\nold\n{report.END}\nafter\n"
+    assert report.rewrite(text, f"{report.BEGIN}\nnew\n{report.END}") == f"before\n{report.BEGIN}\nnew\n{report.END}\nafter\n"
+    with pytest.raises(ValueError):
+        report.rewrite("no markers", "x")

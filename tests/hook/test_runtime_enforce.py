@@ -268,18 +268,18 @@ def test_docker_network_hook_is_told_its_engine(env):
 # -- on_error (the policy's choice for tiergate's own failures) holds for the shim too ---------
 
 def _failing_harden(monkeypatch):
-    from tiergate.hook import stages
+    from tiergate.core import pipeline
 
     def broken(*_a, **_k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(stages, "decide_and_harden", broken)
+    monkeypatch.setattr(pipeline, "enforce", broken)
 
 
-def _policy_conf(env, on_error: str) -> None:
+def _policy_conf(env, on_error: str, engines: str = "") -> None:
     policy = env["tmp"] / "policy.toml"
     policy.write_text(f'version = 1\ndefault_tier = "capped"\ndefault_ceiling = "capped"\non_error = "{on_error}"\n'
-                      '[tiers.capped]\npids_limit = 64\n')
+                      f'{engines}[tiers.capped]\npids_limit = 64\n')
     with open(env["conf"], "a") as fh:
         fh.write(f"policy={policy}\n")
 
@@ -305,6 +305,16 @@ def test_internal_error_runs_the_container_when_the_policy_allows_it(env, monkey
     assert "container ALLOWED by on_error=allow: internal error: RuntimeError: boom" in capsys.readouterr().err
     rec = json.loads(env["log"].read_text().splitlines()[-1])
     assert rec["outcome"] == "allowed-on-error" and "boom" in rec["reason"]
+
+
+def test_internal_error_refuses_when_only_another_engine_allows_it(env, monkeypatch, capsys):
+    """[engines.docker] on_error = "allow" is docker's choice: a plain runc bundle's create still fails closed."""
+    _policy_conf(env, "refuse", '[engines.docker]\non_error = "allow"\n')
+    _failing_harden(monkeypatch)
+    b = _bundle(env["tmp"], {"io.tiergate.tier": "capped"})
+    assert _main(env, ["create", "--bundle", str(b), "e4"]) == 1
+    assert env["calls"] == []
+    assert json.loads(env["log"].read_text().splitlines()[-1])["outcome"] == "error"
 
 
 @pytest.mark.parametrize("on_error", ["allow", "refuse"])

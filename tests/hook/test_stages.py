@@ -334,3 +334,43 @@ def test_broken_policy_save_keeps_starting_on_the_last_good_one_and_says_so(hook
     errors = [r for r in recs if r["stage"] == "policy"]
     assert len(errors) == 2 and all(f"{policy}:2: invalid TOML" in r["reason"] for r in errors)
     assert [r["outcome"] for r in recs if r["stage"] == "precreate"] == ["allowed"] * 3
+
+
+# -- on_error (the policy's choice for tiergate's own failures), in the hook process itself ------
+
+def _precreate_in_process(monkeypatch, tmp_path: Path, hook: Hook, policy: Path, engine: str = "podman") -> tuple[dict, dict]:
+    """precreate with the pipeline failing inside (an internal error): (record, stdout spec)."""
+    import io
+    import sys
+
+    from tiergate.core import pipeline
+    from tiergate.hook import stages
+
+    def broken(*_a, **_k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pipeline, "enforce", broken)
+    spec = hook.spec({"io.tiergate.tier": "restricted"})
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(spec).encode())))
+    opts = stages.parse_args(["precreate", "--policy", str(policy), "--cache-dir", str(tmp_path / "cache"),
+                              "--log", str(hook.log), "--engine", engine])
+    rec: dict = {}
+    assert stages.precreate(opts, rec) == 0
+    return rec, rec.pop("_stdout")
+
+
+@pytest.mark.parametrize("engines, outcome", [
+    ("", "error"),                                             # the shipped choice: fail closed
+    ('[engines.docker]\non_error = "allow"\n', "error"),      # another engine's choice
+    ('[engines.podman]\non_error = "allow"\n', "allowed-on-error"),
+])
+def test_precreate_internal_error_follows_on_error_for_podman(monkeypatch, tmp_path: Path, hook: Hook,
+                                                                engines: str, outcome: str) -> None:
+    """An internal error refuses (a spec that cannot start) unless the policy chose "allow" for podman."""
+    text = SHIPPED_POLICY.read_text()
+    policy = tmp_path / "policy.toml"
+    policy.write_text(text + "\n" + engines)
+    rec, out = _precreate_in_process(monkeypatch, tmp_path, hook, policy)
+    assert rec["outcome"] == outcome and "RuntimeError: boom" in rec["reason"]
+    refused = out.get("annotations", {}).get("io.tiergate.refused")
+    assert (refused is None) == (outcome == "allowed-on-error"), refused

@@ -33,15 +33,19 @@ MODIFIERS = (
     linux.pids,
     annotate.network,
 )
+# The modifiers of MODIFIERS that read and write only $.process: what an exec's process
+# (runc exec --process FILE) gets from its container's tier.
+PROCESS_MODIFIERS = (process.capabilities, process.no_new_privileges, process.apparmor, linux.pids)
 
 
 class Context:
     """What a modifier may read (tier, policy, facts) and how it reports (change, escalation, refuse)."""
 
-    __slots__ = ("tier", "policy", "facts", "why", "changes", "refusals", "notes")
+    __slots__ = ("tier", "policy", "facts", "why", "changes", "refusals", "notes", "subject")
 
-    def __init__(self, tier: Tier, policy: dict[str, Any], facts: Facts, why: str) -> None:
+    def __init__(self, tier: Tier, policy: dict[str, Any], facts: Facts, why: str, subject: str = "a container") -> None:
         self.tier, self.policy, self.facts, self.why = tier, policy, facts, why
+        self.subject = subject  # what a refusal names: "a container", "an exec"
         self.changes: list[Change] = []
         self.refusals: list[str] = []
         self.notes: list[tuple[str, str]] = list(facts.get("notes", ()))
@@ -52,7 +56,7 @@ class Context:
     def escalation(self, what: str) -> None:
         """The caller asked for something the tier forbids: clamp (recorded) or refuse, as the tier says."""
         if self.tier["on_escalation"] == "refuse":
-            self.refusals.append(f"tier {self.tier['name']} refuses a container that {what}")
+            self.refusals.append(f"tier {self.tier['name']} refuses {self.subject} that {what}")
         else:
             self.note("clamped", what)
 
@@ -79,6 +83,20 @@ def harden(spec: dict[str, Any], tier: Tier, policy: dict[str, Any], facts: Fact
         raise Refusal("; ".join(ctx.refusals))  # every reason, on one line
     annotate.decision(spec, ctx)
     return spec, ctx.changes, ctx.notes
+
+
+def harden_process(process: dict[str, Any], tier: Tier, policy: dict[str, Any], facts: Facts,
+                   why: str = "") -> tuple[dict[str, Any], list[Change], list[tuple[str, str]]]:
+    """An exec's process hardened to its container's tier: (process copy, changes, notes). Raises Refusal."""
+    spec = {"process": clone(process)}
+    ctx = Context(tier, policy, facts, why, "an exec")
+    if not tier["passthrough"]:
+        for modify in PROCESS_MODIFIERS:
+            modify(spec, ctx)
+    if ctx.refusals:
+        raise Refusal("; ".join(ctx.refusals))
+    # linux.pids sets the container's cgroup limit (already there) unless it must use RLIMIT_NPROC
+    return spec["process"], [c for c in ctx.changes if c["field"].startswith("$.process")], ctx.notes
 
 
 def audit(original: dict[str, Any], hardened: dict[str, Any],

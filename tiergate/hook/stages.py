@@ -16,18 +16,14 @@ from tiergate.oci import bundle, stdio
 from tiergate.oci.errors import OciError, SpecError
 
 from tiergate.telemetry import record
-from tiergate.core.decide import Image, decide, show
+from tiergate.core.decide import Image, show
 from tiergate.core.errors import Refusal, TiergateError
-from tiergate.core.harden import harden
-from tiergate.core.spec import validate
 from tiergate.core.names import ANN_LOG_ERROR, ANN_PORTS, ANN_REFUSED, ANN_TIER, PRIVATE_NAMESPACES
+from tiergate.core import pipeline
 from tiergate.policy import cache
 
 USAGE = ("usage: tiergate-hook {precreate|createRuntime|prestart} "
          "[--policy FILE] [--cache-dir DIR] [--log FILE]")
-EXEC_GAP = ("podman exec runs no hook: unless tiergate-runtime is podman's runtime (as the default install "
-            "makes it), an exec'd process keeps the tier's capabilities but not no_new_privs, and exec "
-            "--privileged gets every capability")
 
 
 class Options:
@@ -116,55 +112,10 @@ def _image(spec: dict) -> Image:
     return image_for_rootfs(path)
 
 
-def port_list(items) -> list[dict]:
-    """[{"port", "proto"}] from "80/tcp" strings, without duplicates; anything else is dropped."""
-    out = []
-    for item in items:
-        port, _, proto = str(item).partition("/")
-        if port.isdigit() and 0 < int(port) < 65536:
-            entry = {"port": int(port), "proto": proto if proto in ("tcp", "udp") else "tcp"}
-            if entry not in out:
-                out.append(entry)
-    return out
+def _edge(opts: Options, netns_ready: bool = False) -> pipeline.Edge:
+    from tiergate.host.edge import host_edge
 
-
-def decide_and_harden(spec: dict, policy: dict, image: Image, opts: Options, rec: dict,
-                      netns_ready: bool = False, network_hook: dict | None = None) -> tuple[dict, dict, list]:
-    """The shared middle of every stage and of the shim: decide the tier, gather facts, harden.
-
-    network_hook is the createRuntime hook that applies the tier's network
-    policy (default: this same executable); netns_ready says the caller
-    applies it itself because the namespace exists already.
-    """
-    from tiergate.host import facts as host
-
-    validate(spec)  # before anything reads it: every path refuses the same malformed specs
-    decision = decide(policy, image, spec.get("annotations") or {})
-    rec.update(requested=decision.requested, tier=decision.tier, why=decision.why, source=decision.source)
-    tier = policy["tiers"][decision.tier]
-    rec["mode"] = "audit" if tier.get("audit") else "enforce"
-    notes = [("exec", EXEC_GAP)] if opts.engine == "podman" and not tier["passthrough"] else []
-    facts = host.gather(spec, tier, notes, policy["sensitive"]["sockets"])
-    if not tier["passthrough"]:
-        facts["own_paths"] = host.own_paths(policy["file"], opts.cache_dir, opts.log)
-    # A pod whose host namespace were clamped away would run broken (hostNetwork without
-    # its network): under Kubernetes a forbidden host namespace is refused instead.
-    facts["refuse_host_ns"] = bool(image.namespace)
-    if needs_netns(tier):
-        facts["network_hook"] = network_hook or _hook_self(opts, "createRuntime")
-        facts["network_applied"] = netns_ready
-    if tier["network"] is not None:
-        items = list(image.exposed)
-        if tier["network"].get("ingress") == "published":  # what the caller published, from the engine's records
-            from tiergate.sources import published
-
-            items += published.ports(spec, opts.engine)
-        facts["ports"] = port_list(items)
-        rec["ports"] = [f"{p['port']}/{p['proto']}" for p in facts["ports"]]
-    hardened, changes, notes = harden(spec, tier, policy, facts, decision.why)
-    rec["changes"] = [f"{c['field']}: {c['what']}" for c in changes]
-    rec["notes"] = [f"{k}: {v}" for k, v in notes if k != "exec"]
-    return hardened, tier, changes
+    return host_edge(opts.engine, opts.cache_dir, opts.log, _hook_self(opts, "createRuntime"), netns_ready)
 
 
 def load_policy(explicit: str | None, cache_dir: str | None, rec: dict) -> dict:
@@ -175,14 +126,6 @@ def load_policy(explicit: str | None, cache_dir: str | None, rec: dict) -> dict:
     if policy.get("stale"):
         rec["policy_error"] = policy["stale"]
     return policy
-
-
-def on_error(policy: dict | None, engine: str) -> str:
-    """"allow" only when the operator chose availability for this engine; unknown policy: refuse."""
-    if not policy:
-        return "refuse"
-    table = policy.get("on_error") or {}
-    return table.get(engine) or table.get("*") or "refuse"
 
 
 def precreate(opts: Options, rec: dict) -> int:
@@ -198,10 +141,10 @@ def precreate(opts: Options, rec: dict) -> int:
 
         netns = netns_path(spec)
         # podman made the namespace already (program it here), or runc will make an empty one.
-        hardened, tier, _ = decide_and_harden(spec, policy, image, opts, rec,
-                                              netns_ready=bool(netns) or empty_netns(spec))
-        if netns and needs_netns(tier):
-            program_netns(hardened, tier, netns, rec, port_list(rec.get("ports") or []))
+        done = pipeline.run(spec, policy, image, _edge(opts, netns_ready=bool(netns) or empty_netns(spec)), rec.update)
+        hardened, tier = done.spec, done.tier
+        if netns and pipeline.needs_netns(tier):
+            program_netns(hardened, tier, netns, rec, done.facts.get("ports") or [])
         elif tier["network"] is not None:
             rec["network"] = f"{tier['network']['name']}: fresh namespace, loopback only, nothing to filter"
     except Refusal as exc:
@@ -210,7 +153,7 @@ def precreate(opts: Options, rec: dict) -> int:
         return _refuse_precreate(spec, str(exc), rec, "error")
     except Exception as exc:  # errors, ours included: fail closed with one line, unless the operator chose "allow"
         reason = str(exc) if isinstance(exc, (TiergateError, OciError)) else f"internal error: {type(exc).__name__}: {exc}"
-        if isinstance(spec, dict) and on_error(policy, opts.engine) == "allow":
+        if isinstance(spec, dict) and pipeline.on_error(policy, opts.engine) == "allow":
             # As hardened as we got: the hardened spec when only applying (network) failed.
             rec.update(outcome="allowed-on-error", reason=reason)
             print(f"tiergate: error, container ALLOWED by on_error=allow: {reason}", file=sys.stderr)
@@ -274,21 +217,15 @@ def create_runtime(opts: Options, rec: dict) -> int:
     if tier is None:
         raise Refusal(f"the bundle carries no valid tiergate tier ({show(tier_name)}); it was not hardened")
     rec.update(tier=tier_name)
-    if not needs_netns(tier):
+    if not pipeline.needs_netns(tier):
         return 0
     pid = state.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         raise OciError("the hook state has no pid")
     # the ports precreate (or the shim) read from the engine's records and wrote down
-    program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, port_list((annotations.get(ANN_PORTS) or "").split(",")))
+    program_netns(spec, tier, f"/proc/{pid}/ns/net", rec,
+                  pipeline.port_list((annotations.get(ANN_PORTS) or "").split(",")))
     return 0
-
-
-def needs_netns(tier: dict) -> bool:
-    """Does this tier program the container's network namespace (metadata block, network policy)?"""
-    from tiergate.network.metadata import closes
-
-    return tier["network"] is not None or closes(tier)
 
 
 def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dict], detach_close: bool = False) -> None:
@@ -351,8 +288,9 @@ def prestart(opts: Options, rec: dict) -> int:
     policy = load_policy(opts.policy, opts.cache_dir, rec)
     image = _image(spec)
     rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12])
-    _, tier, changes = decide_and_harden(spec, policy, image, opts, rec)
-    weaker = [c for c in changes if not c["field"].startswith(("$.annotations", "$.hooks"))]
+    done = pipeline.run(spec, policy, image, _edge(opts), rec.update)
+    tier = done.tier
+    weaker = [c for c in done.changes if not c["field"].startswith(("$.annotations", "$.hooks"))]
     if weaker:
         raise Refusal(f"container is weaker than tier {tier['name']}: "
                       + "; ".join(f"{c['field']}: {c['what']}" for c in weaker))

@@ -237,33 +237,34 @@ def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> tuple[d
     """Harden the bundle; (spec, tier) when the caller must program the namespace after `create`."""
     from tiergate.oci import bundle
 
+    from tiergate.core import pipeline
     from tiergate.hook import stages
+    from tiergate.host.edge import host_edge
 
     bundle_dir = os.path.abspath(parsed.bundle or os.getcwd())
     rec.update(container=parsed.container_id or "", bundle=bundle_dir)
     spec = bundle.read_config(bundle_dir)
     policy = stages.load_policy(conf.get("policy"), conf.get("cache_dir"), rec)
     image, found = resolve_image(spec, parsed.container_id, policy, bundle_dir, conf)
-    opts = stages.Options()
-    opts.stage, opts.policy, opts.cache_dir, opts.log = parsed.command, conf.get("policy"), conf.get("cache_dir"), conf.get("log")
-    opts.engine = rec["engine"] = _engine(bundle_dir, found)
-    if opts.engine == "docker":
+    engine = rec["engine"] = _engine(bundle_dir, found)
+    if engine == "docker":
         from tiergate.sources.docker import container_name
 
         rec["name"] = container_name(spec)
     rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
                label=image.labels.get(policy["label_key"]))
-    empty = _empty_netns(spec, opts.engine)
+    empty = _empty_netns(spec, engine)
     # create: this shim programs the namespace itself once the runtime has made it (create_and_program);
     # run and restore start the workload at once, so a createRuntime hook does it there.
-    hardened, tier, _ = stages.decide_and_harden(spec, policy, image, opts, rec,
-                                                 netns_ready=empty or parsed.command == "create",
-                                                 network_hook=hook_for(conf, [*_hook_args(conf), "--engine", opts.engine]))
+    edge = host_edge(engine, conf.get("cache_dir"), conf.get("log"),
+                     hook_for(conf, [*_hook_args(conf), "--engine", engine]), empty or parsed.command == "create")
+    done = pipeline.run(spec, policy, image, edge, rec.update)
+    hardened, tier = done.spec, done.tier
     if hardened != spec:
         bundle.write_config(bundle_dir, hardened)
     if empty and tier["network"] is not None:
         rec["network"] = f"{tier['network']['name']}: fresh namespace, loopback only, nothing to filter"
-    if parsed.command == "create" and not empty and stages.needs_netns(tier):
+    if parsed.command == "create" and not empty and pipeline.needs_netns(tier):
         return hardened, tier
     return None
 
@@ -308,6 +309,7 @@ def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, 
     workload code has run, so rules loaded now hold from its first instruction.
     If programming fails the container is deleted and create fails (closed).
     """
+    from tiergate.core import pipeline
     from tiergate.hook import stages
 
     if os.environ.get(LOOP_ENV):
@@ -321,7 +323,7 @@ def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, 
         pid = _init_pid(parsed, path)
         # the engine's shim (containerd-shim, conmon) is a subreaper: the nft socket's slow last
         # close may happen in an orphaned child it reaps
-        stages.program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, stages.port_list(rec.get("ports") or []),
+        stages.program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, pipeline.port_list(rec.get("ports") or []),
                              detach_close=True)
     except Exception as exc:
         _spawn(path, [*argv[:parsed.command_index], "delete", "--force", parsed.container_id or ""])
@@ -631,16 +633,16 @@ def enforce(argv: list[str], conf: dict) -> int:
 
 
 def _allowed_on_error(conf: dict, engine: str) -> bool:
-    """The policy's on_error for this engine (stages.on_error: one rule for the hook and the shim);
+    """The policy's on_error for this engine (pipeline.on_error: one rule for every engine path);
     a policy that cannot be read at all: refuse."""
-    from tiergate.hook import stages
+    from tiergate.core import pipeline
     from tiergate.policy import cache
 
     try:
         policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
     except Exception:
         return False
-    return stages.on_error(policy, engine) == "allow"
+    return pipeline.on_error(policy, engine) == "allow"
 
 
 def main(argv: list[str] | None = None, conf: str | None = None) -> int:

@@ -55,13 +55,19 @@ def dependency_dirs() -> list[str]:
     return dirs
 
 
-def script(lib_dir: Path, entry: str) -> str:
+def script(lib_dir: Path, entry: str, args: str = "") -> str:
+    """The launcher: `main(ARGS)` of `entry`; then, with stdout and stderr flushed (the decision
+    log is written with os.write), os._exit: the interpreter's teardown would cost a start
+    ~8 M instructions (issue 20)."""
     return (f"#!{interpreter()} -IS\n{MARKER}\n"
             "import os, sys\n"
             f"sys.path.insert(0, os.path.realpath({str(Path(lib_dir) / CURRENT)!r}))  # pinned for this run\n"
             f"sys.path.extend({dependency_dirs()!r})  # {', '.join(DEPENDENCIES)}\n"
             f"from {entry} import main\n"
-            "sys.exit(main())\n")
+            f"code = main({args})\n"
+            "sys.stdout.flush()\n"
+            "sys.stderr.flush()\n"
+            "os._exit(code if isinstance(code, int) else 0 if code is None else 1)\n")
 
 
 def needs() -> list[tuple[str, int]]:

@@ -99,9 +99,8 @@ TIERGATE_SHIM_ACTIVE=1 exec "$real" "$@"
 
 
 def py_launcher(lib_dir: Path, conf: Path) -> str:
-    text = script(lib_dir, "tiergate.shim.runtime")
-    text = text.replace(f"{MARKER}\n", f"{MARKER}: {SHIM} (Python part)\n", 1)
-    return text.replace("sys.exit(main())", f"sys.exit(main(conf={str(conf)!r}))")
+    text = script(lib_dir, "tiergate.shim.runtime", f"conf={str(conf)!r}")
+    return text.replace(f"{MARKER}\n", f"{MARKER}: {SHIM} (Python part)\n", 1)
 
 
 def conf_text(settings: dict) -> str:

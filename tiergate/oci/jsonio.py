@@ -122,6 +122,16 @@ def _position(text: str, idx: int) -> str:
 
 def parse(text: str, what: str = "document", pairs_hook=None) -> object:
     """Any JSON value from text, strictly (no NaN, nothing after the value); one SpecError line otherwise."""
+    obj, end = parse_prefix(text, what, pairs_hook)
+    rest = text[end:]
+    if rest.strip(_WS):
+        end += len(rest) - len(rest.lstrip(_WS))
+        raise SpecError(f"invalid JSON in {what}: Extra data at {_position(text, end)}", "$")
+    return obj
+
+
+def parse_prefix(text: str, what: str = "document", pairs_hook=None) -> tuple[object, int]:
+    """(the JSON value at the start of text, where it ends): json's raw_decode, without importing json."""
     scan = _json.make_scanner(_Context(pairs_hook))  # type: ignore[arg-type]  # the scanner reads only these attributes
     start = len(text) - len(text.lstrip(_WS))
     try:
@@ -143,11 +153,7 @@ def parse(text: str, what: str = "document", pairs_hook=None) -> object:
         if msg is not None:
             raise SpecError(f"invalid JSON in {what}: {msg} at {_position(text, e.pos)}", "$") from None  # type: ignore[attr-defined]
         raise SpecError(f"invalid JSON in {what}: {e}", "$") from None
-    rest = text[end:]
-    if rest.strip(_WS):
-        end += len(rest) - len(rest.lstrip(_WS))
-        raise SpecError(f"invalid JSON in {what}: Extra data at {_position(text, end)}", "$")
-    return obj
+    return obj, end
 
 
 def _shallow(node: dict | list, room: int) -> bool:

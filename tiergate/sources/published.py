@@ -65,8 +65,10 @@ def _podman_container(graph: str, driver: str, layer: str) -> str | None:
 
 def podman_config(db_path: str, cid: str) -> dict | None:
     """The container's config object in podman's bolt database, or None."""
-    import json
     import mmap
+
+    from tiergate.oci.errors import OciError
+    from tiergate.oci.jsonio import parse_prefix
 
     try:
         fd = os.open(db_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -86,8 +88,8 @@ def podman_config(db_path: str, cid: str) -> dict | None:
     finally:
         os.close(fd)
     try:
-        doc, _ = json.JSONDecoder().raw_decode(raw.decode("utf-8", "replace"))
-    except ValueError:
+        doc, _ = parse_prefix(raw.decode("utf-8", "replace"), "podman's container config")
+    except OciError:
         return None
     return doc if isinstance(doc, dict) and doc.get("id") == cid else None
 

@@ -21,6 +21,7 @@ PACKAGES=(
   debhelper dh-python python3-all python3-setuptools python3-wheel python3-pip dpkg-dev fakeroot
   python3-prctl python3-pyroute2
   debootstrap openssl  # test_roles_software.py: the Debian image of nginx, postgres... and a test CA
+  valgrind  # test_hook_cost.py: the hook's instruction count (callgrind), deterministic where time is not
 )
 PYTHON=/usr/bin/python3
 VENV=.venv

@@ -36,17 +36,20 @@ class Edge:
     own_paths(policy_file) -> tiergate's own state and code paths;
     published(spec) -> the ports the caller published, from the engine's records ("80/tcp");
     network_hook: the createRuntime hook that programs the network namespace;
-    netns_ready: the caller programs the namespace itself (it exists, or will stay empty).
+    netns_ready: the caller programs the namespace itself (it exists, or will stay empty);
+    seccomp(policy digest, tier, profile) -> the tier's profile intersected with the spec's,
+    remembered across starts (seccomp.memo), or None to leave it to the modifier.
     """
 
-    __slots__ = ("engine", "gather", "own_paths", "published", "network_hook", "netns_ready")
+    __slots__ = ("engine", "gather", "own_paths", "published", "network_hook", "netns_ready", "seccomp")
 
     def __init__(self, engine: str, gather: Callable[..., dict], own_paths: Callable[[str], list],
                  published: Callable[[dict], list] | None = None, network_hook: dict | None = None,
-                 netns_ready: bool = False) -> None:
+                 netns_ready: bool = False, seccomp: Callable[[str, dict, dict], dict | None] | None = None) -> None:
         self.engine, self.gather, self.own_paths = engine, gather, own_paths
         self.published = published or (lambda spec: [])
         self.network_hook, self.netns_ready = network_hook, netns_ready
+        self.seccomp = seccomp
 
 
 class Chosen:
@@ -90,6 +93,12 @@ def host_facts(spec: dict, policy: dict, image: Image, tier: dict, edge: Edge) -
     if needs_netns(tier):
         facts["network_hook"] = edge.network_hook
         facts["network_applied"] = edge.netns_ready
+    linux = spec.get("linux")
+    current = linux.get("seccomp") if isinstance(linux, dict) else None
+    if tier["seccomp"] is not None and isinstance(current, dict) and edge.seccomp is not None:
+        merged = edge.seccomp(policy["digest"], tier, current)
+        if merged is not None:  # the modifier uses it only for this very profile (seccomp.apply)
+            facts["seccomp"] = {"for": current, "intersection": merged}
     if tier["network"] is not None:
         items = list(image.exposed)
         if tier["network"].get("ingress") == "published":  # what the caller published, from the engine's records
@@ -141,9 +150,13 @@ def on_error(policy: dict | None, engine: str) -> str:
 
 def needs_netns(tier: dict) -> bool:
     """Does this tier program the container's network namespace (metadata block, network policy)?"""
-    from tiergate.network.metadata import closes
+    return tier["network"] is not None or closes_metadata(tier)
 
-    return tier["network"] is not None or closes(tier)
+
+def closes_metadata(tier: dict) -> bool:
+    """Does this tier close cloud metadata (network.metadata)? Every enforcing tier unless it opts
+    out (audit tiers only log). Here, not in network/: precreate asks without loading the network code."""
+    return not (tier["passthrough"] or tier.get("allow_metadata") or tier.get("audit"))
 
 
 def port_list(items) -> list[dict]:

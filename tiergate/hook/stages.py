@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from tiergate.oci import bundle, stdio
+from tiergate.oci import stdio
 from tiergate.oci.errors import OciError, SpecError
 
 from tiergate.telemetry import record
@@ -198,6 +198,8 @@ def refusal_spec(spec, line: str) -> dict:
 
 
 def _state_and_config(rec: dict) -> tuple[dict, dict]:
+    from tiergate.oci import bundle  # not precreate's: its spec comes on stdin
+
     state = stdio.read_stdin("state")
     rec["container"] = str(state.get("id", ""))[:64]
     bundle_dir = state.get("bundle")
@@ -237,7 +239,7 @@ def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dic
     from tiergate.network.apply import NetworkApplyError
     from tiergate.network.netns import NetnsError
 
-    if metadata.closes(tier):
+    if pipeline.closes_metadata(tier):
         proc = spec["process"] if isinstance(spec.get("process"), dict) else {}
         caps = proc["capabilities"] if isinstance(proc.get("capabilities"), dict) else {}
         raw = "CAP_NET_RAW" in (caps.get("bounding") or [])

@@ -18,4 +18,13 @@ def host_edge(engine: str, cache_dir: str | None, log: str | None, network_hook:
 
         return published.ports(spec, engine)
 
-    return Edge(engine, facts.gather, own_paths, published, network_hook, netns_ready)
+    def seccomp(digest: str, tier: dict, current: dict) -> dict | None:
+        from tiergate.policy.cache import cache_dir_for
+        from tiergate.seccomp import memo
+
+        try:
+            return memo.intersection(cache_dir_for(cache_dir), digest, tier, current)
+        except (AttributeError, KeyError, TypeError):
+            return None  # a profile intersect cannot read: the modifier says so (SpecError)
+
+    return Edge(engine, facts.gather, own_paths, published, network_hook, netns_ready, seccomp)

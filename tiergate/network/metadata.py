@@ -63,11 +63,6 @@ _BITS = {4: 32, 6: 128}
 EEXIST = 17
 
 
-def closes(tier: dict) -> bool:
-    """Does this tier close metadata? Every enforcing tier unless it opts out (audit tiers only log)."""
-    return not (tier["passthrough"] or tier.get("allow_metadata") or tier.get("audit"))
-
-
 def _net(family: int, addr: str, plen: int) -> tuple[int, int]:
     """(first address, last address) as integers."""
     n = int.from_bytes(_socket.inet_pton(_AF[family], addr), "big")

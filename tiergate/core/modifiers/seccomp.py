@@ -26,17 +26,26 @@ def apply(spec: dict[str, Any], ctx: Context) -> None:
         ctx.change("$.linux.seccomp", f"replaced no profile (unconfined) with {ctx.tier['seccomp_profile']}",
                    f"tier {ctx.tier['name']} allows only its own syscall set")
         return
-    from tiergate.seccomp.intersect import intersect
-
-    try:
-        merged = intersect(profile, current)
-    except (AttributeError, KeyError, TypeError) as exc:
-        raise SpecError(f"unreadable seccomp profile ({type(exc).__name__}: {exc})", "$.linux.seccomp") from None
+    known = ctx.facts.get("seccomp")  # the edge's remembered intersection, for exactly this profile
+    if known is not None and known["for"] == current:
+        merged = known["intersection"]
+    else:
+        merged = intersection(profile, current)
     if _same(current, merged):
         return  # already the intersection (a verify stage, a second pass), perhaps re-serialised by the engine
     linux["seccomp"] = merged
     ctx.change("$.linux.seccomp", f"intersected the caller's profile with {ctx.tier['seccomp_profile']}",
                f"tier {ctx.tier['name']} allows only its own syscall set, and what the caller denies stays denied")
+
+
+def intersection(profile: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The tier's profile intersected with the spec's; SpecError when the spec's cannot be read."""
+    from tiergate.seccomp.intersect import intersect
+
+    try:
+        return intersect(profile, current)
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise SpecError(f"unreadable seccomp profile ({type(exc).__name__}: {exc})", "$.linux.seccomp") from None
 
 
 def _same(current: dict[str, Any], profile: dict[str, Any]) -> bool:

@@ -1,0 +1,104 @@
+"""The precreate hook's own cost, deterministically: callgrind instruction counts.
+
+The installed launcher (`tiergate-hook precreate`, as `tiergate install` writes it)
+is fed a real precreate spec per shipped tier (captured from a podman container
+kept in storage, so root.path resolves to its image), with a warm cache, an
+empty environment and cwd / (as podman runs it), under
+`valgrind --tool=callgrind`. The reference is a no-op Python hook (the same
+interpreter, `-IS`, stdin copied to stdout) measured in the same run. Instruction
+counts repeat to ~0.1% here, unlike wall time on a shared machine (issue 20).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import harness
+from tiergate_fixtures import Hooks, LABEL, SHIPPED_POLICY, compiled_policy, podman_argv, trusting_policy
+
+pytestmark = pytest.mark.podman
+
+# Issue 20's goal is 1.35x the no-op Python hook's instructions. Reached so far (all tiers,
+# warm cache): 2.37x (privileged) to 2.74x (web, database, which read published ports), from
+# 3.2x-4.9x; what is left: `os` and ~45 modules of imports, the all-tier policy cache (split
+# per tier by the cache work). MAX_RATIO holds what was reached, with a small margin: lower it
+# as the hook gets cheaper, never raise it.
+GOAL_RATIO = 1.35
+MAX_RATIO = 2.85
+
+
+def instructions(argv: list[str], stdin: bytes, out_file: Path) -> tuple[int, bytes]:
+    """(user-space instructions of the whole process, its stdout) under callgrind."""
+    proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", *argv],
+                          input=stdin, capture_output=True, env={}, cwd="/", timeout=300)
+    assert proc.returncode == 0, f"{argv[0]} under callgrind exited {proc.returncode}: {proc.stderr[-2000:]!r}"
+    for line in out_file.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1]), proc.stdout
+    raise AssertionError(f"no instruction total in {out_file}")
+
+
+@pytest.fixture(scope="module")
+def cost_setup(podman_env, it_dir):
+    """(launcher argv, no-op argv, {tier: captured precreate spec bytes}) with a warm cache."""
+    harness.require_binary("valgrind")
+    d = it_dir / f"hook-cost-{os.getpid()}"
+    capture_dir, capture_file = d / "capture-hooks", d / "captured.json"
+    capture_dir.mkdir(parents=True)
+    tiers = list(compiled_policy(str(SHIPPED_POLICY))["tiers"])
+    images = {t: podman_env.import_image(f"localhost/tiergate-cost-{t}-{os.getpid()}", {LABEL: t}) for t in tiers}
+    policy = trusting_policy(d / "policy.toml", images.values())  # each image may get the tier it asks for
+    hooks = Hooks(podman_env, d / "tg", policy=policy)
+    launcher = json.loads((hooks.hooks_dir / "99-tiergate-precreate.json").read_text())["hook"]
+    interpreter = Path(launcher["path"]).read_text().splitlines()[0][2:].split()[0]
+    capture = d / "capture-hook"
+    capture.write_text(f"#!{interpreter} -IS\nimport sys\ndata = sys.stdin.buffer.read()\n"
+                       f"open({str(capture_file)!r}, 'wb').write(data)\nsys.stdout.buffer.write(data)\n")
+    noop = d / "noop-hook"
+    noop.write_text(f"#!{interpreter} -IS\nimport sys\nsys.stdout.buffer.write(sys.stdin.buffer.read())\n")
+    for exe in (capture, noop):
+        exe.chmod(0o755)
+    (capture_dir / "50-capture.json").write_text(json.dumps({
+        "version": "1.0.0", "hook": {"path": str(capture), "args": [capture.name]},
+        "when": {"always": True}, "stages": ["precreate"]}))
+    specs = {}
+    for tier in tiers:
+        capture_file.unlink(missing_ok=True)
+        # no --rm: the container stays in storage, so the hook finds its image by root.path
+        harness.run_cmd(podman_argv(podman_env, capture_dir, "run", "--name", f"tgcost-{tier}-{os.getpid()}",
+                                    f"localhost/tiergate-cost-{tier}-{os.getpid()}", "true"),
+                        env=podman_env.env, check=True, timeout=120)
+        specs[tier] = capture_file.read_bytes()
+    argv = [launcher["path"], *launcher["args"][1:]]
+    for data in specs.values():  # warm: the policy is compiled and cached once, outside the measurement
+        subprocess.run(argv, input=data, capture_output=True, env={}, cwd="/", timeout=60, check=True)
+    yield argv, [str(noop)], specs, hooks
+    podman_env.podman("rm", "--force", *(f"tgcost-{t}-{os.getpid()}" for t in tiers), timeout=120)
+    podman_env.rmi(*(f"localhost/tiergate-cost-{t}-{os.getpid()}" for t in tiers))
+
+
+def test_precreate_hook_cost_against_a_noop_python_hook(cost_setup, tmp_path):
+    argv, noop, specs, hooks = cost_setup
+    floor, _ = instructions(noop, specs["baseline"], tmp_path / "noop.out")
+    figures = {}
+    for tier, data in specs.items():
+        count, out = instructions(argv, data, tmp_path / f"{tier}.out")
+        hardened = json.loads(out)
+        # the measured run did the whole job: the tier its image asked for, allowed (a refusal is cheaper)
+        assert hardened.get("annotations", {}).get(LABEL) == tier or tier == "privileged", (tier, out[:300])
+        assert "io.tiergate.refused" not in hardened.get("annotations", {}), hardened["annotations"]
+        last = hooks.last()
+        assert (last["tier"], last["outcome"]) == (tier, "allowed"), last
+        figures[tier] = count
+    print(f"\nno-op Python hook: {floor / 1e6:.2f} M instructions (goal {GOAL_RATIO}x, held {MAX_RATIO}x)")
+    for tier, count in figures.items():
+        print(f"tiergate-hook precreate, tier {tier}: {count / 1e6:.2f} M ({count / floor:.3f}x)")
+    worst = max(figures, key=figures.get)
+    assert figures[worst] <= MAX_RATIO * floor, (
+        f"tier {worst}: {figures[worst] / 1e6:.2f} M instructions, {figures[worst] / floor:.3f}x the no-op hook's "
+        f"{floor / 1e6:.2f} M (budget {MAX_RATIO}x)")

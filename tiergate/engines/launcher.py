@@ -55,19 +55,76 @@ def dependency_dirs() -> list[str]:
     return dirs
 
 
+CODE = "tiergate.code"  # in a release: every module's code, marshalled, read by the launcher's finder
+
+# The launcher's module finder: tiergate's modules come from the release's CODE file (one read;
+# each module unmarshalled when first imported), which skips importlib's path search and .pyc
+# checks: ~0.1 M instructions per module, ~3 M per hook run (issue 20). Anything not in it (a
+# release written before it existed, the dependencies) is found on sys.path as usual.
+_FINDER = """\
+try:
+    with open(os.path.join(_release, {code!r}), "rb") as _fh:
+        _code = __import__("marshal").loads(_fh.read())
+except OSError:
+    _code = {{}}
+
+
+class _Release:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        entry = _code.get(name)
+        if entry is None:
+            return None
+        spec = sys.modules["_frozen_importlib"].ModuleSpec(name, cls, origin=entry[1], is_package=entry[0])
+        spec.has_location = True  # __file__: modules find their data files beside them
+        if entry[0]:
+            spec.submodule_search_locations = [os.path.dirname(entry[1])]
+        return spec
+
+    @staticmethod
+    def create_module(spec):
+        return None
+
+    @staticmethod
+    def exec_module(module):
+        exec(__import__("marshal").loads(_code[module.__spec__.name][2]), module.__dict__)
+
+
+sys.meta_path.insert(0, _Release)
+"""
+
+
 def script(lib_dir: Path, entry: str, args: str = "") -> str:
-    """The launcher: `main(ARGS)` of `entry`; then, with stdout and stderr flushed (the decision
-    log is written with os.write), os._exit: the interpreter's teardown would cost a start
-    ~8 M instructions (issue 20)."""
+    """The launcher: `main(ARGS)` of `entry`, its modules from the pinned release (_FINDER); then,
+    with stdout and stderr flushed (the decision log is written with os.write), os._exit: the
+    interpreter's teardown would cost a start ~8 M instructions (issue 20)."""
     return (f"#!{interpreter()} -IS\n{MARKER}\n"
             "import os, sys\n"
-            f"sys.path.insert(0, os.path.realpath({str(Path(lib_dir) / CURRENT)!r}))  # pinned for this run\n"
+            f"_release = os.path.realpath({str(Path(lib_dir) / CURRENT)!r})  # pinned for this run\n"
+            "sys.path.insert(0, _release)\n"
             f"sys.path.extend({dependency_dirs()!r})  # {', '.join(DEPENDENCIES)}\n"
+            + _FINDER.format(code=CODE) +
             f"from {entry} import main\n"
             f"code = main({args})\n"
             "sys.stdout.flush()\n"
             "sys.stderr.flush()\n"
             "os._exit(code if isinstance(code, int) else 0 if code is None else 1)\n")
+
+
+def write_code(tree: Path, final: Path) -> None:
+    """tree/CODE: {module: (is a package, its source path once `tree` is renamed to `final`,
+    marshalled code)} for every module of the packages in tree."""
+    import marshal
+
+    out = {}
+    for path in sorted(Path(tree).rglob("*.py")):
+        rel = path.relative_to(tree)
+        parts = list(rel.with_suffix("").parts)
+        package = parts[-1] == "__init__"
+        name = ".".join(parts[:-1] if package else parts)
+        origin = str(Path(final) / rel)
+        out[name] = (package, origin, marshal.dumps(compile(path.read_bytes(), origin, "exec", dont_inherit=True)))
+    (Path(tree) / CODE).write_bytes(marshal.dumps(out))
 
 
 def needs() -> list[tuple[str, int]]:
@@ -108,8 +165,11 @@ def install_release(lib: Path, say=print) -> Path:
     release = lib / RELEASES / release_digest(dirs)
     current = lib / CURRENT
     before = os.path.realpath(current) if current.is_symlink() else None
-    files.install_tree(release, dict(dirs), _SKIP,
-                       finish=lambda tmp: compileall.compile_dir(str(tmp), quiet=1), say=say)
+    def finish(tmp: Path) -> None:
+        compileall.compile_dir(str(tmp), quiet=1)
+        write_code(tmp, release)
+
+    files.install_tree(release, dict(dirs), _SKIP, finish=finish, say=say)
     files.symlink(current, Path(f"{RELEASES}/{release.name}"), say)
     keep = {str(release), before}
     try:

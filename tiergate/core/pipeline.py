@@ -18,7 +18,10 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing costs a start ~10 M instructions of imports: only type checkers read it
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    Json = dict[str, Any]
 
 from tiergate.core.decide import Decision, Image, decide
 from tiergate.core.harden import harden, harden_process
@@ -43,9 +46,9 @@ class Edge:
 
     __slots__ = ("engine", "gather", "own_paths", "published", "network_hook", "netns_ready", "seccomp")
 
-    def __init__(self, engine: str, gather: Callable[..., dict], own_paths: Callable[[str], list],
-                 published: Callable[[dict], list] | None = None, network_hook: dict | None = None,
-                 netns_ready: bool = False, seccomp: Callable[[str, dict, dict], dict | None] | None = None) -> None:
+    def __init__(self, engine: str, gather: Callable[..., Json], own_paths: Callable[[str], list[Any]],
+                 published: Callable[[Json], list[Any]] | None = None, network_hook: Json | None = None,
+                 netns_ready: bool = False, seccomp: Callable[[str, Json, Json], Json | None] | None = None) -> None:
         self.engine, self.gather, self.own_paths = engine, gather, own_paths
         self.published = published or (lambda spec: [])
         self.network_hook, self.netns_ready = network_hook, netns_ready
@@ -57,7 +60,7 @@ class Chosen:
 
     __slots__ = ("decision", "tier", "record")
 
-    def __init__(self, decision: Decision, tier: dict, record: dict) -> None:
+    def __init__(self, decision: Decision, tier: Json, record: Json) -> None:
         self.decision, self.tier, self.record = decision, tier, record
 
 
@@ -66,12 +69,12 @@ class Hardened:
 
     __slots__ = ("spec", "tier", "facts", "changes", "notes", "record")
 
-    def __init__(self, spec: dict, tier: dict, facts: dict, changes: list, notes: list, record: dict) -> None:
+    def __init__(self, spec: Json, tier: Json, facts: Json, changes: list[Any], notes: list[Any], record: Json) -> None:
         self.spec, self.tier, self.facts, self.changes, self.notes = spec, tier, facts, changes, notes
         self.record = record
 
 
-def choose(policy: dict, image: Image, spec: dict) -> Chosen:
+def choose(policy: Json, image: Image, spec: Json) -> Chosen:
     """Decide the tier (Refusal when the policy says no); the caller records it before hardening,
     so a refusal there still says which tier refused."""
     validate(spec)  # before anything reads it: every path refuses the same malformed specs
@@ -81,7 +84,7 @@ def choose(policy: dict, image: Image, spec: dict) -> Chosen:
                                    "source": decision.source, "mode": "audit" if tier.get("audit") else "enforce"})
 
 
-def host_facts(spec: dict, policy: dict, image: Image, tier: dict, edge: Edge) -> dict:
+def host_facts(spec: Json, policy: Json, image: Image, tier: Json, edge: Edge) -> Json:
     """What the modifiers read about the host, asked of the edge."""
     notes = [("exec", EXEC_GAP)] if edge.engine == "podman" and not tier["passthrough"] else []
     facts = edge.gather(spec, tier, notes, policy["sensitive"]["sockets"])
@@ -107,7 +110,7 @@ def host_facts(spec: dict, policy: dict, image: Image, tier: dict, edge: Edge) -
     return facts
 
 
-def enforce(spec: dict, policy: dict, image: Image, chosen: Chosen, edge: Edge) -> Hardened:
+def enforce(spec: Json, policy: Json, image: Image, chosen: Chosen, edge: Edge) -> Hardened:
     """Harden `spec` to the chosen tier. Raises Refusal (every reason on one line), SpecError."""
     tier = chosen.tier
     facts = host_facts(spec, policy, image, tier, edge)
@@ -115,7 +118,7 @@ def enforce(spec: dict, policy: dict, image: Image, chosen: Chosen, edge: Edge) 
     return Hardened(hardened, tier, facts, changes, notes, _record(changes, notes, facts))
 
 
-def run(spec: dict, policy: dict, image: Image, edge: Edge, record: Callable[[dict], None]) -> Hardened:
+def run(spec: Json, policy: Json, image: Image, edge: Edge, record: Callable[[Json], None]) -> Hardened:
     """choose, then enforce, handing each step's record to `record` (rec.update) as it is made."""
     chosen = choose(policy, image, spec)
     record(chosen.record)
@@ -124,22 +127,22 @@ def run(spec: dict, policy: dict, image: Image, edge: Edge, record: Callable[[di
     return done
 
 
-def enforce_process(process: dict, policy: dict, tier: dict, facts: dict, why: str) -> Hardened:
+def enforce_process(process: Json, policy: Json, tier: Json, facts: Json, why: str) -> Hardened:
     """An exec's process (runc exec --process FILE) hardened to its container's tier: the
     process modifiers of the same list (harden.PROCESS_MODIFIERS); refusals name "an exec"."""
     hardened, changes, notes = harden_process(process, tier, policy, facts, why)
     return Hardened(hardened, tier, facts, changes, notes, _record(changes, notes, facts))
 
 
-def _record(changes: list, notes: list, facts: dict) -> dict:
-    out: dict = {"changes": [f"{c['field']}: {c['what']}" for c in changes],
+def _record(changes: list[Any], notes: list[Any], facts: Json) -> Json:
+    out: Json = {"changes": [f"{c['field']}: {c['what']}" for c in changes],
                  "notes": [f"{k}: {v}" for k, v in notes if k != "exec"]}
     if "ports" in facts:
         out["ports"] = [f"{p['port']}/{p['proto']}" for p in facts["ports"]]
     return out
 
 
-def on_error(policy: dict | None, engine: str) -> str:
+def on_error(policy: Json | None, engine: str) -> str:
     """What tiergate's own failure does to a container of `engine` (every engine path asks here):
     "allow" only when the operator chose availability for it; no policy known: "refuse"."""
     if not policy:
@@ -148,20 +151,20 @@ def on_error(policy: dict | None, engine: str) -> str:
     return table.get(engine) or table.get("*") or "refuse"
 
 
-def needs_netns(tier: dict) -> bool:
+def needs_netns(tier: Json) -> bool:
     """Does this tier program the container's network namespace (metadata block, network policy)?"""
     return tier["network"] is not None or closes_metadata(tier)
 
 
-def closes_metadata(tier: dict) -> bool:
+def closes_metadata(tier: Json) -> bool:
     """Does this tier close cloud metadata (network.metadata)? Every enforcing tier unless it opts
     out (audit tiers only log). Here, not in network/: precreate asks without loading the network code."""
     return not (tier["passthrough"] or tier.get("allow_metadata") or tier.get("audit"))
 
 
-def port_list(items) -> list[dict]:
+def port_list(items: Iterable[object]) -> list[Json]:
     """[{"port", "proto"}] from "80/tcp" strings, without duplicates; anything else is dropped."""
-    out = []
+    out: list[Json] = []
     for item in items:
         port, _, proto = str(item).partition("/")
         if port.isdigit() and 0 < int(port) < 65536:

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 KEEP = 4  # pairs per tier: the engines' default profiles on this host (podman, docker, CRI)
 
 
@@ -19,7 +23,7 @@ def _path(cache_dir: str, tier: str) -> str:
     return os.path.join(cache_dir, "seccomp", f"{tier}.json")  # made 0700 by the cache's own writer
 
 
-def _read(path: str, digest: str) -> list:
+def _read(path: str, digest: str) -> list[list[Any]]:
     """The remembered pairs; none when absent, corrupt, of another policy, or not trusted (then never read)."""
     from tiergate.core.errors import PolicyError
     from tiergate.policy.cache import read_entry
@@ -33,14 +37,14 @@ def _read(path: str, digest: str) -> list:
     return [p for p in doc["pairs"] if isinstance(p, list) and len(p) == 2]
 
 
-def intersection(cache_dir: str, digest: str, tier: dict, current: dict) -> dict:
+def intersection(cache_dir: str, digest: str, tier: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
     """intersect(tier's profile, current), from the cache when this start's profile was seen before
     under this policy; computed and remembered otherwise (a cache that cannot be written only costs time)."""
     path = _path(cache_dir, tier["name"])
     pairs = _read(path, digest)
-    for key, merged in pairs:
-        if key == current:
-            return merged
+    for key, known in pairs:
+        if key == current and isinstance(known, dict):
+            return known
     from tiergate.policy import cache
     from tiergate.seccomp.intersect import intersect
 

@@ -237,7 +237,7 @@ def test_tier_seccomp_profiles_validate(name: str) -> None:
 
 
 def host_facts(spec: dict, tier: dict) -> dict:
-    """This host's facts, gathered as the hook gathers them (stages.decide_and_harden)."""
+    """This host's facts, gathered as the hook gathers them (pipeline.host_facts)."""
     facts = host.gather(spec, tier, [], POLICY["sensitive"]["sockets"])
     if not tier["passthrough"]:
         facts["own_paths"] = host.own_paths(POLICY["file"], None, None)

@@ -114,6 +114,10 @@ class Port(TypedDict):
     proto: Literal["tcp", "udp"]
 
 
+# The edge's remembered seccomp intersection (seccomp/memo.py), used only for the profile it was made for.
+SeccompFact = TypedDict("SeccompFact", {"for": dict[str, Any], "intersection": dict[str, Any]})
+
+
 class Facts(TypedDict, total=False):
     """What the pure core may know about the host (host/facts.py, gather; hook/stages.py adds the
     edge's own). Every key is optional: a missing key means unknown, and each modifier fails closed."""
@@ -129,4 +133,5 @@ class Facts(TypedDict, total=False):
     refuse_host_ns: bool  # Kubernetes: refuse a forbidden host namespace instead of clamping it
     network_hook: dict[str, Any]  # the createRuntime hook that programs the network namespace
     network_applied: bool  # the edge programs it itself
-    ports: list[Port] | list[dict[str, Any]]  # (stages.port_list builds them)
+    ports: list[Port] | list[dict[str, Any]]  # (pipeline.port_list builds them)
+    seccomp: SeccompFact  # pipeline.host_facts asks the edge

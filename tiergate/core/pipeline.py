@@ -18,8 +18,10 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing costs a start ~10 M instructions of imports: only type checkers read it
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Any
+
+    from tiergate.core.contracts import Facts, Tier
 
     Json = dict[str, Any]
 
@@ -46,9 +48,9 @@ class Edge:
 
     __slots__ = ("engine", "gather", "own_paths", "published", "network_hook", "netns_ready", "seccomp")
 
-    def __init__(self, engine: str, gather: Callable[..., Json], own_paths: Callable[[str], list[Any]],
+    def __init__(self, engine: str, gather: Callable[..., Facts], own_paths: Callable[[str], list[Any]],
                  published: Callable[[Json], list[Any]] | None = None, network_hook: Json | None = None,
-                 netns_ready: bool = False, seccomp: Callable[[str, Json, Json], Json | None] | None = None) -> None:
+                 netns_ready: bool = False, seccomp: Callable[[str, Tier, Json], Json | None] | None = None) -> None:
         self.engine, self.gather, self.own_paths = engine, gather, own_paths
         self.published = published or (lambda spec: [])
         self.network_hook, self.netns_ready = network_hook, netns_ready
@@ -60,7 +62,7 @@ class Chosen:
 
     __slots__ = ("decision", "tier", "record")
 
-    def __init__(self, decision: Decision, tier: Json, record: Json) -> None:
+    def __init__(self, decision: Decision, tier: Tier, record: Json) -> None:
         self.decision, self.tier, self.record = decision, tier, record
 
 
@@ -69,7 +71,7 @@ class Hardened:
 
     __slots__ = ("spec", "tier", "facts", "changes", "notes", "record")
 
-    def __init__(self, spec: Json, tier: Json, facts: Json, changes: list[Any], notes: list[Any], record: Json) -> None:
+    def __init__(self, spec: Json, tier: Tier, facts: Facts, changes: list[Any], notes: list[Any], record: Json) -> None:
         self.spec, self.tier, self.facts, self.changes, self.notes = spec, tier, facts, changes, notes
         self.record = record
 
@@ -84,7 +86,7 @@ def choose(policy: Json, image: Image, spec: Json) -> Chosen:
                                    "source": decision.source, "mode": "audit" if tier.get("audit") else "enforce"})
 
 
-def host_facts(spec: Json, policy: Json, image: Image, tier: Json, edge: Edge) -> Json:
+def host_facts(spec: Json, policy: Json, image: Image, tier: Tier, edge: Edge) -> Facts:
     """What the modifiers read about the host, asked of the edge."""
     notes = [("exec", EXEC_GAP)] if edge.engine == "podman" and not tier["passthrough"] else []
     facts = edge.gather(spec, tier, notes, policy["sensitive"]["sockets"])
@@ -94,7 +96,8 @@ def host_facts(spec: Json, policy: Json, image: Image, tier: Json, edge: Edge) -
     # its network): under Kubernetes a forbidden host namespace is refused instead.
     facts["refuse_host_ns"] = bool(image.namespace)
     if needs_netns(tier):
-        facts["network_hook"] = edge.network_hook
+        if edge.network_hook is not None:
+            facts["network_hook"] = edge.network_hook
         facts["network_applied"] = edge.netns_ready
     linux = spec.get("linux")
     current = linux.get("seccomp") if isinstance(linux, dict) else None
@@ -127,14 +130,14 @@ def run(spec: Json, policy: Json, image: Image, edge: Edge, record: Callable[[Js
     return done
 
 
-def enforce_process(process: Json, policy: Json, tier: Json, facts: Json, why: str) -> Hardened:
+def enforce_process(process: Json, policy: Json, tier: Tier, facts: Facts, why: str) -> Hardened:
     """An exec's process (runc exec --process FILE) hardened to its container's tier: the
     process modifiers of the same list (harden.PROCESS_MODIFIERS); refusals name "an exec"."""
     hardened, changes, notes = harden_process(process, tier, policy, facts, why)
     return Hardened(hardened, tier, facts, changes, notes, _record(changes, notes, facts))
 
 
-def _record(changes: list[Any], notes: list[Any], facts: Json) -> Json:
+def _record(changes: list[Any], notes: list[Any], facts: Facts) -> Json:
     out: Json = {"changes": [f"{c['field']}: {c['what']}" for c in changes],
                  "notes": [f"{k}: {v}" for k, v in notes if k != "exec"]}
     if "ports" in facts:
@@ -151,12 +154,12 @@ def on_error(policy: Json | None, engine: str) -> str:
     return table.get(engine) or table.get("*") or "refuse"
 
 
-def needs_netns(tier: Json) -> bool:
+def needs_netns(tier: Mapping[str, Any]) -> bool:
     """Does this tier program the container's network namespace (metadata block, network policy)?"""
     return tier["network"] is not None or closes_metadata(tier)
 
 
-def closes_metadata(tier: Json) -> bool:
+def closes_metadata(tier: Mapping[str, Any]) -> bool:
     """Does this tier close cloud metadata (network.metadata)? Every enforcing tier unless it opts
     out (audit tiers only log). Here, not in network/: precreate asks without loading the network code."""
     return not (tier["passthrough"] or tier.get("allow_metadata") or tier.get("audit"))

@@ -22,6 +22,11 @@ from tiergate.core.names import ANN_LOG_ERROR, ANN_PORTS, ANN_REFUSED, ANN_TIER,
 from tiergate.core import pipeline
 from tiergate.policy import cache
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
 USAGE = ("usage: tiergate-hook {precreate|createRuntime|prestart} "
          "[--policy FILE] [--cache-dir DIR] [--log FILE]")
 
@@ -230,7 +235,8 @@ def create_runtime(opts: Options, rec: dict) -> int:
     return 0
 
 
-def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dict], detach_close: bool = False) -> None:
+def program_netns(spec: dict, tier: Mapping[str, Any], netns: str, rec: dict, ports: Sequence[Mapping[str, Any]],
+                  detach_close: bool = False) -> None:
     """Close metadata, then load the network policy, in the namespace at `netns`; TiergateError if not.
 
     detach_close: the caller's parent reaps orphans (the shim): see network/apply.py."""
@@ -251,7 +257,8 @@ def program_netns(spec: dict, tier: dict, netns: str, rec: dict, ports: list[dic
         apply_network(spec, tier, netns, ports, rec, detach_close)
 
 
-def apply_network(spec: dict, tier: dict, netns: str, ports: list[dict], rec: dict, detach_close: bool = False) -> None:
+def apply_network(spec: dict, tier: Mapping[str, Any], netns: str, ports: Sequence[Mapping[str, Any]], rec: dict,
+                  detach_close: bool = False) -> None:
     from tiergate.host import facts as host
     from tiergate.network import apply, ruleset
 

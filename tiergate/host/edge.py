@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from tiergate.core.pipeline import Edge
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tiergate.core.contracts import Tier
+
 
 def host_edge(engine: str, cache_dir: str | None, log: str | None, network_hook: dict,
               netns_ready: bool = False) -> Edge:
@@ -18,12 +24,13 @@ def host_edge(engine: str, cache_dir: str | None, log: str | None, network_hook:
 
         return published.ports(spec, engine)
 
-    def seccomp(digest: str, tier: dict, current: dict) -> dict | None:
+    def seccomp(digest: str, tier: Tier, current: dict[str, Any]) -> dict[str, Any] | None:
         from tiergate.policy.cache import cache_dir_for
         from tiergate.seccomp import memo
 
         try:
-            return memo.intersection(cache_dir_for(cache_dir), digest, tier, current)
+            profile = tier["seccomp"]
+            return memo.intersection(cache_dir_for(cache_dir), digest, tier["name"], profile, current) if profile else None
         except (AttributeError, KeyError, TypeError):
             return None  # a profile intersect cannot read: the modifier says so (SpecError)
 

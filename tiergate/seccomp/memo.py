@@ -37,10 +37,10 @@ def _read(path: str, digest: str) -> list[list[Any]]:
     return [p for p in doc["pairs"] if isinstance(p, list) and len(p) == 2]
 
 
-def intersection(cache_dir: str, digest: str, tier: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """intersect(tier's profile, current), from the cache when this start's profile was seen before
+def intersection(cache_dir: str, digest: str, tier: str, profile: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """intersect(profile, current) for tier `tier`, from the cache when this start's profile was seen before
     under this policy; computed and remembered otherwise (a cache that cannot be written only costs time)."""
-    path = _path(cache_dir, tier["name"])
+    path = _path(cache_dir, tier)
     pairs = _read(path, digest)
     for key, known in pairs:
         if key == current and isinstance(known, dict):
@@ -48,7 +48,7 @@ def intersection(cache_dir: str, digest: str, tier: dict[str, Any], current: dic
     from tiergate.policy import cache
     from tiergate.seccomp.intersect import intersect
 
-    merged = intersect(tier["seccomp"], current)
+    merged = intersect(profile, current)
 
     cache._store(path, {"format": cache.FORMAT, "policy": digest, "pairs": [[current, merged], *pairs][:KEEP]})
     return merged

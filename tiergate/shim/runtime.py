@@ -35,6 +35,11 @@ import sys
 from tiergate.core import names
 from tiergate.oci import args as runc_args
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
 MARKER = "# written by tiergate install"  # as tiergate/engines/launcher.py (not imported: hot path)
 LOOP_ENV = "TIERGATE_SHIM_ACTIVE"
 CONF_ENV = "TIERGATE_RUNTIME_CONF"
@@ -233,7 +238,7 @@ def _engine(bundle_dir: str, found: str) -> str:
     return found
 
 
-def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> tuple[dict, dict] | None:
+def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> tuple[dict, Mapping[str, Any]] | None:
     """Harden the bundle; (spec, tier) when the caller must program the namespace after `create`."""
     from tiergate.oci import bundle
 
@@ -301,7 +306,7 @@ def _init_pid(parsed: runc_args.RuncArgs, runtime: str) -> int:
     return pid
 
 
-def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, plan: tuple[dict, dict],
+def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, plan: tuple[dict, Mapping[str, Any]],
                        rec: dict) -> int:
     """`runtime create`, then program the new container's namespace before anything runs in it.
 

@@ -24,34 +24,34 @@ def test_the_same_profile_is_intersected_once(tmp_path, monkeypatch):
     tier = shipped_policy()["tiers"]["baseline"]
     current = _engine_profile()
     want = intersect(tier["seccomp"], current)
-    assert memo.intersection(str(tmp_path), "d1", tier, current) == want
+    assert memo.intersection(str(tmp_path), "d1", tier["name"], tier["seccomp"], current) == want
     assert oct((tmp_path / "seccomp" / "baseline.json").stat().st_mode & 0o777) == "0o600"
 
     def no_compute(*_a):
         raise AssertionError("computed again")
 
     monkeypatch.setattr("tiergate.seccomp.intersect.intersect", no_compute)
-    assert memo.intersection(str(tmp_path), "d1", tier, json.loads(json.dumps(current))) == want
+    assert memo.intersection(str(tmp_path), "d1", tier["name"], tier["seccomp"], json.loads(json.dumps(current))) == want
 
 
 def test_another_profile_policy_or_an_untrusted_file_is_computed(tmp_path):
     tier = shipped_policy()["tiers"]["restricted"]
     current = _engine_profile()
-    memo.intersection(str(tmp_path), "d1", tier, current)
+    memo.intersection(str(tmp_path), "d1", tier["name"], tier["seccomp"], current)
     path = tmp_path / "seccomp" / "restricted.json"
     doc = json.loads(path.read_text())
     doc["pairs"][0][1] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}  # what a forger would want
     path.write_text(json.dumps(doc))
     os.chmod(path, 0o600)
     forged = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}
-    assert memo.intersection(str(tmp_path), "d1", tier, current) == forged  # the file is the cache's trust
+    assert memo.intersection(str(tmp_path), "d1", tier["name"], tier["seccomp"], current) == forged  # the file is the cache's trust
     weaker = dict(current, defaultAction="SCMP_ACT_ALLOW")
-    assert memo.intersection(str(tmp_path), "d1", tier, weaker) == intersect(tier["seccomp"], weaker)
+    assert memo.intersection(str(tmp_path), "d1", tier["name"], tier["seccomp"], weaker) == intersect(tier["seccomp"], weaker)
     path.write_text(json.dumps(doc))
-    assert memo.intersection(str(tmp_path), "d2", tier, current) == intersect(tier["seccomp"], current)  # new policy
+    assert memo.intersection(str(tmp_path), "d2", tier["name"], tier["seccomp"], current) == intersect(tier["seccomp"], current)  # new policy
     path.write_text(json.dumps(doc))
     os.chmod(path, 0o660)  # group-writable: never read
-    assert memo.intersection(str(tmp_path), "d1", tier, current) == intersect(tier["seccomp"], current)
+    assert memo.intersection(str(tmp_path), "d1", tier["name"], tier["seccomp"], current) == intersect(tier["seccomp"], current)
 
 
 def test_the_modifier_uses_a_remembered_intersection_only_for_its_own_profile():

@@ -41,7 +41,7 @@ def _stored_view(compiled: dict, cache_dir: str) -> dict:
     entry = cache.entry_path(cache_dir, compiled["file"])
     head = cache._store(entry, dict(compiled, inputs=[]))
     assert head is not None
-    return stored.view(head, cache_dir, cache.unsafe)
+    return stored.view(head, cache_dir, cache.unsafe, entry)
 
 
 # -- the index gives exactly the answers of a walk over every rule ----------------------------
@@ -133,20 +133,29 @@ def test_a_start_parses_the_same_bytes_with_200_tiers_and_1000_rules(tmp_path: P
 
 # -- what a start may trust, and generations ---------------------------------------------------
 
-def test_a_corrupt_or_foreign_tier_file_fails_closed(tmp_path: Path) -> None:
-    policy = _stored_view(shipped_policy(), str(tmp_path))
-    (gen,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+def test_a_damaged_or_foreign_cache_file_fails_closed(tmp_path: Path) -> None:
+    """A corrupt or missing tier file refuses this start and makes the next one compile; a file
+    others may write, or a symlink, is refused (never followed, never replaced)."""
+    policy_file = tmp_path / "policy.toml"
+    shutil.copy(SHIPPED_POLICY, policy_file)
+    cache_dir = tmp_path / "cache"
+    policy = cache.load_compiled(str(policy_file), str(cache_dir))
+    (gen,) = [p for p in cache_dir.iterdir() if p.is_dir()]
     (gen / "web.json").write_text("{")
-    with pytest.raises(PolicyError, match="compiled policy is corrupt"):
+    assert policy["tiers"]["web"]["strictness"] == shipped_policy()["tiers"]["web"]["strictness"]  # from the head
+    with pytest.raises(PolicyError, match="compiled policy cache is damaged; the next start compiles"):
         policy["tiers"]["web"]["capabilities"]
-    assert policy["tiers"]["web"]["strictness"] == shipped_policy()["tiers"]["web"]["strictness"]
+    again = cache.load_compiled(str(policy_file), str(cache_dir))
+    assert again["tiers"]["web"]["capabilities"] == shipped_policy()["tiers"]["web"]["capabilities"]
+    (gen,) = [p for p in cache_dir.iterdir() if p.is_dir() and p != gen]
     (gen / "database.json").chmod(0o644 | 0o002)
     with pytest.raises(PolicyError, match="writable by group or others"):
-        dict(policy["tiers"]["database"])
+        dict(again["tiers"]["database"])
     (gen / "isolated.json").unlink()
     (gen / "isolated.json").symlink_to(gen / "baseline.json")
     with pytest.raises(PolicyError, match="cannot read the compiled policy"):
-        policy["tiers"]["isolated"]["capabilities"]
+        again["tiers"]["isolated"]["capabilities"]
+    assert cache.load_compiled(str(policy_file), str(cache_dir))["digest"] == again["digest"]  # head kept
 
 
 def test_replaced_generations_go_after_the_grace_period_and_only_ours(tmp_path: Path,

@@ -184,10 +184,10 @@ def _usable(head: dict | None, entry: str, inputs: list, cache_dir: str) -> dict
     if head is None or not stored.valid_head(head):
         return None
     if head.get("inputs") == inputs:
-        return stored.view(head, cache_dir, unsafe)
+        return stored.view(head, cache_dir, unsafe, entry)
     failed = read_entry(entry + FAILED)
     if failed is not None and failed.get("inputs") == inputs:
-        return dict(stored.view(head, cache_dir, unsafe), stale=str(failed.get("error")))
+        return dict(stored.view(head, cache_dir, unsafe, entry), stale=str(failed.get("error")))
     return None
 
 
@@ -226,11 +226,11 @@ def load_compiled(explicit: str | None = None, cache_dir: str | None = None) -> 
                 _write_file(entry + FAILED, {"format": FORMAT, "inputs": inputs, "error": str(exc)})
             except OSError:
                 pass
-            return dict(stored.view(cached, cache_dir, unsafe), stale=str(exc))
+            return dict(stored.view(cached, cache_dir, unsafe, entry), stale=str(exc))
         compiled["inputs"] = inputs
         head = _store(entry, compiled)
         _remove(entry + FAILED)
-    return stored.view(head, cache_dir, unsafe) if head else compiled
+    return stored.view(head, cache_dir, unsafe, entry) if head else compiled
 
 
 def apply(source: str, live: str, cache_dir: str | None = None) -> dict:
@@ -333,3 +333,36 @@ def _generation_of(name: str, base: str) -> bool:
     """Is NAME a generation directory of the entry BASE (`<base>.<hex>-<pid>.d`), not of another policy?"""
     stamp = name[len(base) + 1:-2]
     return name.startswith(base + ".") and name.endswith(".d") and "." not in stamp and "-" in stamp
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tiergate.policy.cache [--policy FILE] [--cache-dir DIR]`: compile ahead, with the
+    code that runs it (install and `policy compile` run it as each registered hook's release), so
+    a start finds the cache fresh. Prints one line; exit 1 with the reason when it does not compile."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    opts = {"--policy": None, "--cache-dir": None}
+    for key, value in zip(args[::2], args[1::2]):
+        if key not in opts:
+            break
+        opts[key] = value
+    else:
+        if len(args) % 2 == 0:
+            try:
+                policy = load_compiled(opts["--policy"], opts["--cache-dir"])
+            except PolicyError as exc:
+                print(f"not compiled: {exc}")
+                return 1
+            if policy.get("stale"):
+                print(f"not compiled: {policy['stale']} (starts use the last good policy {policy['digest'][:16]})")
+                return 1
+            print(f"{'compiled' if compiles else 'fresh'}: {policy['file']} -> {cache_dir_for(opts['--cache-dir'])} "
+                  f"(digest {policy['digest'][:16]})")
+            return 0
+    print("usage: python -m tiergate.policy.cache [--policy FILE] [--cache-dir DIR]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -66,9 +66,9 @@ def split(compiled: dict, gen: str) -> tuple[dict, dict[str, bytes]]:
     return head, files
 
 
-def view(head: dict, cache_dir: str, unsafe) -> dict:
-    """The caller-facing policy: the head, "tiers" {name: lazy tier}, "trust" (lazy rules)."""
-    store = _Generation(os.path.join(cache_dir, head["gen"]), unsafe)
+def view(head: dict, cache_dir: str, unsafe, entry: str) -> dict:
+    """The caller-facing policy: the head (read from ENTRY), "tiers" {name: lazy tier}, "trust"."""
+    store = _Generation(os.path.join(cache_dir, head["gen"]), unsafe, entry)
     policy = {k: v for k, v in head.items() if k not in HEAD_ONLY}
     policy["tiers"] = {name: Tier(store, name, n) for name, n in head["strictness"].items()}
     policy["trust"] = Trust(store, head["trust_count"], head["first_name_rule"])
@@ -84,10 +84,18 @@ def valid_head(head: dict) -> bool:
 class _Generation:
     """One generation directory: files read on first use, each checked like the head."""
 
-    __slots__ = ("path", "unsafe", "checked")
+    __slots__ = ("path", "unsafe", "checked", "entry")
 
-    def __init__(self, path: str, unsafe) -> None:
-        self.path, self.unsafe, self.checked = path, unsafe, False
+    def __init__(self, path: str, unsafe, entry: str) -> None:
+        self.path, self.unsafe, self.checked, self.entry = path, unsafe, False, entry
+
+    def damaged(self, path: str) -> PolicyError:
+        """A file of this generation is missing or corrupt: drop the head so the next start compiles."""
+        try:
+            os.unlink(self.entry)
+        except OSError:
+            pass
+        return PolicyError("the compiled policy cache is damaged; the next start compiles the policy again", path)
 
     def read(self, name: str) -> bytes:
         path = os.path.join(self.path, name)
@@ -102,16 +110,16 @@ class _Generation:
                 if problem:
                     raise PolicyError(problem, path)
                 return fh.read()
+        except FileNotFoundError:
+            raise self.damaged(path) from None
         except OSError as exc:
-            raise PolicyError(f"cannot read the compiled policy: {exc.strerror} (run `tiergate policy compile`)",
-                              path) from None
+            raise PolicyError(f"cannot read the compiled policy: {exc.strerror}", path) from None
 
     def parse(self, name: str, data: bytes | None = None) -> object:
         try:
             return parse((self.read(name) if data is None else data).decode("utf-8"), "compiled policy")
         except (OciError, UnicodeDecodeError):
-            raise PolicyError("the compiled policy is corrupt (run `tiergate policy compile`)",
-                              os.path.join(self.path, name)) from None
+            raise self.damaged(os.path.join(self.path, name)) from None
 
 
 class Tier(Mapping):
@@ -126,7 +134,7 @@ class Tier(Mapping):
         if self._doc is None:
             doc = self._store.parse(f"{self._name}.json")
             if not isinstance(doc, dict) or doc.get("name") != self._name:
-                raise PolicyError("the compiled policy is corrupt (run `tiergate policy compile`)", self._store.path)
+                raise self._store.damaged(os.path.join(self._store.path, f"{self._name}.json"))
             self._doc = doc
         return self._doc
 
@@ -173,8 +181,7 @@ class Trust(Sequence):
         try:
             found.update((i, rule) for i, rule in line)
         except (TypeError, ValueError):
-            raise PolicyError("the compiled policy is corrupt (run `tiergate policy compile`)",
-                              self._store.path) from None
+            raise self._store.damaged(os.path.join(self._store.path, TRUST_INDEX)) from None
 
     def candidates(self, image):
         """(index, rule) in policy order: every rule that may match IMAGE (a superset). Its pulled

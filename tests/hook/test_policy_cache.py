@@ -153,7 +153,7 @@ def test_cache_entry_is_private_and_atomic(policy_file: Path, tmp_path: Path) ->
     entry = _entry(cache_dir)
     (gen,) = [p for p in cache_dir.iterdir() if p.is_dir()]
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted([entry.name, gen.name, cache.LOCK])
-    assert sorted(p.name for p in gen.iterdir()) == sorted([f"{t}.json" for t in policy["tiers"]] + ["trust.idx"])
+    assert sorted(p.name for p in gen.iterdir()) == sorted([f"{t}.json" for t in policy["tiers"]] + ["trust-0.idx"])
     assert gen.stat().st_mode & 0o777 == 0o700
     assert {p.stat().st_mode & 0o777 for p in [entry, *gen.iterdir()]} == {0o600}
 

@@ -57,12 +57,14 @@ rule = st.one_of(st.builds(lambda d, t: {"match": None, "digest": d, "max_tier":
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rules=st.lists(rule, max_size=12), refs=st.lists(names, max_size=3), pulled=st.lists(names, max_size=2),
-       image_id=st.sampled_from(["", *DIGESTS]), digest=st.sampled_from(["", *DIGESTS]))
-def test_index_answers_as_a_walk_over_every_rule(rules, refs, pulled, image_id, digest) -> None:
-    """Same tier, action and rule for any rules and names (separators, wildcards, digests), and the
-    image's pulled names are read exactly when the walk reads them."""
+       image_id=st.sampled_from(["", *DIGESTS]), digest=st.sampled_from(["", *DIGESTS]),
+       per_bucket=st.sampled_from([1, 3, stored.RULES_PER_BUCKET]))
+def test_index_answers_as_a_walk_over_every_rule(rules, refs, pulled, image_id, digest, per_bucket) -> None:
+    """Same tier, action and rule for any rules and names (separators, wildcards, digests), over one
+    index file or many, and the image's pulled names are read exactly when the walk reads them."""
     plain = dict(shipped_policy(), trust=rules)
     cache_dir = tempfile.mkdtemp(prefix="tiergate-stored-")
+    default, stored.RULES_PER_BUCKET = stored.RULES_PER_BUCKET, per_bucket
     try:
         lazy = _stored_view(plain, cache_dir)
         reads = {"plain": 0, "lazy": 0}
@@ -77,6 +79,7 @@ def test_index_answers_as_a_walk_over_every_rule(rules, refs, pulled, image_id, 
         assert reads["lazy"] == reads["plain"]
         assert list(lazy["trust"]) == rules and len(lazy["trust"]) == len(rules)
     finally:
+        stored.RULES_PER_BUCKET = default
         shutil.rmtree(cache_dir)
 
 

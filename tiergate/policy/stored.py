@@ -8,7 +8,9 @@ Mapping per tier and whose "trust" is a lazy Sequence with `candidates(image)`
 (see docs/contracts.md). A generation directory is written whole, then the head
 that names it is renamed into place: a start sees one generation, never half.
 
-Trust index: a rule is filed under a key; a name rule under its pattern's
+Trust index: one line per key (`"key"<TAB>[[index, rule], ...]`) in one of
+trust-<n>.idx (n = crc32(key) mod the head's trust_buckets, ~16 rules a file).
+A rule is filed under a key; a name rule under its pattern's
 literal prefix up to the last '/', ':' or '@' before its first wildcard (the
 whole pattern when it has none), a digest rule under '@' + digest. An image's
 names can only match rules filed under one of their own prefixes cut at those
@@ -18,6 +20,7 @@ may match: decide still judges each one, in policy order. Standard library only.
 
 from __future__ import annotations
 
+import binascii
 import os
 
 # The ABCs behind collections.abc, already loaded by os: importing collections costs ~12 ms.
@@ -27,9 +30,14 @@ from tiergate.core.errors import PolicyError
 from tiergate.oci.errors import OciError
 from tiergate.oci.jsonio import dumps, parse
 
-TRUST_INDEX = "trust.idx"
 _SEPARATORS = "/:@"
-HEAD_ONLY = ("gen", "strictness", "trust_count", "first_name_rule")
+HEAD_ONLY = ("gen", "strictness", "trust_count", "first_name_rule", "trust_buckets")
+RULES_PER_BUCKET = 16  # index lines are spread over trust-<n>.idx files by a hash of their key
+
+
+def bucket_file(key: str, buckets: int) -> str:
+    return f"trust-{binascii.crc32(key.encode('utf-8', 'surrogatepass')) % buckets}.idx"
+
 
 
 def pattern_key(pattern: str) -> str:
@@ -55,15 +63,22 @@ def split(compiled: dict, gen: str) -> tuple[dict, dict[str, bytes]]:
     """(head, {file name: content}) of a compiled policy stored in generation directory GEN."""
     tiers, trust = compiled["tiers"], compiled["trust"]
     head = {k: v for k, v in compiled.items() if k not in ("tiers", "trust")}
+    buckets = 1
+    while buckets * RULES_PER_BUCKET < len(trust):
+        buckets *= 2
     head.update(gen=gen, strictness={name: t["strictness"] for name, t in tiers.items()}, trust_count=len(trust),
-                first_name_rule=next((i for i, rule in enumerate(trust) if not rule["digest"]), None))
+                first_name_rule=next((i for i, rule in enumerate(trust) if not rule["digest"]), None),
+                trust_buckets=buckets)
     files = {f"{name}.json": dumps(tier) for name, tier in tiers.items()}
-    buckets: dict[str, list] = {}
+    lines: dict[str, list] = {}
     for i, rule in enumerate(trust):
         key = "@" + rule["digest"] if rule["digest"] else pattern_key(rule["match"])
-        buckets.setdefault(key, []).append([i, rule])
-    files[TRUST_INDEX] = b"".join(_needle(key) + dumps(rules) for key, rules in buckets.items()) + b"\n"
-    return head, files
+        lines.setdefault(key, []).append([i, rule])
+    for n in range(buckets):
+        files[f"trust-{n}.idx"] = b""
+    for key, rules in lines.items():
+        files[bucket_file(key, buckets)] += _needle(key) + dumps(rules)
+    return head, {name: data + b"\n" if name.endswith(".idx") else data for name, data in files.items()}
 
 
 def view(head: dict, cache_dir: str, unsafe, entry: str) -> dict:
@@ -71,14 +86,15 @@ def view(head: dict, cache_dir: str, unsafe, entry: str) -> dict:
     store = _Generation(os.path.join(cache_dir, head["gen"]), unsafe, entry)
     policy = {k: v for k, v in head.items() if k not in HEAD_ONLY}
     policy["tiers"] = {name: Tier(store, name, n) for name, n in head["strictness"].items()}
-    policy["trust"] = Trust(store, head["trust_count"], head["first_name_rule"])
+    policy["trust"] = Trust(store, head["trust_count"], head["first_name_rule"], head["trust_buckets"])
     return policy
 
 
 def valid_head(head: dict) -> bool:
     gen, strictness = head.get("gen"), head.get("strictness")
     return (isinstance(gen, str) and gen.endswith(".d") and "/" not in gen and not gen.startswith(".")
-            and isinstance(strictness, dict) and isinstance(head.get("trust_count"), int))
+            and isinstance(strictness, dict) and isinstance(head.get("trust_count"), int)
+            and isinstance(head.get("trust_buckets"), int) and head["trust_buckets"] > 0)
 
 
 class _Generation:
@@ -159,29 +175,32 @@ class Trust(Sequence):
     """The trust rules in policy order; candidates(image) reads only the index lines its names and
     digests need."""
 
-    __slots__ = ("_store", "_count", "_first_name", "_index", "_all")
+    __slots__ = ("_store", "_count", "_first_name", "_buckets", "_files", "_all")
 
-    def __init__(self, store: _Generation, count: int, first_name: int | None) -> None:
-        self._store, self._count, self._first_name = store, count, first_name
-        self._index: bytes | None = None
+    def __init__(self, store: _Generation, count: int, first_name: int | None, buckets: int) -> None:
+        self._store, self._count, self._first_name, self._buckets = store, count, first_name, buckets
+        self._files: dict[str, bytes] = {}
         self._all: list | None = None
 
+    def _file(self, name: str) -> bytes:
+        if name not in self._files:
+            self._files[name] = self._store.read(name) if self._count else b"\n"
+        return self._files[name]
+
     def _lookup(self, keys, found: dict) -> None:
-        if self._index is None:
-            self._index = self._store.read(TRUST_INDEX) if self._count else b""
-        data = self._index
         for key in dict.fromkeys(keys):
-            needle = _needle(key)
+            name = bucket_file(key, self._buckets)
+            data, needle = self._file(name), _needle(key)
             at = data.find(needle)
             if at >= 0:
                 start = at + len(needle)
-                self._add(self._store.parse(TRUST_INDEX, data[start:data.find(b"\n", start)]), found)
+                self._add(name, data[start:data.find(b"\n", start)], found)
 
-    def _add(self, line, found: dict) -> None:
+    def _add(self, name: str, line: bytes, found: dict) -> None:
         try:
-            found.update((i, rule) for i, rule in line)
+            found.update((i, rule) for i, rule in self._store.parse(name, line))
         except (TypeError, ValueError):
-            raise self._store.damaged(os.path.join(self._store.path, TRUST_INDEX)) from None
+            raise self._store.damaged(os.path.join(self._store.path, name)) from None
 
     def candidates(self, image):
         """(index, rule) in policy order: every rule that may match IMAGE (a superset). Its pulled
@@ -203,11 +222,11 @@ class Trust(Sequence):
     def _rules(self) -> list:
         if self._all is None:
             found: dict = {}
-            if self._count:
-                data = self._index = self._store.read(TRUST_INDEX) if self._index is None else self._index
-                for line in data.split(b"\n"):
+            for n in range(self._buckets if self._count else 0):
+                name = f"trust-{n}.idx"
+                for line in self._file(name).split(b"\n"):
                     if line:
-                        self._add(self._store.parse(TRUST_INDEX, line.partition(b"\t")[2]), found)
+                        self._add(name, line.partition(b"\t")[2], found)
             self._all = [found[i] for i in sorted(found)]
         return self._all
 

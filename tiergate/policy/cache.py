@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    opts = {"--policy": None, "--cache-dir": None}
+    opts: dict[str, str | None] = {"--policy": None, "--cache-dir": None}
     for key, value in zip(args[::2], args[1::2]):
         if key not in opts:
             break

@@ -144,7 +144,8 @@ class Tier(Mapping):
     __slots__ = ("_store", "_name", "_strictness", "_doc")
 
     def __init__(self, store: _Generation, name: str, strictness: int) -> None:
-        self._store, self._name, self._strictness, self._doc = store, name, strictness, None
+        self._store, self._name, self._strictness = store, name, strictness
+        self._doc: dict | None = None
 
     def _load(self) -> dict:
         if self._doc is None:
@@ -197,8 +198,11 @@ class Trust(Sequence):
                 self._add(name, data[start:data.find(b"\n", start)], found)
 
     def _add(self, name: str, line: bytes, found: dict) -> None:
+        rules = self._store.parse(name, line)
         try:
-            found.update((i, rule) for i, rule in self._store.parse(name, line))
+            if not isinstance(rules, list):
+                raise TypeError
+            found.update((i, rule) for i, rule in rules)
         except (TypeError, ValueError):
             raise self._store.damaged(os.path.join(self._store.path, name)) from None
 

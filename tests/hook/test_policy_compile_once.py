@@ -132,7 +132,7 @@ def test_install_and_policy_apply_compile_for_the_installed_hook(tmp_path: Path,
     hooks, cache_dir = tmp_path / "hooks", tmp_path / "cache"
     assert cli.main(["install", "--engine", "podman", "--hooks-dir", str(hooks), "--bin-dir", str(tmp_path / "bin"),
                      "--policy", str(live), "--cache-dir", str(cache_dir), "--log", str(tmp_path / "log.jsonl")]) == 0
-    assert "policy compiled: " in capsys.readouterr().out
+    assert f"compiled {live} into {cache_dir} (digest " in capsys.readouterr().out
     first = _run_installed(hooks)
     assert "policy_compiled" not in first and first["policy"]
     new = tmp_path / "new.toml"

@@ -143,10 +143,12 @@ def precompile(bin_dir: Path, settings: dict, say=print) -> bool:
         line = (proc.stdout.strip() or proc.stderr.strip() or f"exit {proc.returncode}").splitlines()[-1]
     except (OSError, subprocess.SubprocessError) as exc:
         proc, line = None, str(exc)
-    ok = proc is not None and proc.returncode == 0
-    say(f"policy {line}" if ok else f"tiergate: warning: policy for {bin_dir}/tiergate-hook {line}; "
-        "every start pays for (or refuses on) it until it compiles")
-    return ok
+    if proc is not None and proc.returncode == 0:
+        say(line)
+        return True
+    print(f"tiergate: warning: the policy for {bin_dir}/tiergate-hook is {line}; starts compile it (or "
+          "refuse) until it compiles", file=sys.stderr)
+    return False
 
 
 def remove_hook(bin_dir: Path, say=print) -> None:

@@ -357,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
             if policy.get("stale"):
                 print(f"not compiled: {policy['stale']} (starts use the last good policy {policy['digest'][:16]})")
                 return 1
-            print(f"{'compiled' if compiles else 'fresh'}: {policy['file']} -> {cache_dir_for(opts['--cache-dir'])} "
-                  f"(digest {policy['digest'][:16]})")
+            where = cache_dir_for(opts["--cache-dir"])
+            print(f"compiled {policy['file']} into {where}" if compiles else
+                  f"unchanged {where}: {policy['file']} compiled", f"(digest {policy['digest'][:16]})")
             return 0
     print("usage: python -m tiergate.policy.cache [--policy FILE] [--cache-dir DIR]", file=sys.stderr)
     return 2

@@ -39,7 +39,6 @@ def bucket_file(key: str, buckets: int) -> str:
     return f"trust-{binascii.crc32(key.encode('utf-8', 'surrogatepass')) % buckets}.idx"
 
 
-
 def pattern_key(pattern: str) -> str:
     """The index key of a name rule: its literal prefix cut at the last separator."""
     wild = [i for i in (pattern.find("*"), pattern.find("?")) if i >= 0]

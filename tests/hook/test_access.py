@@ -99,7 +99,7 @@ def test_install_refuses_an_interpreter_rootless_users_cannot_run(open_dir, monk
     monkeypatch.setattr(launcher, "interpreter", lambda: REAL)
     if any(access.problem(p, NOBODY, w) for p, w in launcher.needs()):
         pytest.skip("this checkout itself is not reachable by other users")
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--cache-dir", str(open_dir / "cache")]) == 0
     assert host.check_podman_registration([str(hooks)], "test").status == "ok"
     exe = open_dir / "bin" / "tiergate-hook"
     exe.write_text(exe.read_text().replace(f"#!{REAL}", f"#!{private / 'python3'}", 1))

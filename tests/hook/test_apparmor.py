@@ -190,6 +190,16 @@ def test_render_is_deterministic():
     assert a == b
 
 
+def test_render_takes_the_cached_policys_lazy_tier(tmp_path):
+    """What the hook holds is policy/cache.py's view of the tier: the same profile as the plain dict."""
+    from helpers import SHIPPED_POLICY, shipped_policy
+    from tiergate.policy import cache
+
+    policy = cache.load_compiled(str(SHIPPED_POLICY), str(tmp_path / "cache"))
+    for name in ("baseline", "web"):
+        assert render(policy["tiers"][name]) == render(shipped_policy()["tiers"][name])
+
+
 # --- hostile values --------------------------------------------------------
 
 

@@ -86,11 +86,12 @@ def test_dry_run_changes_nothing_and_prints_the_exact_diff(engine, tmp_path, run
     if name:
         (root / name).write_text(text)
     before = _tree(root)
-    assert cli.main(["install", "--dry-run", *_args(engine, root, runc)]) == 0
+    cache = ["--cache-dir", str(tmp_path / "cache")]  # install compiles the policy into the hook's cache
+    assert cli.main(["install", "--dry-run", *_args(engine, root, runc), *cache]) == 0
     out = capsys.readouterr().out
     assert _tree(root) == before  # nothing written, created, linked or removed
     assert "+++ " in out and "would create" in out
-    assert cli.main(["install", *_args(engine, root, runc)]) == 0
+    assert cli.main(["install", *_args(engine, root, runc), *cache]) == 0
     capsys.readouterr()
     after = _tree(root)
     diffs = _diffs(out)

@@ -145,13 +145,17 @@ def test_broken_policy_raises_policy_error_and_is_not_cached(tmp_path: Path) -> 
 
 
 def test_cache_entry_is_private_and_atomic(policy_file: Path, tmp_path: Path) -> None:
-    """The cache dir is 0700, the entry 0600, and no temp file is left behind."""
+    """The cache dir and generation dir are 0700, every file 0600, and no temp file is left behind:
+    the head, and one generation holding a file per tier and the trust index."""
     cache_dir = tmp_path / "cache"
-    cache.load_compiled(str(policy_file), str(cache_dir))
+    policy = cache.load_compiled(str(policy_file), str(cache_dir))
     assert cache_dir.stat().st_mode & 0o777 == 0o700
     entry = _entry(cache_dir)
-    assert entry.stat().st_mode & 0o777 == 0o600
-    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([entry.name, cache.LOCK])
+    (gen,) = [p for p in cache_dir.iterdir() if p.is_dir()]
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([entry.name, gen.name, cache.LOCK])
+    assert sorted(p.name for p in gen.iterdir()) == sorted([f"{t}.json" for t in policy["tiers"]] + ["trust-0.idx"])
+    assert gen.stat().st_mode & 0o777 == 0o700
+    assert {p.stat().st_mode & 0o777 for p in [entry, *gen.iterdir()]} == {0o600}
 
 
 def test_policy_path_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -181,7 +181,8 @@ def test_policy_path_kept_as_given(tmp_path, runc):
     (vol / "policy.toml").symlink_to("..data/policy.toml")
     bin_dir = tmp_path / "bin"
     assert main(["install", "--engine", "containerd", "--config", str(tmp_path / "config.toml"), "--bin-dir",
-                 str(bin_dir), "--runtime", runc, "--policy", str(vol / "policy.toml")]) == 0
+                 str(bin_dir), "--runtime", runc, "--policy", str(vol / "policy.toml"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
     assert f"policy={vol / 'policy.toml'}\n" in (bin_dir / shim.CONF).read_text()
 
 

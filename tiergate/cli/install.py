@@ -153,7 +153,8 @@ def _podman(args, bin_dir: Path, home: str | None, remove: bool) -> int:
             files.remove(path, str(bin_dir / "tiergate-hook"))
     if conf_dir:
         podman_runtime.install(conf_dir, bin_dir, default=True, runtime=args.runtime, hooks_dirs=listed, **settings)
-    else:
+    _precompile(bin_dir, settings)
+    if not conf_dir:
         import sys
 
         print("tiergate: note: hooks.d only: `podman exec` is not hardened and a missing hook program is skipped; "
@@ -192,6 +193,17 @@ def _runtime_engine(args, bin_dir: Path, home: str | None, remove: bool) -> int:
         module.uninstall(target, bin_dir)
     else:
         default = not args.no_default if args.engine == "docker" else args.default  # secure by default
-        module.install(target, bin_dir, default=default, runtime=args.runtime,
-                       **_settings(args, home if args.engine == "podman-runtime" else None))
+        settings = _settings(args, home if args.engine == "podman-runtime" else None)
+        module.install(target, bin_dir, default=default, runtime=args.runtime, **settings)
+        _precompile(bin_dir, settings)
     return 0
+
+
+def _precompile(bin_dir: Path, settings: dict) -> None:
+    """The policy compiled into the hook's cache now, by the hook's own release: no start compiles."""
+    from tiergate.engines import files, launcher
+
+    if files._dry is not None:
+        print(f"would compile the policy for {bin_dir}/tiergate-hook")
+    else:
+        launcher.precompile(bin_dir, settings)

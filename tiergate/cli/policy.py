@@ -1,4 +1,5 @@
-"""`tiergate policy check | apply`: validate a policy file; roll one out without bricking the host."""
+"""`tiergate policy check | apply | compile`: validate a policy file; roll one out without bricking the
+host; compile it ahead for the registered hooks."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ def register(sub) -> None:
                         "live file), then replace the live file by one rename and store its compiled form, under the "
                         "compile lock: a start sees the old policy or the new one, never half. A broken FILE is "
                         "refused (file:line: reason, exit 2) and nothing live is touched.")
+    cmp = pc.add_parser("compile", help="compile the policy into the cache of every registered hook and docker shim",
+                        description="Run by install, upgrades and `policy apply`: each registered hook's release "
+                        "compiles the policy it uses into its cache, so no container start pays for a compile.")
+    cmp.set_defaults(func=cmd_compile)
     app.add_argument("file", help="the new policy")
     app.add_argument("--to", metavar="LIVE", help="the live policy file (default: --policy, $TIERGATE_POLICY, "
                      "/etc/tiergate/policy.toml)")
@@ -50,3 +55,21 @@ def cmd_apply(args) -> int:
     _warn(compiled)
     print(f"applied: {args.file} -> {live}: {len(compiled['tiers'])} tiers, digest {compiled['digest'][:16]}")
     return 0
+
+
+def cmd_compile(args) -> int:
+    from pathlib import Path
+
+    from tiergate.cli.probes import podman_hooks_dirs, registrations
+    from tiergate.engines import launcher
+
+    seen, ok = set(), True
+    for _, settings in registrations(podman_hooks_dirs()[0]):
+        bin_dir = os.path.dirname(settings.pop("launcher", ""))
+        key = (bin_dir, settings.get("policy"), settings.get("cache_dir"))
+        if bin_dir and key not in seen:
+            seen.add(key)
+            ok = launcher.precompile(Path(bin_dir), settings) and ok
+    if not seen:
+        print("no registered tiergate hook or docker shim: nothing to compile")
+    return 0 if ok else 1

@@ -87,7 +87,9 @@ def ceiling_for(policy: dict[str, Any], image: Image) -> tuple[str, str, str]:
         return ns_rule["max_tier"], ns_rule.get("over_ceiling") or policy["over_ceiling"], f"namespace {image.namespace}"
     tiers = policy["tiers"]
     floor = tiers[policy["default_ceiling"]]["strictness"]
-    for i, rule in enumerate(policy["trust"]):
+    trust = policy["trust"]
+    # The cached policy's rules come with an index: only those that may match, still in order.
+    for i, rule in trust.candidates(image) if hasattr(trust, "candidates") else enumerate(trust):
         if rule["digest"]:
             if rule["digest"] in (image.id, image.digest):
                 return rule["max_tier"], rule["over_ceiling"], f"trust[{i}] digest {rule['digest'][:12]}"

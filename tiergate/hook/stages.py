@@ -126,8 +126,11 @@ def _edge(opts: Options, netns_ready: bool = False) -> pipeline.Edge:
 def load_policy(explicit: str | None, cache_dir: str | None, rec: dict) -> dict:
     """The compiled policy (cache.load_compiled), noted in the record: its digest and, when the
     file on disk is broken and the last good policy was used, the error (record.write logs it)."""
+    compiles = cache.compiles
     policy = cache.load_compiled(explicit, cache_dir)
     rec["policy"] = policy["digest"][:16]
+    if cache.compiles != compiles:
+        rec["policy_compiled"] = True  # this start paid for compiling it (install/apply/upgrade did not)
     if policy.get("stale"):
         rec["policy_error"] = policy["stale"]
     return policy

@@ -11,6 +11,7 @@ strict character set first, and anything else raises ValueError.
 from __future__ import annotations
 
 import os
+from _collections_abc import Mapping  # loaded with os; collections.abc would import collections
 
 from tiergate.core.errors import TiergateError
 from tiergate.core.names import TIER_NAME_RULE, configs_dir, valid_tier_name
@@ -148,7 +149,7 @@ def _file_rules(readonly_rootfs: bool, mounts: list[str]) -> list[str]:
 
 def render(tier: Tier) -> str:
     """The AppArmor profile text for a compiled tier dict."""
-    if not isinstance(tier, dict):
+    if not isinstance(tier, Mapping):  # a dict, or the cached policy's lazy tier (policy/stored.py)
         raise ValueError("tier must be a dict")
     name = profile_name(tier.get("name"))
     caps = _capabilities(tier)

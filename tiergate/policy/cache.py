@@ -1,7 +1,10 @@
 """The compiled-policy cache: the only policy code on the container-start path.
 
-A start reads one JSON file and stats the files it was compiled from; TOML
-parsing, attrs models and seccomp generation happen only when one changed.
+A start reads the small head of the compiled policy, stats the files it was
+compiled from, and reads only the tier files and trust-index lines it uses
+(stored.py). TOML parsing, attrs models and seccomp generation happen at
+`tiergate install`, `tiergate policy apply|compile` and package upgrade; a start
+compiles only when one of its inputs changed since (under the lock, once).
 Every file it trusts (policy, seccomp profiles, cache entry, their
 directories) must be owned by root or by the invoking user and not writable
 by group or others, or the start fails closed. A policy that no longer
@@ -20,12 +23,16 @@ from tiergate.oci.jsonio import dumps, parse
 
 from tiergate.core.errors import PolicyError
 from tiergate.core.names import configs_dir
+from tiergate.policy import stored
 
 DEFAULT_CACHE_DIR = "/var/cache/tiergate"
 SYSTEM_POLICY = "/etc/tiergate/policy.toml"
-FORMAT = 3  # must equal compile.FORMAT
+FORMAT = 4  # must equal compile.FORMAT
 LOCK = ".lock"
 FAILED = ".failed"  # beside an entry: the inputs that last failed to compile, and why
+GRACE_NS = 60 * 10**9  # a replaced generation stays this long for starts still reading it
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+compiles = 0  # compiles this process ran (the hook records when a start paid for one)
 
 
 def policy_path(explicit: str | None = None, cache_dir: str | None = None) -> str:
@@ -107,13 +114,18 @@ def policy_inputs(path: str) -> list[list[object]]:
             pass
     out: list[list[object]] = []
     for f in dict.fromkeys(files):
+        # tiergate's own code and shipped profiles count by name, size and mtime, wherever this copy
+        # lives: the CLI and a hook pinned to a release copy (same files, copied with their mtimes)
+        # then agree, and a policy apply or install compiles for the hook.
+        own = f != path and f.startswith(_PACKAGE + os.sep)
+        name = "tiergate:" + f[len(_PACKAGE) + 1:] if own else f
         try:
             st = os.stat(f)
         except OSError:
-            out.append([f, None, None, None])
+            out.append([name, None, None, None])
             continue
         check_trusted(f, "policy file" if f == path else "policy input")
-        out.append([f, st.st_mtime_ns, st.st_size, st.st_ino])
+        out.append([name, st.st_mtime_ns, st.st_size, None if own else st.st_ino])
     return out
 
 
@@ -166,42 +178,59 @@ class _Lock:
             os.close(self.fd)
 
 
+def _usable(head: dict | None, entry: str, inputs: list, cache_dir: str) -> dict | None:
+    """HEAD's policy when it was compiled from exactly these inputs; the last good one marked
+    "stale" when these inputs are known not to compile (no compile per start); else None."""
+    if head is None or not stored.valid_head(head):
+        return None
+    if head.get("inputs") == inputs:
+        return stored.view(head, cache_dir, unsafe, entry)
+    failed = read_entry(entry + FAILED)
+    if failed is not None and failed.get("inputs") == inputs:
+        return dict(stored.view(head, cache_dir, unsafe, entry), stale=str(failed.get("error")))
+    return None
+
+
 def load_compiled(explicit: str | None = None, cache_dir: str | None = None) -> dict:
-    """The compiled policy, from the cache when it is fresh, compiling (and caching) otherwise.
+    """The compiled policy (docs/contracts.md): from the cache when it is fresh, else compiled
+    under the lock (once: a start that waited for the lock finds it compiled) and cached.
 
     A policy that no longer compiles gives the last good compiled form with "stale"
     set to the error (file:line: reason). Raises PolicyError when there is none, when
     the policy file is gone, or when a file it would trust is not safely owned: the
     caller fails closed.
     """
+    global compiles
     cache_dir = cache_dir_for(cache_dir)
     path = policy_path(explicit, cache_dir)
     check_cache_dir(cache_dir)
     entry = entry_path(cache_dir, path)
     inputs = policy_inputs(path)
-    cached = read_entry(entry)
-    if cached is not None and cached.get("inputs") == inputs:
-        return cached
-    failed = read_entry(entry + FAILED)
-    if cached is not None and failed is not None and failed.get("inputs") == inputs:
-        return dict(cached, stale=str(failed.get("error")))  # known broken: do not pay a compile per start
+    policy = _usable(read_entry(entry), entry, inputs, cache_dir)
+    if policy is not None:
+        return policy
     with _Lock(cache_dir):
-        cached = read_entry(entry)  # another start may have compiled it while we waited
-        if cached is not None and cached.get("inputs") == inputs:
-            return cached
+        cached = read_entry(entry)  # another start may have compiled it (or found it broken) while we waited
+        policy = _usable(cached, entry, inputs, cache_dir)
+        if policy is not None:
+            return policy
         from tiergate.policy.compile import compile_file  # slow path: TOML, attrs, seccomp generation
 
+        compiles += 1
         try:
             compiled = compile_file(path)
         except PolicyError as exc:
-            if cached is None or cached.get("file") != os.path.realpath(path):
+            if cached is None or not stored.valid_head(cached) or cached.get("file") != os.path.realpath(path):
                 raise
-            _store(entry + FAILED, {"format": FORMAT, "inputs": inputs, "error": str(exc)})
-            return dict(cached, stale=str(exc))
+            try:
+                _write_file(entry + FAILED, {"format": FORMAT, "inputs": inputs, "error": str(exc)})
+            except OSError:
+                pass
+            return dict(stored.view(cached, cache_dir, unsafe, entry), stale=str(exc))
         compiled["inputs"] = inputs
-        _store(entry, compiled)
+        head = _store(entry, compiled)
         _remove(entry + FAILED)
-    return compiled
+    return stored.view(head, cache_dir, unsafe, entry) if head else compiled
 
 
 def apply(source: str, live: str, cache_dir: str | None = None) -> dict:
@@ -252,14 +281,89 @@ def _remove(path: str) -> None:
         pass
 
 
-def _store(entry: str, compiled: dict) -> None:
-    """Write beside and rename; a cache that cannot be written only costs speed."""
-    tmp = f"{entry}.{os.getpid()}.tmp"
+def _write_file(path: str, doc: object) -> None:
+    """Write beside and rename (0600); a cache that cannot be written only costs speed."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(entry), mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(dumps(compiled))
-        os.replace(tmp, entry)
+            fh.write(doc if isinstance(doc, bytes) else dumps(doc))
+        os.replace(tmp, path)
     except OSError:
         _remove(tmp)
+        raise
+
+
+def _store(entry: str, compiled: dict) -> dict | None:
+    """A new generation directory (one file per tier, the trust index), then the head naming it,
+    renamed over the entry: a start sees the old generation or the new one. Returns the head, or
+    None when the cache cannot be written (that only costs speed). Called under the lock."""
+    import shutil
+    import time
+
+    cache_dir, base = os.path.split(entry)
+    base = base.removesuffix(".json")
+    gen = f"{base}.{time.time_ns():x}-{os.getpid()}.d"
+    head, files = stored.split(compiled, gen)
+    gen_path = os.path.join(cache_dir, gen)
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        os.mkdir(gen_path, 0o700)
+        for name, data in files.items():
+            _write_file(os.path.join(gen_path, name), data)
+        _write_file(entry, head)
+    except OSError:
+        shutil.rmtree(gen_path, ignore_errors=True)
+        return None
+    now = time.time_ns()
+    try:
+        olds = [e for e in os.scandir(cache_dir) if e.name != gen and _generation_of(e.name, base)]
+    except OSError:
+        olds = []
+    for old in olds:  # replaced generations, once no start can still be reading them
+        try:
+            if now - old.stat(follow_symlinks=False).st_mtime_ns > GRACE_NS:
+                shutil.rmtree(old.path, ignore_errors=True)
+        except OSError:
+            pass
+    return head
+
+
+def _generation_of(name: str, base: str) -> bool:
+    """Is NAME a generation directory of the entry BASE (`<base>.<hex>-<pid>.d`), not of another policy?"""
+    stamp = name[len(base) + 1:-2]
+    return name.startswith(base + ".") and name.endswith(".d") and "." not in stamp and "-" in stamp
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tiergate.policy.cache [--policy FILE] [--cache-dir DIR]`: compile ahead, with the
+    code that runs it (install and `policy compile` run it as each registered hook's release), so
+    a start finds the cache fresh. Prints one line; exit 1 with the reason when it does not compile."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    opts: dict[str, str | None] = {"--policy": None, "--cache-dir": None}
+    for key, value in zip(args[::2], args[1::2]):
+        if key not in opts:
+            break
+        opts[key] = value
+    else:
+        if len(args) % 2 == 0:
+            try:
+                policy = load_compiled(opts["--policy"], opts["--cache-dir"])
+            except PolicyError as exc:
+                print(f"not compiled: {exc}")
+                return 1
+            if policy.get("stale"):
+                print(f"not compiled: {policy['stale']} (starts use the last good policy {policy['digest'][:16]})")
+                return 1
+            where = cache_dir_for(opts["--cache-dir"])
+            print(f"compiled {policy['file']} into {where}" if compiles else
+                  f"unchanged {where}: {policy['file']} compiled", f"(digest {policy['digest'][:16]})")
+            return 0
+    print("usage: python -m tiergate.policy.cache [--policy FILE] [--cache-dir DIR]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

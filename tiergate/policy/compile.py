@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     Fail = Callable[..., PolicyError]  # raise fail(reason, *keys): the error at the policy file's line
 
-FORMAT = 3  # bump when the compiled form changes: old caches are ignored
+FORMAT = 4  # bump when the compiled form changes: old caches are ignored
 
 
 def compile_file(path: str | Path) -> dict[str, Any]:

@@ -52,14 +52,13 @@ def _docker(spec: dict) -> list[str]:
 
 
 def _podman_container(graph: str, driver: str, layer: str) -> str | None:
-    from tiergate.sources.storage import _list, _read
+    from tiergate.sources.storage import _container_entry
 
     try:
-        entries = _list(_read(os.path.join(graph, f"{driver}-containers", "containers.json"), "container metadata"),
-                        "containers.json")
+        entry = _container_entry(graph, driver, layer)
     except Exception:  # noqa: BLE001
         return None
-    cid = next((c.get("id") for c in entries if c.get("layer") == layer), None)
+    cid = entry.get("id") if entry else None
     return cid if isinstance(cid, str) and len(cid) == 64 and cid.isalnum() else None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tiergate.core.errors import Refusal
 from tiergate.core.modifiers import annotate, devices, linux, mounts, namespaces, process, seccomp
-from tiergate.core.names import ANN_AUDIT
+from tiergate.core.names import ANN_AUDIT, PRIVATE_NAMESPACES
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the start path)
 if TYPE_CHECKING:
@@ -38,10 +38,12 @@ MODIFIERS = (
 class Context:
     """What a modifier may read (tier, policy, facts) and how it reports (change, escalation, refuse)."""
 
-    __slots__ = ("tier", "policy", "facts", "why", "changes", "refusals", "notes")
+    __slots__ = ("tier", "policy", "facts", "why", "changes", "refusals", "notes", "subject")
 
-    def __init__(self, tier: Tier, policy: dict[str, Any], facts: Facts, why: str) -> None:
+    def __init__(self, tier: Tier, policy: dict[str, Any], facts: Facts, why: str,
+                 subject: str = "a container") -> None:
         self.tier, self.policy, self.facts, self.why = tier, policy, facts, why
+        self.subject = subject  # what a refusal names: "a container", "an exec"
         self.changes: list[Change] = []
         self.refusals: list[str] = []
         self.notes: list[tuple[str, str]] = list(facts.get("notes", ()))
@@ -52,7 +54,7 @@ class Context:
     def escalation(self, what: str) -> None:
         """The caller asked for something the tier forbids: clamp (recorded) or refuse, as the tier says."""
         if self.tier["on_escalation"] == "refuse":
-            self.refusals.append(f"tier {self.tier['name']} refuses a container that {what}")
+            self.refusals.append(f"tier {self.tier['name']} refuses {self.subject} that {what}")
         else:
             self.note("clamped", what)
 
@@ -69,10 +71,7 @@ def harden(spec: dict[str, Any], tier: Tier, policy: dict[str, Any], facts: Fact
     """Return (hardened copy of spec, changes, notes). Raises Refusal; SpecError on malformed input."""
     original = spec
     spec = clone(spec)
-    ctx = Context(tier, policy, facts or {}, why)
-    if not tier["passthrough"]:
-        for modify in MODIFIERS:
-            modify(spec, ctx)
+    ctx = _modify(spec, Context(tier, policy, facts or {}, why))
     if tier.get("audit"):
         return audit(original, spec, ctx)
     if ctx.refusals:
@@ -114,3 +113,31 @@ def clone(value: Any) -> Any:
     if isinstance(value, list):
         return [clone(v) for v in value]
     return value
+
+
+def harden_exec(process: dict[str, Any], tier: Tier, policy: dict[str, Any], facts: Facts | None = None,
+                why: str = "") -> tuple[dict[str, Any], list[Change], list[tuple[str, str]]]:
+    """An exec into a running container: its process through the same MODIFIERS as a create.
+
+    The exec joins the container's namespaces, mounts, seccomp filter and cgroup, which
+    its create fixed (and hardened): the spec around the process stands for those (the
+    container's own namespaces, nothing else asked for), and only the process's changes
+    count. Returns (hardened copy of the process, changes, notes); raises Refusal.
+    """
+    spec = {"process": clone(process), "linux": {"namespaces": [{"type": kind} for kind in PRIVATE_NAMESPACES]}}
+    ctx = _modify(spec, Context(tier, policy, facts or {}, why, "an exec"))
+    changes: list[Change] = [c for c in ctx.changes if c["field"].startswith("$.process")]
+    if tier.get("audit"):
+        for reason in ctx.refusals:
+            ctx.note("would refuse", reason)
+        return clone(process), [{**c, "what": "would: " + c["what"]} for c in changes], ctx.notes
+    if ctx.refusals:
+        raise Refusal("; ".join(ctx.refusals))  # every reason, on one line
+    return spec["process"], changes, ctx.notes
+
+
+def _modify(spec: dict[str, Any], ctx: Context) -> Context:
+    if not ctx.tier["passthrough"]:
+        for modify in MODIFIERS:
+            modify(spec, ctx)
+    return ctx

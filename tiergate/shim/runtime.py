@@ -445,18 +445,40 @@ def _existing_container(parsed: runc_args.RuncArgs, conf: dict, rec: dict, seen:
     return policy, tier, source
 
 
-def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]:
-    """Harden an exec to the container's tier; returns the argv to run (the original, minus stripped options)."""
+# runc 1.1 without --process: each --cap adds to these sets of the container's process.
+CAP_FLAG_SETS = ("bounding", "effective", "permitted")
+
+
+def exec_process(parsed: runc_args.RuncArgs) -> dict:
+    """The exec's own input: the --process file (engines always give one), else what runc's flags add
+    to the container's process (hardened at create): --cap, --no-new-privs. runc ignores both beside
+    a --process file."""
     from tiergate.oci import bundle
 
-    from tiergate.core import capabilities
+    from tiergate.core.capabilities import normalize
+
+    path = parsed.value("process", "p")
+    if path:
+        return bundle.read_json_file(path, "exec process file")
+    caps = [normalize(c) for c in parsed.values("cap", "c")]
+    proc: dict = {"capabilities": {name: list(caps) for name in CAP_FLAG_SETS}} if caps else {}
+    if parsed.flag("no-new-privs"):
+        proc["noNewPrivileges"] = True
+    return proc
+
+
+def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]:
+    """Harden an exec to the container's tier through the create's modifiers (core.harden.harden_exec);
+    returns the argv to run: the original, the --process file rewritten, or, for a process given by
+    flags, minus the --cap/--apparmor the tier strips and plus the --no-new-privs/--apparmor it adds."""
+    from tiergate.oci import bundle
+
+    from tiergate.core.capabilities import normalize
+    from tiergate.core.harden import harden_exec
     from tiergate.host import facts
-    from tiergate.core.harden import Context, clone
-    from tiergate.core.modifiers import linux, process
 
     seen: dict = {}
     policy, tier, source = _existing_container(parsed, conf, rec, seen)
-    name = tier["name"]
     if seen.get("bundle"):
         rec["engine"] = _engine(seen["bundle"], "runc")
     if tier["passthrough"]:
@@ -464,60 +486,27 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
     if seen.get("bounding") is not None:
         # An exec gets the tier's capabilities, and never one its container was created without.
         tier = dict(tier, capabilities=[c for c in tier["capabilities"] if c in seen["bounding"]])
-
-    class ExecContext(Context):
-        __slots__ = ()
-
-        def escalation(self, what: str) -> None:
-            if self.tier["on_escalation"] == "refuse":
-                self.refusals.append(f"tier {self.tier['name']} refuses an exec that {what}")
-            else:
-                self.note("clamped", what)
-
-    proc_path = parsed.value("process", "p")
-    proc = bundle.read_json_file(proc_path, "exec process file") if proc_path else {}
-    original = clone(proc)
-    spec = {"process": proc}
-    ctx = ExecContext(tier, policy, facts.gather(spec, tier), source)
-    if proc_path:
-        process.capabilities(spec, ctx)
-        process.no_new_privileges(spec, ctx)
-        if ctx.facts.get("cgroup_limits") is False:
-            linux.pids(spec, ctx)  # rootless: the exec'd process gets the container's RLIMIT_NPROC
-    process.apparmor(spec, ctx)
-    allowed = set(tier["capabilities"])
-    bad_caps = set()
-    for cap in sorted(parsed.values("cap", "c")):
-        norm = capabilities.normalize(cap)
-        if norm not in allowed:
-            bad_caps.add(cap)
-            if norm not in capabilities.ENGINE_DEFAULTS:
-                ctx.escalation(f"asks for --cap {norm}")
-            ctx.change("--cap", f"dropped {norm}", f"tier {name} allows {', '.join(sorted(allowed)) or 'no capabilities'}")
-    if ctx.refusals:
-        raise _refusal("; ".join(ctx.refusals))  # every reason, on one line
-    profile = proc.get("apparmorProfile") if proc_path else ctx.facts.get("apparmor")
-
-    def drop(opt) -> bool:
-        if opt.name in ("cap", "c"):
-            return opt.value in bad_caps
-        if opt.name in ("apparmor", "a") and tier["apparmor"] != "off":
-            return opt.value != profile
-        return False
-
-    argv = parsed.without(drop)
+    proc = exec_process(parsed)
+    hardened, changes, notes = harden_exec(proc, tier, policy, facts.gather({"process": proc}, tier), source)
+    rec["changes"] = [f"{c['field']}: {c['what']}" for c in changes]
+    if notes:
+        rec["notes"] = [f"{k}: {v}" for k, v in notes]
+    path = parsed.value("process", "p")
+    if tier.get("audit"):
+        return parsed.argv  # audit: the exec runs as asked; the record says what enforcement would do
+    if path:
+        if hardened != proc:
+            bundle.write_json_file(path, hardened)
+        return parsed.without(lambda opt: opt.name in ("cap", "c"))  # no effect beside --process: never read
+    kept = set((hardened.get("capabilities") or {}).get("bounding") or ())
+    profile = hardened.get("apparmorProfile")
+    argv = parsed.without(lambda opt: (opt.name in ("cap", "c") and normalize(opt.value or "") not in kept)
+                          or (opt.name in ("apparmor", "a") and tier["apparmor"] != "off" and opt.value != profile))
     extra = []
-    if not proc_path:
-        if tier["no_new_privileges"] and not parsed.flag("no-new-privs"):
-            extra.append("--no-new-privs")
-            ctx.change("--no-new-privs", "added", "setuid binaries must not raise privileges")
-        if profile and parsed.value("apparmor", "a") != profile:
-            extra += ["--apparmor", profile]
-    elif spec["process"] != original:
-        bundle.write_json_file(proc_path, spec["process"])
-    rec["changes"] = [f"{c['field']}: {c['what']}" for c in ctx.changes]
-    if ctx.notes:
-        rec["notes"] = [f"{k}: {v}" for k, v in ctx.notes]
+    if hardened.get("noNewPrivileges") and not parsed.flag("no-new-privs"):
+        extra.append("--no-new-privs")
+    if profile and parsed.value("apparmor", "a") != profile:
+        extra += ["--apparmor", profile]
     return parsed.with_options(extra, argv) if extra else argv
 
 
@@ -536,7 +525,7 @@ def enforce_update(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[st
     policy, tier, source = _existing_container(parsed, conf, rec)
     if tier["passthrough"]:
         return parsed.argv
-    ctx = Context(tier, policy, {}, source)
+    ctx = Context(tier, policy, {}, source, "an update")
     where = parsed.value("resources", "r")
     stdin = None
     resources: dict = {}
@@ -563,7 +552,7 @@ def enforce_update(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[st
             raise _refusal(f"invalid --pids-limit {flag[:32]!r}") from None
         linux.pids_update(flag_res, ctx)
     if ctx.refusals:
-        raise _refusal(ctx.refusals[0].replace("a container that", "an update that", 1))
+        raise _refusal(ctx.refusals[0])
     rec["changes"] = [f"{c['field']}: {c['what']}" for c in ctx.changes]
     argv = parsed.argv
     if flag is not None and flag_res and flag_res["pids"]["limit"] != int(flag):

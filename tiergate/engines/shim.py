@@ -101,7 +101,12 @@ TIERGATE_SHIM_ACTIVE=1 exec "$real" "$@"
 def py_launcher(lib_dir: Path, conf: Path) -> str:
     text = script(lib_dir, "tiergate.shim.runtime")
     text = text.replace(f"{MARKER}\n", f"{MARKER}: {SHIM} (Python part)\n", 1)
-    return text.replace("sys.exit(main())", f"sys.exit(main(conf={str(conf)!r}))")
+    # os._exit after flushing: the interpreter's teardown (~4 M instructions) is no use to a create
+    # that ran the runtime itself (create, then program the namespace) or refused.
+    return text.replace("sys.exit(main())", f"code = main(conf={str(conf)!r})\n"
+                        "for out in (sys.stdout, sys.stderr):\n"
+                        "    try:\n        out.flush()\n    except Exception:  # closed or None: nothing to keep\n"
+                        "        pass\nos._exit(code)")
 
 
 def conf_text(settings: dict) -> str:

@@ -431,12 +431,22 @@ def _refusal(reason: str):
     return Refusal(reason)
 
 
+def load_policy(conf: dict, rec: dict) -> dict:
+    """The compiled policy, noted in the record as the hook notes it (its digest; the error when the
+    last good one was used). Not through hook.stages: an exec would import the hook's whole entry."""
+    from tiergate.policy import cache
+
+    policy = cache.load_compiled(conf.get("policy"), conf.get("cache_dir"))
+    rec["policy"] = policy["digest"][:16]
+    if policy.get("stale"):
+        rec["policy_error"] = policy["stale"]
+    return policy
+
+
 def _existing_container(parsed: runc_args.RuncArgs, conf: dict, rec: dict, seen: dict | None = None):
     """(policy, tier, where the tier came from) for the container an exec or update names."""
-    from tiergate.hook import stages
-
     rec["container"] = parsed.container_id or ""
-    policy = stages.load_policy(conf.get("policy"), conf.get("cache_dir"), rec)
+    policy = load_policy(conf, rec)
     name, source = container_tier(parsed, conf, policy, seen)
     tier = policy["tiers"].get(name)
     if tier is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -334,3 +335,11 @@ def test_broken_policy_save_keeps_starting_on_the_last_good_one_and_says_so(hook
     errors = [r for r in recs if r["stage"] == "policy"]
     assert len(errors) == 2 and all(f"{policy}:2: invalid TOML" in r["reason"] for r in errors)
     assert [r["outcome"] for r in recs if r["stage"] == "precreate"] == ["allowed"] * 3
+
+
+def test_refusal_spec_names_its_line_where_crun_quotes_it() -> None:
+    """crun quotes no hook output, but quotes a hook output file it cannot open: the refusal spec
+    names one under /proc (where no such entry can exist) that holds the line."""
+    line = "tiergate: refused: tier restricted refuses a container that runs --privileged"
+    path = refusal_spec(None, line)["annotations"]["run.oci.hooks.stderr"]
+    assert path == "/proc/" + line and not os.path.lexists(path)

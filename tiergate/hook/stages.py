@@ -234,6 +234,9 @@ def _emit(spec: dict, rec: dict) -> int:
     return 0
 
 
+CRUN_HOOK_STDERR = "run.oci.hooks.stderr"
+
+
 def refusal_spec(spec, line: str) -> dict:
     """A spec that cannot start: no capabilities, no binds, and a createRuntime hook that fails with `line`."""
     base = spec if isinstance(spec, dict) else {}
@@ -246,7 +249,10 @@ def refusal_spec(spec, line: str) -> dict:
                     "noNewPrivileges": True, "capabilities": {}},
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
         "hooks": {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", 'printf "%s\\n" "$0" >&2; exit 1', line]}]},
-        "annotations": {ANN_REFUSED: line},
+        # crun quotes no hook output, but names a hook output file it cannot open, before any hook
+        # runs: `open `/proc/<line>`: No such file or directory` (no such entry can exist in /proc).
+        # runc ignores the annotation and quotes the hook's stderr.
+        "annotations": {ANN_REFUSED: line, CRUN_HOOK_STDERR: "/proc/" + line},
         "linux": {"namespaces": [{"type": t} for t in PRIVATE_NAMESPACES]},
     }
     if isinstance(linux.get("cgroupsPath"), str):

@@ -315,3 +315,32 @@ def test_malformed_spec_is_never_let_through(env, on_error):
     (b / "config.json").write_text('{"ociVersion": "1.0.2", "process": {"args": 3}')
     assert _main(env, ["create", "--bundle", str(b), "e3"]) == 1
     assert env["calls"] == []
+
+
+HEAVY = ("hashlib", "subprocess", "json", "tomllib", "attrs", "socket", "tiergate.sources.bolt")
+
+
+@pytest.mark.parametrize("command", ["create", "exec"])
+def test_shim_start_path_imports_nothing_heavy(env, command):
+    """The shim's own cost is its imports (callgrind: ~95% of it). Deterministic guard: create of a
+    bare bundle and exec import none of the modules that cost most (hashlib loads OpenSSL, ~11 M
+    instructions; subprocess ~43 M) and exec does not import the podman hook's entry."""
+    import subprocess
+    import sys
+
+    if command == "create":
+        b = _bundle(env["tmp"], {"io.tiergate.tier": "restricted"}, caps=("CAP_NET_BIND_SERVICE",))
+        argv = ["--root", "/r", "create", "--bundle", str(b), "id1"]
+    else:
+        argv = ["--root", _state(env), "exec", "--process", str(_process(env, ["CAP_KILL"])), "c1"]
+    assert _main(env, argv) == "exec"  # warms the policy cache: a compile is no start's work
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__))))
+    code = (f"import os, sys\nsys.path.insert(0, {repo!r})\nfrom tiergate.shim import runtime\n"
+            "os.execv = lambda p, a: (print(sorted(sys.modules), flush=True), os._exit(0))\n"
+            f"runtime.main({argv!r}, conf={env['conf']!r})\n")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"TIERGATE_RUNTIME": "/bin/true"})
+    assert out.returncode == 0 and out.stdout, out.stderr
+    mods = set(eval(out.stdout))
+    heavy = {*HEAVY, "tiergate.hook.stages"} if command == "exec" else set(HEAVY)
+    assert not mods & heavy, sorted(mods & heavy)

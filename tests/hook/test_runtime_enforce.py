@@ -152,6 +152,17 @@ def test_exec_cap_flags_stripped_and_nnp_added(env):
                                    "--cap", "CAP_NET_ADMIN"]
 
 
+def test_exec_cap_flags_beside_a_process_file_are_dropped(env):
+    """runc ignores --cap beside --process: the file is what runs (hardened), the flags never reach the runtime."""
+    root = _state(env, "baseline")
+    p = _process(env, ["CAP_KILL"])
+    argv = ["--root", root, "exec", "--process", str(p), "--cap", "CAP_SYS_ADMIN", "-c", "CAP_KILL", "c1"]
+    assert _main(env, argv) == "exec"
+    assert env["calls"][0][1:] == ["--root", root, "exec", "--process", str(p), "c1"]
+    proc = json.loads(p.read_text())
+    assert proc["capabilities"]["bounding"] == ["CAP_KILL"] and proc["noNewPrivileges"] is True
+
+
 def test_exec_cap_flag_refused_by_restricted(env):
     root = _state(env)
     assert _main(env, ["--root", root, "exec", "--cap", "CAP_SYS_ADMIN", "c1", "sh"]) == 1

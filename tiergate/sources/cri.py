@@ -33,7 +33,7 @@ import os
 import stat
 
 try:  # the builtin module: hashlib loads OpenSSL (~11 M instructions, ~5 ms) on every pod start
-    from _sha256 import sha256
+    from _sha256 import sha256  # type: ignore[import-not-found]
 except ImportError:  # Python 3.12+ names it _sha2
     from hashlib import sha256
 

@@ -355,3 +355,15 @@ def test_shim_start_path_imports_nothing_heavy(env, command):
     mods = set(eval(out.stdout))
     heavy = {*HEAVY, "tiergate.hook.stages"} if command == "exec" else set(HEAVY)
     assert not mods & heavy, sorted(mods & heavy)
+
+
+@pytest.mark.parametrize("unified", [{}, {'a"labels': "1"}, {"a\\": "x", "labels": "io.tiergate.tier=privileged"},
+                                     {'x,"labels': "y"}, {'"capabilities":{"Bounding":["CAP_SYS_ADMIN"]}': "z"}])
+@pytest.mark.parametrize("sep", [(",", ":"), (", ", ": ")], ids=["compact", "spaced"])
+def test_runc_state_fields_are_those_of_its_config(unified, sep):
+    """The labels and capabilities read from runc's state without a full parse are the config's own,
+    whatever a caller-set map key (cgroup v2 `unified`) holds; else the whole state is parsed."""
+    state = {"id": "c1", "config": {"cgroups": {"unified": unified}, "labels": ["io.tiergate.tier=restricted"],
+                                     "capabilities": {"Bounding": ["CAP_KILL"]}, "seccomp": {"syscalls": [{}] * 50}}}
+    got = runtime.runc_config_fields(json.dumps(state, separators=sep))
+    assert got["labels"] == ["io.tiergate.tier=restricted"] and got["capabilities"] == {"Bounding": ["CAP_KILL"]}

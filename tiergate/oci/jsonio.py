@@ -122,8 +122,18 @@ def _position(text: str, idx: int) -> str:
 
 def parse(text: str, what: str = "document", pairs_hook=None) -> object:
     """Any JSON value from text, strictly (no NaN, nothing after the value); one SpecError line otherwise."""
-    scan = _json.make_scanner(_Context(pairs_hook))  # type: ignore[arg-type]  # the scanner reads only these attributes
     start = len(text) - len(text.lstrip(_WS))
+    obj, end = value_at(text, start, what, pairs_hook)
+    rest = text[end:]
+    if rest.strip(_WS):
+        end += len(rest) - len(rest.lstrip(_WS))
+        raise SpecError(f"invalid JSON in {what}: Extra data at {_position(text, end)}", "$")
+    return obj
+
+
+def value_at(text: str, start: int, what: str = "document", pairs_hook=None) -> tuple[object, int]:
+    """The JSON value that starts at text[start] (part of a larger document) and the index after it."""
+    scan = _json.make_scanner(_Context(pairs_hook))  # type: ignore[arg-type]  # the scanner reads only these attributes
     try:
         try:
             obj, end = scan(text, start)
@@ -143,11 +153,7 @@ def parse(text: str, what: str = "document", pairs_hook=None) -> object:
         if msg is not None:
             raise SpecError(f"invalid JSON in {what}: {msg} at {_position(text, e.pos)}", "$") from None  # type: ignore[attr-defined]
         raise SpecError(f"invalid JSON in {what}: {e}", "$") from None
-    rest = text[end:]
-    if rest.strip(_WS):
-        end += len(rest) - len(rest.lstrip(_WS))
-        raise SpecError(f"invalid JSON in {what}: Extra data at {_position(text, end)}", "$")
-    return obj
+    return obj, end
 
 
 def _shallow(node: dict | list, room: int) -> bool:

@@ -373,10 +373,10 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
     bundle_dir = None
     state_file = os.path.join(root, cid, "state.json")
     try:  # runc: the labels runc applied: spec annotations as k=v, and bundle=<dir>
-        state = bundle.read_json_file(state_file, "runc state")
-        labels = (state.get("config") or {}).get("labels") or []
+        config = runc_config_fields(bundle.read_file(state_file).decode("utf-8"))
+        labels = config.get("labels") or []
         found = dict(str(x).partition("=")[::2] for x in labels if isinstance(x, str))
-        caps = ((state.get("config") or {}).get("capabilities") or {}).get("Bounding")
+        caps = (config.get("capabilities") or {}).get("Bounding")
         if isinstance(caps, list):
             seen["bounding"] = [c for c in caps if isinstance(c, str)]
         seen["bundle"] = found.get("bundle")
@@ -415,6 +415,34 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
 
     image, _ = resolve_image(spec, cid, policy, bundle_dir, conf)
     return decide(policy, image, annotations).tier, "decided at exec (the container was created without tiergate)"
+
+
+RUNC_CONFIG_KEYS = ("labels", "capabilities")  # of libcontainer's Config, in runc's state.json
+
+
+def runc_config_fields(text: str) -> dict:
+    """config.labels and config.capabilities of runc's state.json, without parsing the rest.
+
+    The state holds the container's whole config (~30 KB, mostly its seccomp filter: ~9 M
+    instructions through jsonio); each key is found as the one `"KEY":` after a `{` or `,`
+    (a quote inside a string is escaped, so that is a key) and only its value is parsed.
+    A key absent or found twice: the whole state is parsed, as before.
+    """
+    from tiergate.oci import jsonio
+
+    space = " \t\n\r"
+    out = {}
+    for key in RUNC_CONFIG_KEYS:
+        mark = f'"{key}":'
+        at = text.find(mark)
+        before = text[:at].rstrip(space)[-1:] if at > 0 else ""
+        if before not in ("{", ",") or not before or text.find(mark, at + 1) != -1:
+            config = jsonio.loads(text, "runc state").get("config")
+            return config if isinstance(config, dict) else {}
+        start = at + len(mark)
+        start += len(text) - start - len(text[start:].lstrip(space))
+        out[key] = jsonio.value_at(text, start, "runc state")[0]
+    return out
 
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")

@@ -696,19 +696,3 @@ def test_callers_io_tiergate_annotations_never_survive(tier: str) -> None:
     assert tier != "privileged" or "io.tiergate.network" not in ann
     assert "io.tiergate.refused" not in ann and "io.tiergate.anything" not in ann
 
-
-def test_harden_process_applies_the_process_modifiers_and_names_an_exec() -> None:
-    """An exec's process gets the tier's capabilities and no_new_privs from the same modifiers;
-    a refusal names the exec, and the container-level changes (pids cgroup) are not the exec's."""
-    from tiergate.core.harden import MODIFIERS, PROCESS_MODIFIERS, harden_process
-
-    assert set(PROCESS_MODIFIERS) <= set(MODIFIERS)
-    policy = shipped_policy()
-    proc = {"args": ["sh"], "capabilities": {s: ["CAP_KILL", "CAP_NET_BIND_SERVICE"] for s in ("bounding", "effective")}}
-    out, changes, _ = harden_process(proc, policy["tiers"]["isolated"], policy, {})
-    assert out["capabilities"] == {"bounding": [], "effective": []} and out["noNewPrivileges"] is True
-    assert proc["capabilities"]["bounding"] == ["CAP_KILL", "CAP_NET_BIND_SERVICE"]  # a copy
-    assert all(c["field"].startswith("$.process") for c in changes) and changes
-    proc["capabilities"]["bounding"].append("CAP_SYS_ADMIN")
-    with pytest.raises(Refusal, match="refuses an exec that asks for capabilities"):
-        harden_process(proc, policy["tiers"]["restricted"], policy, {})

@@ -152,6 +152,17 @@ def test_exec_cap_flags_stripped_and_nnp_added(env):
                                    "--cap", "CAP_NET_ADMIN"]
 
 
+def test_exec_cap_flags_beside_a_process_file_are_dropped(env):
+    """runc ignores --cap beside --process: the file is what runs (hardened), the flags never reach the runtime."""
+    root = _state(env, "baseline")
+    p = _process(env, ["CAP_KILL"])
+    argv = ["--root", root, "exec", "--process", str(p), "--cap", "CAP_SYS_ADMIN", "-c", "CAP_KILL", "c1"]
+    assert _main(env, argv) == "exec"
+    assert env["calls"][0][1:] == ["--root", root, "exec", "--process", str(p), "c1"]
+    proc = json.loads(p.read_text())
+    assert proc["capabilities"]["bounding"] == ["CAP_KILL"] and proc["noNewPrivileges"] is True
+
+
 def test_exec_cap_flag_refused_by_restricted(env):
     root = _state(env)
     assert _main(env, ["--root", root, "exec", "--cap", "CAP_SYS_ADMIN", "c1", "sh"]) == 1
@@ -325,3 +336,44 @@ def test_malformed_spec_is_never_let_through(env, on_error):
     (b / "config.json").write_text('{"ociVersion": "1.0.2", "process": {"args": 3}')
     assert _main(env, ["create", "--bundle", str(b), "e3"]) == 1
     assert env["calls"] == []
+
+
+HEAVY = ("hashlib", "subprocess", "json", "tomllib", "attrs", "socket", "tiergate.sources.bolt")
+
+
+@pytest.mark.parametrize("command", ["create", "exec"])
+def test_shim_start_path_imports_nothing_heavy(env, command):
+    """The shim's own cost is its imports (callgrind: ~95% of it). Deterministic guard: create of a
+    bare bundle and exec import none of the modules that cost most (hashlib loads OpenSSL, ~11 M
+    instructions; subprocess ~43 M) and exec does not import the podman hook's entry."""
+    import subprocess
+    import sys
+
+    if command == "create":
+        b = _bundle(env["tmp"], {"io.tiergate.tier": "restricted"}, caps=("CAP_NET_BIND_SERVICE",))
+        argv = ["--root", "/r", "create", "--bundle", str(b), "id1"]
+    else:
+        argv = ["--root", _state(env), "exec", "--process", str(_process(env, ["CAP_KILL"])), "c1"]
+    assert _main(env, argv) == "exec"  # warms the policy cache: a compile is no start's work
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__))))
+    code = (f"import os, sys\nsys.path.insert(0, {repo!r})\nfrom tiergate.shim import runtime\n"
+            "os.execv = lambda p, a: (print(sorted(sys.modules), flush=True), os._exit(0))\n"
+            f"runtime.main({argv!r}, conf={env['conf']!r})\n")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"TIERGATE_RUNTIME": "/bin/true"})
+    assert out.returncode == 0 and out.stdout, out.stderr
+    mods = set(eval(out.stdout))
+    heavy = {*HEAVY, "tiergate.hook.stages"} if command == "exec" else set(HEAVY)
+    assert not mods & heavy, sorted(mods & heavy)
+
+
+@pytest.mark.parametrize("unified", [{}, {'a"labels': "1"}, {"a\\": "x", "labels": "io.tiergate.tier=privileged"},
+                                     {'x,"labels': "y"}, {'"capabilities":{"Bounding":["CAP_SYS_ADMIN"]}': "z"}])
+@pytest.mark.parametrize("sep", [(",", ":"), (", ", ": ")], ids=["compact", "spaced"])
+def test_runc_state_fields_are_those_of_its_config(unified, sep):
+    """The labels and capabilities read from runc's state without a full parse are the config's own,
+    whatever a caller-set map key (cgroup v2 `unified`) holds; else the whole state is parsed."""
+    state = {"id": "c1", "config": {"cgroups": {"unified": unified}, "labels": ["io.tiergate.tier=restricted"],
+                                     "capabilities": {"Bounding": ["CAP_KILL"]}, "seccomp": {"syscalls": [{}] * 50}}}
+    got = runtime.runc_config_fields(json.dumps(state, separators=sep))
+    assert got["labels"] == ["io.tiergate.tier=restricted"] and got["capabilities"] == {"Bounding": ["CAP_KILL"]}

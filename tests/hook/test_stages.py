@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -374,3 +375,11 @@ def test_precreate_internal_error_follows_on_error_for_podman(monkeypatch, tmp_p
     assert rec["outcome"] == outcome and "RuntimeError: boom" in rec["reason"]
     refused = out.get("annotations", {}).get("io.tiergate.refused")
     assert (refused is None) == (outcome == "allowed-on-error"), refused
+
+
+def test_refusal_spec_names_its_line_where_crun_quotes_it() -> None:
+    """crun quotes no hook output, but quotes a hook output file it cannot open: the refusal spec
+    names one under /proc (where no such entry can exist) that holds the line."""
+    line = "tiergate: refused: tier restricted refuses a container that runs --privileged"
+    path = refusal_spec(None, line)["annotations"]["run.oci.hooks.stderr"]
+    assert path == "/proc/" + line and not os.path.lexists(path)

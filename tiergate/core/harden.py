@@ -10,7 +10,7 @@ import marshal  # built in, loaded with the interpreter: no import cost
 
 from tiergate.core.errors import Refusal
 from tiergate.core.modifiers import annotate, devices, linux, mounts, namespaces, process, seccomp
-from tiergate.core.names import ANN_AUDIT
+from tiergate.core.names import ANN_AUDIT, PRIVATE_NAMESPACES
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the start path)
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ MODIFIERS = (
 )
 # The modifiers of MODIFIERS that read and write only $.process: what an exec's process
 # (runc exec --process FILE) gets from its container's tier.
-PROCESS_MODIFIERS = (process.capabilities, process.no_new_privileges, process.apparmor, linux.pids)
 
 
 class Context:
@@ -75,30 +74,13 @@ def harden(spec: dict[str, Any], tier: Tier, policy: dict[str, Any], facts: Fact
     """Return (hardened copy of spec, changes, notes). Raises Refusal; SpecError on malformed input."""
     original = spec
     spec = clone(spec)
-    ctx = Context(tier, policy, facts or {}, why)
-    if not tier["passthrough"]:
-        for modify in MODIFIERS:
-            modify(spec, ctx)
+    ctx = _modify(spec, Context(tier, policy, facts or {}, why))
     if tier.get("audit"):
         return audit(original, spec, ctx)
     if ctx.refusals:
         raise Refusal("; ".join(ctx.refusals))  # every reason, on one line
     annotate.decision(spec, ctx)
     return spec, ctx.changes, ctx.notes
-
-
-def harden_process(process: dict[str, Any], tier: Tier, policy: dict[str, Any], facts: Facts,
-                   why: str = "") -> tuple[dict[str, Any], list[Change], list[tuple[str, str]]]:
-    """An exec's process hardened to its container's tier: (process copy, changes, notes). Raises Refusal."""
-    spec = {"process": clone(process)}
-    ctx = Context(tier, policy, facts, why, "an exec")
-    if not tier["passthrough"]:
-        for modify in PROCESS_MODIFIERS:
-            modify(spec, ctx)
-    if ctx.refusals:
-        raise Refusal("; ".join(ctx.refusals))
-    # linux.pids sets the container's cgroup limit (already there) unless it must use RLIMIT_NPROC
-    return spec["process"], [c for c in ctx.changes if c["field"].startswith("$.process")], ctx.notes
 
 
 def audit(original: dict[str, Any], hardened: dict[str, Any],
@@ -143,3 +125,31 @@ def _walk_clone(value: Any) -> Any:
     if isinstance(value, list):
         return [_walk_clone(v) for v in value]
     return value
+
+
+def harden_exec(process: dict[str, Any], tier: Tier, policy: dict[str, Any], facts: Facts | None = None,
+                why: str = "") -> tuple[dict[str, Any], list[Change], list[tuple[str, str]]]:
+    """An exec into a running container: its process through the same MODIFIERS as a create.
+
+    The exec joins the container's namespaces, mounts, seccomp filter and cgroup, which
+    its create fixed (and hardened): the spec around the process stands for those (the
+    container's own namespaces, nothing else asked for), and only the process's changes
+    count. Returns (hardened copy of the process, changes, notes); raises Refusal.
+    """
+    spec = {"process": clone(process), "linux": {"namespaces": [{"type": kind} for kind in PRIVATE_NAMESPACES]}}
+    ctx = _modify(spec, Context(tier, policy, facts or {}, why, "an exec"))
+    changes: list[Change] = [c for c in ctx.changes if c["field"].startswith("$.process")]
+    if tier.get("audit"):
+        for reason in ctx.refusals:
+            ctx.note("would refuse", reason)
+        return clone(process), [{**c, "what": "would: " + c["what"]} for c in changes], ctx.notes
+    if ctx.refusals:
+        raise Refusal("; ".join(ctx.refusals))  # every reason, on one line
+    return spec["process"], changes, ctx.notes
+
+
+def _modify(spec: dict[str, Any], ctx: Context) -> Context:
+    if not ctx.tier["passthrough"]:
+        for modify in MODIFIERS:
+            modify(spec, ctx)
+    return ctx

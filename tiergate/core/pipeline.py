@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     Json = dict[str, Any]
 
 from tiergate.core.decide import Decision, Image, decide
-from tiergate.core.harden import harden, harden_process
+from tiergate.core.harden import harden, harden_exec
 from tiergate.core.spec import validate
 
 EXEC_GAP = ("podman exec runs no hook: unless tiergate-runtime is podman's runtime (as the default install "
@@ -131,9 +131,9 @@ def run(spec: Json, policy: Json, image: Image, edge: Edge, record: Callable[[Js
 
 
 def enforce_process(process: Json, policy: Json, tier: Tier, facts: Facts, why: str) -> Hardened:
-    """An exec's process (runc exec --process FILE) hardened to its container's tier: the
-    process modifiers of the same list (harden.PROCESS_MODIFIERS); refusals name "an exec"."""
-    hardened, changes, notes = harden_process(process, tier, policy, facts, why)
+    """An exec's process (runc exec --process FILE, or built from its flags) hardened to its
+    container's tier through the same modifiers (harden.harden_exec); refusals name "an exec"."""
+    hardened, changes, notes = harden_exec(process, tier, policy, facts, why)
     return Hardened(hardened, tier, facts, changes, notes, _record(changes, notes, facts))
 
 

@@ -22,11 +22,6 @@ from tiergate.core.names import ANN_LOG_ERROR, ANN_PORTS, ANN_REFUSED, ANN_TIER,
 from tiergate.core import pipeline
 from tiergate.policy import cache
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-    from typing import Any
-
 USAGE = ("usage: tiergate-hook {precreate|createRuntime|prestart} "
          "[--policy FILE] [--cache-dir DIR] [--log FILE]")
 
@@ -123,25 +118,12 @@ def _edge(opts: Options, netns_ready: bool = False) -> pipeline.Edge:
     return host_edge(opts.engine, opts.cache_dir, opts.log, _hook_self(opts, "createRuntime"), netns_ready)
 
 
-def load_policy(explicit: str | None, cache_dir: str | None, rec: dict) -> dict:
-    """The compiled policy (cache.load_compiled), noted in the record: its digest and, when the
-    file on disk is broken and the last good policy was used, the error (record.write logs it)."""
-    compiles = cache.compiles
-    policy = cache.load_compiled(explicit, cache_dir)
-    rec["policy"] = policy["digest"][:16]
-    if cache.compiles != compiles:
-        rec["policy_compiled"] = True  # this start paid for compiling it (install/apply/upgrade did not)
-    if policy.get("stale"):
-        rec["policy_error"] = policy["stale"]
-    return policy
-
-
 def precreate(opts: Options, rec: dict) -> int:
     spec = policy = hardened = None
     try:
         spec = stdio.read_stdin("config")
         _container(spec, rec)
-        policy = load_policy(opts.policy, opts.cache_dir, rec)
+        policy = cache.load_noted(opts.policy, opts.cache_dir, rec)
         image = _image(spec)
         rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12],
                    label=image.labels.get(policy["label_key"]))
@@ -152,6 +134,8 @@ def precreate(opts: Options, rec: dict) -> int:
         done = pipeline.run(spec, policy, image, _edge(opts, netns_ready=bool(netns) or empty_netns(spec)), rec.update)
         hardened, tier = done.spec, done.tier
         if netns and pipeline.needs_netns(tier):
+            from tiergate.network.program import program_netns
+
             program_netns(hardened, tier, netns, rec, done.facts.get("ports") or [])
         elif tier["network"] is not None:
             rec["network"] = f"{tier['network']['name']}: fresh namespace, loopback only, nothing to filter"
@@ -185,6 +169,9 @@ def _emit(spec: dict, rec: dict) -> int:
     return 0
 
 
+CRUN_HOOK_STDERR = "run.oci.hooks.stderr"
+
+
 def refusal_spec(spec, line: str) -> dict:
     """A spec that cannot start: no capabilities, no binds, and a createRuntime hook that fails with `line`."""
     base = spec if isinstance(spec, dict) else {}
@@ -197,7 +184,10 @@ def refusal_spec(spec, line: str) -> dict:
                     "noNewPrivileges": True, "capabilities": {}},
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
         "hooks": {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", 'printf "%s\\n" "$0" >&2; exit 1', line]}]},
-        "annotations": {ANN_REFUSED: line},
+        # crun quotes no hook output, but names a hook output file it cannot open, before any hook
+        # runs: `open `/proc/<line>`: No such file or directory` (no such entry can exist in /proc).
+        # runc ignores the annotation and quotes the hook's stderr.
+        "annotations": {ANN_REFUSED: line, CRUN_HOOK_STDERR: "/proc/" + line},
         "linux": {"namespaces": [{"type": t} for t in PRIVATE_NAMESPACES]},
     }
     if isinstance(linux.get("cgroupsPath"), str):
@@ -222,7 +212,7 @@ def create_runtime(opts: Options, rec: dict) -> int:
     annotations = spec["annotations"] if isinstance(spec.get("annotations"), dict) else {}
     tier_name = annotations.get(ANN_TIER)
     rec["image_id"] = _image_id(spec)
-    policy = load_policy(opts.policy, opts.cache_dir, rec)
+    policy = cache.load_noted(opts.policy, opts.cache_dir, rec)
     tier = policy["tiers"].get(tier_name) if isinstance(tier_name, str) else None
     if tier is None:
         raise Refusal(f"the bundle carries no valid tiergate tier ({show(tier_name)}); it was not hardened")
@@ -232,72 +222,18 @@ def create_runtime(opts: Options, rec: dict) -> int:
     pid = state.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         raise OciError("the hook state has no pid")
+    from tiergate.network.program import program_netns
+
     # the ports precreate (or the shim) read from the engine's records and wrote down
     program_netns(spec, tier, f"/proc/{pid}/ns/net", rec,
                   pipeline.port_list((annotations.get(ANN_PORTS) or "").split(",")))
     return 0
 
 
-def program_netns(spec: dict, tier: Mapping[str, Any], netns: str, rec: dict, ports: Sequence[Mapping[str, Any]],
-                  detach_close: bool = False) -> None:
-    """Close metadata, then load the network policy, in the namespace at `netns`; TiergateError if not.
-
-    detach_close: the caller's parent reaps orphans (the shim): see network/apply.py."""
-    from tiergate.host import facts as host
-    from tiergate.network import metadata
-    from tiergate.network.apply import NetworkApplyError
-    from tiergate.network.netns import NetnsError
-
-    if pipeline.closes_metadata(tier):
-        proc = spec["process"] if isinstance(spec.get("process"), dict) else {}
-        caps = proc["capabilities"] if isinstance(proc.get("capabilities"), dict) else {}
-        raw = "CAP_NET_RAW" in (caps.get("bounding") or [])
-        try:
-            rec["metadata"] = metadata.close(netns, host.resolv_conf_nameservers(spec), raw, detach_close)
-        except (NetnsError, NetworkApplyError, OSError) as exc:
-            raise TiergateError(f"cannot close cloud metadata in the container's network namespace: {exc}") from None
-    if tier["network"] is not None:
-        apply_network(spec, tier, netns, ports, rec, detach_close)
-
-
-def apply_network(spec: dict, tier: Mapping[str, Any], netns: str, ports: Sequence[Mapping[str, Any]], rec: dict,
-                  detach_close: bool = False) -> None:
-    from tiergate.host import facts as host
-    from tiergate.network import apply, ruleset
-
-    facts = {"id": rec.get("container", ""),
-             "nameservers": host.resolv_conf_nameservers(spec), "ports": ports}
-    doc = ruleset.build(tier["network"], facts)
-    if tier.get("audit"):
-        from tiergate.network import flows
-
-        doc = flows.record(log_only(doc))  # would-be drops: counted per flow in the container's netns
-    try:
-        apply.apply(doc, netns, detach_close=detach_close)
-        if tier["network"].get("rate"):
-            from tiergate.network import shaping  # pyroute2: only tiers that shape pay its import
-
-            rec["shaped"] = shaping.shape(netns, tier["network"]["rate"])
-    except apply.NetworkApplyError as exc:
-        raise TiergateError(f"cannot apply network policy {tier['network']['name']}: {exc}") from None
-    rec["network"] = tier["network"]["name"]
-
-
-def log_only(node):
-    """Audit mode: every drop becomes accept (its counter and log rule stay), chain policies accept."""
-    if isinstance(node, dict):
-        if set(node) == {"drop"}:
-            return {"accept": None}
-        return {k: ("accept" if k == "policy" and v == "drop" else log_only(v)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [log_only(v) for v in node]
-    return node
-
-
 def prestart(opts: Options, rec: dict) -> int:
     """Verify: refuse a container whose bundle is weaker than the tier its image gets."""
     _, spec = _state_and_config(rec)
-    policy = load_policy(opts.policy, opts.cache_dir, rec)
+    policy = cache.load_noted(opts.policy, opts.cache_dir, rec)
     image = _image(spec)
     rec.update(image=image.refs[0] if image.refs else "", image_id=image.id[:12])
     done = pipeline.run(spec, policy, image, _edge(opts), rec.update)

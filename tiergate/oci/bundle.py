@@ -34,6 +34,10 @@ def _open_dir(bundle: str) -> tuple[int, str]:
 
 def _read_at(name: str, display: str, what: str, dir_fd: int | None = None) -> dict:
     """Open ``name`` (relative to ``dir_fd``) without following a final symlink and parse it."""
+    return jsonio.loads(_read_bytes(name, display, dir_fd), what)
+
+
+def _read_bytes(name: str, display: str, dir_fd: int | None = None) -> bytes:
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError as e:
@@ -58,7 +62,7 @@ def _read_at(name: str, display: str, what: str, dir_fd: int | None = None) -> d
         raise BundleError(f"cannot read {display}: {_why(e)}") from None
     finally:
         os.close(fd)
-    return jsonio.loads(b"".join(chunks), what)
+    return b"".join(chunks)
 
 
 def read_json_file(path: str, what: str | None = None) -> dict:
@@ -68,6 +72,11 @@ def read_json_file(path: str, what: str | None = None) -> dict:
     are the caller's choice (e.g. /run/containers may be a link).
     """
     return _read_at(path, path, what or path)
+
+
+def read_file(path: str) -> bytes:
+    """A small file's bytes (at most jsonio.MAX_BYTES + 1), read as read_json_file reads it."""
+    return _read_bytes(path, path)
 
 
 def read_config(bundle: str) -> dict:

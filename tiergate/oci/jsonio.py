@@ -122,7 +122,8 @@ def _position(text: str, idx: int) -> str:
 
 def parse(text: str, what: str = "document", pairs_hook=None) -> object:
     """Any JSON value from text, strictly (no NaN, nothing after the value); one SpecError line otherwise."""
-    obj, end = parse_prefix(text, what, pairs_hook)
+    start = len(text) - len(text.lstrip(_WS))
+    obj, end = value_at(text, start, what, pairs_hook)
     rest = text[end:]
     if rest.strip(_WS):
         end += len(rest) - len(rest.lstrip(_WS))
@@ -130,10 +131,9 @@ def parse(text: str, what: str = "document", pairs_hook=None) -> object:
     return obj
 
 
-def parse_prefix(text: str, what: str = "document", pairs_hook=None) -> tuple[object, int]:
-    """(the JSON value at the start of text, where it ends): json's raw_decode, without importing json."""
+def value_at(text: str, start: int, what: str = "document", pairs_hook=None) -> tuple[object, int]:
+    """The JSON value that starts at text[start] (part of a larger document) and the index after it."""
     scan = _json.make_scanner(_Context(pairs_hook))  # type: ignore[arg-type]  # the scanner reads only these attributes
-    start = len(text) - len(text.lstrip(_WS))
     try:
         try:
             obj, end = scan(text, start)

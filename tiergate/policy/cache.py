@@ -191,6 +191,20 @@ def _usable(head: dict | None, entry: str, inputs: list, cache_dir: str) -> dict
     return None
 
 
+def load_noted(explicit: str | None, cache_dir: str | None, rec: dict) -> dict:
+    """load_compiled for a start (hook or shim), noted in its record: the policy's digest, that
+    this start paid for a compile (install, apply and upgrade should have), and, when the file on
+    disk is broken and the last good policy was used, the error (record.write logs it)."""
+    before = compiles
+    policy = load_compiled(explicit, cache_dir)
+    rec["policy"] = policy["digest"][:16]
+    if compiles != before:
+        rec["policy_compiled"] = True
+    if policy.get("stale"):
+        rec["policy_error"] = policy["stale"]
+    return policy
+
+
 def load_compiled(explicit: str | None = None, cache_dir: str | None = None) -> dict:
     """The compiled policy (docs/contracts.md): from the cache when it is fresh, else compiled
     under the lock (once: a start that waited for the lock finds it compiled) and cached.
@@ -292,6 +306,16 @@ def _write_file(path: str, doc: object) -> None:
     except OSError:
         _remove(tmp)
         raise
+
+
+def write_entry(path: str, doc: dict) -> None:
+    """A JSON entry of the cache dir (read back by read_entry), written beside and renamed; a
+    cache that cannot be written only costs speed."""
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        _write_file(path, doc)
+    except OSError:
+        pass
 
 
 def _store(entry: str, compiled: dict) -> dict | None:

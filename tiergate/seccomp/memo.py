@@ -50,5 +50,5 @@ def intersection(cache_dir: str, digest: str, tier: str, profile: dict[str, Any]
 
     merged = intersect(profile, current)
 
-    cache._store(path, {"format": cache.FORMAT, "policy": digest, "pairs": [[current, merged], *pairs][:KEEP]})
+    cache.write_entry(path, {"format": cache.FORMAT, "policy": digest, "pairs": [[current, merged], *pairs][:KEEP]})
     return merged

@@ -243,13 +243,13 @@ def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> tuple[d
     from tiergate.oci import bundle
 
     from tiergate.core import pipeline
-    from tiergate.hook import stages
     from tiergate.host.edge import host_edge
+    from tiergate.policy import cache
 
     bundle_dir = os.path.abspath(parsed.bundle or os.getcwd())
     rec.update(container=parsed.container_id or "", bundle=bundle_dir)
     spec = bundle.read_config(bundle_dir)
-    policy = stages.load_policy(conf.get("policy"), conf.get("cache_dir"), rec)
+    policy = cache.load_noted(conf.get("policy"), conf.get("cache_dir"), rec)
     image, found = resolve_image(spec, parsed.container_id, policy, bundle_dir, conf)
     engine = rec["engine"] = _engine(bundle_dir, found)
     if engine == "docker":
@@ -315,7 +315,8 @@ def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, 
     If programming fails the container is deleted and create fails (closed).
     """
     from tiergate.core import pipeline
-    from tiergate.hook import stages
+    from tiergate.core.errors import TiergateError
+    from tiergate.network.program import program_netns
 
     if os.environ.get(LOOP_ENV):
         raise LoopError("tiergate-runtime was started by itself through the real runtime")
@@ -328,13 +329,13 @@ def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, 
         pid = _init_pid(parsed, path)
         # the engine's shim (containerd-shim, conmon) is a subreaper: the nft socket's slow last
         # close may happen in an orphaned child it reaps
-        stages.program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, pipeline.port_list(rec.get("ports") or []),
+        program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, pipeline.port_list(rec.get("ports") or []),
                              detach_close=True)
     except Exception as exc:
         _spawn(path, [*argv[:parsed.command_index], "delete", "--force", parsed.container_id or ""])
-        if isinstance(exc, stages.TiergateError):
+        if isinstance(exc, TiergateError):
             raise
-        raise stages.TiergateError(f"cannot program the container's network namespace: {exc}") from None
+        raise TiergateError(f"cannot program the container's network namespace: {exc}") from None
     return 0
 
 
@@ -380,10 +381,10 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
     bundle_dir = None
     state_file = os.path.join(root, cid, "state.json")
     try:  # runc: the labels runc applied: spec annotations as k=v, and bundle=<dir>
-        state = bundle.read_json_file(state_file, "runc state")
-        labels = (state.get("config") or {}).get("labels") or []
+        config = runc_config_fields(bundle.read_file(state_file).decode("utf-8"))
+        labels = config.get("labels") or []
         found = dict(str(x).partition("=")[::2] for x in labels if isinstance(x, str))
-        caps = ((state.get("config") or {}).get("capabilities") or {}).get("Bounding")
+        caps = (config.get("capabilities") or {}).get("Bounding")
         if isinstance(caps, list):
             seen["bounding"] = [c for c in caps if isinstance(c, str)]
         seen["bundle"] = found.get("bundle")
@@ -424,6 +425,34 @@ def container_tier(parsed: runc_args.RuncArgs, conf: dict, policy: dict, seen: d
     return decide(policy, image, annotations).tier, "decided at exec (the container was created without tiergate)"
 
 
+RUNC_CONFIG_KEYS = ("labels", "capabilities")  # of libcontainer's Config, in runc's state.json
+
+
+def runc_config_fields(text: str) -> dict:
+    """config.labels and config.capabilities of runc's state.json, without parsing the rest.
+
+    The state holds the container's whole config (~30 KB, mostly its seccomp filter: ~9 M
+    instructions through jsonio); each key is found as the one `"KEY":` after a `{` or `,`
+    (a quote inside a string is escaped, so that is a key) and only its value is parsed.
+    A key absent or found twice: the whole state is parsed, as before.
+    """
+    from tiergate.oci import jsonio
+
+    space = " \t\n\r"
+    out = {}
+    for key in RUNC_CONFIG_KEYS:
+        mark = f'"{key}":'
+        at = text.find(mark)
+        before = text[:at].rstrip(space)[-1:] if at > 0 else ""
+        if before not in ("{", ",") or not before or text.find(mark, at + 1) != -1:
+            config = jsonio.loads(text, "runc state").get("config")
+            return config if isinstance(config, dict) else {}
+        start = at + len(mark)
+        start += len(text) - start - len(text[start:].lstrip(space))
+        out[key] = jsonio.value_at(text, start, "runc state")[0]
+    return out
+
+
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
 
 
@@ -440,10 +469,10 @@ def _refusal(reason: str):
 
 def _existing_container(parsed: runc_args.RuncArgs, conf: dict, rec: dict, seen: dict | None = None):
     """(policy, tier, where the tier came from) for the container an exec or update names."""
-    from tiergate.hook import stages
-
     rec["container"] = parsed.container_id or ""
-    policy = stages.load_policy(conf.get("policy"), conf.get("cache_dir"), rec)
+    from tiergate.policy import cache
+
+    policy = cache.load_noted(conf.get("policy"), conf.get("cache_dir"), rec)
     name, source = container_tier(parsed, conf, policy, seen)
     tier = policy["tiers"].get(name)
     if tier is None:
@@ -452,18 +481,40 @@ def _existing_container(parsed: runc_args.RuncArgs, conf: dict, rec: dict, seen:
     return policy, tier, source
 
 
-def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]:
-    """Harden an exec to the container's tier; returns the argv to run (the original, minus stripped options)."""
+# runc 1.1 without --process: each --cap adds to these sets of the container's process.
+CAP_FLAG_SETS = ("bounding", "effective", "permitted")
+
+
+def exec_process(parsed: runc_args.RuncArgs) -> dict:
+    """The exec's own input: the --process file (engines always give one), else what runc's flags add
+    to the container's process (hardened at create): --cap, --no-new-privs. runc ignores both beside
+    a --process file."""
     from tiergate.oci import bundle
 
-    from tiergate.core import capabilities
+    from tiergate.core.capabilities import normalize
+
+    path = parsed.value("process", "p")
+    if path:
+        return bundle.read_json_file(path, "exec process file")
+    caps = [normalize(c) for c in parsed.values("cap", "c")]
+    proc: dict = {"capabilities": {name: list(caps) for name in CAP_FLAG_SETS}} if caps else {}
+    if parsed.flag("no-new-privs"):
+        proc["noNewPrivileges"] = True
+    return proc
+
+
+def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]:
+    """Harden an exec to the container's tier through the create's modifiers (pipeline.enforce_process);
+    returns the argv to run: the original, the --process file rewritten, or, for a process given by
+    flags, minus the --cap/--apparmor the tier strips and plus the --no-new-privs/--apparmor it adds."""
+    from tiergate.oci import bundle
+
+    from tiergate.core.capabilities import normalize
+    from tiergate.core import pipeline
     from tiergate.host import facts
-    from tiergate.core.harden import Context, clone
-    from tiergate.core.modifiers import linux, process
 
     seen: dict = {}
     policy, tier, source = _existing_container(parsed, conf, rec, seen)
-    name = tier["name"]
     if seen.get("bundle"):
         rec["engine"] = _engine(seen["bundle"], "runc")
     if tier["passthrough"]:
@@ -471,60 +522,26 @@ def enforce_exec(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[str]
     if seen.get("bounding") is not None:
         # An exec gets the tier's capabilities, and never one its container was created without.
         tier = dict(tier, capabilities=[c for c in tier["capabilities"] if c in seen["bounding"]])
-
-    class ExecContext(Context):
-        __slots__ = ()
-
-        def escalation(self, what: str) -> None:
-            if self.tier["on_escalation"] == "refuse":
-                self.refusals.append(f"tier {self.tier['name']} refuses an exec that {what}")
-            else:
-                self.note("clamped", what)
-
-    proc_path = parsed.value("process", "p")
-    proc = bundle.read_json_file(proc_path, "exec process file") if proc_path else {}
-    original = clone(proc)
-    spec = {"process": proc}
-    ctx = ExecContext(tier, policy, facts.gather(spec, tier), source)
-    if proc_path:
-        process.capabilities(spec, ctx)
-        process.no_new_privileges(spec, ctx)
-        if ctx.facts.get("cgroup_limits") is False:
-            linux.pids(spec, ctx)  # rootless: the exec'd process gets the container's RLIMIT_NPROC
-    process.apparmor(spec, ctx)
-    allowed = set(tier["capabilities"])
-    bad_caps = set()
-    for cap in sorted(parsed.values("cap", "c")):
-        norm = capabilities.normalize(cap)
-        if norm not in allowed:
-            bad_caps.add(cap)
-            if norm not in capabilities.ENGINE_DEFAULTS:
-                ctx.escalation(f"asks for --cap {norm}")
-            ctx.change("--cap", f"dropped {norm}", f"tier {name} allows {', '.join(sorted(allowed)) or 'no capabilities'}")
-    if ctx.refusals:
-        raise _refusal("; ".join(ctx.refusals))  # every reason, on one line
-    profile = proc.get("apparmorProfile") if proc_path else ctx.facts.get("apparmor")
-
-    def drop(opt) -> bool:
-        if opt.name in ("cap", "c"):
-            return opt.value in bad_caps
-        if opt.name in ("apparmor", "a") and tier["apparmor"] != "off":
-            return opt.value != profile
-        return False
-
-    argv = parsed.without(drop)
+    proc = exec_process(parsed)
+    done = pipeline.enforce_process(proc, policy, tier, facts.gather({"process": proc}, tier), source)
+    hardened = done.spec
+    rec.update(done.record)
+    path = parsed.value("process", "p")
+    if tier.get("audit"):
+        return parsed.argv  # audit: the exec runs as asked; the record says what enforcement would do
+    if path:
+        if hardened != proc:
+            bundle.write_json_file(path, hardened)
+        return parsed.without(lambda opt: opt.name in ("cap", "c"))  # no effect beside --process: never read
+    kept = set((hardened.get("capabilities") or {}).get("bounding") or ())
+    profile = hardened.get("apparmorProfile")
+    argv = parsed.without(lambda opt: (opt.name in ("cap", "c") and normalize(opt.value or "") not in kept)
+                          or (opt.name in ("apparmor", "a") and tier["apparmor"] != "off" and opt.value != profile))
     extra = []
-    if not proc_path:
-        if tier["no_new_privileges"] and not parsed.flag("no-new-privs"):
-            extra.append("--no-new-privs")
-            ctx.change("--no-new-privs", "added", "setuid binaries must not raise privileges")
-        if profile and parsed.value("apparmor", "a") != profile:
-            extra += ["--apparmor", profile]
-    elif spec["process"] != original:
-        bundle.write_json_file(proc_path, spec["process"])
-    rec["changes"] = [f"{c['field']}: {c['what']}" for c in ctx.changes]
-    if ctx.notes:
-        rec["notes"] = [f"{k}: {v}" for k, v in ctx.notes]
+    if hardened.get("noNewPrivileges") and not parsed.flag("no-new-privs"):
+        extra.append("--no-new-privs")
+    if profile and parsed.value("apparmor", "a") != profile:
+        extra += ["--apparmor", profile]
     return parsed.with_options(extra, argv) if extra else argv
 
 
@@ -543,7 +560,7 @@ def enforce_update(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[st
     policy, tier, source = _existing_container(parsed, conf, rec)
     if tier["passthrough"]:
         return parsed.argv
-    ctx = Context(tier, policy, {}, source)
+    ctx = Context(tier, policy, {}, source, "an update")
     where = parsed.value("resources", "r")
     stdin = None
     resources: dict = {}
@@ -570,7 +587,7 @@ def enforce_update(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> list[st
             raise _refusal(f"invalid --pids-limit {flag[:32]!r}") from None
         linux.pids_update(flag_res, ctx)
     if ctx.refusals:
-        raise _refusal(ctx.refusals[0].replace("a container that", "an update that", 1))
+        raise _refusal(ctx.refusals[0])
     rec["changes"] = [f"{c['field']}: {c['what']}" for c in ctx.changes]
     argv = parsed.argv
     if flag is not None and flag_res and flag_res["pids"]["limit"] != int(flag):

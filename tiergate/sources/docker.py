@@ -95,8 +95,13 @@ def normalize_ref(ref: str) -> str:
     return f"{domain}/{path}" + (f"@{digest}" if at else "")
 
 
+_READ: dict[tuple, dict] = {}  # one process (a hook or shim run) parses each record once
+
+
 def _read_owned(path: str) -> dict:
-    """The JSON object in `path`: a regular, root-owned file no one else may write; no final symlink."""
+    """The JSON object in `path`: a regular, root-owned file no one else may write; no final symlink.
+    A file read before (same inode, size and mtime) is not parsed again: docker's records are read
+    for the image, the name, the network mode and the published ports of one container."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
@@ -106,12 +111,16 @@ def _read_owned(path: str) -> dict:
             raise ValueError("not a root-owned file that only root may write")
         if st.st_size > MAX_CONFIG:
             raise ValueError(f"larger than {MAX_CONFIG} bytes")
+        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key in _READ:
+            return _READ[key]
         with os.fdopen(os.dup(fd), "rb") as fh:
             doc = parse(fh.read(MAX_CONFIG + 1).decode("utf-8"), "docker container config")
     finally:
         os.close(fd)
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
+    _READ[key] = doc
     return doc
 
 

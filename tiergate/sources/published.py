@@ -67,7 +67,7 @@ def podman_config(db_path: str, cid: str) -> dict | None:
     import mmap
 
     from tiergate.oci.errors import OciError
-    from tiergate.oci.jsonio import parse_prefix
+    from tiergate.oci.jsonio import value_at
 
     try:
         fd = os.open(db_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -87,7 +87,7 @@ def podman_config(db_path: str, cid: str) -> dict | None:
     finally:
         os.close(fd)
     try:
-        doc, _ = parse_prefix(raw.decode("utf-8", "replace"), "podman's container config")
+        doc, _ = value_at(raw.decode("utf-8", "replace"), 0, "podman's container config")
     except OciError:
         return None
     return doc if isinstance(doc, dict) and doc.get("id") == cid else None

@@ -218,3 +218,20 @@ def test_explain_names_the_policys_own_seccomp_denies(capsys, monkeypatch, tmp_p
     code, out, err = tg(capsys, monkeypatch, ["explain", "--tier", "a"], json.dumps(runc_default()).encode())
     assert (code, err) == (0, "")
     assert "  denied (errno 1): syslog\n      because the policy's seccomp_deny names it" in out
+
+
+def test_render_judges_mounts_as_the_hook_does(capsys, monkeypatch, tmp_path: Path) -> None:
+    """render runs the hook's pipeline on this host: a bind of tiergate's own cache dir (an own path
+    the hook's edge names, not a policy path) is not kept writable, as at a real start; privileged keeps it."""
+    own = tmp_path / "cache"  # TIERGATE_CACHE_DIR (_isolated_env)
+    own.mkdir(mode=0o700, exist_ok=True)
+    spec = runc_default()
+    spec["mounts"].append({"destination": "/tg", "type": "bind", "source": str(own), "options": ["rbind", "rw"]})
+
+    def kept_writable(out: str) -> bool:
+        return any(m.get("source") == str(own) and "ro" not in m.get("options", []) for m in json.loads(out)["mounts"])
+
+    code, out, err = tg(capsys, monkeypatch, ["render", "--tier", "privileged"], json.dumps(spec).encode())
+    assert code == 0 and kept_writable(out), err
+    code, out, err = tg(capsys, monkeypatch, ["render", "--tier", "baseline"], json.dumps(spec).encode())
+    assert (code == 1 and "refused" in err) or (code == 0 and not kept_writable(out)), (code, err)

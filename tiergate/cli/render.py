@@ -6,8 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from tiergate.core.decide import Decision, Image, decide
+from tiergate.core.decide import Decision, Image
 from tiergate.core.errors import Refusal, TiergateError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tiergate.core.contracts import Tier
 
 
 def register(sub) -> None:
@@ -34,32 +38,32 @@ def _read_spec(path: str) -> dict:
     return spec
 
 
-def _decide_and_harden(args) -> tuple[dict, Decision | None, dict, list, list]:
-    from tiergate.host import facts as host
-    from tiergate.core.harden import harden
+def _decide_and_harden(args) -> tuple[dict, Decision | None, Tier, list, list]:
+    """The pipeline the hook and the shim run (core.pipeline), on this host, with the image
+    facts given on the command line: what a container with this config would get here."""
+    from tiergate.core import pipeline
+    from tiergate.host.edge import host_edge
     from tiergate.policy.cache import load_compiled
 
     policy = load_compiled(args.policy)
     spec = _read_spec(args.config)
+    labels = {}
+    for item in args.label:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise TiergateError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    image = Image(refs=[args.image_ref], id=args.image_id, labels=labels)
     if args.tier:
         if args.tier not in policy["tiers"]:
             raise Refusal(f"unknown tier {args.tier!r}; valid tiers: {', '.join(sorted(policy['tiers']))}")
         why = f"--tier {args.tier} given on the command line"
-        tier_name = args.tier
-        decision = None
+        chosen = pipeline.Chosen(Decision(args.tier, args.tier, "command line", args.tier, "", why),
+                                 policy["tiers"][args.tier], {})
     else:
-        labels = {}
-        for item in args.label:
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise TiergateError(f"--label {item!r}: expected KEY=VALUE")
-            labels[key] = value
-        image = Image(refs=[args.image_ref], id=args.image_id, labels=labels)
-        decision = decide(policy, image, spec.get("annotations") or {})
-        tier_name, why = decision.tier, decision.why
-    tier = policy["tiers"][tier_name]
-    hardened, changes, notes = harden(spec, tier, policy, host.gather(spec, tier), why)
-    return hardened, decision, tier, changes, notes
+        chosen = pipeline.choose(policy, image, spec)
+    done = pipeline.enforce(spec, policy, image, chosen, host_edge("cli", None, None, None))
+    return done.spec, None if args.tier else chosen.decision, done.tier, done.changes, done.notes
 
 
 def cmd_render(args) -> int:
@@ -69,15 +73,18 @@ def cmd_render(args) -> int:
     return 0
 
 
-def _denied_groups(tier: dict, args) -> list[str]:
+def _denied_groups(tier: Tier, args) -> list[str]:
     """The profile's denying groups, each with the rationale written beside it in tiergate/configs/seccomp."""
     from tiergate.policy.cache import policy_path
     from tiergate.core.names import configs_dir
     from tiergate.seccomp.profiles import SeccompProfileError, explain
 
+    name = tier["seccomp_profile"]
+    if not name:
+        return []
     dirs = [Path(policy_path(args.policy)).parent / "seccomp", Path(configs_dir(), "seccomp")]
     try:
-        groups = explain(tier["seccomp_profile"], search_dirs=dirs)
+        groups = explain(name, search_dirs=dirs)
     except SeccompProfileError:
         return []
     lines = []

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from tiergate.core.contracts import Tier
 
 
-def host_edge(engine: str, cache_dir: str | None, log: str | None, network_hook: dict,
+def host_edge(engine: str, cache_dir: str | None, log: str | None, network_hook: dict | None,
               netns_ready: bool = False) -> Edge:
     """This host's facts (host.facts.gather), tiergate's own paths, and the published ports in `engine`'s records."""
     from tiergate.host import facts

@@ -13,7 +13,7 @@ import errno as _errno
 import pyseccomp
 
 from tiergate.core.names import SECCOMP_OPERATORS
-from tiergate.seccomp.names import ARCH_TOKENS
+from tiergate.seccomp.syscalls import ARCH_TOKENS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

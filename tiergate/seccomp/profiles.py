@@ -302,7 +302,7 @@ def compile_profile(name: str, extra_deny: str | Iterable[str] = (), search_dirs
     ``extra_deny`` names lose every rule they had and are denied with EPERM;
     ``extra_allow`` names (a tier's seccomp_allow) lose every rule and are allowed.
     With ``check_names`` every syscall name must be known to libseccomp
-    (see names.check_names); raises SeccompProfileError on any problem.
+    (see syscalls.check_names); raises SeccompProfileError on any problem.
     """
     if isinstance(extra_deny, str):
         extra_deny = [extra_deny]
@@ -325,8 +325,8 @@ def compile_profile(name: str, extra_deny: str | Iterable[str] = (), search_dirs
     entries += [(n, "SCMP_ACT_ALLOW", None, (), "extra-allow", "allowed by policy") for n in allow]
 
     if check_names:
-        from tiergate.seccomp import names as _names  # pyseccomp: policy-compile time only
-        unknown = _names.check_names({e[0] for e in entries})
+        from tiergate.seccomp import syscalls as _syscalls  # pyseccomp: policy-compile time only
+        unknown = _syscalls.check_names({e[0] for e in entries})
         if unknown:
             raise SeccompProfileError(
                 f"seccomp profile {name!r}: unknown syscall names: {', '.join(unknown)}")

@@ -25,7 +25,7 @@ def config_with_seccomp(seccomp: dict) -> dict:
 
 
 def sysno(name: str) -> int:
-    from tiergate.seccomp.names import syscall_number
+    from tiergate.seccomp.syscalls import syscall_number
 
     nr = syscall_number(name)
     assert nr is not None, name

@@ -13,7 +13,7 @@ from seccomp_testlib import config_with_seccomp
 from spec_schema import validate_config
 from tiergate.seccomp import profiles as P
 from tiergate.seccomp.build import to_filter
-from tiergate.seccomp.names import check_names
+from tiergate.seccomp.syscalls import check_names
 
 PROFILES = P.list_profiles()
 EXPECTED = {"baseline", "restricted", "isolated", "image-processor", "node-worker", "scheduler"}

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     from tiergate.core.contracts import Facts, Tier
+    from tiergate.core.decide import Decision, Image
 
     Json = dict[str, Any]
 
-from tiergate.core.decide import Decision, Image, decide
 from tiergate.core.harden import harden, harden_exec
 from tiergate.core.spec import validate
 
@@ -79,6 +79,8 @@ class Hardened:
 def choose(policy: Json, image: Image, spec: Json) -> Chosen:
     """Decide the tier (Refusal when the policy says no); the caller records it before hardening,
     so a refusal there still says which tier refused."""
+    from tiergate.core.decide import decide  # here: an exec (enforce_process) decides nothing
+
     validate(spec)  # before anything reads it: every path refuses the same malformed specs
     decision = decide(policy, image, spec.get("annotations") or {})
     tier = policy["tiers"][decision.tier]

@@ -8,7 +8,6 @@ beside + rename) so a crash never leaves a half-written spec for runc.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 
@@ -41,6 +40,8 @@ def _read_bytes(name: str, display: str, dir_fd: int | None = None) -> bytes:
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError as e:
+        import errno  # here, on the error path: ~0.2 M instructions on every start otherwise
+
         if e.errno == errno.ELOOP:  # the last component is a symlink
             raise BundleError(f"refusing to follow symlink {display}") from None
         raise BundleError(f"cannot open {display}: {_why(e)}") from None

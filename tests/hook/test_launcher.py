@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tiergate.engines import launcher
+from tiergate.engines import boot, launcher
 
 ENTRY = '''import os, sys, time
 from . import a
@@ -31,6 +31,9 @@ def _package(root: Path, version: int) -> dict[str, Path]:
     (hook / "entry.py").write_text(ENTRY)
     for mod in ("a", "b"):
         (hook / f"{mod}.py").write_text(f"VERSION = {version}\n")
+    (root / "engines").mkdir(exist_ok=True)  # the launcher's second half, as every release has it
+    (root / "engines" / "__init__.py").write_text("")
+    (root / "engines" / "boot.py").write_text(Path(boot.__file__).read_text())
     return {"tiergate": root}
 
 
@@ -92,7 +95,7 @@ def test_modules_come_from_the_release_code_file_and_without_it_from_the_tree(tm
     exe.chmod(0o755)
     proc = subprocess.run([str(exe)], env={}, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 3, proc.stderr  # main's code, through os._exit
-    assert proc.stdout.split() == ["_Release", str(release / "tiergate" / "hook" / "a.py"), "1"]
+    assert proc.stdout.split() == ["Release", str(release / "tiergate" / "hook" / "a.py"), "1"]
     (release / launcher.CODE).unlink()
     proc = subprocess.run([str(exe)], env={}, capture_output=True, text=True, timeout=30)
     assert proc.stdout.split() == ["SourceFileLoader", str(release / "tiergate" / "hook" / "a.py"), "1"]

@@ -55,68 +55,38 @@ def dependency_dirs() -> list[str]:
     return dirs
 
 
-CODE = "tiergate.code"  # in a release: every module's code, marshalled, read by the launcher's finder
-
-# The launcher's module finder: tiergate's modules come from the release's CODE file (one read;
-# each module unmarshalled when first imported), which skips importlib's path search and .pyc
-# checks: ~0.1 M instructions per module, ~3 M per hook run (issue 20). Anything not in it (a
-# release written before it existed, the dependencies) is found on sys.path as usual.
-_FINDER = """\
-try:
-    with open(os.path.join(_release, {code!r}), "rb") as _fh:
-        _code = __import__("marshal").loads(_fh.read())
-except OSError:
-    _code = {{}}
-
-
-class _Release:
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        entry = _code.get(name)
-        if entry is None:
-            return None
-        spec = sys.modules["_frozen_importlib"].ModuleSpec(name, cls, origin=entry[1], is_package=entry[0])
-        spec.has_location = True  # __file__: modules find their data files beside them
-        if entry[0]:
-            spec.submodule_search_locations = [os.path.dirname(entry[1])]
-        return spec
-
-    @staticmethod
-    def create_module(spec):
-        return None
-
-    @staticmethod
-    def exec_module(module):
-        exec(__import__("marshal").loads(_code[module.__spec__.name][2]), module.__dict__)
-
-
-sys.meta_path.insert(0, _Release)
-"""
+CODE = "tiergate.code"  # in a release: every module's code, marshalled, read by the launcher (engines.boot)
+BOOT = "tiergate.engines.boot"
 
 
 def script(lib_dir: Path, entry: str, args: str = "") -> str:
-    """The launcher: `main(ARGS)` of `entry`, its modules from the pinned release (_FINDER); then,
-    with stdout and stderr flushed (the decision log is written with os.write), os._exit: the
-    interpreter's teardown would cost a start ~8 M instructions (issue 20)."""
+    """The launcher: pin the release, read its CODE file, and run `main(ARGS)` of `entry` through
+    BOOT's code from it (the finder, the exit); a release without CODE imports from sys.path."""
     return (f"#!{interpreter()} -IS\n{MARKER}\n"
             "import os, sys\n"
             f"_release = os.path.realpath({str(Path(lib_dir) / CURRENT)!r})  # pinned for this run\n"
             "sys.path.insert(0, _release)\n"
             f"sys.path.extend({dependency_dirs()!r})  # {', '.join(DEPENDENCIES)}\n"
-            + _FINDER.format(code=CODE) +
-            f"from {entry} import main\n"
-            f"code = main({args})\n"
-            "sys.stdout.flush()\n"
-            "sys.stderr.flush()\n"
-            "os._exit(code if isinstance(code, int) else 0 if code is None else 1)\n")
+            "try:\n"
+            f"    with open(os.path.join(_release, {CODE!r}), 'rb') as _fh:\n"
+            "        _code = __import__('marshal').loads(_fh.read())\n"
+            f"    exec(__import__('marshal').loads(_code[{BOOT!r}][2]))  # defines run()\n"
+            "except (OSError, KeyError):\n"
+            "    _code = {}\n"
+            f"    from {BOOT} import run\n"
+            f"run(_code, {entry!r}, dict({args}))\n")
 
 
 def write_code(tree: Path, final: Path) -> None:
     """tree/CODE: {module: (is a package, its source path once `tree` is renamed to `final`,
-    marshalled code)} for every module of the packages in tree."""
+    marshalled code)} for every module of the packages in tree, and the standard library's
+    __future__, which every tiergate module imports (found on sys.path, it costs a start ~0.5 M)."""
+    import __future__
     import marshal
 
-    out = {}
+    future = Path(__future__.__file__ or "")
+    out = {"__future__": (False, str(future), marshal.dumps(compile(future.read_bytes(), str(future), "exec",
+                                                                     dont_inherit=True)))}
     for path in sorted(Path(tree).rglob("*.py")):
         rel = path.relative_to(tree)
         parts = list(rel.with_suffix("").parts)

@@ -207,6 +207,30 @@ def test_symlink_in_a_writable_directory_is_refused(policy_file: Path, tmp_path:
         cache.load_compiled(str(link), str(tmp_path / "cache"))
 
 
+def test_each_profile_is_judged_where_it_really_is_though_its_directory_is_checked_once(
+        policy_file: Path, tmp_path: Path) -> None:
+    """policy_inputs resolves and checks each directory once per pass: a later profile of an
+    already-checked directory that is a symlink into a writable one is still refused, and so is one
+    whose directory is a link into a writable place."""
+    profiles = policy_file.parent / "seccomp"
+    profiles.mkdir()
+    (profiles / "a.json").write_text("{}")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "b.json").write_text("{}")
+    shared.chmod(0o777)
+    (profiles / "b.json").symlink_to(shared / "b.json")
+    with pytest.raises(PolicyError, match=r"policy input directory .*shared is writable by group or others"):
+        cache.policy_inputs(str(policy_file))
+    (profiles / "b.json").unlink()
+    cache.policy_inputs(str(policy_file))  # the control: the same directory without the link is trusted
+    profiles.rename(shared / "seccomp")
+    profiles.symlink_to(shared / "seccomp")
+    with pytest.raises(PolicyError, match=r"policy input directory .*shared/seccomp is writable by group"):
+        (shared / "seccomp").chmod(0o777)
+        cache.policy_inputs(str(policy_file))
+
+
 def test_policy_owned_by_another_user_is_refused(policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Owner is judged against the invoking user: as uid 4242, a root-owned file is fine, a uid 999 one is not."""
     real_stat = os.stat

@@ -79,21 +79,23 @@ def script(lib_dir: Path, entry: str, args: str = "") -> str:
 
 def write_code(tree: Path, final: Path) -> None:
     """tree/CODE: {module: (is a package, its source path once `tree` is renamed to `final`,
-    marshalled code)} for every module of the packages in tree, and the standard library's
+    marshalled code, its .pyc path)} for every module of the packages in tree, and the standard library's
     __future__, which every tiergate module imports (found on sys.path, it costs a start ~0.5 M)."""
     import __future__
+    import importlib.util
     import marshal
 
+    def entry(package: bool, source: Path, origin: str) -> tuple[bool, str, bytes, str]:
+        code = compile(source.read_bytes(), origin, "exec", dont_inherit=True)
+        return package, origin, marshal.dumps(code), importlib.util.cache_from_source(origin)
+
     future = Path(__future__.__file__ or "")
-    out = {"__future__": (False, str(future), marshal.dumps(compile(future.read_bytes(), str(future), "exec",
-                                                                     dont_inherit=True)))}
+    out = {"__future__": entry(False, future, str(future))}
     for path in sorted(Path(tree).rglob("*.py")):
         rel = path.relative_to(tree)
         parts = list(rel.with_suffix("").parts)
         package = parts[-1] == "__init__"
-        name = ".".join(parts[:-1] if package else parts)
-        origin = str(Path(final) / rel)
-        out[name] = (package, origin, marshal.dumps(compile(path.read_bytes(), origin, "exec", dont_inherit=True)))
+        out[".".join(parts[:-1] if package else parts)] = entry(package, path, str(Path(final) / rel))
     (Path(tree) / CODE).write_bytes(marshal.dumps(out))
 
 

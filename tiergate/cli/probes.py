@@ -555,7 +555,8 @@ def shim_settings(front: str) -> dict | None:
     text = read_text(front) or ""
     m = re.search(r"^case \$real in /\*\) ;; \*\) exec \S+ -IS (.+?) \"\$@\"", text, re.M)
     launcher = shlex.split(m.group(1))[0] if m else ""
-    m = re.search(r"main\(conf=('[^'\n]*'|\"[^\"\n]*\")\)", read_text(launcher) or "") if launcher else None
+    # main(conf=...) in launchers written before engines.boot, dict(conf=...) since
+    m = re.search(r"(?:main|dict)\(conf=('[^'\n]*'|\"[^\"\n]*\")\)", read_text(launcher) or "") if launcher else None
     conf = ast.literal_eval(m.group(1)) if m else ""
     settings = {k: v for k, v in read_conf(conf).items() if k in ("policy", "cache_dir", "log")} if conf else {}
     return {**settings, "launcher": front, "launchers": [front, launcher], "conf": conf}

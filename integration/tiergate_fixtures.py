@@ -77,10 +77,12 @@ def with_trust_rules(text: str, rules: str) -> str:
 
 
 def compiled_policy(policy: str | None = None) -> dict:
-    """The compiled policy the hook uses (tier capabilities, seccomp, digest)."""
+    """The compiled policy the hook uses (tier capabilities, seccomp, digest), its tiers read now:
+    a test may ask for one long after, when a newer compile has replaced this generation."""
     from tiergate.policy import cache
 
-    return cache.load_compiled(policy)
+    compiled = cache.load_compiled(policy)
+    return dict(compiled, tiers={name: dict(tier) for name, tier in compiled["tiers"].items()})
 
 
 def last_line(text: str) -> str:

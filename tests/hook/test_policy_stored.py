@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import shutil
 import tempfile
 from pathlib import Path
@@ -176,3 +178,16 @@ def test_replaced_generations_go_after_the_grace_period_and_only_ours(tmp_path: 
     _stored_view(compiled, str(tmp_path))
     assert len(dirs()) == 2
     assert any(".x." in d for d in dirs())
+
+
+def test_a_replaced_generation_gets_its_grace_from_the_replacement(tmp_path: Path) -> None:
+    """A generation written long ago and current until now stays GRACE_NS after it is replaced:
+    a start that read its head a moment before reads its tier file after the switch."""
+    compiled = shipped_policy()
+    first = _stored_view(compiled, str(tmp_path))
+    old = next(p for p in tmp_path.iterdir() if p.is_dir())
+    long_ago = (os.stat(old).st_mtime_ns - 2 * cache.GRACE_NS) / 1e9
+    os.utime(old, (long_ago, long_ago))
+    _stored_view(compiled, str(tmp_path))  # the switch
+    assert old.is_dir()
+    assert first["tiers"]["restricted"]["name"] == "restricted"  # the reader of the old head still reads

@@ -347,10 +347,16 @@ def _store(entry: str, compiled: dict) -> dict | None:
         os.mkdir(gen_path, 0o700)
         for name, data in files.items():
             _write_file(os.path.join(gen_path, name), data)
+        replaced = _current_generation(entry)
         _write_file(entry, head)
     except OSError:
         shutil.rmtree(gen_path, ignore_errors=True)
         return None
+    if replaced and _generation_of(replaced, base):
+        try:  # its grace starts now: a start may have read the old head a moment ago
+            os.utime(os.path.join(cache_dir, replaced), follow_symlinks=False)
+        except OSError:
+            pass
     now = time.time_ns()
     try:
         olds = [e for e in os.scandir(cache_dir) if e.name != gen and _generation_of(e.name, base)]
@@ -363,6 +369,17 @@ def _store(entry: str, compiled: dict) -> dict | None:
         except OSError:
             pass
     return head
+
+
+def _current_generation(entry: str) -> str | None:
+    """The generation directory the entry's head names now (None: no head, or not readable)."""
+    try:
+        with open(entry, "rb") as fh:
+            doc = parse(fh.read().decode("utf-8"), "compiled policy")
+    except (OSError, UnicodeDecodeError, OciError):
+        return None
+    gen = doc.get("gen") if isinstance(doc, dict) else None
+    return gen if isinstance(gen, str) else None
 
 
 def _generation_of(name: str, base: str) -> bool:

@@ -193,7 +193,9 @@ def without_network(policy_text: str, tiers) -> str:
 
 def pad_storage(graphroot: Path, n_images: int, n_containers: int) -> dict[Path, bytes]:
     """Pad containers-storage's images.json and containers.json to n entries each with copies of
-    the first real entry (new ids and names; the same layers, so nothing else changes). Returns the
+    the first real entry (new ids and names; the same layers, so nothing else changes). A copy's
+    id replaces the model's everywhere in it (an image names its config `sha256:<id>`): no two
+    real entries share an id, and a lookup by id must not meet it in the padding. Returns the
     original bytes of each file, to be written back before the engine removes its storage."""
     originals = {}
     for kind, n, key in (("images", n_images, "names"), ("containers", n_containers, "names")):
@@ -203,8 +205,7 @@ def pad_storage(graphroot: Path, n_images: int, n_containers: int) -> dict[Path,
         entries = json.loads(raw)
         model = entries[0]
         for i in range(max(0, n - len(entries))):
-            e = json.loads(json.dumps(model))
-            e["id"] = uuid.uuid4().hex + uuid.uuid4().hex
+            e = json.loads(json.dumps(model).replace(model["id"], uuid.uuid4().hex + uuid.uuid4().hex))
             e[key] = [f"localhost/tgb-pad-{kind}-{i}:latest" if kind == "images" else f"tgb-pad-{i}"]
             e.pop("digests", None)
             entries.insert(0, e)  # before the real ones: a lookup cannot stop early

@@ -195,7 +195,8 @@ def pad_storage(graphroot: Path, n_images: int, n_containers: int) -> dict[Path,
     """Pad containers-storage's images.json and containers.json to n entries each with copies of
     the first real entry (new ids and names; the same layers, so nothing else changes). A copy's
     id replaces the model's everywhere in it (an image names its config `sha256:<id>`): no two
-    real entries share an id, and a lookup by id must not meet it in the padding. Returns the
+    real entries share an id, and a lookup by id must not meet it in the padding. Written compact,
+    as containers-storage writes: tiergate's lookup searches the bytes the engine writes. Returns the
     original bytes of each file, to be written back before the engine removes its storage."""
     originals = {}
     for kind, n, key in (("images", n_images, "names"), ("containers", n_containers, "names")):
@@ -209,7 +210,7 @@ def pad_storage(graphroot: Path, n_images: int, n_containers: int) -> dict[Path,
             e[key] = [f"localhost/tgb-pad-{kind}-{i}:latest" if kind == "images" else f"tgb-pad-{i}"]
             e.pop("digests", None)
             entries.insert(0, e)  # before the real ones: a lookup cannot stop early
-        path.write_text(json.dumps(entries))
+        path.write_text(json.dumps(entries, separators=(",", ":")))  # as containers-storage writes it (Go)
     return originals
 
 

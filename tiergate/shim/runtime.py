@@ -74,32 +74,52 @@ def read_conf(path: str | None) -> dict:
     return conf
 
 
-def _is_shim(path: str, own: set[str]) -> bool:
-    """Is `path` this shim (or another tiergate-runtime front)? Exec'ing it would loop."""
-    real = os.path.realpath(path)
-    if real in own:
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _is_shim(path: str, own: set) -> bool:
+    """Is `path` this shim (the same file as one in `own`, links followed) or another
+    tiergate-runtime front? Exec'ing it would loop."""
+    if _identity(path) in own:
         return True
     try:
-        with open(real, "rb") as fh:
+        with open(path, "rb") as fh:
             head = fh.read(512)
     except OSError:
         return False
     return head.startswith(b"#!") and MARKER.encode() in head and b"tiergate-runtime" in head
 
 
+_FOUND: dict = {}  # find_runtime's answers in this process (an exec asks twice: its state, its exec)
+
+
 def find_runtime(conf: dict) -> str:
     """The real runtime: $TIERGATE_RUNTIME, else the installed choice, else runc, on PATH skipping the shim."""
     name = os.environ.get("TIERGATE_RUNTIME") or conf.get("runtime") or "runc"
-    own = {os.path.realpath(p) for p in (sys.argv[0], conf.get("shim")) if p}
+    path = os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    key = (name, path, sys.argv[0], conf.get("shim"))
+    if key in _FOUND:
+        return _FOUND[key]
+    own = {_identity(p) for p in (sys.argv[0], conf.get("shim")) if p} - {None}
     if "/" in name:
         if _is_shim(name, own):
             raise LoopError(f"the real runtime {name} is tiergate-runtime itself")
-        return name
-    for d in os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
-        cand = os.path.join(d or ".", name)
-        if os.path.isfile(cand) and os.access(cand, os.X_OK) and not _is_shim(cand, own):
-            return cand
-    raise LoopError(f"no real runtime {name!r} on PATH (other than tiergate-runtime itself)")
+        found = name
+    else:
+        for d in path.split(":"):
+            cand = os.path.join(d or ".", name)
+            if os.path.isfile(cand) and os.access(cand, os.X_OK) and not _is_shim(cand, own):
+                found = cand
+                break
+        else:
+            raise LoopError(f"no real runtime {name!r} on PATH (other than tiergate-runtime itself)")
+    _FOUND[key] = found
+    return found
 
 
 def exec_runtime(argv: list[str], conf: dict) -> int:
@@ -191,25 +211,32 @@ def _hook_args(conf: dict) -> list[str]:
 def resolve_image(spec: dict, container_id: str | None, policy: dict, bundle_dir: str | None = None,
                   conf: dict | None = None):
     """(Image, engine) from the first label source, in the order the policy's `label_sources` sets,
-    that recognises this bundle; none: an unknown image (the policy's on_unknown_image decides)."""
+    that recognises this bundle; none: an unknown image (the policy's on_unknown_image decides).
+    A source is imported only when sources.claims says the bundle may be its (each costs ~0.4 M
+    instructions to import; its own lookup starts with the same test)."""
     from tiergate.core.decide import Image
+    from tiergate.sources import claims
 
     def docker():
+        if claims.docker_dir(spec) is None:
+            return None
         from tiergate.sources import docker as src
 
         return src.image_for_spec(spec, container_id)
 
     def cri():
+        if claims.cri_kind(spec, bundle_dir) is None:
+            return None
         from tiergate.sources import cri as src
 
         return src.image_for_spec(spec, bundle_dir, (conf or {}).get("containerd_root"))
 
     def storage():
+        if claims.spec_storage_root(spec) is None:
+            return None
         from tiergate.sources import storage as src
 
-        root = spec["root"] if isinstance(spec.get("root"), dict) else {}
-        path = root.get("path")
-        return src.image_for_rootfs(path) if isinstance(path, str) and src.split_root(path) else None
+        return src.image_for_rootfs(spec["root"]["path"])
 
     def annotation():
         # A bare bundle (runc, ctr --rootfs): no image, no reference; the annotation

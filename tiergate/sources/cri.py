@@ -41,43 +41,30 @@ from tiergate.oci.errors import OciError
 from tiergate.oci.jsonio import parse
 
 from tiergate.core.decide import Image
+from tiergate.sources.claims import CONTAINER_TYPE, CRIO_NAME, HEX as _HEX, TASKS, cri_kind, task_path  # noqa: F401 (names of this source)
 from tiergate.sources.docker import normalize_ref
 
-CONTAINER_TYPE = "io.kubernetes.cri.container-type"  # "sandbox" or "container", containerd's
-CRIO_NAME, CRIO_ID, CRIO_LABELS = "io.kubernetes.cri-o.ImageName", "io.kubernetes.cri-o.ImageRef", "io.kubernetes.cri-o.Labels"
+CRIO_ID, CRIO_LABELS = "io.kubernetes.cri-o.ImageRef", "io.kubernetes.cri-o.Labels"
 DEFAULT_ROOT = "/var/lib/containerd"
 META_DB = "io.containerd.metadata.v1.bolt/meta.db"
 BLOBS = "io.containerd.content.v1.content/blobs/sha256"
-TASKS = "io.containerd.runtime.v2.task"
 CONTAINER_EXT = b"io.cri-containerd.container.metadata"
 SANDBOX_EXT = b"io.cri-containerd.sandbox.metadata"
 MAX_BLOB = 8 * 1024 * 1024
-_HEX = frozenset("0123456789abcdef")
 
 
 def image_for_spec(spec: dict, bundle_dir: str | None = None, containerd_root: str | None = None) -> Image | None:
     """The image of a CRI container; None when this is neither a containerd task with CRI
     annotations nor a CRI-O container (an annotation alone claims nothing: the next source asks)."""
-    annotations = spec["annotations"] if isinstance(spec.get("annotations"), dict) else {}
-    if isinstance(annotations.get(CONTAINER_TYPE), str) and task_path(bundle_dir):
+    kind = cri_kind(spec, bundle_dir)
+    if kind == "containerd":
         return containerd_image(bundle_dir, containerd_root or DEFAULT_ROOT)
-    if isinstance(annotations.get(CRIO_NAME), str) and annotations[CRIO_NAME]:
-        return _crio(annotations)
+    if kind == "crio":
+        return _crio(spec["annotations"])
     return None
 
 
 # -- containerd -------------------------------------------------------------------
-
-def task_path(bundle_dir: str | None) -> tuple[str, str] | None:
-    """(containerd namespace, container id) of a bundle <state>/io.containerd.runtime.v2.task/<ns>/<id>."""
-    if not bundle_dir:
-        return None
-    head, cid = os.path.split(os.path.normpath(bundle_dir))
-    parent, ns = os.path.split(head)
-    if os.path.basename(parent) != TASKS or not ns or not cid:
-        return None
-    return ns, cid
-
 
 def containerd_image(bundle_dir: str | None, root: str) -> Image:
     from tiergate.sources import bolt  # only for containerd's tasks: docker's and runc's bundles skip it

@@ -29,34 +29,10 @@ from tiergate.oci.errors import OciError
 from tiergate.oci.jsonio import parse
 
 from tiergate.core.decide import Image
+from tiergate.sources.claims import docker_dir as container_dir, is_hex as _hex
 
-_HEX = frozenset("0123456789abcdef")
-
-
-def _hex(text: str, lo: int, hi: int) -> bool:
-    return lo <= len(text) <= hi and set(text) <= _HEX
-
-
-def _hostname_source(path: str) -> tuple[str, str] | None:
-    """(<data-root>/containers/<id>, <id>) for the source of docker's /etc/hostname bind mount."""
-    head, name = os.path.split(path)
-    parent, cid = os.path.split(head)
-    if name == "hostname" and _hex(cid, 64, 64) and os.path.basename(parent) == "containers" and parent != "/containers":
-        return head, cid
-    return None
 MAX_CONFIG = 8 * 1024 * 1024
 DEFAULT_DOMAIN = "docker.io"
-
-
-def container_dir(spec: dict) -> tuple[str, str] | None:
-    """(docker's per-container directory, container id) from the /etc/hostname bind mount, else None."""
-    mounts = spec["mounts"] if isinstance(spec.get("mounts"), list) else []
-    for m in mounts:
-        if isinstance(m, dict) and m.get("destination") == "/etc/hostname" and isinstance(m.get("source"), str):
-            found = _hostname_source(os.path.normpath(m["source"]))
-            if found:
-                return found
-    return None
 
 
 def network_mode(spec: dict) -> str | None:

@@ -23,9 +23,8 @@ from tiergate.oci.jsonio import parse
 from tiergate.oci.errors import OciError
 
 from tiergate.core.decide import Image
+from tiergate.sources.claims import HEX as _HEX, storage_root as split_root
 
-_DRIVERS = ("overlay", "vfs", "btrfs", "zfs", "aufs")
-_HEX = frozenset("0123456789abcdef")
 MAX_METADATA = 256 * 1024 * 1024
 
 
@@ -111,23 +110,6 @@ def _find(path: str, what: str, key: str, value: str) -> dict | None:
         if entry is not _UNSURE:
             return entry
     return next((e for e in _list(_parse(data, path, what), os.path.basename(path)) if e.get(key) == value), None)
-
-
-def split_root(root_path: str) -> tuple[str, str, str] | None:
-    """(graphroot, driver, layer id) for a containers-storage rootfs path, else None."""
-    parts = os.path.normpath(root_path).split("/")
-    if parts and parts[-1] in ("merged", "diff"):
-        parts.pop()
-    if len(parts) < 3 or len(parts[-1]) != 64 or not set(parts[-1]) <= _HEX:
-        return None
-    layer = parts.pop()
-    if parts[-1] == "dir" and len(parts) >= 2 and parts[-2] == "vfs":
-        parts.pop()
-    driver = parts.pop()
-    graph = "/".join(parts)
-    if driver not in _DRIVERS or not graph.startswith("/") or graph == "":
-        return None
-    return graph, driver, layer
 
 
 _LAST: dict[tuple, dict | None] = {}  # one start asks for its container twice (its id, its image)

@@ -167,3 +167,20 @@ class TestWrite:
         with pytest.raises(BundleError) as info:
             bundle.write_config(str(bdir), SPEC)
         assert str(info.value) == f"cannot write {bdir}/config.json: read-only file system"
+
+
+def test_real_path_is_os_path_realpath(tmp_path: Path, monkeypatch) -> None:
+    """real_path asks the kernel; whatever the path, the answer is os.path.realpath's."""
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "f").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    (tmp_path / "rel").symlink_to("d/e")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "up").symlink_to(tmp_path / "d" / "e" / "..")
+    monkeypatch.chdir(tmp_path / "d")
+    paths = [str(tmp_path / p) for p in ("d", "d/e", "d/f", "link", "link/e", "link/f", "rel", "rel/..",
+                                         "dangling", "dangling/x", "loop", "up", "up/f", "d/f/x", "nowhere", "d//e/.")]
+    paths += ["", ".", "e", "../link/e", "/", "/proc/self", "/proc/self/fd"]
+    for p in paths:
+        assert bundle.real_path(p) == os.path.realpath(p), p

@@ -112,19 +112,9 @@ def audit(original: dict[str, Any], hardened: dict[str, Any],
 def clone(value: Any) -> Any:
     """A deep copy of a JSON value: marshal's C code (format 2: nothing shared in the copy, as
     nothing is in parsed JSON), a third cheaper than walking it in Python; copy.deepcopy's memo
-    and dispatch cost more, and its import. Values marshal cannot write: copied by walking."""
-    try:
-        return marshal.loads(marshal.dumps(value, 2))
-    except ValueError:
-        return _walk_clone(value)
-
-
-def _walk_clone(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _walk_clone(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_walk_clone(v) for v in value]
-    return value
+    and dispatch cost more, and its import. Specs and processes are parsed JSON, which marshal
+    always writes (anything else raises ValueError: an internal error, fail closed)."""
+    return marshal.loads(marshal.dumps(value, 2))
 
 
 def harden_exec(process: dict[str, Any], tier: Tier, policy: dict[str, Any], facts: Facts | None = None,

@@ -303,6 +303,7 @@ def own_paths(policy_file: str, cache_dir: str | None, log: str | None) -> list[
 
     import tiergate
 
+    from tiergate.oci.bundle import real_path
     from tiergate.policy.cache import DEFAULT_CACHE_DIR, SYSTEM_POLICY
     from tiergate.telemetry.record import log_path
 
@@ -312,7 +313,7 @@ def own_paths(policy_file: str, cache_dir: str | None, log: str | None) -> list[
     if sys.argv and sys.argv[0]:
         out.append(os.path.dirname(os.path.abspath(sys.argv[0])))  # the launcher's bin dir
     out = [os.path.abspath(p) for p in out if p]
-    return sorted({os.path.normpath(p) for p in out} | {os.path.realpath(p) for p in out})
+    return sorted({os.path.normpath(p) for p in out} | {real_path(p) for p in out})
 
 
 def fresh_netns(spec: dict) -> bool:

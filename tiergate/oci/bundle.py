@@ -22,9 +22,26 @@ def _why(e: OSError) -> str:
     return (e.strerror or str(e)).lower()
 
 
+def real_path(path: str) -> str:
+    """os.path.realpath(path), asked of the kernel when the path exists: opened (O_PATH) and read
+    back from /proc/self/fd (~10 K instructions; os.path.realpath's lstat and Python per component
+    cost ~0.1 M, several times on every start). Anything else: os.path.realpath."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return os.path.realpath(path)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        real = ""
+    finally:
+        os.close(fd)
+    return real if real.startswith("/") and not real.endswith(" (deleted)") else os.path.realpath(path)
+
+
 def _open_dir(bundle: str) -> tuple[int, str]:
     """Open the resolved bundle directory; return (fd, absolute path)."""
-    path = os.path.realpath(bundle)
+    path = real_path(bundle)
     try:
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), path
     except OSError as e:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import stat
 
+from tiergate.oci.bundle import real_path
 from tiergate.oci.errors import OciError
 from tiergate.oci.jsonio import dumps, parse
 
@@ -91,15 +92,15 @@ def check_trusted(path: str, what: str, st: os.stat_result | None = None, seen: 
     directory may be trusted: whoever can write a directory can swap what is in it.
 
     seen: {directory: its real path} of directories already checked in this pass (policy_inputs
-    checks several files of each directory; a realpath costs a start ~0.1 M instructions)."""
+    checks several files of each directory)."""
     seen = {} if seen is None else seen
     where, name = os.path.split(os.path.abspath(path))
     try:
         link = stat.S_ISLNK(os.lstat(path).st_mode)
     except OSError:
         link = False  # the stat below says why
-    real_where = seen.get(where) or os.path.realpath(where)
-    real = os.path.realpath(path) if link else os.path.join(real_where, name)  # what realpath(path) gives
+    real_where = seen.get(where) or real_path(where)
+    real = real_path(path) if link else os.path.join(real_where, name)  # what realpath(path) gives
     dirs = dict.fromkeys(d for d in (os.path.dirname(real), where) if d not in seen)
     for p, kind, s in ((real, what, st), *((d, f"{what} directory", None) for d in dirs)):
         try:

@@ -126,6 +126,18 @@ def test_exec_is_hardened(node):
     assert caps_from_hex(s["CapEff"]) == {"CAP_NET_BIND_SERVICE"} and s["NoNewPrivs"] == "1" and s["Seccomp"] == "2"
 
 
+def test_python_runs_only_for_create_and_exec(node):
+    """Issue 20: a pod start runs tiergate's Python twice (the sandbox's create and the container's),
+    an ExecSync once; the /bin/sh front hands start, state, kill and delete to runc itself. Every
+    Python run records one decision, so the log counts them."""
+    before, pods = len(records(node)), list(node.pods)
+    _, ids = run(node, "tiergate", "restricted")
+    (sid,) = [p for p in node.pods if p not in pods]
+    status(node, ids["app"])
+    runs = [(r.get("stage"), r.get("container"), r.get("shim")) for r in records(node)[before:]]
+    assert sorted(runs) == sorted([("create", sid, True), ("create", ids["app"], True), ("exec", ids["app"], True)])
+
+
 def test_pod_without_any_annotation_starts(node):
     """An unlabelled image, no annotation: the pod (its sandbox too) runs under default_tier."""
     policy = compiled_policy(str(node.dir.parent / "tg" / "policy.toml"))

@@ -138,6 +138,11 @@ def test_real_install_is_registered(tmp_path):
     c = host.check_podman_registration([str(tmp_path / "hooks")], "test")
     assert c.status == "ok", c.detail
     assert os.path.realpath(sys.executable) in c.detail
+    current = tmp_path / "bin" / "lib" / "current"  # the release the launcher pins, gone
+    current.unlink()
+    current.symlink_to("releases/gone")
+    c = host.check_podman_registration([str(tmp_path / "hooks")], "test")
+    assert c.status == "fail" and f"{current}/tiergate/hook is missing" in c.detail, c.detail
 
 
 def test_hooks_dirs_from_containers_conf(tmp_path):

@@ -99,3 +99,21 @@ def test_modules_come_from_the_release_code_file_and_without_it_from_the_tree(tm
     (release / launcher.CODE).unlink()
     proc = subprocess.run([str(exe)], env={}, capture_output=True, text=True, timeout=30)
     assert proc.stdout.split() == ["SourceFileLoader", str(release / "tiergate" / "hook" / "a.py"), "1"]
+
+
+def test_read_script_reads_every_launcher_form(tmp_path):
+    """doctor's one reader of launcher text: what script() writes now, and the older forms still
+    installed on hosts (main(conf=...) before engines.boot; a plain lib dir before releases)."""
+    from tiergate.engines import shim
+
+    now = launcher.script(tmp_path / "lib", "tiergate.shim.runtime", "conf='/etc/x.conf'")
+    assert launcher.read_script(now) == {"path": str(tmp_path / "lib" / launcher.CURRENT),
+                                         "args": {"conf": "/etc/x.conf"}}
+    assert launcher.read_script(shim.py_launcher(tmp_path / "lib", Path("/c")))["args"] == {"conf": "/c"}
+    assert launcher.read_script(launcher.script(tmp_path / "lib", "tiergate.hook.stages")) == {
+        "path": str(tmp_path / "lib" / launcher.CURRENT)}
+    before_boot = ("import os, sys\n_release = os.path.realpath('/b/lib/current')\nsys.path.insert(0, _release)\n"
+                   "from tiergate.shim.runtime import main\ncode = main(conf='/b/c')\n")
+    assert launcher.read_script(before_boot) == {"path": "/b/lib/current", "args": {"conf": "/b/c"}}
+    assert launcher.read_script("import sys\nsys.path.insert(0, '/old/lib')\n") == {"path": "/old/lib"}
+    assert launcher.read_script("#!/bin/sh\nexit 0\n") == {} and launcher.read_script("") == {}

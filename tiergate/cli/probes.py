@@ -321,19 +321,15 @@ def launcher_interpreter(path: str) -> tuple[str, str, str]:
 
 
 def _launcher_lib_ok(path: str) -> str | None:
-    """For a launcher written by `tiergate install`: the package symlinks it puts on sys.path resolve."""
-    try:
-        text = open(path, encoding="utf-8", errors="replace").read(4096)
-    except OSError:
-        return None
-    import re
+    """For a launcher written by `tiergate install`: the package release it puts on sys.path resolves."""
+    from tiergate.engines.launcher import read_script
 
-    m = re.search(r"sys\.path\.insert\(0, (?:os\.path\.realpath\()?'([^']+)'\)", text)
-    if not m:
+    lib = read_script(read_text(path) or "").get("path")
+    if not lib:
         return None
     for name in ("hook", "shim", "configs"):
-        if not os.path.isdir(os.path.join(m.group(1), "tiergate", name)):
-            return f"{m.group(1)}/tiergate/{name} is missing or dangling (run tiergate install again)"
+        if not os.path.isdir(os.path.join(lib, "tiergate", name)):
+            return f"{lib}/tiergate/{name} is missing or dangling (run tiergate install again)"
     return None
 
 
@@ -543,10 +539,10 @@ def containers_confs() -> list[str]:
 def shim_settings(front: str) -> dict | None:
     """What a registered tiergate-runtime really runs: its Python launcher (from the /bin/sh front) and
     the settings file that launcher passes to main(); None for a program that is not a tiergate shim."""
-    import ast
     import re
     import shlex
 
+    from tiergate.engines.launcher import read_script
     from tiergate.engines.shim import is_shim
     from tiergate.shim.runtime import read_conf
 
@@ -555,9 +551,8 @@ def shim_settings(front: str) -> dict | None:
     text = read_text(front) or ""
     m = re.search(r"^case \$real in /\*\) ;; \*\) exec \S+ -IS (.+?) \"\$@\"", text, re.M)
     launcher = shlex.split(m.group(1))[0] if m else ""
-    # main(conf=...) in launchers written before engines.boot, dict(conf=...) since
-    m = re.search(r"(?:main|dict)\(conf=('[^'\n]*'|\"[^\"\n]*\")\)", read_text(launcher) or "") if launcher else None
-    conf = ast.literal_eval(m.group(1)) if m else ""
+    conf = read_script(read_text(launcher) or "").get("args", {}).get("conf", "") if launcher else ""
+    conf = conf if isinstance(conf, str) else ""
     settings = {k: v for k, v in read_conf(conf).items() if k in ("policy", "cache_dir", "log")} if conf else {}
     return {**settings, "launcher": front, "launchers": [front, launcher], "conf": conf}
 

@@ -214,3 +214,28 @@ def _remove_legacy(lib: Path, say) -> None:
         legacy = lib / "tiergate" / name
         if legacy.is_symlink():
             files.remove(legacy, None, say)
+
+
+def read_script(text: str) -> dict:
+    """What a launcher `tiergate install` wrote names, in every form script() has written:
+    "path", the directory it puts first on sys.path (the pinned `current` release link, or an
+    older layout's lib dir), and "args", what it passes to main (the shim's conf=...). Empty for
+    anything else. The one reader of launcher text (doctor)."""
+    import ast
+
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return {}
+    out: dict = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        consts = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        if name in ("realpath", "insert") and consts and "path" not in out:
+            out["path"] = consts[-1]  # os.path.realpath('<lib>/current'), or sys.path.insert(0, '<lib>')
+        elif name in ("main", "dict") and node.keywords:  # main(conf=...) before engines.boot, dict(conf=...) since
+            out["args"] = {k.arg: k.value.value for k in node.keywords if k.arg and isinstance(k.value, ast.Constant)}
+    return out

@@ -101,7 +101,8 @@ def check_trusted(path: str, what: str, st: os.stat_result | None = None, seen: 
         link = False  # the stat below says why
     real_where = seen.get(where) or real_path(where)
     real = real_path(path) if link else os.path.join(real_where, name)  # what realpath(path) gives
-    dirs = dict.fromkeys(d for d in (os.path.dirname(real), where) if d not in seen)
+    real_dir = os.path.dirname(real) if link else real_where
+    dirs = [d for d in dict.fromkeys((real_dir, where)) if d not in seen]
     for p, kind, s in ((real, what, st), *((d, f"{what} directory", None) for d in dirs)):
         try:
             s = s or os.stat(p)
@@ -110,7 +111,7 @@ def check_trusted(path: str, what: str, st: os.stat_result | None = None, seen: 
         problem = unsafe(s, kind, p)
         if problem:
             raise PolicyError(problem, p)
-    seen.update({os.path.dirname(real): os.path.dirname(real), where: real_where})
+    seen.update({real_dir: real_dir, where: real_where})
 
 
 def policy_inputs(path: str) -> list[list[object]]:
@@ -137,7 +138,7 @@ def policy_inputs(path: str) -> list[list[object]]:
         except OSError:
             out.append([name, None, None, None])
             continue
-        check_trusted(f, "policy file" if f == path else "policy input", seen=seen)
+        check_trusted(f, "policy file" if f == path else "policy input", st, seen)
         out.append([name, st.st_mtime_ns, st.st_size, None if own else st.st_ino])
     return out
 

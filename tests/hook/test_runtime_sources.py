@@ -179,3 +179,28 @@ def test_engine_records_come_before_spec_annotations(tmp_path) -> None:
     image, engine = resolve_image(spec, None, policy)
     assert engine == "podman-runtime" and image.refs == ["localhost/plain:latest"]
     assert image.labels == {"io.tiergate.tier": "restricted"}
+
+
+def test_only_the_source_that_claims_the_bundle_is_imported(tmp_path) -> None:
+    """Issue 20: importing an image source costs a create ~0.4 M instructions; a bundle loads only
+    the one whose own first test (sources.claims) recognises it, and a bare runc bundle none."""
+    import subprocess
+    import sys
+
+    hostname = tmp_path / "data-root" / "containers" / CID / "hostname"
+    bundles = {
+        "runc": {"annotations": {"io.tiergate.tier": "restricted"}, "root": {"path": "rootfs"}},
+        "docker": {"mounts": [{"destination": "/etc/hostname", "source": str(hostname)}], "root": {"path": "rootfs"}},
+        "cri": {"annotations": {"io.kubernetes.cri-o.ImageName": "docker.io/library/nginx:1"}},
+        "storage": {"root": {"path": f"/var/lib/containers/storage/overlay/{CID}/merged"}},
+    }
+    code = ("import json, sys\nfrom tiergate.shim.runtime import resolve_image\n"
+            "resolve_image(json.loads(sys.argv[1]), None, {'label_key': 'io.tiergate.tier'})\n"
+            "print(sorted(m for m in sys.modules if m.startswith('tiergate.sources.')))\n")
+    loaded = {name: json.loads(subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True,
+                                              text=True, check=True).stdout.replace("'", '"'))
+              for name, spec in bundles.items()}
+    assert loaded == {"runc": ["tiergate.sources.claims"],
+                      "docker": ["tiergate.sources.claims", "tiergate.sources.docker"],
+                      "cri": ["tiergate.sources.claims", "tiergate.sources.cri", "tiergate.sources.docker"],
+                      "storage": ["tiergate.sources.claims", "tiergate.sources.storage"]}

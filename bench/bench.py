@@ -178,19 +178,6 @@ def with_deltas(results: dict, bare: str, floor: str | None = None) -> dict:
     return results
 
 
-def without_network(policy_text: str, tiers) -> str:
-    """The policy with the `network = ...` line of each of `tiers` removed."""
-    out, section = [], None
-    for line in policy_text.splitlines(keepends=True):
-        m = re.match(r"\s*\[([^\]]+)\]\s*$", line)
-        if m:
-            section = m.group(1).strip()
-        if section in {f"tiers.{t}" for t in tiers} and re.match(r"\s*network\s*=", line):
-            continue
-        out.append(line)
-    return "".join(out)
-
-
 def pad_storage(graphroot: Path, n_images: int, n_containers: int) -> dict[Path, bytes]:
     """Pad containers-storage's images.json and containers.json to n entries each with copies of
     the first real entry (new ids and names; the same layers, so nothing else changes). A copy's
@@ -868,6 +855,8 @@ class Bench:
             self.skip("network policy", "no tier of NETWORK_TIERS with a network in the policy")
             return
         nonet = self.d / "policy-no-network.toml"
+        from tiergate_fixtures import without_network
+
         nonet.write_text(without_network(Path(self.policy).read_text(), tiers))
         self.install_podman("tiergate-no-network", nonet)
         net, _ = self.macvlan(f"10.216.{os.getpid() % 250}")

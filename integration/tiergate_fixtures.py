@@ -76,6 +76,22 @@ def with_trust_rules(text: str, rules: str) -> str:
     return text[:at] + rules + text[at:]
 
 
+def without_network(policy_text: str, tiers) -> str:
+    """The policy with the `network = ...` line of each of `tiers` removed (the same tiers without
+    a network policy: what bench/ and the cost test compare with)."""
+    import re
+
+    out, section = [], None
+    for line in policy_text.splitlines(keepends=True):
+        m = re.match(r"\s*\[([^\]]+)\]\s*$", line)
+        if m:
+            section = m.group(1).strip()
+        if section in {f"tiers.{t}" for t in tiers} and re.match(r"\s*network\s*=", line):
+            continue
+        out.append(line)
+    return "".join(out)
+
+
 def compiled_policy(policy: str | None = None) -> dict:
     """The compiled policy the hook uses (tier capabilities, seccomp, digest), its tiers read now:
     a test may ask for one long after, when a newer compile has replaced this generation."""

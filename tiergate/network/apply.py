@@ -104,11 +104,12 @@ def _run_in_netns(path: str, args: list[str], stdin: str | None, timeout: float)
     return proc.stdout
 
 
-def apply(doc: dict, netns: str | int, timeout: float = TIMEOUT, detach_close: bool = False) -> None:
-    """Load `doc` (from ruleset.build) in one nft transaction inside `netns` (path or pid).
+def apply(doc: dict, netns: str | int, timeout: float = TIMEOUT) -> str:
+    """Load `doc` (from ruleset.build) in one nft transaction inside `netns` (path or pid): "created"
+    (the namespace had no table inet tiergate) or "replaced".
 
     `timeout` is accepted for callers' sake and unused: a netlink transaction in-process does not hang."""
-    _load(doc, netns, detach_close)
+    return _load(doc, netns)
 
 
 def list_table(netns: str | int, timeout: float = TIMEOUT) -> dict:
@@ -163,88 +164,51 @@ def _libnftables() -> dict:
     return _nft
 
 
-def _load(doc: dict, netns: str | int, detach_close: bool = False) -> None:
+def _load(doc: dict, netns: str | int) -> str:
     """Load `doc` with libnftables from inside the namespace: one transaction, no process.
 
-    detach_close: hand the socket's last close to a child (see _close_later); only for a
-    caller whose parent reaps orphans (the shim under containerd-shim or conmon, both
-    subreapers), never the precreate hook (its orphans go to pid 1)."""
+    First as a transaction that only creates the table (ruleset.creating): a fresh namespace,
+    the usual case, takes it, and its commit leaves the kernel nothing to free. A replacing
+    commit (the add, delete, add of ruleset.build) queues the replaced objects for freeing
+    after an RCU grace period, and the last close of the socket waits for that (5-20 ms
+    here). Where the table exists already the create fails as a whole, the old rules still
+    in force, and `doc` replaces it. "created" or "replaced"."""
+    from tiergate.network.metadata import NFPROTO_INET, table_exists
     from tiergate.network.netns import NetnsError, run_in
+    from tiergate.network.ruleset import TABLE, creating
 
     path = netns_path(netns)
     check_not_host(path)
-    payload = dumps(doc)
+    fresh = creating(doc)
     try:
         nft = _libnftables()
     except OSError as exc:
         raise NetworkApplyError(f"cannot load {LIBNFTABLES}: {exc}") from None
 
-    def work() -> bytes:
-        before = set(os.listdir("/proc/self/fd"))
+    def work() -> tuple[str, bytes]:
+        tries = [("replaced", doc)]
+        if fresh is not None and not table_exists(NFPROTO_INET, TABLE):
+            tries.insert(0, ("created", fresh))  # the replace only if the table was made in between
         ctx = nft["ctx_new"](0)
         if not ctx:
-            return b"nft_ctx_new failed"
-        nft["ctx_output_set_flags"](ctx, NFT_CTX_OUTPUT_JSON)
-        nft["ctx_buffer_error"](ctx)
-        nft["ctx_buffer_output"](ctx)
-        if nft["run_cmd_from_buffer"](ctx, payload) != 0:
-            err = nft["ctx_get_error_buffer"](ctx) or b"libnftables failed"
+            return "", b"nft_ctx_new failed"
+        try:
+            nft["ctx_output_set_flags"](ctx, NFT_CTX_OUTPUT_JSON)
+            nft["ctx_buffer_error"](ctx)
+            nft["ctx_buffer_output"](ctx)
+            err = b""
+            for how, payload in tries:
+                if nft["run_cmd_from_buffer"](ctx, dumps(payload)) == 0:
+                    return how, b""
+                err = nft["ctx_get_error_buffer"](ctx) or b"libnftables failed"
+            return "", err
+        finally:
             nft["ctx_free"](ctx)
-            return err
-        if not detach_close:
-            nft["ctx_free"](ctx)
-            return b""
-        _close_later([int(f) for f in set(os.listdir("/proc/self/fd")) - before if _is_socket(int(f))])
-        return b""  # ctx is not freed: its socket is closed above, the rest goes with the process
 
     try:
-        err = run_in(path, work)
+        how, err = run_in(path, work)
     except NetnsError as exc:
         raise NetworkApplyError(f"nft in {path}: {exc}") from None
     if err:
         raise NetworkApplyError(f"nft in {path} failed: {_one_line(err.decode(errors='replace'))}")
-
-
-def _is_socket(fd: int) -> bool:
-    """(The listing's own directory fd is in the listing too, and closed by now.)"""
-    import stat
-
-    try:
-        return stat.S_ISSOCK(os.fstat(fd).st_mode)
-    except OSError:
-        return False
-
-
-def close_socket(sock, detach: bool) -> None:
-    """Close a netlink socket that committed an nf_tables transaction; with detach, off the start path."""
-    if detach:
-        _close_later([sock.detach()])
-    else:
-        sock.close()
-
-
-def _close_later(fds: list[int]) -> None:
-    """Close the nfnetlink socket without waiting: the last close of a socket that committed a
-    transaction flushes nf_tables' deferred destroy work, a synchronize_rcu (2-15 ms here). A
-    forked child that holds nothing else (no stdio: nobody waits for it) makes that last close;
-    this process's own close is then immediate. The rules are in force already (the commit is
-    synchronous); only the freeing of the transaction's objects waits."""
-    if not fds:
-        return
-    pid = os.fork()
-    if pid == 0:  # child: no Python cleanup, only os._exit
-        try:
-            keep = set(fds)
-            for fd in range(0, max(keep) + 1):
-                if fd not in keep:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            os.closerange(max(keep) + 1, 65536)
-            for fd in fds:
-                os.close(fd)
-        finally:
-            os._exit(0)
-    for fd in fds:
-        os.close(fd)
+    return how

@@ -119,7 +119,8 @@ def rules(dns: list[str]) -> list[dict]:
 # (its dlopen and JSON parse cost ~5 M instructions here). Integers in nf_tables attributes are big-endian.
 NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFPROTO_NETDEV, NF_NETDEV_EGRESS = 12, 10, 5, 1
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE = 0, 2, 3, 6
+NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE = 0, 1, 2, 3, 6
+NFPROTO_INET, ENOENT = 1, 2
 NLA_F_NESTED, NLM_F_APPEND = 0x8000, 0x800
 NF_DROP, NF_ACCEPT, NFT_REG_VERDICT, NFT_REG_1 = 0, 1, 0, 1
 NFT_META_PROTOCOL, NFT_META_L4PROTO = 1, 16
@@ -186,9 +187,12 @@ def egress_rules(dns: list[str]) -> list[list[bytes]]:
     return out
 
 
-def egress_batch(devices: list[str], dns: list[str]) -> tuple[list[bytes], int]:
-    """(the batch's messages, how many acks to expect): table `netdev tiergate-metadata` replaced,
-    an egress chain per device (`egress0`, ...), the rules of egress_rules() in each."""
+def egress_batch(devices: list[str], dns: list[str], replace: bool = False) -> tuple[list[bytes], int]:
+    """(the batch's messages, how many acks to expect): table `netdev tiergate-metadata` created
+    (EEXIST if it exists: nothing is applied then), or with `replace` replaced (add, delete, add),
+    an egress chain per device (`egress0`, ...), the rules of egress_rules() in each. Only a
+    replacing commit leaves the kernel objects to free, whose deferred destroy the socket's last
+    close waits for (5-20 ms here): see network/apply.py."""
     table = _str(1, EGRESS_TABLE)  # NFTA_TABLE_NAME / NFTA_CHAIN_TABLE / NFTA_RULE_TABLE
     create = NLM_F_CREATE | NLM_F_ACK
     msgs = [_nfmsg(NFNL_MSG_BATCH_BEGIN, 0, 1, 0, b"", NFNL_SUBSYS_NFTABLES)]
@@ -196,9 +200,12 @@ def egress_batch(devices: list[str], dns: list[str]) -> tuple[list[bytes], int]:
     def add(kind: int, flags: int, body: bytes) -> None:
         msgs.append(_nfmsg((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, len(msgs) + 1, NFPROTO_NETDEV, body))
 
-    add(NFT_MSG_NEWTABLE, create, table)
-    add(NFT_MSG_DELTABLE, NLM_F_ACK, table)
-    add(NFT_MSG_NEWTABLE, create, table)
+    if replace:
+        add(NFT_MSG_NEWTABLE, create, table)
+        add(NFT_MSG_DELTABLE, NLM_F_ACK, table)
+        add(NFT_MSG_NEWTABLE, create, table)
+    else:
+        add(NFT_MSG_NEWTABLE, create | NLM_F_EXCL, table)
     rules = egress_rules(dns)
     for i, dev in enumerate(devices):
         chain = _str(3, f"egress{i}")  # NFTA_CHAIN_NAME
@@ -247,10 +254,8 @@ def _errors(sock, count: int, batch: bool = False) -> list[int]:
     return errs
 
 
-def load(msgs: list[bytes], protocol: int = NETLINK_ROUTE, acks: int | None = None, keep: list | None = None) -> list[int]:
-    """Send the messages on a netlink socket of the current thread's namespace; the acks' errnos.
-
-    keep: the socket is appended there open, not closed (see close()), instead of closed here."""
+def load(msgs: list[bytes], protocol: int = NETLINK_ROUTE, acks: int | None = None) -> list[int]:
+    """Send the messages on a netlink socket of the current thread's namespace; the acks' errnos."""
     sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, protocol)
     try:
         sock.settimeout(5.0)
@@ -258,13 +263,37 @@ def load(msgs: list[bytes], protocol: int = NETLINK_ROUTE, acks: int | None = No
         sock.send(b"".join(msgs))
         return _errors(sock, len(msgs) if acks is None else acks, protocol == NETLINK_NETFILTER)
     finally:
-        if keep is None:
-            sock.close()
-        else:
-            keep.append(sock)
+        sock.close()
 
 
-def close(netns: str, dns: list[str], raw: bool = False, detach_close: bool = False) -> str:
+def table_exists(family: int, name: str) -> bool:
+    """Does the current thread's namespace hold nf_tables table `name` of `family`? A query, not a
+    transaction: a failed transaction (a create meeting an existing table) is aborted, and the
+    abort waits for an RCU grace period. True unless the kernel says ENOENT."""
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+    try:
+        sock.settimeout(5.0)
+        sock.bind((0, 0))
+        sock.send(_nfmsg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_ACK, 1, family, _str(1, name)))
+        return _errors(sock, 1) != [ENOENT]
+    finally:
+        sock.close()
+
+
+def load_egress(devices: list[str], dns: list[str]) -> list[int]:
+    """The egress chains created, or where the table exists (a namespace programmed before)
+    replaced; the acks' errnos."""
+    errs = [EEXIST]
+    if not table_exists(NFPROTO_NETDEV, EGRESS_TABLE):
+        msgs, acks = egress_batch(devices, dns)
+        errs = load(msgs, NETLINK_NETFILTER, acks)
+    if errs and errs[0] == EEXIST:  # there, or made in between
+        msgs, acks = egress_batch(devices, dns, replace=True)
+        errs = load(msgs, NETLINK_NETFILTER, acks)
+    return errs
+
+
+def close(netns: str, dns: list[str], raw: bool = False) -> str:
     """Install the rules in the namespace at `netns` (idempotent), and with `raw` (the workload holds
     CAP_NET_RAW) the egress chains too; what was done, in words. Raises NetnsError or NetworkApplyError.
 
@@ -276,24 +305,13 @@ def close(netns: str, dns: list[str], raw: bool = False, detach_close: bool = Fa
 
     check_not_host(netns)
     todo = rules(dns)
-    held: list = []
 
     def work():
         errs = load([encode(r, i + 1) for i, r in enumerate(todo)])
         devices = [n for _, n in _socket.if_nameindex() if n != "lo"] if raw else []
-        nft: list[int] = []
-        if devices:
-            msgs, acks = egress_batch(devices, dns)
-            nft = load(msgs, NETLINK_NETFILTER, acks, held)
-        return errs, devices, nft
+        return errs, devices, load_egress(devices, dns) if devices else []
 
-    try:
-        errs, devices, nft = run_in(netns, work)
-    finally:
-        if held:
-            from tiergate.network.apply import close_socket
-
-            close_socket(held[0], detach_close)
+    errs, devices, nft = run_in(netns, work)
     for rule, err in zip(todo, errs):
         if err and err != EEXIST and not (err == 97 and rule["family"] == 6):
             raise NetnsError(f"ip rule {rule['dst']}/{rule['len']}: {os.strerror(err)}")

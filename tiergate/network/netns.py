@@ -43,7 +43,8 @@ class _Func(_ctypes.CFuncPtr):
 
 def c_function(library: str | None, name: str, restype: str = "int", argtypes: tuple[str, ...] = ()):
     """A C function of `library` (None: the process's own symbols); types named as in C_TYPES."""
-    handle = _ctypes.dlopen(library, os.RTLD_NOW)  # type: ignore[arg-type]  # None is valid (ctypes.CDLL(None))
+    # lazy binding: only the symbols a call reaches get resolved (libnftables: -0.5 M instructions)
+    handle = _ctypes.dlopen(library, os.RTLD_LAZY)  # type: ignore[arg-type]  # None is valid (ctypes.CDLL(None))
     func = _Func(_ctypes.dlsym(handle, name))
     func.restype = C_TYPES[restype]
     if argtypes:

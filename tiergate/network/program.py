@@ -13,11 +13,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def program_netns(spec: dict, tier: Mapping[str, Any], netns: str, rec: dict, ports: Sequence[Mapping[str, Any]],
-                  detach_close: bool = False) -> None:
-    """Close metadata, then load the network policy, in the namespace at `netns`; TiergateError if not.
-
-    detach_close: the caller's parent reaps orphans (the shim): see network/apply.py."""
+def program_netns(spec: dict, tier: Mapping[str, Any], netns: str, rec: dict, ports: Sequence[Mapping[str, Any]]) -> None:
+    """Close metadata, then load the network policy, in the namespace at `netns`; TiergateError if not."""
     from tiergate.host import facts as host
     from tiergate.network import metadata
     from tiergate.network.apply import NetworkApplyError
@@ -28,15 +25,14 @@ def program_netns(spec: dict, tier: Mapping[str, Any], netns: str, rec: dict, po
         caps = proc["capabilities"] if isinstance(proc.get("capabilities"), dict) else {}
         raw = "CAP_NET_RAW" in (caps.get("bounding") or [])
         try:
-            rec["metadata"] = metadata.close(netns, host.resolv_conf_nameservers(spec), raw, detach_close)
+            rec["metadata"] = metadata.close(netns, host.resolv_conf_nameservers(spec), raw)
         except (NetnsError, NetworkApplyError, OSError) as exc:
             raise TiergateError(f"cannot close cloud metadata in the container's network namespace: {exc}") from None
     if tier["network"] is not None:
-        apply_network(spec, tier, netns, ports, rec, detach_close)
+        apply_network(spec, tier, netns, ports, rec)
 
 
-def apply_network(spec: dict, tier: Mapping[str, Any], netns: str, ports: Sequence[Mapping[str, Any]], rec: dict,
-                  detach_close: bool = False) -> None:
+def apply_network(spec: dict, tier: Mapping[str, Any], netns: str, ports: Sequence[Mapping[str, Any]], rec: dict) -> None:
     from tiergate.host import facts as host
     from tiergate.network import apply, ruleset
 
@@ -48,7 +44,7 @@ def apply_network(spec: dict, tier: Mapping[str, Any], netns: str, ports: Sequen
 
         doc = flows.record(log_only(doc))  # would-be drops: counted per flow in the container's netns
     try:
-        apply.apply(doc, netns, detach_close=detach_close)
+        apply.apply(doc, netns)
         if tier["network"].get("rate"):
             from tiergate.network import shaping  # pyroute2: only tiers that shape pay its import
 

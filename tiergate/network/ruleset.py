@@ -22,13 +22,12 @@ Every drop has a counter and (log = true) a separate rate-limited log rule in
 front of it: a `limit` statement in the drop rule itself would make packets
 over the limit skip the drop. Rule names are stored as rule comments.
 Nothing from the facts is ever spliced into rule text: the output is JSON data
-and every address is parsed by `ipaddress` first.
+and every address is parsed (inet_pton) first.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+import _socket  # not `socket`: its import (enum, selectors) costs more than this whole module
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,12 +61,15 @@ def sanitize_id(value: object, length: int = 12) -> str:
     return s or "unknown"
 
 
-def _addr(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _addr(value: object) -> tuple[int, str] | None:
+    """(4 or 6, the address in canonical text) of an IPv4/IPv6 address (zone id dropped), else None."""
     if not isinstance(value, str):
         return None
+    addr = value.strip().split("%", 1)[0]
+    af = _socket.AF_INET6 if ":" in addr else _socket.AF_INET
     try:
-        return ipaddress.ip_address(value.strip().split("%", 1)[0])
-    except ValueError:
+        return (6 if af == _socket.AF_INET6 else 4), _socket.inet_ntop(af, _socket.inet_pton(af, addr))
+    except (OSError, ValueError):
         return None
 
 
@@ -130,11 +132,11 @@ def _parse_cidr(c: object) -> tuple[int, int, int]:
         raise ValueError
     addr, sep, plen = c.strip().partition("/")
     if ":" in addr:
-        fam, af, bits = 6, socket.AF_INET6, 128
+        fam, af, bits = 6, _socket.AF_INET6, 128
     else:
-        fam, af, bits = 4, socket.AF_INET, 32
+        fam, af, bits = 4, _socket.AF_INET, 32
     try:
-        n = int.from_bytes(socket.inet_pton(af, addr), "big")
+        n = int.from_bytes(_socket.inet_pton(af, addr), "big")
     except OSError:
         raise ValueError from None
     if sep:
@@ -164,7 +166,7 @@ def _nets(cidrs: Iterable[str], where: str) -> tuple[list[str | dict[str, Any]],
             raise ValueError(f"network policy {where}: not a CIDR: {c!r}") from None
         by_fam[fam].append((n, length))
     out = []
-    for fam, bits, af in ((4, 32, socket.AF_INET), (6, 128, socket.AF_INET6)):
+    for fam, bits, af in ((4, 32, _socket.AF_INET), (6, 128, _socket.AF_INET6)):
         elems: list[str | dict[str, Any]] = []
         end = -1
         nbytes = bits // 8
@@ -172,7 +174,7 @@ def _nets(cidrs: Iterable[str], where: str) -> tuple[list[str | dict[str, Any]],
             if n <= end:
                 continue  # inside the previous (larger or equal) prefix
             end = n + (1 << (bits - length)) - 1
-            a = socket.inet_ntop(af, n.to_bytes(nbytes, "big"))
+            a = _socket.inet_ntop(af, n.to_bytes(nbytes, "big"))
             elems.append(a if length == bits else {"prefix": {"addr": a, "len": length}})
         out.append(elems)
     return out[0], out[1]
@@ -208,9 +210,9 @@ def _nameservers(policy: dict[str, Any], facts: dict[str, Any]) -> tuple[list[st
     for s in src:
         ip = _addr(s)
         if ip is not None:
-            lst = v4 if ip.version == 4 else v6
-            if str(ip) not in lst:
-                lst.append(str(ip))
+            lst = v4 if ip[0] == 4 else v6
+            if ip[1] not in lst:
+                lst.append(ip[1])
     return v4, v6
 
 
@@ -308,3 +310,15 @@ def build(policy: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
     if egress != "any":
         b.drop("output", "egress-default", [])
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}] + b.cmds}
+
+
+def creating(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """`doc` (from build, maybe through flows.record or program.log_only) as a transaction that only
+    creates the table: it fails as a whole (EEXIST) where the table exists. None if `doc` does not
+    begin with build's add, delete, add. Its commit frees nothing, so the socket's close does not
+    wait for the kernel's deferred destroy work (network/apply.py)."""
+    cmds = doc["nftables"]
+    table = {"add": {"table": {"family": FAMILY, "name": TABLE}}}
+    if cmds[1:4] != [table, {"delete": table["add"]}, table]:
+        return None
+    return {"nftables": [cmds[0], {"create": table["add"]}, *cmds[4:]]}

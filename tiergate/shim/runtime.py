@@ -354,10 +354,7 @@ def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, 
     spec, tier = plan
     try:
         pid = _init_pid(parsed, path)
-        # the engine's shim (containerd-shim, conmon) is a subreaper: the nft socket's slow last
-        # close may happen in an orphaned child it reaps
-        program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, pipeline.port_list(rec.get("ports") or []),
-                             detach_close=True)
+        program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, pipeline.port_list(rec.get("ports") or []))
     except Exception as exc:
         _spawn(path, [*argv[:parsed.command_index], "delete", "--force", parsed.container_id or ""])
         if isinstance(exc, TiergateError):

@@ -86,13 +86,19 @@ def test_which_tiers_close(tier, closes):
     assert closes_metadata(tier) is closes
 
 
-def test_egress_batch_is_one_nf_tables_transaction_with_a_chain_per_device():
-    msgs, acks = md.egress_batch(["eth0", "eth1"], ["168.63.129.16", "10.0.0.1"])
+@pytest.mark.parametrize("replace", [False, True])
+def test_egress_batch_is_one_nf_tables_transaction_with_a_chain_per_device(replace):
+    msgs, acks = md.egress_batch(["eth0", "eth1"], ["168.63.129.16", "10.0.0.1"], replace)
     kinds = [struct.unpack_from("=IHHII", m)[1] for m in msgs]
+    flags = [struct.unpack_from("=IHHII", m)[2] for m in msgs]
     nft = md.NFNL_SUBSYS_NFTABLES << 8
     rules = md.egress_rules(["168.63.129.16", "10.0.0.1"])
     assert kinds[0] == md.NFNL_MSG_BATCH_BEGIN and kinds[-1] == md.NFNL_MSG_BATCH_END
-    assert kinds[1:4] == [nft | md.NFT_MSG_NEWTABLE, nft | md.NFT_MSG_DELTABLE, nft | md.NFT_MSG_NEWTABLE]
+    if replace:  # add, delete, add: replaces a table there from before
+        assert kinds[1:4] == [nft | md.NFT_MSG_NEWTABLE, nft | md.NFT_MSG_DELTABLE, nft | md.NFT_MSG_NEWTABLE]
+    else:  # only creates: the kernel refuses it whole (EEXIST) where the table exists
+        assert kinds[1] == nft | md.NFT_MSG_NEWTABLE and flags[1] & md.NLM_F_EXCL
+        assert nft | md.NFT_MSG_DELTABLE not in kinds and kinds.count(nft | md.NFT_MSG_NEWTABLE) == 1
     chain_at = [i for i, k in enumerate(kinds) if k == nft | md.NFT_MSG_NEWCHAIN]
     assert len(chain_at) == 2 and kinds.count(nft | md.NFT_MSG_NEWRULE) == 2 * len(rules)
     assert acks == len(msgs) - 2  # every message but the batch markers is acknowledged

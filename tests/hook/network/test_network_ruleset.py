@@ -87,6 +87,19 @@ def test_transaction_replaces_table_add_delete_add():
         assert kind in ("table", "chain", "rule", "set")
 
 
+def test_creating_is_the_same_transaction_creating_the_table():
+    from tiergate.network import flows
+    from tiergate.network.program import log_only
+    from tiergate.network.ruleset import creating
+
+    t = {"family": "inet", "name": "tiergate"}
+    for doc in (build(pol(), FACTS), flows.record(log_only(build(pol(), FACTS)))):
+        fresh = creating(doc)
+        assert cmds(fresh)[0] == {"create": {"table": t}}
+        assert cmds(fresh)[1:] == cmds(doc)[3:] and fresh["nftables"][0] == doc["nftables"][0]
+    assert creating({"nftables": [{"metainfo": {}}, {"add": {"table": t}}]}) is None  # not build's head
+
+
 def test_idempotent_and_json_serialisable():
     p = pol(egress="allowlist", allow=[{"cidr": "192.0.2.0/24", "ports": [443], "proto": "tcp"}])
     a, b = build(p, FACTS), build(p, FACTS)

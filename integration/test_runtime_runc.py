@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -165,3 +166,87 @@ def test_pass_through_never_starts_python(runc_env, shim, tmp_path):
     assert listed.stdout == control.stdout
     created = run_cmd([str(front), "--root", root, "create", "--bundle", str(tmp_path), "nope"])
     assert created.returncode != 0, "create ran without the Python half: it must harden, not pass through"
+
+
+def test_create_programs_the_netns_in_process(bundle, shim, tmp_path):
+    """`create`, then `start`: how docker, containerd and podman's runtime drive the shim. For a
+    namespace that holds an interface (a path in the spec, as CNI and docker hand over), the shim
+    closes metadata and loads the tier's network policy itself between the two: strace sees the
+    shim's Python start only runc, and no interpreter or hook anywhere below it (no createRuntime
+    hook, no forked helper). The rules are in the namespace before `start`."""
+    import re
+
+    from harness import require_binary
+
+    strace = require_binary("strace")
+    ns = f"tg-rt-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+    cid = f"tg-{uuid.uuid4().hex[:12]}"
+    b = bundle({"io.tiergate.tier": "web"}, args=["true"])
+    try:
+        for args in (["link", "add", "eth0", "type", "veth", "peer", "name", "tgpeer"], ["link", "set", "lo", "up"],
+                     ["link", "set", "eth0", "up"], ["addr", "add", "10.219.1.2/24", "dev", "eth0"]):
+            subprocess.run(["ip", "-n", ns, *args], check=True, timeout=30)
+        linux = b.config.setdefault("linux", {})
+        linux["cgroupsPath"] = f"{b.cgroup_parent}/{cid}"
+        b.write()  # warm: a first create compiles the policy (pyseccomp's find_library runs ldconfig)
+        warm = subprocess.run([shim["exe"], "--root", str(b.runc_root), "create", "--bundle", str(b.dir), cid],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        b.runc_cmd("delete", "--force", cid, timeout=20)
+        assert warm.returncode == 0
+        linux["namespaces"] = [n for n in linux.get("namespaces", []) if n.get("type") != "network"] + [
+            {"type": "network", "path": f"/run/netns/{ns}"}]
+        linux["cgroupsPath"] = f"{b.cgroup_parent}/{cid}"
+        b.write()
+        trace = tmp_path / "strace.out"
+        # strace -f outlives the shim: it follows the container's init, which waits for `start`
+        tracer = subprocess.Popen([strace, "-f", "-q", "-s", "256", "-e", "trace=execve,clone,clone3,fork,vfork",
+                                   "-o", str(trace), shim["exe"], "--root", str(b.runc_root), "create", "--bundle",
+                                   str(b.dir), cid], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and tracer.poll() is None:
+                lines = trace.read_text().splitlines() if trace.exists() else []
+                if lines and any(ln.startswith(lines[0].split()[0] + " +++ exited") for ln in lines):
+                    break
+                time.sleep(0.05)
+            lines = trace.read_text().splitlines()
+            shim_exit = [ln for ln in lines if ln.startswith(lines[0].split()[0] + " +++ exited")]
+            assert shim_exit == [lines[0].split()[0] + " +++ exited with 0 +++"], lines[-20:]
+        except BaseException:
+            tracer.kill()
+            tracer.wait(timeout=10)
+            raise
+        listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"], capture_output=True, text=True,
+                                timeout=30).stdout
+        assert "table inet tiergate" in listed, listed  # loaded by create, before start
+        assert b.runc_cmd("start", cid).returncode == 0
+        tracer.wait(timeout=30)  # the init ran `true` and exited
+        lines = trace.read_text().splitlines()
+        execs, pending = [], {}  # (pid, program) of each execve that succeeded, in order
+        for ln in lines:
+            if m := re.match(r'(\d+) execve\("([^"]+)"', ln):
+                if ln.endswith("<unfinished ...>"):
+                    pending[m[1]] = m[2]
+                elif ln.endswith(" = 0"):
+                    execs.append((int(m[1]), m[2]))
+            elif (m := re.match(r"(\d+) <\.\.\. execve resumed>.* = 0$", ln)) and m[1] in pending:
+                execs.append((int(m[1]), pending.pop(m[1])))
+        pythons = [(pid, path) for pid, path in execs if "python" in os.path.basename(path)]
+        assert len(pythons) == 1, pythons  # the shim's own Python half, nothing more
+        assert not [p for _, p in execs if "tiergate-hook" in p], execs
+        shim_pid = pythons[0][0]
+        children = [int(m[1]) for m in (re.match(rf"{shim_pid} .*(?:clone3?|v?fork)\(.*= (\d+)$", ln) for ln in lines) if m]
+        children += [int(m[1]) for m in (re.match(rf"{shim_pid} <\.\.\. (?:clone3?|v?fork) resumed>.*= (\d+)$", ln)
+                                         for ln in lines) if m]
+        first_exec = {pid: path for pid, path in reversed(execs)}
+        runc = os.path.realpath(subprocess.run(["sh", "-c", "command -v runc"], capture_output=True, text=True).stdout.strip())
+        assert children and all(os.path.realpath(first_exec.get(c, "")) == runc for c in children), (children, execs)
+        rec = [json.loads(x) for x in shim["log"].read_text().splitlines() if cid in x]
+        create = [r for r in rec if r.get("stage") == "create"]
+        assert create and create[-1]["outcome"] == "allowed", rec
+        assert create[-1].get("network") == "web" and "closed" in create[-1].get("metadata", ""), create[-1]
+    finally:
+        b.runc_cmd("delete", "--force", cid, timeout=20)
+        subprocess.run(["ip", "netns", "delete", ns], timeout=30)

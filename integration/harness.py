@@ -22,6 +22,7 @@ test_harness.py use it to prove the engines work before tiergate is involved.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -222,6 +223,22 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str =
 # --------------------------------------------------------------------------
 # host state: mounts, cgroups, leftovers
 # --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def netns_with_eth0(prefix: str, address: str):
+    """A named netns holding lo and a veth `eth0` (its peer beside it) with `address` (CIDR): what an
+    engine's network hands a container (podman's precreate spec names it, a runc bundle may). Yields
+    the name; deleted afterwards. Nothing on the host changes."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    try:
+        for args in (["link", "add", "eth0", "type", "veth", "peer", "name", "tgpeer"], ["link", "set", "lo", "up"],
+                     ["link", "set", "eth0", "up"], ["addr", "add", address, "dev", "eth0"]):
+            subprocess.run(["ip", "-n", name, *args], check=True, timeout=30)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], timeout=30)
+
 
 def unmount_under(root: Path) -> None:
     """Lazily unmount every mount at or below root, deepest first."""

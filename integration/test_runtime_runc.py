@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -168,85 +169,93 @@ def test_pass_through_never_starts_python(runc_env, shim, tmp_path):
     assert created.returncode != 0, "create ran without the Python half: it must harden, not pass through"
 
 
-def test_create_programs_the_netns_in_process(bundle, shim, tmp_path):
+@pytest.mark.parametrize("tier, raw, table", [("web", False, "inet tiergate"),
+                                              ("baseline", True, "netdev tiergate-metadata")])
+def test_create_programs_the_netns_in_process(bundle, shim, runc_env, tmp_path, tier, raw, table):
     """`create`, then `start`: how docker, containerd and podman's runtime drive the shim. For a
     namespace that holds an interface (a path in the spec, as CNI and docker hand over), the shim
     closes metadata and loads the tier's network policy itself between the two: strace sees the
     shim's Python start only runc, and no interpreter or hook anywhere below it (no createRuntime
-    hook, no forked helper). The rules are in the namespace before `start`."""
-    import re
-
-    from harness import require_binary
+    hook, no forked helper: before, a workload keeping CAP_NET_RAW, whose egress chains are an
+    nf_tables batch, got a fork to close its socket). The rules are there before `start`."""
+    from harness import netns_with_eth0, require_binary
 
     strace = require_binary("strace")
-    ns = f"tg-rt-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
     cid = f"tg-{uuid.uuid4().hex[:12]}"
-    b = bundle({"io.tiergate.tier": "web"}, args=["true"])
-    try:
-        for args in (["link", "add", "eth0", "type", "veth", "peer", "name", "tgpeer"], ["link", "set", "lo", "up"],
-                     ["link", "set", "eth0", "up"], ["addr", "add", "10.219.1.2/24", "dev", "eth0"]):
-            subprocess.run(["ip", "-n", ns, *args], check=True, timeout=30)
-        linux = b.config.setdefault("linux", {})
-        linux["cgroupsPath"] = f"{b.cgroup_parent}/{cid}"
-        b.write()  # warm: a first create compiles the policy (pyseccomp's find_library runs ldconfig)
-        warm = subprocess.run([shim["exe"], "--root", str(b.runc_root), "create", "--bundle", str(b.dir), cid],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-        b.runc_cmd("delete", "--force", cid, timeout=20)
-        assert warm.returncode == 0
+    b = bundle({"io.tiergate.tier": tier}, args=["true"])
+    if raw:  # baseline keeps what the engine asks for: CAP_NET_RAW, as docker's default set has it
+        for kind in ("bounding", "effective", "permitted"):
+            b.config["process"]["capabilities"][kind].append("CAP_NET_RAW")
+    linux = b.config.setdefault("linux", {})
+    linux["cgroupsPath"] = f"{b.cgroup_parent}/{cid}"
+    create = [shim["exe"], "--root", str(b.runc_root), "create", "--bundle", str(b.dir), cid]
+    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    b.write()  # warm: a first create compiles the policy (pyseccomp's find_library runs ldconfig)
+    warm = subprocess.run(create, timeout=60, **quiet)
+    b.runc_cmd("delete", "--force", cid, timeout=20)
+    assert warm.returncode == 0
+    trace = tmp_path / "strace.out"
+    with netns_with_eth0("tg-rt", "10.219.1.2/24") as ns:
         linux["namespaces"] = [n for n in linux.get("namespaces", []) if n.get("type") != "network"] + [
             {"type": "network", "path": f"/run/netns/{ns}"}]
-        linux["cgroupsPath"] = f"{b.cgroup_parent}/{cid}"
         b.write()
-        trace = tmp_path / "strace.out"
         # strace -f outlives the shim: it follows the container's init, which waits for `start`
         tracer = subprocess.Popen([strace, "-f", "-q", "-s", "256", "-e", "trace=execve,clone,clone3,fork,vfork",
-                                   "-o", str(trace), shim["exe"], "--root", str(b.runc_root), "create", "--bundle",
-                                   str(b.dir), cid], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+                                   "-o", str(trace), *create], **quiet)
         try:
+            def shim_exit() -> str | None:  # strace's first pid is the shim's (its front execs Python)
+                text = trace.read_text() if trace.exists() else ""
+                m = re.search(rf"^{text.split(maxsplit=1)[0]}\s+\+\+\+ (exited with \d+)", text, re.M) if text else None
+                return m[1] if m else None
+
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and tracer.poll() is None:
-                lines = trace.read_text().splitlines() if trace.exists() else []
-                if lines and any(ln.startswith(lines[0].split()[0] + " +++ exited") for ln in lines):
-                    break
+            while time.monotonic() < deadline and tracer.poll() is None and not shim_exit():
                 time.sleep(0.05)
-            lines = trace.read_text().splitlines()
-            shim_exit = [ln for ln in lines if ln.startswith(lines[0].split()[0] + " +++ exited")]
-            assert shim_exit == [lines[0].split()[0] + " +++ exited with 0 +++"], lines[-20:]
-        except BaseException:
-            tracer.kill()
-            tracer.wait(timeout=10)
-            raise
-        listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"], capture_output=True, text=True,
-                                timeout=30).stdout
-        assert "table inet tiergate" in listed, listed  # loaded by create, before start
-        assert b.runc_cmd("start", cid).returncode == 0
-        tracer.wait(timeout=30)  # the init ran `true` and exited
-        lines = trace.read_text().splitlines()
-        execs, pending = [], {}  # (pid, program) of each execve that succeeded, in order
-        for ln in lines:
-            if m := re.match(r'(\d+) execve\("([^"]+)"', ln):
-                if ln.endswith("<unfinished ...>"):
-                    pending[m[1]] = m[2]
-                elif ln.endswith(" = 0"):
-                    execs.append((int(m[1]), m[2]))
-            elif (m := re.match(r"(\d+) <\.\.\. execve resumed>.* = 0$", ln)) and m[1] in pending:
-                execs.append((int(m[1]), pending.pop(m[1])))
-        pythons = [(pid, path) for pid, path in execs if "python" in os.path.basename(path)]
-        assert len(pythons) == 1, pythons  # the shim's own Python half, nothing more
-        assert not [p for _, p in execs if "tiergate-hook" in p], execs
-        shim_pid = pythons[0][0]
-        children = [int(m[1]) for m in (re.match(rf"{shim_pid} .*(?:clone3?|v?fork)\(.*= (\d+)$", ln) for ln in lines) if m]
-        children += [int(m[1]) for m in (re.match(rf"{shim_pid} <\.\.\. (?:clone3?|v?fork) resumed>.*= (\d+)$", ln)
-                                         for ln in lines) if m]
-        first_exec = {pid: path for pid, path in reversed(execs)}
-        runc = os.path.realpath(subprocess.run(["sh", "-c", "command -v runc"], capture_output=True, text=True).stdout.strip())
-        assert children and all(os.path.realpath(first_exec.get(c, "")) == runc for c in children), (children, execs)
-        rec = [json.loads(x) for x in shim["log"].read_text().splitlines() if cid in x]
-        create = [r for r in rec if r.get("stage") == "create"]
-        assert create and create[-1]["outcome"] == "allowed", rec
-        assert create[-1].get("network") == "web" and "closed" in create[-1].get("metadata", ""), create[-1]
-    finally:
-        b.runc_cmd("delete", "--force", cid, timeout=20)
-        subprocess.run(["ip", "netns", "delete", ns], timeout=30)
+            assert shim_exit() == "exited with 0", trace.read_text()[-2000:]
+            listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"], capture_output=True,
+                                    text=True, timeout=30).stdout
+            assert f"table {table}" in listed, listed  # loaded by create, before start
+            assert b.runc_cmd("start", cid).returncode == 0
+            tracer.wait(timeout=30)  # the init ran `true` and exited
+        finally:
+            if tracer.poll() is None:
+                tracer.kill()
+                tracer.wait(timeout=10)
+            b.runc_cmd("delete", "--force", cid, timeout=20)
+    execs, children = _processes(trace.read_text().splitlines())
+    pythons = [(pid, path) for pid, path in execs if "python" in os.path.basename(path)]
+    assert len(pythons) == 1, pythons  # the shim's own Python half, nothing more
+    assert not [p for _, p in execs if "tiergate-hook" in p], execs
+    first_exec = {pid: path for pid, path in reversed(execs)}
+    runc = os.path.realpath(runc_env["runc"])
+    spawned = children.get(pythons[0][0], [])
+    assert spawned and all(os.path.realpath(first_exec.get(c, "")) == runc for c in spawned), (spawned, execs)
+    recs = [json.loads(x) for x in shim["log"].read_text().splitlines() if cid in x]
+    created = [r for r in recs if r.get("stage") == "create"]
+    assert created and created[-1]["outcome"] == "allowed", recs
+    assert created[-1].get("network") == (None if raw else tier), created[-1]
+    assert ("CAP_NET_RAW: egress drops on" if raw else "closed") in created[-1].get("metadata", ""), created[-1]
+
+
+def _processes(lines: list[str]) -> tuple[list[tuple[int, str]], dict[int, list[int]]]:
+    """From `strace -f -e trace=execve,clone,clone3,fork,vfork` output: (pid, program) of each
+    execve that succeeded, in order, and each pid's children (calls split by other pids joined)."""
+    execs: list[tuple[int, str]] = []
+    children: dict[int, list[int]] = {}
+    pending: dict[int, tuple[str, str]] = {}
+    for ln in lines:
+        m = re.match(r"(\d+)\s+(?:<\.\.\. )?(execve|clone3?|v?fork)(?:\(| resumed>)(.*)", ln)
+        if not m:
+            continue
+        pid, call, rest = int(m[1]), m[2], m[3]
+        if ln.endswith("<unfinished ...>"):
+            pending[pid] = (call, rest)
+            continue
+        if " resumed>" in ln[:60]:
+            call, rest = pending.pop(pid, (call, rest))
+        result = ln.rsplit(" = ", 1)[-1] if " = " in ln else ""
+        if call == "execve" and result == "0":
+            execs.append((pid, rest.split('"')[1]))
+        elif call != "execve" and result.isdigit():
+            children.setdefault(pid, []).append(int(result))
+    return execs, children

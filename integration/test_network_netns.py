@@ -269,6 +269,32 @@ def test_reapply_replaces_not_duplicates(net):
     assert net.http(net.C, "http://10.213.0.1:80/")
 
 
+def test_a_table_made_after_the_query_is_replaced_not_duplicated(net, monkeypatch):
+    """The namespace gains the table between the query and the create (another start in a shared
+    namespace): the create fails as a whole, and the replacing transaction runs instead."""
+    from tiergate.network import metadata
+
+    doc = build(POLICY, FACTS)
+    A.apply(doc, net.c_path)
+    def listing() -> list[dict]:  # handles change with every new table
+        return [{k: {f: v for f, v in o.items() if f != "handle"} for k, o in x.items()} for x in net.rules_in_c()]
+
+    first = listing()
+    monkeypatch.setattr(metadata, "table_exists", lambda family, name: False)
+    assert A.apply(doc, net.c_path) == "replaced"
+    assert listing() == first
+    # the metadata block's egress chains the same way (the kernel says EEXIST, then replaced)
+    from tiergate.network.netns import run_in
+
+    try:
+        for _ in range(2):
+            assert not any(run_in(net.c_path, lambda: metadata.load_egress([net.vc], [])))
+        listed = run(IP, "netns", "exec", net.C, NFT, "list", "table", "netdev", metadata.EGRESS_TABLE).stdout
+        assert listed.count("chain egress0") == 1, listed
+    finally:  # the later tests reach link-local peers from C
+        run(IP, "netns", "exec", net.C, NFT, "delete", "table", "netdev", metadata.EGRESS_TABLE, check=False)
+
+
 def test_apply_by_pid(net):
     p = net.spawn(net.C, "/bin/sleep", "60")
     try:

@@ -4,7 +4,9 @@ Never the host's namespace: the target is compared (st_dev, st_ino) with
 /proc/1/ns/net and with our own namespace, and refused if equal.
 
 Loader: libnftables (through `_ctypes`) while this thread is in the namespace
-(network/netns.py): no nft process, no subprocess import. read_counters (the
+(network/netns.py): no nft process, no subprocess import, no helper process; a
+transaction that creates the table where there is none (see _load: the socket's
+close then waits for nothing). read_counters (the
 CLI, off the start path) runs `/usr/bin/nsenter --net=<path> /usr/sbin/nft`;
 bench/bench.py compares the two loaders.
 """

@@ -1092,9 +1092,8 @@ class Bench:
         """The block alone, timed inside a fresh process (its imports included, the interpreter's
         start excluded) in a fresh netns each time: policy-routing rules vs an nft table."""
         rules = "from tiergate.network import metadata as m; m.close(P, [])"
-        # as the shim does for a workload holding CAP_NET_RAW (docker's baseline): the nft socket's
-        # last close goes to a child; this process is made a subreaper to reap it, as containerd-shim is
-        raw = "from tiergate.network import metadata as m; m.close(P, [], True, True)"
+        # as for a workload holding CAP_NET_RAW (docker's baseline): the egress chains too
+        raw = "from tiergate.network import metadata as m; m.close(P, [], True)"
         table = ("from tiergate.network import apply as a, metadata as m\n"
                  "e=[{'match':{'op':'==','left':{'payload':{'protocol':'ip' if f==4 else 'ip6','field':'daddr'}},"
                  "'right':{'prefix':{'addr':ad,'len':n}}}} for f,ad,n,_ in m.BLOCKED]\n"
@@ -1102,9 +1101,6 @@ class Bench:
                  "'name':'o','type':'filter','hook':'output','prio':-1,'policy':'accept'}}}]\n"
                  "c+=[{'add':{'rule':{'family':'inet','table':'tgmd','chain':'o','expr':[x,{'drop':None}]}}} for x in e]\n"
                  "a.apply({'nftables':c}, P)")
-        import ctypes
-
-        ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
         bodies = {"ip rules (netlink)": rules, "nft table (libnftables)": table,
                   "ip rules + egress chains (CAP_NET_RAW, shim)": raw}
         samples: dict[str, list[float]] = {name: [] for name in bodies}
@@ -1124,12 +1120,6 @@ class Bench:
                     samples[name].append(float(proc.stdout.strip().splitlines()[-1]))
                 finally:
                     subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
-                    while True:  # orphans reparented here (the detached close)
-                        try:
-                            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                                break
-                        except ChildProcessError:
-                            break
         say("metadata mechanisms (ms, median): " + ", ".join(
             f"{n} {statistics.median(v) * 1000:.2f}" for n, v in samples.items()))
         out = {n: stats(v) for n, v in samples.items()}
@@ -1146,7 +1136,7 @@ class Bench:
                                            sys.executable, "-I", "-c", code], capture_output=True, text=True,
                                           timeout=600, cwd="/")
                     found = [int(n) for n in re.findall(r"Collected : (\d+)", proc.stderr)]
-                    if found:  # a forked child (the detached close) reports too: the parent ran longest
+                    if found:
                         counts[name] = max(found)
                 finally:
                     subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)

@@ -20,24 +20,24 @@ def program_netns(spec: dict, tier: Mapping[str, Any], netns: str, rec: dict, po
     from tiergate.network.apply import NetworkApplyError
     from tiergate.network.netns import NetnsError
 
+    dns = host.resolv_conf_nameservers(spec)  # read once: the metadata block's DNS exceptions, the policy's DNS
     if pipeline.closes_metadata(tier):
         proc = spec["process"] if isinstance(spec.get("process"), dict) else {}
         caps = proc["capabilities"] if isinstance(proc.get("capabilities"), dict) else {}
         raw = "CAP_NET_RAW" in (caps.get("bounding") or [])
         try:
-            rec["metadata"] = metadata.close(netns, host.resolv_conf_nameservers(spec), raw)
+            rec["metadata"] = metadata.close(netns, dns, raw)
         except (NetnsError, NetworkApplyError, OSError) as exc:
             raise TiergateError(f"cannot close cloud metadata in the container's network namespace: {exc}") from None
     if tier["network"] is not None:
-        apply_network(spec, tier, netns, ports, rec)
+        apply_network(tier, netns, ports, dns, rec)
 
 
-def apply_network(spec: dict, tier: Mapping[str, Any], netns: str, ports: Sequence[Mapping[str, Any]], rec: dict) -> None:
-    from tiergate.host import facts as host
+def apply_network(tier: Mapping[str, Any], netns: str, ports: Sequence[Mapping[str, Any]], nameservers: list[str],
+                  rec: dict) -> None:
     from tiergate.network import apply, ruleset
 
-    facts = {"id": rec.get("container", ""),
-             "nameservers": host.resolv_conf_nameservers(spec), "ports": ports}
+    facts = {"id": rec.get("container", ""), "nameservers": nameservers, "ports": ports}
     doc = ruleset.build(tier["network"], facts)
     if tier.get("audit"):
         from tiergate.network import flows

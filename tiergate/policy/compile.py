@@ -113,10 +113,14 @@ def compile_policy(model: PolicyFile, text: str, file: str) -> dict[str, Any]:
 
 
 def host_arches() -> tuple[str, ...] | None:
-    """The compiled policy is per host (its cache lives there): filters name only its family."""
+    """The compiled policy is per host (its cache lives there): filters name only its family's
+    ABIs that its kernel runs (each listed one is another copy runc builds: seccomp/abis.py)."""
     import platform
 
-    return names.SECCOMP_ARCH_FAMILIES.get(platform.machine())
+    from tiergate.seccomp.abis import runnable
+
+    family = names.SECCOMP_ARCH_FAMILIES.get(platform.machine())
+    return runnable(family) if family else None
 
 
 def _network(name: str, table: dict[str, Any], fail: Fail) -> dict[str, Any]:

@@ -27,9 +27,10 @@ SCMP_CMP_MASKED_EQ, ``value`` is the mask and ``valueTwo`` the datum (as
 runc/crun read it).
 
 Compilation merges every group with the same action, errnoRet and args into
-one rule, so the output has few rules and a deterministic order.  Only the
-standard library is imported here; syscall names are checked against
-libseccomp (names.py) lazily, at compile time.
+one rule, so the output has few rules and a deterministic order, and leaves
+out rules that repeat the default action (libseccomp refuses them: runtimes
+skip them).  Only the standard library is imported here; syscall names are
+checked against libseccomp (syscalls.py) lazily, at compile time.
 """
 
 from __future__ import annotations
@@ -281,6 +282,13 @@ def _check_consistency(name: str, entries: list[Entry], arches: list[str]) -> No
                     "drop SCMP_ARCH_X86 from architectures")
 
 
+def _effect(action: str, errno: int | None) -> tuple[str, int | None]:
+    """An action as libseccomp sees it: ERRNO and TRACE without errnoRet are EPERM, KILL is KILL_THREAD."""
+    if action in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
+        return action, EPERM if errno is None else errno
+    return ("SCMP_ACT_KILL_THREAD" if action == "SCMP_ACT_KILL" else action), None
+
+
 def _arg_json(a: Arg) -> dict[str, Any]:
     index, op, value, two = a
     d: dict[str, Any] = {"index": index, "value": value}
@@ -332,9 +340,13 @@ def compile_profile(name: str, extra_deny: str | Iterable[str] = (), search_dirs
                 f"seccomp profile {name!r}: unknown syscall names: {', '.join(unknown)}")
     _check_consistency(name, entries, res["architectures"])
 
+    # A rule that repeats the default action is left out: libseccomp refuses it, so every
+    # runtime skips it (runc silently), and it would only cost bytes in every spec.
+    default = _effect(res["defaultAction"], res["defaultErrnoRet"])
     rules: dict[tuple[str, int | None, tuple[Arg, ...]], set[str]] = {}
     for n, action, errno, args, *_ in entries:
-        rules.setdefault((action, errno, args), set()).add(n)
+        if _effect(action, errno) != default:
+            rules.setdefault((action, errno, args), set()).add(n)
 
     def order(key: tuple[str, int | None, tuple[Arg, ...]]) -> tuple[int, int, bool, tuple[Arg, ...]]:
         action, errno, args = key

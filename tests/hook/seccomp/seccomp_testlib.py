@@ -124,3 +124,77 @@ def thread_works() -> bool:
     except RuntimeError:
         return False
     return bool(box)
+
+
+# -- the filter libseccomp builds for runc, evaluated as the kernel does ------------------
+
+AUDIT_ARCH = {"SCMP_ARCH_X86_64": 0xC000003E, "SCMP_ARCH_X86": 0x40000003, "SCMP_ARCH_X32": 0xC000003E,
+              "SCMP_ARCH_AARCH64": 0xC00000B7, "SCMP_ARCH_ARM": 0x40000028}
+X32_SYSCALL_BIT = 0x40000000
+
+
+def bpf_program(oci_seccomp: dict) -> list[tuple[int, int, int, int]]:
+    """The classic BPF runc would load for ``oci_seccomp`` (every listed architecture): (code, jt, jf, k)."""
+    import struct
+    import tempfile
+
+    from tiergate.seccomp.build import to_filter
+
+    with tempfile.TemporaryFile() as fh:
+        to_filter(oci_seccomp, all_arches=True).export_bpf(fh)
+        fh.seek(0)
+        data = fh.read()
+    return [struct.unpack("<HBBI", data[i:i + 8]) for i in range(0, len(data), 8)]
+
+
+def bpf_verdict(prog: list[tuple[int, int, int, int]], arch: str, nr: int, args=(0,) * 6) -> int:
+    """The SECCOMP_RET_* value ``prog`` returns for one call (struct seccomp_data, as the kernel
+    fills it): a small classic-BPF interpreter for what libseccomp emits (ld, and/or/xor/add/sub,
+    jumps, ret, tax/txa)."""
+    words = [nr & 0xFFFFFFFF, AUDIT_ARCH[arch], 0, 0]  # nr, arch, instruction_pointer (lo, hi)
+    for a in (*args, *[0] * (6 - len(args))):
+        words += [a & 0xFFFFFFFF, (a >> 32) & 0xFFFFFFFF]  # little-endian 64-bit args
+    acc = x = 0
+    mem = [0] * 16
+    pc = 0
+    for _ in range(len(prog) + 1):
+        code, jt, jf, k = prog[pc]
+        cls, pc = code & 0x07, pc + 1
+        if cls == 0x00:  # BPF_LD
+            mode = code & 0xE0
+            acc = words[k // 4] if mode == 0x20 else k if mode == 0x00 else mem[k] if mode == 0x60 else 64
+        elif cls == 0x01:  # BPF_LDX
+            x = k if code & 0xE0 == 0x00 else mem[k]
+        elif cls == 0x02:  # BPF_ST
+            mem[k] = acc
+        elif cls == 0x03:  # BPF_STX
+            mem[k] = x
+        elif cls == 0x04:  # BPF_ALU
+            src, op = (x if code & 0x08 else k), code & 0xF0
+            if op == 0x50:
+                acc &= src
+            elif op == 0x40:
+                acc |= src
+            elif op == 0xA0:
+                acc ^= src
+            elif op == 0x00:
+                acc = (acc + src) & 0xFFFFFFFF
+            elif op == 0x10:
+                acc = (acc - src) & 0xFFFFFFFF
+            else:
+                raise AssertionError(f"BPF ALU op {op:#x} is not one libseccomp emits")
+        elif cls == 0x05:  # BPF_JMP
+            op, src = code & 0xF0, (x if code & 0x08 else k)
+            if op == 0x00:
+                pc += k
+            else:
+                hit = acc == src if op == 0x10 else acc > src if op == 0x20 else acc >= src if op == 0x30 else acc & src
+                pc += jt if hit else jf
+        elif cls == 0x06:  # BPF_RET
+            return acc if code & 0x18 == 0x10 else k
+        else:  # BPF_MISC: TAX / TXA
+            if code & 0xF8 == 0x00:
+                x = acc
+            else:
+                acc = x
+    raise AssertionError("BPF program ran past its length")

@@ -22,6 +22,9 @@ no-op Python floor, tiergate. Sections (bench/README.md says how to read them):
   cri      containerd CRI pod start and ExecSync (bench/cri.py)
   seccomp  bench/syscalls.c (static) in a container per tier, unconfined and
            under podman's default profile (derived from Docker's); ns/syscall
+  filters  what runc pays to build each filter on every create and exec (bench/filters.py):
+           BPF length, libseccomp's instructions (callgrind), `runc exec` CPU and wall
+           time; none, containerd's RuntimeDefault, each tier (and listing every ABI)
   metadata (extra) baseline with and without the metadata block on a macvlan network
 
 Writes OUT/latest.json, OUT/latest.md and OUT/latest.png (a copy of each under
@@ -62,7 +65,7 @@ SHIPPED_TIERS = ("privileged", "baseline", "restricted", "isolated")
 # Tiers whose seccomp profile differs (the other roles reuse restricted's).
 SECCOMP_TIERS = ("baseline", "restricted", "isolated", "image-processor", "node-worker", "scheduler")
 NETWORK_TIERS = ("web", "database", "isolated")  # tiers measured with and without their network policy
-SECTIONS = "e2e,hook,network,storage,cold,scale,cri,seccomp"  # the default; `metadata` is extra
+SECTIONS = "e2e,hook,network,storage,cold,scale,cri,seccomp,filters"  # the default; `metadata` is extra
 
 
 # ---------------------------------------------------------------------------
@@ -955,6 +958,23 @@ class Bench:
         self.results["cri"] = {"rounds": rounds,
                                "pods": with_deltas(pods, "runc + RuntimeDefault seccomp", "no-op Python shim"),
                                "exec": with_deltas(execs, "runc", "no-op Python shim")}
+
+    def section_filters(self) -> None:
+        """What runc pays to build each seccomp filter (bench/filters.py)."""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("bench_filters", REPO / "bench" / "filters.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        rounds = self.rounds
+        say(f"filters: libseccomp's build per profile (callgrind), then {rounds} rounds of runc exec")
+        raw = mod.measure(rounds, work=self.d / "filters", say=say)
+        out = {}
+        for name, r in raw.items():
+            out[name] = {"bpf": r["bpf"], "build_minstr": r["build_minstr"], "arches": r["arches"],
+                         "exec_cpu": stats([v / 1000 for v in r["exec_cpu_ms"]]),
+                         "exec_wall": stats([v / 1000 for v in r["exec_ms"]])}
+        self.results["filters"] = {"rounds": rounds, "results": out, "reference": "containerd RuntimeDefault"}
 
     # -- 4. seccomp workload cost ------------------------------------------------------------
     def section_seccomp(self) -> None:

@@ -10,9 +10,9 @@ whose runc is a Python script that execs runc unchanged (the floor of any
 Python shim). Each round starts one pod (RunPodSandbox + CreateContainer +
 StartContainer, wall time, as kubelet calls them) per configuration, in an
 order rotated from round to round, after one warm-up each; then ExecSync
-`true` in a runc, a no-op and a tiergate pod, rotated. bench/bench.py runs
-this as its `cri` section; alone it prints medians. Run on demand, never as
-a test.
+`true` in a runc pod (without and with RuntimeDefault), a no-op and a tiergate
+pod, rotated. bench/bench.py runs this as its `cri` section; alone it prints
+medians. Run on demand, never as a test.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ CONFIGS = {  # name -> (handler, image key, RuntimeDefault seccomp)
     "tiergate baseline (unlabelled image)": ("tiergate", "plain", False),
     "tiergate restricted (image label)": ("tiergate", "restricted", False),
 }
-EXEC_HANDLERS = {"runc": "runc", "no-op Python shim": "noop", "tiergate": "tiergate"}
+EXEC_HANDLERS = {  # name -> (handler, RuntimeDefault seccomp): tiergate's exec builds its tier's filter too
+    "runc": ("runc", False), "runc + RuntimeDefault seccomp": ("runc", True),
+    "no-op Python shim": ("noop", False), "tiergate": ("tiergate", False)}
 
 
 def add_noop_handler(node: cri.CriNode, work: Path) -> None:
@@ -96,7 +98,7 @@ def measure(rounds: int, execs: int, *, work: Path, rootfs_tar: Path | None = No
             say(f"  cri pod start round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} {statistics.median(v) * 1000:.0f}" for n, v in starts.items()))
         times: dict[str, list[float]] = {n: [] for n in EXEC_HANDLERS}
-        targets = {n: pod(h, "plain")[2] for n, h in EXEC_HANDLERS.items()}
+        targets = {n: pod(h, "plain", rd)[2] for n, (h, rd) in EXEC_HANDLERS.items()}
         order = list(EXEC_HANDLERS)
         for i in range(execs + 1):
             for n in order[i % len(order):] + order[:i % len(order)]:

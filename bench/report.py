@@ -206,6 +206,13 @@ def readme_block(res: dict) -> str:
     if any(r is not None for r in ratios):
         L += ["", f"Seccomp on the workload: every tier's filter costs {span(ratios, 2)}× Docker's default profile "
                   "per syscall (bench/syscalls.c inside the container)."]
+    flt = (res.get("filters") or {}).get("results") or {}
+    ref = flt.get((res.get("filters") or {}).get("reference"))
+    builds = [v["build_minstr"] for k, v in flt.items() if k.startswith("tier ") and "every ABI" not in k]
+    if ref and builds:
+        L += ["", f"Seccomp in runc: every tier's filter costs libseccomp {span(builds, 1)} M instructions to build "
+                  f"on each create and exec, containerd's RuntimeDefault {fmt(ref['build_minstr'])} M "
+                  "(bench/filters.py)."]
     L += ["", END]
     return "\n".join(L)
 
@@ -373,6 +380,28 @@ def markdown(res: dict) -> str:
             L += ["", f"Goal: every tier's filter costs no more than Docker's default (ratio <= 1.00 within noise, "
                       f"~3%): worst {worst.removeprefix('tiergate ')} {tiers[worst]:.3f}: "
                       f"**{'met' if tiers[worst] <= 1.03 else 'NOT met'}**."]
+        L.append("")
+    flt = res.get("filters") or {}
+    if flt.get("results"):
+        L += ["## What runc pays to build each seccomp filter (bench/filters.py)", "",
+              "runc builds the filter from the spec (libseccomp) in `runc init` on every create and every exec. "
+              "BPF: the program's length over every listed ABI; libseccomp: millions of instructions it executes to "
+              "build and export it (callgrind, exact); `runc exec true` in a runc container carrying the filter: "
+              f"CPU (runc exec + runc init) and wall, median of {flt['rounds']} interleaved rounds. "
+              "\"every ABI\": the same tier listing its whole architecture family (the shape before "
+              "tiergate/seccomp/abis.py).", "",
+              "| profile | ABIs | BPF instructions | libseccomp M instructions | runc exec CPU ms | runc exec wall ms |",
+              "|---|---:|---:|---:|---:|---:|"]
+        for name, r in flt["results"].items():
+            L.append(f"| {name} | {len(r['arches'])} | {r['bpf']} | {fmt(r['build_minstr'])} | "
+                     f"{fmt(r['exec_cpu'].get('median_ms'))} | {fmt(r['exec_wall'].get('median_ms'))} |")
+        ref = flt["results"].get(flt.get("reference"), {})
+        tiers = {k: v["build_minstr"] for k, v in flt["results"].items() if k.startswith("tier ") and "every ABI" not in k}
+        if tiers and ref:
+            worst = max(tiers, key=tiers.get)
+            L += ["", f"Goal: no tier's filter costs runc more to build than {flt['reference']} "
+                      f"({fmt(ref['build_minstr'])} M): worst {worst.removeprefix('tier ')} {fmt(tiers[worst])} M: "
+                      f"**{'met' if tiers[worst] <= ref['build_minstr'] else 'NOT met'}**."]
         L.append("")
     md = res.get("metadata") or {}
     if md:

@@ -85,6 +85,14 @@ def test_the_x32_probe_survives_a_filter_that_kills_x32() -> None:
     assert in_child(x32_runs, only_x86_64) is False
 
 
+def test_without_a_probe_x32_stays_listed(monkeypatch) -> None:
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr("os.fork", no_fork)
+    assert x32_runs() is True  # keeping an ABI only costs; leaving one out may kill
+
+
 @pytest.mark.parametrize("name", sorted({t["seccomp_profile"]: n for n, t in TIERS.items()}.values()))
 def test_every_call_gets_the_same_answer_as_the_naive_filter(name: str) -> None:
     tier = TIERS[name]

@@ -22,12 +22,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers import seccomp_arg_vectors, seccomp_samples, shipped_policy  # noqa: E402
+from helpers import docker_bundle, podman_precreate, seccomp_arg_vectors, seccomp_samples, shipped_policy  # noqa: E402
 from seccomp_testlib import X32_SYSCALL_BIT, bpf_program, bpf_verdict, in_child  # noqa: E402
 from tiergate.core.names import SECCOMP_ARCH_FAMILIES  # noqa: E402
 from tiergate.policy.compile import host_arches  # noqa: E402
 from tiergate.seccomp import profiles as P  # noqa: E402
 from tiergate.seccomp.abis import x32_runs  # noqa: E402
+from tiergate.seccomp.intersect import intersect  # noqa: E402
 from tiergate.seccomp.syscalls import syscall_number  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "seccomp"
@@ -69,6 +70,16 @@ def test_no_tier_filter_is_longer_than_runtime_default(name: str) -> None:
     rd = len(bpf_program(RUNTIME_DEFAULT))
     mine = len(bpf_program(compiled(TIERS[name], NO_X32)))
     assert mine <= rd, f"{name}: {mine} BPF instructions for runc to build, RuntimeDefault {rd}"
+
+
+@pytest.mark.parametrize("engine", ["containerd RuntimeDefault", "podman default", "docker default"])
+@pytest.mark.parametrize("name", sorted(TIERS))
+def test_intersecting_an_engine_default_costs_less_than_it(name: str, engine: str) -> None:
+    """Where the engine already set its default profile, tiergate hands runc the intersection."""
+    caller = {"containerd RuntimeDefault": RUNTIME_DEFAULT, "podman default": podman_precreate()["linux"]["seccomp"],
+              "docker default": docker_bundle()["linux"]["seccomp"]}[engine]
+    merged = intersect(compiled(TIERS[name], NO_X32), caller)
+    assert len(bpf_program(merged)) <= len(bpf_program(caller))
 
 
 def test_the_policy_lists_the_abis_this_kernel_runs() -> None:

@@ -98,6 +98,7 @@ class Policy(TypedDict):
     tiers: dict[str, Tier]
     stale: NotRequired[str]
     inputs: NotRequired[Any]  # the cache's: the files and stat data the entry was compiled from
+    generation: NotRequired[str]  # the cache's: the generation directory it was read from
 
 
 class MountFact(TypedDict):

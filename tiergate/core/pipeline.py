@@ -103,8 +103,11 @@ def host_facts(spec: Json, policy: Json, image: Image, tier: Tier, edge: Edge) -
         facts["network_applied"] = edge.netns_ready
     linux = spec.get("linux")
     current = linux.get("seccomp") if isinstance(linux, dict) else None
-    if tier["seccomp"] is not None and isinstance(current, dict) and edge.seccomp is not None:
-        merged = edge.seccomp(policy["digest"], tier, current)
+    generation = policy.get("generation")
+    if tier["seccomp"] is not None and isinstance(current, dict) and edge.seccomp is not None and generation:
+        # keyed on the compiled generation, not the policy text: an upgrade that changes a tier's
+        # filter (profiles, compile.py, intersect.py) compiles a new generation with the same text
+        merged = edge.seccomp(f"{policy['digest']}/{generation}", tier, current)
         if merged is not None:  # the modifier uses it only for this very profile (seccomp.apply)
             facts["seccomp"] = {"for": current, "intersection": merged}
     if tier["network"] is not None:

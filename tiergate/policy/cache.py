@@ -119,7 +119,8 @@ def policy_inputs(path: str) -> list[list[object]]:
     if not os.path.exists(path):
         why = "is a dangling symlink" if os.path.lexists(path) else "does not exist"
         raise PolicyError(f"the configured policy file {why} (tiergate never falls back to another policy)", path)
-    files = [path, os.path.join(os.path.dirname(__file__), "compile.py")]
+    files = [path, os.path.join(os.path.dirname(__file__), "compile.py"),
+             os.path.join(_PACKAGE, "seccomp", "intersect.py")]  # the seccomp memo's answers (pipeline)
     for d in (os.path.join(os.path.dirname(path), "seccomp"), os.path.join(configs_dir(), "seccomp")):
         try:
             files += sorted(e.path for e in os.scandir(d) if e.name.endswith(".json"))

@@ -85,6 +85,7 @@ def view(head: dict, cache_dir: str, unsafe, entry: str) -> dict:
     """The caller-facing policy: the head (read from ENTRY), "tiers" {name: lazy tier}, "trust"."""
     store = _Generation(os.path.join(cache_dir, head["gen"]), unsafe, entry)
     policy = {k: v for k, v in head.items() if k not in HEAD_ONLY}
+    policy["generation"] = head["gen"]  # new with every compile: what the seccomp memo is keyed on
     policy["tiers"] = {name: Tier(store, name, n) for name, n in head["strictness"].items()}
     policy["trust"] = Trust(store, head["trust_count"], head["first_name_rule"], head["trust_buckets"])
     return policy

@@ -3,7 +3,9 @@
 Podman hands every container the same default profile, so every start of a tier
 computed the same intersection (~6 M instructions, a third of the hook's own work).
 The cache directory keeps the last few per tier: <cache>/seccomp/<tier>.json holds
-the policy digest and [engine profile, intersection] pairs. A pair is used only when
+the key the pipeline gives (the policy digest and its compiled generation: a recompile,
+e.g. an upgrade that changed a tier's filter, never reads an older answer) and
+[engine profile, intersection] pairs. A pair is used only when
 its engine profile equals the spec's in full (the caller shapes it: nothing less is a
 key), and the file only when it is as trusted as the compiled policy beside it.
 """

@@ -66,3 +66,38 @@ def test_the_modifier_uses_a_remembered_intersection_only_for_its_own_profile():
     good = intersect(tier["seccomp"], spec["linux"]["seccomp"])
     out, _, _ = harden(spec, tier, policy, {"seccomp": {"for": spec["linux"]["seccomp"], "intersection": good}})
     assert out["linux"]["seccomp"] == plain["linux"]["seccomp"]
+
+
+def test_a_recompiled_policy_never_reads_the_intersections_of_its_previous_generation(tmp_path):
+    """An upgrade can change a tier's filter with the policy text unchanged: the memo is keyed on the
+    compiled generation, so what the old generation remembered is never used by the new one."""
+    from tiergate.core import pipeline
+    from tiergate.core.decide import Image
+    from tiergate.host.edge import host_edge
+    from tiergate.policy import cache
+
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text((Path(cache.configs_dir()) / "policy.toml").read_text())
+    cache_dir = tmp_path / "cache"
+    spec = podman_precreate()
+    edge = host_edge("podman", str(cache_dir), None, None)
+
+    def facts():
+        policy = cache.load_compiled(str(policy_file), str(cache_dir))
+        tier = policy["tiers"]["restricted"]
+        return policy, tier, pipeline.host_facts(spec, policy, Image(), tier, edge)
+
+    policy, tier, first = facts()
+    assert first["seccomp"]["intersection"] == intersect(tier["seccomp"], spec["linux"]["seccomp"])
+    memo_file = cache_dir / "seccomp" / "restricted.json"
+    doc = json.loads(memo_file.read_text())
+    assert policy["generation"] in doc["policy"]
+    forged = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}
+    doc["pairs"][0][1] = forged  # what the old generation remembered, made obvious
+    memo_file.write_text(json.dumps(doc))
+    assert facts()[2]["seccomp"]["intersection"] == forged  # same generation: remembered (the test can fail)
+    st = policy_file.stat()
+    os.utime(policy_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same text, recompiled: a new generation
+    again, tier, second = facts()
+    assert again["generation"] != policy["generation"] and again["digest"] == policy["digest"]
+    assert second["seccomp"]["intersection"] == intersect(tier["seccomp"], spec["linux"]["seccomp"]) != forged

@@ -38,9 +38,10 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def host_footprint():
-    """Remove, at session end, shared paths the engines created (see HostFootprint)."""
-    footprint = harness.HostFootprint()
+def host_footprint(it_dir, tmp_path_factory):
+    """Remove, at session end, shared paths the engines created and stop the warm helpers the
+    session's hook launchers started (see HostFootprint)."""
+    footprint = harness.HostFootprint(warm_roots=[str(it_dir), str(tmp_path_factory.getbasetemp())])
     footprint.snapshot()
     yield footprint
     if os.geteuid() == 0:

@@ -339,6 +339,11 @@ class HostFootprint:
     tiergate's own default cache dir (/var/cache/tiergate) fills when a hook an
     engine runs, or a CLI call, compiles a test's policy without a private cache
     dir: the entries made during the session go, and the dir if it was not there.
+
+    Warm helpers (tiergate/engines/warm.py) the session's launchers started, those whose
+    launcher lies under one of ``warm_roots`` (the session's temp dirs), are stopped by the
+    pid in their pid files, and their sockets and pid files removed; /run/tiergate/warm and
+    /run/tiergate go too when the session made them and they are empty.
     """
 
     files: tuple[str, ...] = ("/var/lib/containers/cache/blob-info-cache-v1.boltdb",)
@@ -347,16 +352,22 @@ class HostFootprint:
         "/run/containers/networks", "/run/containers",
         "/run/containerd/s", "/run/containerd",
         "/run/docker/plugins", "/run/docker",
+        "/run/tiergate/warm", "/run/tiergate",
     )
     cache_dir: str = "/var/cache/tiergate"
     existed: set[str] = field(default_factory=set)
     cache_entries: set[str] | None = None
+    warm_roots: list[str] = field(default_factory=list)
 
     def snapshot(self) -> None:
         self.existed = {p for p in self.files + self.dirs if os.path.lexists(p)}
         self.cache_entries = set(os.listdir(self.cache_dir)) if os.path.isdir(self.cache_dir) else None
 
     def restore(self) -> list[str]:
+        from tiergate.engines import warm
+
+        for root in self.warm_roots:
+            warm.stop("", under=root, say=lambda _line: None)
         left = self._restore_cache()
         for f in self.files:
             if f not in self.existed and os.path.lexists(f):

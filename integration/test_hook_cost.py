@@ -7,6 +7,11 @@ empty environment and cwd / (as podman runs it), under
 `valgrind --tool=callgrind`. The reference is a no-op Python hook (the same
 interpreter, `-IS`, stdin copied to stdout) measured in the same run. Instruction
 counts repeat to ~0.1% here, unlike wall time on a shared machine (issue 20).
+
+Three paths: the launcher handing the start to its warm helper (engines/warm.py; the
+hook process podman waits for), the same launcher running the start itself (no helper:
+it starts one; or one that declines it, from another mount namespace), and the helper's
+child that ran the start (the work moved there, reported).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +27,8 @@ import pytest
 import harness
 from tiergate_fixtures import (Hooks, LABEL, SHIPPED_POLICY, compiled_policy, podman_argv, trusting_policy,
                                 without_network)
+
+from tiergate.engines import warm
 
 pytestmark = pytest.mark.podman
 
@@ -32,19 +40,51 @@ pytestmark = pytest.mark.podman
 # imports (~0.1 M of importlib each), the spec's validation (~0.8 M), JSON in and out (~1.7 M), the
 # seccomp memo (~0.9 M), realpaths and stats of mounts and own paths (~1.4 M). MAX_RATIO holds what
 # was reached, with a small margin: lower it as the hook gets cheaper, never raise it.
+#
+# With the warm helper (issue 20's "warm helper the hook talks to") the hook process is the
+# launcher's client half alone: 18.2 M, 0.90x the no-op hook (it exits with os._exit, the no-op
+# hook pays the interpreter's teardown), whatever the tier; the helper's child does the start's
+# own work (~6.6 M: no imports, no teardown). MAX_RATIO holds that, with a small margin.
+# IN_PROCESS_MAX_RATIO holds the start run in the hook's own process when no helper runs (it
+# starts one), as reached before the helper: 2.28x-2.37x. A helper that declines (another mount
+# namespace: rare) adds the connection (importing _socket alone costs 0.6 M): DECLINED_MAX_RATIO.
 GOAL_RATIO = 1.35
-MAX_RATIO = 2.35
+MAX_RATIO = 0.9
+IN_PROCESS_MAX_RATIO = 2.35
+DECLINED_MAX_RATIO = 2.42
 
 
-def instructions(argv: list[str], stdin: bytes, out_file: Path) -> tuple[int, bytes]:
-    """(user-space instructions of the whole process, its stdout) under callgrind."""
-    proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", *argv],
-                          input=stdin, capture_output=True, env={}, cwd="/", timeout=300)
-    assert proc.returncode == 0, f"{argv[0]} under callgrind exited {proc.returncode}: {proc.stderr[-2000:]!r}"
+def count(out_file: Path) -> int:
     for line in out_file.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1]), proc.stdout
+            return int(line.split()[1])
     raise AssertionError(f"no instruction total in {out_file}")
+
+
+def instructions(argv: list[str], stdin: bytes, out_dir: Path, prefix: list[str] = ()) -> tuple[int, bytes]:
+    """(user-space instructions of the process itself, its stdout) under callgrind; processes it
+    forks (callgrind follows them) write out_dir/cg.<their pid>."""
+    out_dir.mkdir(exist_ok=True)
+    proc = subprocess.Popen([*prefix, "valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p",
+                             # valgrind's own log on stderr would keep the pipe open in the helper it forks
+                             f"--log-file={out_dir}/valgrind.%p", *argv],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={}, cwd="/")
+    out, err = proc.communicate(stdin, timeout=300)
+    assert proc.returncode == 0, f"{argv[0]} under callgrind exited {proc.returncode}: {err[-2000:]!r}"
+    (out_dir / f"valgrind.{proc.pid}").unlink(missing_ok=True)
+    own = out_dir / f"cg.{proc.pid}"
+    return count(own), out
+
+
+def helper_pid(key: str, timeout: float = 300) -> int:
+    """The pid of this launcher's warm helper, once it listens (under callgrind it starts slowly)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path, pid, _ in warm.helpers(key + "-"):
+            if pid and os.path.exists(path[:-4]):
+                return pid
+        time.sleep(0.2)
+    raise AssertionError(f"no warm helper for key {key} after {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -87,31 +127,68 @@ def cost_setup(podman_env, it_dir):
     for data in specs.values():  # warm: the policy is compiled and cached once, outside the measurement
         for exe in (argv, nonet_argv):
             subprocess.run(exe, input=data, capture_output=True, env={}, cwd="/", timeout=60, check=True)
-    yield argv, [str(noop)], specs, hooks, (nonet_argv, nonet)
+    key = warm.key_in(Path(launcher["path"]).read_text())
+    nonet_key = warm.key_in(Path(nonet_launcher["path"]).read_text())
+    assert key and nonet_key, "the installed launchers use no warm helper"
+    warm.stop(key + "-", say=lambda _line: None)  # the test starts its own, under callgrind
+    yield argv, [str(noop)], specs, hooks, key, (nonet_argv, nonet, nonet_key)
+    for k in (key, nonet_key):
+        warm.stop(k + "-", say=lambda _line: None)
     podman_env.podman("rm", "--force", *(f"tgcost-{t}-{os.getpid()}" for t in tiers), timeout=120)
     podman_env.rmi(*(f"localhost/tiergate-cost-{t}-{os.getpid()}" for t in tiers))
 
 
 def test_precreate_hook_cost_against_a_noop_python_hook(cost_setup, tmp_path):
-    argv, noop, specs, hooks, _ = cost_setup
-    floor, _ = instructions(noop, specs["baseline"], tmp_path / "noop.out")
-    figures = {}
+    argv, noop, specs, hooks, key, _ = cost_setup
+    floor, _ = instructions(noop, specs["baseline"], tmp_path / "noop")
+    # No helper: the launcher runs the start itself and starts one (callgrind follows the fork,
+    # so the helper and each child it forks count their own instructions in tmp_path/helper).
+    absent, out = instructions(argv, specs["baseline"], tmp_path / "helper")
+    assert "io.tiergate.refused" not in json.loads(out).get("annotations", {})
+    assert "warm" not in hooks.last(), hooks.last()
+    pid = helper_pid(key)
+    figures, in_process = {}, {}
     for tier, data in specs.items():
-        count, out = instructions(argv, data, tmp_path / f"{tier}.out")
-        hardened = json.loads(out)
-        # the measured run did the whole job: the tier its image asked for, allowed (a refusal is cheaper)
-        assert hardened.get("annotations", {}).get(LABEL) == tier or tier == "privileged", (tier, out[:300])
-        assert "io.tiergate.refused" not in hardened.get("annotations", {}), hardened["annotations"]
-        last = hooks.last()
-        assert (last["tier"], last["outcome"]) == (tier, "allowed"), last
-        figures[tier] = count
-    print(f"\nno-op Python hook: {floor / 1e6:.2f} M instructions (goal {GOAL_RATIO}x, held {MAX_RATIO}x)")
-    for tier, count in figures.items():
-        print(f"tiergate-hook precreate, tier {tier}: {count / 1e6:.2f} M ({count / floor:.3f}x)")
+        for path, into in (("warm", figures), ("declined", in_process)):
+            # declined: another mount namespace, so the helper declines and the launcher runs it here
+            count_, out = instructions(argv, data, tmp_path / f"{tier}-{path}",
+                                       prefix=["unshare", "-m"] if path == "declined" else [])
+            hardened = json.loads(out)
+            # the measured run did the whole job: the tier its image asked for, allowed (a refusal is cheaper)
+            assert hardened.get("annotations", {}).get(LABEL) == tier or tier == "privileged", (tier, out[:300])
+            assert "io.tiergate.refused" not in hardened.get("annotations", {}), hardened["annotations"]
+            last = hooks.last()
+            assert (last["tier"], last["outcome"]) == (tier, "allowed"), last
+            assert last.get("warm") == (pid if path == "warm" else None), (path, last)  # who ran it
+            into[tier] = count_
+    last_tier = list(specs)[-1]
+    warm.stop(key + "-", say=lambda _line: None)
+    helper = tmp_path / "helper" / f"cg.{pid}"
+    deadline = time.monotonic() + 120
+    while not helper.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = sorted((p for p in (tmp_path / "helper").glob("cg.*") if int(p.suffix[1:]) > pid),
+                      key=lambda p: int(p.suffix[1:]))
+    # A forked child's callgrind total includes its parent's up to the fork: the last child's own
+    # work is its total less the helper's final total (which adds only its idle ticks and exit).
+    child = count(children[-1]) - count(helper) if children and helper.exists() else None
+    print(f"\nno-op Python hook: {floor / 1e6:.2f} M instructions (goal {GOAL_RATIO}x, held {MAX_RATIO}x; "
+          f"in-process {IN_PROCESS_MAX_RATIO}x, declined {DECLINED_MAX_RATIO}x)")
+    print(f"no helper yet (runs the start, starts the helper): {absent / 1e6:.2f} M ({absent / floor:.3f}x)")
+    for tier, n in figures.items():
+        print(f"tiergate-hook precreate, tier {tier}: warm {n / 1e6:.2f} M ({n / floor:.3f}x); "
+              f"declined, in-process {in_process[tier] / 1e6:.2f} M ({in_process[tier] / floor:.3f}x)")
+    if child is not None:
+        print(f"the helper's child that ran the last start (tier {last_tier}): ~{child / 1e6:.2f} M")
     worst = max(figures, key=figures.get)
     assert figures[worst] <= MAX_RATIO * floor, (
         f"tier {worst}: {figures[worst] / 1e6:.2f} M instructions, {figures[worst] / floor:.3f}x the no-op hook's "
         f"{floor / 1e6:.2f} M (budget {MAX_RATIO}x)")
+    for name, n, budget in [("no helper", absent, IN_PROCESS_MAX_RATIO),
+                            *((f"tier {t}, declined", c, DECLINED_MAX_RATIO) for t, c in in_process.items())]:
+        assert n <= budget * floor, (
+            f"{name}: {n / 1e6:.2f} M instructions, {n / floor:.3f}x the no-op hook's {floor / 1e6:.2f} M "
+            f"(budget {budget}x)")
 
 
 # A tier's network policy beside the same tier without one (its `network` line removed), both
@@ -134,9 +211,15 @@ def podman_made_netns():
 
 
 def test_network_policy_cost_beside_the_same_tier_without_one(cost_setup, podman_made_netns, tmp_path):
-    argv, _, specs, hooks, (nonet_argv, nonet) = cost_setup
+    argv, _, specs, hooks, key, (nonet_argv, nonet, nonet_key) = cost_setup
     path = f"/run/netns/{podman_made_netns}"
     figures = {}
+    # Both in the hook's own process: each launcher's helper runs and declines the measured runs
+    # (another mount namespace), so the start's own cost is compared, not the client's.
+    for exe, k in ((argv, key), (nonet_argv, nonet_key)):
+        if not any(pid for _, pid, _ in warm.helpers(k + "-")):
+            subprocess.run(exe, input=specs["baseline"], capture_output=True, env={}, cwd="/", timeout=60, check=True)
+        helper_pid(k)
     for tier in NETWORK_TIERS:
         spec = json.loads(specs[tier])
         for ns in spec["linux"]["namespaces"]:
@@ -148,9 +231,9 @@ def test_network_policy_cost_beside_the_same_tier_without_one(cost_setup, podman
             for _ in range(2):  # the first run adds the metadata rules; the second, measured, finds them
                 subprocess.run(["ip", "netns", "exec", podman_made_netns, "nft", "delete", "table", "inet", "tiergate"],
                                capture_output=True, timeout=30)  # a podman-made namespace has none
-                counts[name], _ = instructions(exe, data, tmp_path / f"{tier}-{name}.out")
+                counts[name], _ = instructions(exe, data, tmp_path / f"{tier}-{name}", prefix=["unshare", "-m"])
             last = h.last()
-            assert (last["tier"], last["outcome"]) == (tier, "allowed"), last
+            assert (last["tier"], last["outcome"]) == (tier, "allowed") and "warm" not in last, last
             assert "closed" in last.get("metadata", ""), last
             assert last.get("network") == (tier if name == "with" else None), last
         listed = subprocess.run(["ip", "netns", "exec", podman_made_netns, "nft", "list", "tables"],

@@ -33,3 +33,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def data_dir() -> Path:
     """tests/data: the runtime-spec copy and the engine samples."""
     return DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_helpers(tmp_path_factory):
+    """Launchers these tests install and run as root start warm helpers (engines/warm.py): the
+    ones started by a launcher under this session's temp dir are stopped, by pid, at the end."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    from tiergate.engines import warm
+
+    warm.stop("", under=base, say=lambda _line: None)

@@ -690,6 +690,25 @@ def check_used_state(where: str, settings: dict) -> list[Check]:
     return checks
 
 
+def check_warm(launcher: str) -> Check:
+    """Whether the hook launcher's warm helper (engines/warm.py) runs: information, never a failure."""
+    from tiergate.engines import warm
+
+    try:
+        key = warm.key_in(open(launcher, encoding="utf-8", errors="replace").read())
+    except OSError:
+        key = None
+    if key is None:
+        return Check("warm helper", OK, f"{launcher}: none (installed with --no-warm, rootless, or older): "
+                     "every start runs in the hook's own process")
+    running = [(path[:-4], pid) for path, pid, _ in warm.helpers(key + "-") if pid]
+    if running:
+        return Check("warm helper", OK, "; ".join(f"{launcher}: running, pid {pid}, socket {sock}" for sock, pid in running)
+                     + f" (exits after {warm.IDLE_EXIT:.0f} s without a start)")
+    return Check("warm helper", OK, f"{launcher}: not running (the next start runs in the hook's process and starts "
+                 f"it under {warm.SOCKET_DIR}; it exits after {warm.IDLE_EXIT:.0f} s without a start)")
+
+
 def gather(policy: str | None = None, hooks_dirs: list[str] | None = None,
            containerd_configs=CONTAINERD_CONFIGS, podman_confs=None) -> list[Check]:
     """Every check, in table order."""
@@ -725,6 +744,7 @@ def gather(policy: str | None = None, hooks_dirs: list[str] | None = None,
             seen.add(launcher)
             release = check_release(launcher)
             checks += [release] if release else []
+            checks.append(check_warm(launcher))
         key = tuple(sorted(settings.items()))
         if key not in seen:
             seen.add(key)

@@ -47,7 +47,12 @@ def run(code: dict, entry: str, kwargs: dict) -> None:
     gc.disable()
     Release.code = code
     sys.meta_path.insert(0, Release)
-    status = __import__(entry, fromlist=["main"]).main(**kwargs)
+    status = status_of(__import__(entry, fromlist=["main"]).main(**kwargs))
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(status if isinstance(status, int) else 0 if status is None else 1)
+    os._exit(status)
+
+
+def status_of(value) -> int:
+    """main's return value as an exit status (engines/warm.py's children exit the same way)."""
+    return value if isinstance(value, int) else 0 if value is None else 1

@@ -55,16 +55,42 @@ def dependency_dirs() -> list[str]:
     return dirs
 
 
+CLIENT_CODE = "tiergate.client"  # in a release: engines/warm.py's CLIENT, compiled, read by a warm launcher
 CODE = "tiergate.code"  # in a release: every module's code, marshalled, read by the launcher (engines.boot)
 BOOT = "tiergate.engines.boot"
 
 
-def script(lib_dir: Path, entry: str, args: str = "") -> str:
+def script(lib_dir: Path, entry: str, args: str = "", warm: bool = False) -> str:
     """The launcher: pin the release, read its CODE file, and run `main(ARGS)` of `entry` through
-    BOOT's code from it (the finder, the exit); a release without CODE imports from sys.path."""
-    return (f"#!{interpreter()} -IS\n{MARKER}\n"
+    BOOT's code from it (the finder, the exit); a release without CODE imports from sys.path.
+    With `warm`, it first hands the start to its warm helper (engines/warm.py) and starts one when
+    none runs; its key (in the socket path) is the hash of its own text, fixed here."""
+    from tiergate.engines import warm as helper
+
+    link = str(Path(lib_dir) / CURRENT)
+    run = f"run(_code, {entry!r}, dict({args}))\n"
+    client = ""
+    if warm:
+        import array
+
+        sock = helper.socket_prefix(helper.KEY_PLACEHOLDER)
+        fds = array.array("i", range(helper.FDS)).tobytes()
+        # the client code is compiled in the release (CLIENT_CODE, written by write_code): a script is
+        # compiled on every start, and ~50 lines of it cost ~2 M instructions
+        client = ("import posix, sys\n"
+                  "try:  # the warm helper: engines/warm.py\n"
+                  f"    _r = posix.readlink({link!r})\n"
+                  f"    _f = posix.open({str(Path(lib_dir))!r} + '/' + _r + '/{CLIENT_CODE}', posix.O_RDONLY)\n"
+                  "    exec(__import__('marshal').loads(posix.read(_f, 1 << 16)))  # _warm, _spawn\n"
+                  f"    _helper = _warm(_r, {sock!r}, {fds!r}) is True and _spawn()\n"
+                  "except Exception:\n"
+                  "    _helper = False\n")
+        run = (f"if _helper:  # the warm helper for the next starts: this launcher's key, this release\n"
+               f"    run(_code, {helper.ENTRY!r}, dict(release=_release, link={link!r}, sock={sock!r}, "
+               f"entry={entry!r}, kwargs=dict({args})))\n" + run)
+    text = (f"#!{interpreter()} -IS\n{MARKER}\n{client}"
             "import os, sys\n"
-            f"_release = os.path.realpath({str(Path(lib_dir) / CURRENT)!r})  # pinned for this run\n"
+            f"_release = os.path.realpath({link!r})  # pinned for this run\n"
             "sys.path.insert(0, _release)\n"
             f"sys.path.extend({dependency_dirs()!r})  # {', '.join(DEPENDENCIES)}\n"
             "try:\n"
@@ -73,8 +99,8 @@ def script(lib_dir: Path, entry: str, args: str = "") -> str:
             f"    exec(__import__('marshal').loads(_code[{BOOT!r}][2]))  # defines run()\n"
             "except (OSError, KeyError):\n"
             "    _code = {}\n"
-            f"    from {BOOT} import run\n"
-            f"run(_code, {entry!r}, dict({args}))\n")
+            f"    from {BOOT} import run\n" + run)
+    return text.replace(helper.KEY_PLACEHOLDER, helper.key_of(text)) if warm else text
 
 
 def write_code(tree: Path, final: Path) -> None:
@@ -97,6 +123,10 @@ def write_code(tree: Path, final: Path) -> None:
         package = parts[-1] == "__init__"
         out[".".join(parts[:-1] if package else parts)] = entry(package, path, str(Path(final) / rel))
     (Path(tree) / CODE).write_bytes(marshal.dumps(out))
+    from tiergate.engines.warm import CLIENT
+
+    (Path(tree) / CLIENT_CODE).write_bytes(marshal.dumps(compile(CLIENT, "tiergate/engines/warm.py:CLIENT", "exec",
+                                                                dont_inherit=True)))
 
 
 def needs() -> list[tuple[str, int]]:
@@ -155,15 +185,32 @@ def install_release(lib: Path, say=print) -> Path:
     return release
 
 
-def install_hook(bin_dir: Path, say=print) -> Path:
-    """The hook launcher and its pinned package release; shared by hooks.d and the shim."""
+def install_hook(bin_dir: Path, say=print, warm: bool = True) -> Path:
+    """The hook launcher and its pinned package release; shared by hooks.d and the shim. `warm`:
+    the launcher uses a warm helper (engines/warm.py); a replaced launcher's helpers are stopped."""
     from tiergate.engines import files
 
     lib = Path(bin_dir) / "lib"
     install_release(lib, say)
     exe = Path(bin_dir) / "tiergate-hook"
-    files.write(exe, script(lib, "tiergate.hook.stages"), 0o755, say)
+    text = script(lib, "tiergate.hook.stages", warm=warm)
+    old = _warm_key(exe)
+    if files.write(exe, text, 0o755, say) and old and files._dry is None:
+        from tiergate.engines import warm as helper
+
+        if helper.key_in(text) != old:
+            helper.stop(old + "-", say=say)
     return exe
+
+
+def _warm_key(exe: Path) -> str | None:
+    """The warm-helper key the launcher at `exe` uses (None: none, or no launcher)."""
+    from tiergate.engines import warm
+
+    try:
+        return warm.key_in(Path(exe).read_text(errors="replace"))
+    except OSError:
+        return None
 
 
 def precompile(bin_dir: Path, settings: dict, say=print) -> bool:
@@ -194,6 +241,11 @@ def remove_hook(bin_dir: Path, say=print) -> None:
     from tiergate.engines import files
 
     lib = Path(bin_dir) / "lib"
+    key = _warm_key(Path(bin_dir) / "tiergate-hook")
+    if key and files._dry is None:  # its helper goes with it (by the pid in its pid file)
+        from tiergate.engines import warm
+
+        warm.stop(key + "-", say=say)
     files.remove(Path(bin_dir) / "tiergate-hook", MARKER, say)
     files.remove(lib / CURRENT, None, say)
     try:

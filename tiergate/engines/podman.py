@@ -84,8 +84,8 @@ def hooks_dirs_read(confs: list[str], skip: str | None = None) -> tuple[list[str
 HOOKS_DIRS_FILE = "tiergate-hook.dirs"
 
 
-def install(hooks_dir: Path, bin_dir: Path, extra: list[str], prestart: bool, say=print) -> None:
-    exe = install_hook(bin_dir, say)
+def install(hooks_dir: Path, bin_dir: Path, extra: list[str], prestart: bool, say=print, warm: bool = True) -> None:
+    exe = install_hook(bin_dir, say, warm=warm)
     files.write(hooks_dir / HOOK_FILES["precreate"], hook_json(exe, "precreate", extra), 0o644, say)
     if prestart:
         files.write(hooks_dir / HOOK_FILES["prestart"], hook_json(exe, "prestart", extra), 0o644, say)

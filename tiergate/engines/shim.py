@@ -113,11 +113,11 @@ def conf_text(settings: dict) -> str:
 
 def install(bin_dir: Path, user: str, runtime: str | None = None, policy: str | None = None,
             cache_dir: str | None = None, log: str | None = None, containerd_root: str | None = None,
-            say=print) -> Path:
+            say=print, warm: bool = True) -> Path:
     """Install (idempotently) the hook launcher and the shim; register `user` (e.g. "docker /etc/docker/daemon.json")."""
     bin_dir = Path(bin_dir)
     lib = bin_dir / "lib"
-    hook = install_hook(bin_dir, say)
+    hook = install_hook(bin_dir, say, warm=warm)
     shim = bin_dir / SHIM
     real = real_runtime(runtime, shim)
     conf = bin_dir / CONF

@@ -79,6 +79,10 @@ def begin(record: dict, path: str | None = None) -> str | None:
     return marker
 
 
+# Fields every record this process writes carries: a start the warm helper ran (engines/warm.py)
+# says so, {"warm": <the helper's pid>}; empty in a hook that runs its start itself.
+SERVED: dict = {}
+
 LOCK_WAIT = 2.0  # seconds: a stuck log holder must not stall every container start
 
 
@@ -114,6 +118,7 @@ def write(record: dict, path: str | None = None, inflight: str | None = None) ->
     """
     path = log_path(path)
     record.setdefault("time", _now())
+    record.update(SERVED)
     try:
         problems = []
         if record.get("policy_error"):

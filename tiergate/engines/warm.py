@@ -1,0 +1,503 @@
+"""The warm helper: a fork server the hook launcher hands each start to (issue 20).
+
+A hook process that imports tiergate costs ~2x a no-op Python hook however few modules it
+imports. So the launcher (engines/launcher.py) first tries this helper's unix socket,
+/run/tiergate/warm/<launcher key>-<release digest> (the key: a hash of the launcher's
+own text, fixed at install; the digest: lib/current's target, read on every start, so an
+upgrade never talks to the old release's helper). It sends its argv, cwd, umask and
+environment and passes its fds 0, 1, 2; the helper forks a child that takes them over and
+runs the same entry `main` the launcher would (engines/boot.py), only with the modules
+already imported, then returns the exit status. The child confines itself as an
+in-process hook does; the helper keeps the privileges of the hook that started it.
+
+The helper serves only uid 0 in its own mount, pid, network, user, cgroup, IPC and UTS
+namespaces and root directory (SO_PEERCRED, /proc/<pid>/ns/*); it declines anyone else,
+and a declined or absent helper means the launcher runs the start itself, the same code.
+Once a child has taken a start over (reply "A"), the start's stdin is gone: a child that
+dies without a status fails the start with one line. The helper exits after IDLE_EXIT
+seconds without a request, or within TICK seconds of its release or socket being replaced.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+
+SOCKET_DIR = "/run/tiergate/warm"  # root's, 0700; AF_UNIX paths stop at 107 bytes: ours are 52
+IDLE_EXIT = 120.0  # seconds without a start: the helper exits (the next start runs in-process and starts one)
+TICK = 5.0  # seconds between the helper's checks that its release and socket are still the current ones
+REQUEST_TIMEOUT = 5.0  # seconds a connected launcher has to send its request
+MAX_REQUEST = 1 << 20
+FDS = 3  # the launcher's stdin, stdout, stderr
+ACCEPTED, DECLINED = b"A", b"D"
+NAMESPACES = ("mnt", "pid", "net", "user", "cgroup", "ipc", "uts")
+ENTRY = "tiergate.engines.warm"
+KEY_PLACEHOLDER = "@KEY@"
+
+# The launcher's client half, compiled into each release (launcher.CLIENT_CODE) and run by the
+# launcher with lib/current's target: builtins only (posix, _socket, marshal, sys), no `import os`
+# (4 M instructions). It returns True when no helper
+# runs (start one, run here), False when it declined or is not to be used (run here), and
+# otherwise exits with the start's status. _spawn starts the helper for the next start (True in
+# it): double fork, its own session, every fd of the hook's closed first (the engine reads the
+# hook's stdout until EOF), before the hook confines itself (the helper keeps its privileges).
+CLIENT = '''\
+def _warm(release, sock, fds):
+    if posix.geteuid():
+        return False
+    p = sock + release[release.rfind('/') + 1:]
+    try:
+        posix.stat(p)  # none: no need to import _socket (0.6 M instructions)
+        import _socket
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        s.connect(p)
+    except OSError as e:  # none, or a dead one's socket: start one if we may write /run (not rootless)
+        return e.errno in (2, 111) and posix.access('/run', 2)
+    a = c = b''
+    try:
+        m = posix.umask(63)
+        posix.umask(m)
+        d = __import__('marshal').dumps((sys.argv, posix.getcwd(), posix.environ, m))
+        d = len(d).to_bytes(4, 'little') + d
+        n = s.sendmsg([d], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        if n < len(d):
+            s.sendall(d[n:])
+    except OSError:  # the reply decides: a quick child may have answered and closed already
+        pass
+    try:
+        a = s.recv(1)
+        c = s.recv(1) if a == b'A' else c
+    except OSError:
+        pass
+    if a != b'A':
+        return False
+    if not c:
+        posix.write(2, b'tiergate: error: the warm helper stopped during this start: refused\\n')
+        posix._exit(1)
+    posix._exit(c[0])
+def _spawn():
+    try:
+        p = posix.fork()
+        if p:
+            posix.waitpid(p, 0)
+            return False
+    except OSError:
+        return False
+    try:
+        n = posix.open('/dev/null', posix.O_RDWR)
+        for f in (0, 1, 2):
+            posix.dup2(n, f)
+        for f in posix.listdir('/proc/self/fd'):
+            if int(f) > 2:
+                try:
+                    posix.close(int(f))
+                except OSError:
+                    pass
+        posix.setsid()
+        if posix.fork():
+            posix._exit(0)
+    except OSError:
+        posix._exit(0)
+    return True
+'''
+
+
+def key_of(text: str) -> str:
+    """A launcher's key: the hash of its text with the key left out (install fixes it in the text)."""
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def socket_prefix(key: str, directory: str = SOCKET_DIR) -> str:
+    """The helper's socket is this plus the release digest (lib/current's target's name)."""
+    return f"{directory}/{key}-"  # the key's own "-": helpers(key + "-") are this key's alone
+
+
+def key_in(text: str, directory: str = SOCKET_DIR) -> str | None:
+    """The key a launcher's text uses, or None (no warm helper: an older or --no-warm launcher)."""
+    start = text.find(f"{directory}/")
+    if start < 0:
+        return None
+    key = text[start + len(directory) + 1:].split("-", 1)[0]
+    return key if len(key) == 16 and all(c in "0123456789abcdef" for c in key) else None
+
+
+def encode_request(argv: list[str], cwd: str, env: dict[bytes, bytes], umask: int) -> bytes:
+    """What the launcher sends (CLIENT inlines the same): a 4-byte little-endian length, then marshal."""
+    body = marshal.dumps((argv, cwd, env, umask))
+    return len(body).to_bytes(4, "little") + body
+
+
+class Request:
+    __slots__ = ("argv", "cwd", "env", "umask")
+
+    def __init__(self, argv: list[str], cwd: str, env: dict[bytes, bytes], umask: int) -> None:
+        self.argv, self.cwd, self.env, self.umask = argv, cwd, env, umask
+
+
+def request_length(head: bytes) -> int:
+    """The body's length from the first 4 bytes; ValueError past MAX_REQUEST."""
+    n = int.from_bytes(head[:4], "little")
+    if len(head) < 4 or n > MAX_REQUEST:
+        raise ValueError("bad request length")
+    return n
+
+
+def decode_request(data: bytes) -> Request:
+    """The request in `data` (length and body, nothing more); ValueError when it is anything else."""
+    if len(data) < 4 or len(data) - 4 != request_length(data):
+        raise ValueError("truncated request")
+    try:
+        value = marshal.loads(data[4:])
+    except (EOFError, TypeError, ValueError) as exc:
+        raise ValueError(f"undecodable request: {exc}") from None
+    if not (isinstance(value, tuple) and len(value) == 4):
+        raise ValueError("a request is (argv, cwd, environ, umask)")
+    argv, cwd, env, umask = value
+    if not (isinstance(argv, list) and argv and all(type(a) is str for a in argv)):
+        raise ValueError("argv is not a list of strings")
+    if type(cwd) is not str or not cwd.startswith("/"):
+        raise ValueError("cwd is not an absolute path")
+    if not (isinstance(env, dict) and all(type(k) is bytes and type(v) is bytes for k, v in env.items())):
+        raise ValueError("environ is not bytes to bytes")
+    if type(umask) is not int or not 0 <= umask <= 0o777:
+        raise ValueError("bad umask")
+    return Request(argv, cwd, env, umask)
+
+
+def peer_problem(uid: int, peer: dict[str, str], own: dict[str, str]) -> str | None:
+    """Why a connected peer may not be served (None: it may): root, and every namespace and the
+    root directory ("root": device and inode) its own, so the child sees what it would see."""
+    if uid != 0:
+        return f"uid {uid} is not root"
+    for name, value in own.items():
+        if peer.get(name) != value:
+            return f"another {name} namespace" if name in NAMESPACES else f"another {name}"
+    return None
+
+
+def identity(pid: int | str) -> dict[str, str]:
+    """The namespaces and root directory of a process (pid or "self"), as peer_problem compares them."""
+    out = {}
+    for name in NAMESPACES:
+        try:
+            out[name] = os.readlink(f"/proc/{pid}/ns/{name}")
+        except OSError:
+            out[name] = ""
+    try:
+        st = os.stat(f"/proc/{pid}/root")
+        out["root"] = f"{st.st_dev}:{st.st_ino}"
+    except OSError:
+        out["root"] = ""
+    return out
+
+
+# -- the helper ------------------------------------------------------------------------
+
+# What a start may import, beyond what the entry imports at its top: the whole packages of the
+# start path (their imports read no host state: checked by tests/hook/test_warm.py) and the lazy
+# standard-library and dependency imports in them.
+PREIMPORT_PACKAGES = ("tiergate.hook", "tiergate.core", "tiergate.policy", "tiergate.oci", "tiergate.host",
+                      "tiergate.sources", "tiergate.network", "tiergate.seccomp", "tiergate.telemetry")
+# Policy-compile time only, and pyseccomp's import runs ldconfig (a host fact): left to a start that compiles.
+PREIMPORT_SKIP = ("tiergate.seccomp.build", "tiergate.seccomp.syscalls")
+PREIMPORT_MODULES = ("json", "subprocess", "socket", "ipaddress", "hashlib", "tempfile", "fcntl", "select",
+                     "struct", "ctypes", "_prctl", "nftables")  # not pyseccomp: its import runs ldconfig
+
+
+def start_path_modules(code: dict) -> list[str]:
+    """The start path's modules: in the release's code file, or (no code file) in the tree."""
+    if code:
+        return [n for n in sorted(code) if n.startswith(PREIMPORT_PACKAGES) and n not in PREIMPORT_SKIP]
+    import pkgutil
+
+    import tiergate
+
+    return [m.name for m in pkgutil.walk_packages(tiergate.__path__, "tiergate.")
+            if m.name.startswith(PREIMPORT_PACKAGES) and m.name not in PREIMPORT_SKIP]
+
+
+def preimport(names: list[str]) -> None:
+    """Import these modules and PREIMPORT_MODULES; one that fails is left to the start to import."""
+    for name in (*names, *PREIMPORT_MODULES):
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001  a start imports it itself (and says why it cannot)
+            pass
+
+
+def _own_dir(directory: str) -> bool:
+    """Make SOCKET_DIR (0700, its parent 0755); True when it is a root-only directory, not a link."""
+    import stat
+
+    try:
+        os.makedirs(os.path.dirname(directory), 0o755, exist_ok=True)
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    for path, private in ((os.path.dirname(directory), False), (directory, True)):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & (0o077 if private else 0o022):
+            return False
+    return True
+
+
+def _lock(path: str) -> int | None:
+    """The pid file, locked for as long as this helper lives (emptied); None when another helper has it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:  # not a file its last holder just removed
+            os.ftruncate(fd, 0)
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def main(release: str, link: str, sock: str, entry: str, kwargs: dict, idle: float = IDLE_EXIT) -> int:
+    """Serve starts for the launcher whose socket prefix is `sock`, from `release`, until idle."""
+    import gc
+    import signal
+    import socket
+
+    path = sock + os.path.basename(release)
+    if not _own_dir(os.path.dirname(path)):
+        return 0
+    lock = _lock(path + ".pid")
+    if lock is None:
+        return 0  # another helper serves this key
+    listener, bound = None, -1
+    gc.enable()
+    os.write(lock, f"{os.getpid()}\n{sys.argv[0]}\n".encode())  # ready once the socket exists
+    try:
+        code = getattr(next((f for f in sys.meta_path if hasattr(f, "code")), None), "code", {})
+        preimport(start_path_modules(code))
+        __import__(entry)
+        try:
+            os.unlink(path)  # a dead helper's: we hold the lock
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        os.chmod(path, 0o600)
+        listener.listen(64)
+        bound = os.stat(path).st_ino
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        gc.collect()
+        gc.freeze()  # what the children share stays shared
+        _serve(listener, lock, entry, kwargs, idle, lambda: _current(path, bound, link, release))
+    finally:
+        if listener is not None:
+            listener.close()
+            try:
+                if os.stat(path).st_ino == bound:
+                    os.unlink(path)
+            except OSError:
+                pass
+        try:
+            if os.fstat(lock).st_ino == os.stat(path + ".pid").st_ino:
+                os.unlink(path + ".pid")
+        except OSError:
+            pass
+    return 0
+
+
+def _current(path: str, bound: int, link: str, release: str) -> bool:
+    try:
+        return os.stat(path).st_ino == bound and os.path.realpath(link) == release
+    except OSError:
+        return False
+
+
+def _serve(listener, lock: int, entry: str, kwargs: dict, idle: float, current) -> None:
+    import socket
+    import time
+
+    own = identity("self")
+    listener.settimeout(min(TICK, idle))
+    last = time.monotonic()
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except (socket.timeout, InterruptedError):
+            if time.monotonic() - last >= idle or not current():
+                return
+            continue
+        last = time.monotonic()
+        with conn:
+            _one(conn, own, listener, lock, entry, kwargs)
+
+
+def _one(conn, own: dict, listener, lock: int, entry: str, kwargs: dict) -> None:
+    """One connection: check the peer, take its request and fds, fork the child that runs it."""
+    import socket
+    import struct
+
+    fds: list[int] = []
+    try:
+        conn.settimeout(REQUEST_TIMEOUT)
+        pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if peer_problem(uid, identity(pid), own) is None:
+            request, fds = _receive(conn)
+            if len(fds) == FDS:
+                if os.fork() == 0:
+                    _child(conn, fds, request, listener, lock, entry, kwargs)
+                return  # the child answers
+        conn.sendall(DECLINED)
+    except (OSError, ValueError):
+        pass
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _receive(conn) -> tuple[Request, list[int]]:
+    import array
+    import socket
+
+    data, anc, flags, _ = conn.recvmsg(65536, socket.CMSG_SPACE(FDS * 4 * 2))
+    fds = array.array("i")
+    for level, kind, cdata in anc:
+        if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+            fds.frombytes(cdata[:len(cdata) - len(cdata) % fds.itemsize])
+    try:
+        if flags & socket.MSG_CTRUNC or len(data) < 4:
+            raise ValueError("truncated request")
+        want = 4 + request_length(data)
+        while len(data) < want:
+            more = conn.recv(want - len(data))
+            if not more:
+                raise ValueError("truncated request")
+            data += more
+        return decode_request(data), list(fds)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _child(conn, fds: list[int], request: Request, listener, lock: int, entry: str, kwargs: dict) -> None:
+    """In the forked child: become the launcher's process (fds, cwd, umask, environment, argv),
+    say "A", run the entry's main as engines/boot.py does, close its stdio, send the status."""
+    import gc
+    import signal
+    import time
+
+    status = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the start's own waitpid and subprocess work
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        listener.close()
+        os.close(lock)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        fds.clear()
+        os.chdir(request.cwd)
+        os.umask(request.umask)
+        os.environb.clear()
+        os.environb.update(request.env)
+        time.tzset()
+        sys.argv = list(request.argv)
+        from tiergate.telemetry import record
+
+        record.SERVED["warm"] = os.getppid()  # the decision record says who ran the start
+        gc.disable()
+        conn.settimeout(None)
+        conn.sendall(ACCEPTED)
+    except BaseException:  # nothing was read from the start's stdin yet: the launcher runs it itself
+        os._exit(1)
+    try:
+        from tiergate.engines.boot import status_of
+
+        status = status_of(__import__(entry, fromlist=["main"]).main(**kwargs))
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    except BaseException as exc:  # noqa: BLE001  main catches its own; one line, never a traceback
+        print(f"tiergate: error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        status = status or 1
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in range(FDS):  # the engine reads the start's stdout until EOF: ours goes first
+            os.dup2(null, target)
+        conn.sendall(bytes([status & 0xFF]))
+    finally:
+        os._exit(0)
+
+
+# -- for install, uninstall and doctor -------------------------------------------------
+
+def helpers(key: str = "", directory: str = SOCKET_DIR) -> list[tuple[str, int | None, str]]:
+    """(pid file, pid of the live helper holding it or None, its launcher) for each helper whose
+    name starts with `key` ("": every helper)."""
+    import fcntl
+
+    out = []
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.startswith(key) and n.endswith(".pid"))
+    except OSError:
+        return []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            text = os.read(fd, 4096).decode(errors="replace").split("\n")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                pid = None  # nobody holds it: a helper that died without cleaning up
+            except BlockingIOError:
+                pid = int(text[0]) if text[0].isdigit() else None
+        finally:
+            os.close(fd)
+        out.append((path, pid, text[1] if len(text) > 1 else ""))
+    return out
+
+
+def stop(key: str, directory: str = SOCKET_DIR, say=print, under: str | None = None, wait: float = 5.0) -> list[int]:
+    """Stop this key's helpers (all with key "", those started by a launcher below `under` if
+    given): SIGTERM to the pid in their locked pid file, then their sockets and pid files go;
+    in-flight starts finish in their own children. The pids stopped."""
+    import signal
+    import time
+
+    stopped = []
+    for path, pid, launcher in helpers(key, directory):
+        if under is not None and not launcher.startswith(under.rstrip("/") + "/"):
+            continue
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                stopped.append(pid)
+                say(f"stopped the warm helper {pid} ({path[:-4]})")
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and any(p == path and q for p, q, _ in helpers(key, directory)):
+                time.sleep(0.02)
+        for leftover in (path[:-4], path):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
+    return stopped

@@ -240,7 +240,7 @@ class Bench:
         self.netnses: list[str] = []  # throwaway namespaces holding a macvlan parent's veth peer
         self.stores: list = []  # extra podmans (the storage-size section): (Podman, {path: original bytes})
         self.runc_cgroup = f"/tiergate-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.footprint = harness.HostFootprint()
+        self.footprint = harness.HostFootprint(warm_roots=[str(self.d)])  # its warm helpers too
         self.footprint.snapshot()
         self.policy = str(Path(args.policy or SHIPPED_POLICY).resolve())
         with open(self.policy, "rb") as fh:
@@ -408,14 +408,20 @@ class Bench:
 
     def callgrind(self, argv: list[str], data: bytes) -> dict:
         """{"instructions": N} of one process fed data on stdin (empty environment), or {"error": ...}."""
-        proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
-                              input=data, capture_output=True, env={}, timeout=600, cwd="/")
-        found = [int(n) for n in re.findall(r"Collected : (\d+)", proc.stderr.decode(errors="replace"))]
+        # valgrind's log in a file of its own per process: a warm helper the hook forks (engines/warm.py)
+        # would otherwise keep stderr open, and it reports too; the process measured is proc.pid
+        with tempfile.TemporaryDirectory(prefix="tgb-cg-") as logs:
+            proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                                     f"--log-file={logs}/%p", *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env={}, cwd="/")
+            out, err = proc.communicate(data, timeout=600)
+            log = Path(logs, str(proc.pid))
+            found = [int(n) for n in re.findall(r"Collected : (\d+)", log.read_text(errors="replace"))] if log.exists() else []
         if proc.returncode != 0 or not found:
-            return {"error": f"exited {proc.returncode}: {last_line(proc.stderr)}"}
-        if b"io.tiergate.refused" in proc.stdout:
+            return {"error": f"exited {proc.returncode}: {last_line(err)}"}
+        if b"io.tiergate.refused" in out:
             return {"error": "the hook refused the spec"}
-        return {"instructions": max(found)}  # a forked child reports too: the parent ran longest
+        return {"instructions": found[0]}
 
     def hook_instructions(self, spec_bytes: bytes, *, policy: str | None = None, cache: Path | None = None,
                           hooks: str = "tiergate") -> dict:

@@ -83,6 +83,30 @@ def test_a_warm_start_is_as_hardened_as_one_in_process_and_logged_once(wh, tg_im
     assert alive(pid)
 
 
+def test_a_helper_in_another_mount_namespace_leaves_the_socket_to_the_hosts_hooks(wh, tg_images):
+    """A hook run in a private mount namespace (`unshare -m`) may start the helper (when /proc/1 is
+    not readable to compare namespaces); the first host hook it declines makes it exit, so the
+    host's hooks get their own helper."""
+    hooks, key = wh
+    warm.stop(key + "-", say=lambda _line: None)
+    _, rec = start(hooks, tg_images["baseline"], prefix=("unshare", "-m"))
+    assert "warm" not in rec and rec["outcome"] == "allowed", rec
+    time.sleep(2)  # a helper takes its pid file within ~0.1 s of starting
+    other = [pid for _, pid, _ in warm.helpers(key + "-") if pid]
+    if other:
+        assert helper_pid(key) == other[0]  # it listens
+        _, rec = start(hooks, tg_images["baseline"])  # declined: runs in-process, the helper exits
+        assert "warm" not in rec and rec["outcome"] == "allowed", rec
+        deadline = time.monotonic() + 10
+        while alive(other[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(other[0])
+    _, rec = start(hooks, tg_images["baseline"])  # no helper: the host's hook starts one
+    pid = helper_pid(key, other_than=other[0] if other else None)
+    _, rec = start(hooks, tg_images["baseline"])
+    assert rec.get("warm") == pid, rec
+
+
 def _request(path: str, argv: list[str], preexec=None) -> subprocess.CompletedProcess:
     """Connect to the helper's socket from a child (as another uid with preexec) and send a request
     for argv with the child's own stdio; prints the helper's reply bytes."""
@@ -176,3 +200,4 @@ def test_an_upgrade_never_talks_to_the_old_helper_and_uninstall_stops_the_helper
     assert f"stopped the warm helper {pid}" in out, out
     assert not alive(pid) and not warm.helpers(key + "-")
     assert not [n for n in os.listdir(warm.SOCKET_DIR) if n.startswith(key)]
+

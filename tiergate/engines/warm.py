@@ -272,6 +272,9 @@ def main(release: str, link: str, sock: str, entry: str, kwargs: dict, idle: flo
     import socket
 
     path = sock + os.path.basename(release)
+    init = identity(1)["mnt"]  # "" when /proc/1 is not ours to read
+    if init and identity("self")["mnt"] != init:
+        return 0  # a hook in a private mount namespace: its helper would decline every other hook
     if not _own_dir(os.path.dirname(path)):
         return 0
     lock = _lock(path + ".pid")
@@ -328,6 +331,7 @@ def _serve(listener, lock: int, entry: str, kwargs: dict, idle: float, current) 
     own = identity("self")
     listener.settimeout(min(TICK, idle))
     last = time.monotonic()
+    served = 0
     while True:
         try:
             conn, _ = listener.accept()
@@ -337,30 +341,39 @@ def _serve(listener, lock: int, entry: str, kwargs: dict, idle: float, current) 
             continue
         last = time.monotonic()
         with conn:
-            _one(conn, own, listener, lock, entry, kwargs)
+            outcome = _one(conn, own, listener, lock, entry, kwargs)
+        served += outcome == "served"
+        if outcome == "elsewhere" and not served:
+            return  # started by a hook in other namespaces (a one-off `unshare`?): leave the socket to this one's
 
 
-def _one(conn, own: dict, listener, lock: int, entry: str, kwargs: dict) -> None:
-    """One connection: check the peer, take its request and fds, fork the child that runs it."""
+def _one(conn, own: dict, listener, lock: int, entry: str, kwargs: dict) -> str:
+    """One connection: check the peer, take its request and fds, fork the child that runs it.
+    "served", "elsewhere" (declined: a root peer in other namespaces) or "declined"."""
     import socket
     import struct
 
     fds: list[int] = []
+    outcome = "declined"
     try:
         conn.settimeout(REQUEST_TIMEOUT)
         pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        if peer_problem(uid, identity(pid), own) is None:
+        problem = peer_problem(uid, identity(pid), own)
+        if problem is None:
             request, fds = _receive(conn)
             if len(fds) == FDS:
                 if os.fork() == 0:
                     _child(conn, fds, request, listener, lock, entry, kwargs)
-                return  # the child answers
+                return "served"  # the child answers
+        elif uid == 0:
+            outcome = "elsewhere"
         conn.sendall(DECLINED)
     except (OSError, ValueError):
         pass
     finally:
         for fd in fds:
             os.close(fd)
+    return outcome
 
 
 def _receive(conn) -> tuple[Request, list[int]]:

@@ -200,3 +200,15 @@ print(json.dumps(seen))
                     and (os.path.realpath(path).startswith(roots) or path.startswith(roots)
                          or path.endswith((".py", ".pyc", ".so", ".json")) and "python3" in path))]
     assert not host, host
+
+
+def test_doctor_says_whether_the_launchers_helper_runs(tmp_path):
+    from tiergate.cli import probes
+
+    plain = tmp_path / "plain"
+    plain.write_text(launcher.script(tmp_path / "lib", "tiergate.hook.stages"))
+    assert "none" in probes.check_warm(str(plain)).detail
+    hook = tmp_path / "hook"
+    hook.write_text(_text(tmp_path / "lib"))  # a key no helper runs for
+    check = probes.check_warm(str(hook))
+    assert check.status == probes.OK and "not running" in check.detail and warm.SOCKET_DIR in check.detail

@@ -4,11 +4,9 @@ to the same in-process start, or fails closed with one line."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -81,6 +79,19 @@ def test_a_warm_start_is_as_hardened_as_one_in_process_and_logged_once(wh, tg_im
     assert int(served["CapEff"], 16) & ~int(control["CapEff"], 16) == 0 and served["CapEff"] != control["CapEff"]
     assert served["Seccomp"] == "2"
     assert alive(pid)
+
+
+def test_a_root_caller_with_fewer_privileges_is_not_served_with_the_helpers(wh, tg_images):
+    """Same namespaces, but a smaller capability bounding set (a confined root): the helper, started
+    by a fully privileged hook, declines, and the start runs in-process with the caller's own."""
+    hooks, key = wh
+    image = tg_images["baseline"]
+    start(hooks, image)  # a helper runs (this start may have started it)
+    pid = helper_pid(key)
+    _, rec = start(hooks, image)
+    assert rec.get("warm") == pid, rec  # control: the same start, fully privileged, is served
+    _, rec = start(hooks, image, prefix=("setpriv", "--bounding-set", "-sys_module", "--"))
+    assert "warm" not in rec and rec["outcome"] == "allowed", rec
 
 
 def test_a_helper_in_another_mount_namespace_leaves_the_socket_to_the_hosts_hooks(wh, tg_images):

@@ -85,12 +85,14 @@ def test_requests_round_trip_and_malformed_ones_are_refused():
 
 
 def test_peer_check_wants_root_and_every_namespace_and_root_dir_its_own():
-    own = {**{n: f"{n}:[1]" for n in warm.NAMESPACES}, "root": "1:2"}
+    own = {**{n: f"{n}:[1]" for n in warm.NAMESPACES}, "root": "1:2", "credentials": "CapEff=3ff", "lsm": "unconfined"}
     assert warm.peer_problem(0, dict(own), own) is None
     assert "uid 1000" in warm.peer_problem(1000, dict(own), own)
     for name in own:
         assert warm.peer_problem(0, {**own, name: "other"}, own), name
     assert warm.identity("self") == warm.identity(os.getpid())
+    mine = warm.identity("self")["credentials"]
+    assert "CapEff=" in mine and "NoNewPrivs=" in mine and "Seccomp=" in mine, mine
 
 
 class _Exit(Exception):
@@ -182,7 +184,7 @@ def _umask() -> int:
 def test_importing_the_start_path_ahead_reads_no_host_state(tmp_path):
     """What the helper imports before any start opens only code (no config, /proc, /etc or
     policy: a fact read at import would go stale in a helper that lives for minutes)."""
-    probe = f"""
+    probe = """
 import json, os, sys
 seen = []
 def hook(event, args):
@@ -190,7 +192,7 @@ def hook(event, args):
         seen.append([event, str(args[0]) if args else ""])
 sys.addaudithook(hook)
 from tiergate.engines import warm
-warm.preimport(warm.start_path_modules({{}}))
+warm.preimport(warm.start_path_modules({}))
 print(json.dumps(seen))
 """
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)

@@ -167,9 +167,15 @@ def decode_request(data: bytes) -> Request:
     return Request(argv, cwd, env, umask)
 
 
+CREDENTIALS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")  # /proc/<pid>/status
+
+
 def peer_problem(uid: int, peer: dict[str, str], own: dict[str, str]) -> str | None:
-    """Why a connected peer may not be served (None: it may): root, and every namespace and the
-    root directory ("root": device and inode) its own, so the child sees what it would see."""
+    """Why a connected peer may not be served (None: it may): root, every namespace and the root
+    directory ("root": device and inode) its own, so the child sees what it would see; and its
+    credentials ("credentials": capability sets, no_new_privs, seccomp; "lsm": its LSM label) the
+    same as the helper's, so no start runs with more privilege than the hook that asked for it
+    (a helper started by a fully privileged hook never serves a root process that was confined)."""
     if uid != 0:
         return f"uid {uid} is not root"
     for name, value in own.items():
@@ -191,6 +197,18 @@ def identity(pid: int | str) -> dict[str, str]:
         out["root"] = f"{st.st_dev}:{st.st_ino}"
     except OSError:
         out["root"] = ""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            lines = fh.read().decode("ascii", "replace").splitlines()
+        found = dict(line.partition(":")[::2] for line in lines if line.startswith(CREDENTIALS))
+        out["credentials"] = " ".join(f"{k}={found.get(k, '?').strip()}" for k in CREDENTIALS)
+    except OSError:
+        out["credentials"] = ""
+    try:
+        with open(f"/proc/{pid}/attr/current", "rb") as fh:
+            out["lsm"] = fh.read().decode("utf-8", "replace").strip("\0\n")
+    except OSError:
+        out["lsm"] = ""
     return out
 
 
@@ -325,7 +343,6 @@ def _current(path: str, bound: int, link: str, release: str) -> bool:
 
 
 def _serve(listener, lock: int, entry: str, kwargs: dict, idle: float, current) -> None:
-    import socket
     import time
 
     own = identity("self")
@@ -335,7 +352,7 @@ def _serve(listener, lock: int, entry: str, kwargs: dict, idle: float, current) 
     while True:
         try:
             conn, _ = listener.accept()
-        except (socket.timeout, InterruptedError):
+        except (TimeoutError, InterruptedError):
             if time.monotonic() - last >= idle or not current():
                 return
             continue

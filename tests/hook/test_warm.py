@@ -214,3 +214,16 @@ def test_doctor_says_whether_the_launchers_helper_runs(tmp_path):
     hook.write_text(_text(tmp_path / "lib"))  # a key no helper runs for
     check = probes.check_warm(str(hook))
     assert check.status == probes.OK and "not running" in check.detail and warm.SOCKET_DIR in check.detail
+
+
+def test_stop_leaves_no_empty_helper_directory_and_keeps_one_in_use(tmp_path):
+    """Uninstall's undo: the socket directory (and its parent) go once no helper is left in them."""
+    run = tmp_path / "run" / "tiergate"
+    sockets = run / "warm"
+    sockets.mkdir(parents=True)
+    (sockets / "k2-r").write_text("")  # another install's helper socket: kept, and its directory
+    warm.stop("k1-", directory=str(sockets), say=lambda _line: None)
+    assert sockets.is_dir()
+    (sockets / "k2-r").unlink()
+    warm.stop("k1-", directory=str(sockets), say=lambda _line: None)
+    assert not run.exists() and (tmp_path / "run").is_dir()

@@ -530,4 +530,9 @@ def stop(key: str, directory: str = SOCKET_DIR, say=print, under: str | None = N
                 os.unlink(leftover)
             except OSError:
                 pass
+    for made in (directory, os.path.dirname(directory)):  # the helpers' directories, once empty (_own_dir made them)
+        try:
+            os.rmdir(made)
+        except OSError:
+            break
     return stopped

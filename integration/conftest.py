@@ -41,7 +41,8 @@ def pytest_configure(config):
 def host_footprint(it_dir, tmp_path_factory):
     """Remove, at session end, shared paths the engines created and stop the warm helpers the
     session's hook launchers started (see HostFootprint)."""
-    footprint = harness.HostFootprint(warm_roots=[str(it_dir), str(tmp_path_factory.getbasetemp())])
+    footprint = harness.HostFootprint(warm_roots=[str(it_dir), str(tmp_path_factory.getbasetemp())],
+                                      own_roots=[str(Path(__file__).resolve().parent.parent)])
     footprint.snapshot()
     yield footprint
     if os.geteuid() == 0:

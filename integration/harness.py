@@ -338,7 +338,9 @@ class HostFootprint:
 
     tiergate's own default cache dir (/var/cache/tiergate) fills when a hook an
     engine runs, or a CLI call, compiles a test's policy without a private cache
-    dir: the entries made during the session go, and the dir if it was not there.
+    dir: the entries made during the session go, and the dir if it was not there. Only the
+    session's own: entries name the policy's path (policy/cache.py), and one naming a policy in
+    another tree (a test session beside this one) stays; see ``_ours``.
 
     Warm helpers (tiergate/engines/warm.py) the session's launchers started, those whose
     launcher lies under one of ``warm_roots`` (the session's temp dirs), are stopped by the
@@ -358,6 +360,7 @@ class HostFootprint:
     existed: set[str] = field(default_factory=set)
     cache_entries: set[str] | None = None
     warm_roots: list[str] = field(default_factory=list)
+    own_roots: list[str] = field(default_factory=list)  # beside warm_roots: trees whose policies are the session's
 
     def snapshot(self) -> None:
         self.existed = {p for p in self.files + self.dirs if os.path.lexists(p)}
@@ -383,10 +386,21 @@ class HostFootprint:
                     left.append(d)
         return left
 
+    def _ours(self, name: str) -> bool:
+        """Whether a new cache entry is this session's: not named for a policy (.lock), or for one
+        under warm_roots, own_roots (the repository), /etc or /usr."""
+        policy = name.removeprefix("policy").replace("%2F", "/").replace("%25", "%")
+        if not policy.startswith("/"):
+            return True  # .lock, or anything not named for a policy
+        return policy.startswith(("/etc/", "/usr/")) or any(
+            policy.startswith(root.rstrip("/") + "/") for root in (*self.warm_roots, *self.own_roots))
+
     def _restore_cache(self) -> list[str]:
         if not os.path.isdir(self.cache_dir):
             return []
         for name in set(os.listdir(self.cache_dir)) - (self.cache_entries or set()):
+            if not self._ours(name):
+                continue
             path = Path(self.cache_dir) / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)

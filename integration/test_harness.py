@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-from harness import SYSTEM_CONTAINERS_CONF, caps_from_hex, probe_status
+from harness import SYSTEM_CONTAINERS_CONF, HostFootprint, caps_from_hex, probe_status
 
 STATUS = ("cat", "/proc/self/status")
 LABELS = {"io.tiergate.tier": "restricted", "org.example.note": "two words=ok"}
@@ -30,6 +30,23 @@ def _podman_default_caps() -> set[str] | None:
 
 class TestProbeParsing:
     """Pure helpers: no engine, no root."""
+
+    def test_cache_restore_keeps_another_sessions_entries(self, tmp_path):
+        """HostFootprint removes the cache entries its session made (its trees, /etc, .lock), never
+        those of a policy in another tree: two test sessions on one host must not undo each other."""
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        (cache / "policy%2Fold.json").write_text("{}")
+        footprint = HostFootprint(cache_dir=str(cache), warm_roots=["/tmp/tg-it-mine"], own_roots=["/work/repo"])
+        footprint.snapshot()
+        ours = ["policy%2Ftmp%2Ftg-it-mine%2Fp.toml.json", "policy%2Fwork%2Frepo%2Fconfigs%2Fpolicy.toml.json",
+                "policy%2Fetc%2Ftiergate%2Fpolicy.toml.json", ".lock"]
+        theirs = ["policy%2Ftmp%2Ftg-it-other%2Fp.toml.json", "policy%2Fwork%2Frepo2%2Fpolicy.toml.json"]
+        for name in ours + theirs:
+            (cache / name).write_text("{}")
+        (cache / "policy%2Fwork%2Frepo%2Fconfigs%2Fpolicy.toml.1-2.d").mkdir()
+        footprint._restore_cache()
+        assert sorted(os.listdir(cache)) == sorted(["policy%2Fold.json", *theirs])
 
     def test_caps_from_hex_podman_default(self):
         """0x800405fb is Debian podman's 11 default capabilities."""

@@ -323,7 +323,8 @@ def test_suggest_from_an_audited_workload_and_its_delta_holds(podman, tmp_path):
         collector = subprocess.Popen([sys.executable, "-m", "tiergate.cli.main", "collect", "--out", str(evidence)],
                                      cwd=REPO, stderr=subprocess.PIPE, text=True)
         try:
-            time.sleep(1.5)  # the collector has opened /dev/kmsg and its tracing instance
+            wait_until(lambda: evidence.exists() and '"kind": "collector"' in evidence.read_text(), timeout=30,
+                       what="the collector's first record (it has opened /dev/kmsg and its tracing instance)")
             runs = [("a", image_a, [*net, *caps], workload), ("b", image_b, net, NEIGHBOUR.format(peer=peers.other))]
             procs = [subprocess.Popen(podman_argv(podman, audited.hooks_dir, "run", "--rm", "--name", f"tg-s{x}-{tag}",
                                                   *args, image, "sh", "-c", cmd), env=podman.env,

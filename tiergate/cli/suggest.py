@@ -221,7 +221,17 @@ def collect(out: str, duration: float | None = None, kmsg: str = KMSG, proc: str
             sink.write(json.dumps(rec) + "\n")
             written += 1
 
+        def attribute(pid: int) -> tuple[str, str]:
+            """The container of `pid`, and how it was known; a pid that already exited is found
+            through its fork event, which may have queued after the last drain."""
+            cid, how = pids.container(pid)
+            if not cid and forks:
+                drain_forks(forks, pids)
+                cid, how = pids.container(pid)
+            return cid, how
+
         emit({"kind": "collector", "time": _now(), "capabilities": how_caps})
+        sink.flush()  # ready: what happens from now on is seen
         try:
             while not stop and (deadline is None or time.monotonic() < deadline):
                 try:
@@ -231,16 +241,13 @@ def collect(out: str, duration: float | None = None, kmsg: str = KMSG, proc: str
                 if forks:
                     drain_forks(forks, pids)  # first: a record's pid may have been forked a moment ago
                 for rec in read_kmsg(fd):
-                    cid, how = pids.container(rec["pid"])
-                    if not cid and forks:  # its fork event may have queued after the last drain
-                        drain_forks(forks, pids)
-                        cid, how = pids.container(rec["pid"])
+                    cid, how = attribute(rec["pid"])
                     rec.update(time=_now(), kind="syscall", container=cid, attributed_by=how,
                                syscall=syscall_name(rec["arch"], rec["nr"]))
                     emit(rec)
                 if caps:
                     for comm, pid, cap in caps.read():
-                        cid, _ = pids.container(pid)
+                        cid, _ = attribute(pid)
                         if cid:
                             note_use(used, cid, CAP_NAMES[cap] if cap < len(CAP_NAMES) else f"cap_{cap}", comm)
                 nets.saw(pids.refresh())

@@ -325,7 +325,10 @@ class Bench:
         hook_json = json.loads((self.hooks["tiergate"] / "99-tiergate-precreate.json").read_text())
         self.hook_path = hook_json["hook"]["path"]
         self.hook_argv = hook_json["hook"]["args"]
-        self.results["meta"]["hook_launcher_shebang"] = Path(self.hook_path).read_text().splitlines()[0]
+        from tiergate.engines import front  # the hook is the compiled front of a Python launcher, with cc
+
+        self.python_launcher = front.launcher_of(self.hook_path) or self.hook_path
+        self.results["meta"]["hook_launcher_shebang"] = Path(self.python_launcher).read_text().splitlines()[0]
 
         # The runtime shim (docker / runc sections); skipped with a reason if it is not there yet.
         try:
@@ -412,6 +415,7 @@ class Bench:
         # would otherwise keep stderr open, and it reports too; the process measured is proc.pid
         with tempfile.TemporaryDirectory(prefix="tgb-cg-") as logs:
             proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                                     "--trace-children=yes",  # a miss: the compiled front execs the Python launcher
                                      f"--log-file={logs}/%p", *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env={}, cwd="/")
             out, err = proc.communicate(data, timeout=600)
@@ -643,8 +647,8 @@ class Bench:
 
     def _importtime(self, data: bytes) -> dict:
         """`python -X importtime` of the hook launcher on the saved baseline spec: the slowest imports."""
-        interp = Path(self.hook_path).read_text().splitlines()[0][2:].split()[0]
-        argv = [interp, "-X", "importtime", "-I", "-S", self.hook_path, *self.hook_argv[1:]]
+        interp = Path(self.python_launcher).read_text().splitlines()[0][2:].split()[0]
+        argv = [interp, "-X", "importtime", "-I", "-S", self.python_launcher, *self.hook_argv[1:]]
         proc = subprocess.run(argv, input=data, capture_output=True, env={}, timeout=60, cwd="/")
         rows = []
         for line in proc.stderr.decode(errors="replace").splitlines():

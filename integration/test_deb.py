@@ -23,6 +23,8 @@ import harness
 from harness import caps_from_hex, run_cmd
 from tiergate_fixtures import REPO, Hooks, tg_control, tg_images  # noqa: F401 (fixtures)
 
+from tiergate.engines import front
+
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 CLI = "/usr/bin/tiergate"
 APT = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "-y", "-q"]
@@ -125,7 +127,8 @@ def test_installed_package_hardens_a_podman_container(installed, podman_env, tg_
     run_cmd([CLI, "install", "--engine", "podman", "--hooks-dir", hooks.hooks_dir, "--bin-dir", hooks.bin_dir,
              "--log", hooks.log, "--cache-dir", hooks.cache_dir], check=True)
     try:
-        launcher = (hooks.bin_dir / "tiergate-hook").read_text()
+        exe = hooks.bin_dir / "tiergate-hook"
+        launcher = Path(front.launcher_of(exe) or exe).read_text()  # the compiled front's Python launcher, if cc
         assert launcher.startswith("#!/usr/bin/python3 -IS\n") and "'/usr/lib/tiergate'" in launcher
         pinned = hooks.bin_dir / "lib" / "current" / "tiergate" / "hook" / "stages.py"  # the release install copied
         assert pinned.read_bytes() == Path("/usr/lib/tiergate/tiergate/hook/stages.py").read_bytes()

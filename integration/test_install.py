@@ -14,6 +14,8 @@ import pytest
 from harness import file_tree as tree
 from tiergate_fixtures import REPO, tiergate
 
+from tiergate.engines import front
+
 PRE, POST = "99-tiergate-precreate.json", "99-tiergate-prestart.json"
 
 
@@ -102,7 +104,7 @@ def test_hook_json_and_launcher(dirs, tmp_path):
         assert doc["hook"]["args"] == ["tiergate-hook", stage, "--log", str(tmp_path / "d.jsonl"),
                                        "--cache-dir", str(tmp_path / "c")]
     exe = bin_dir / "tiergate-hook"
-    shebang = exe.read_text().splitlines()[0]
+    shebang = Path(front.launcher_of(exe) or exe).read_text().splitlines()[0]  # the front's Python launcher
     interp = shebang[2:].split()[0]
     assert shebang.endswith(" -IS") and os.path.isabs(interp) and os.access(interp, os.X_OK)
     assert "shims" not in interp  # a version manager's shim costs ~90 ms per container start

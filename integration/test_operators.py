@@ -21,6 +21,8 @@ import pytest
 
 from harness import cgroup_mode, probe_status, run_cmd
 
+from tiergate.engines import front
+
 pytestmark = pytest.mark.podman
 
 TIERGATE = [sys.executable, "-m", "tiergate.cli.main"]
@@ -110,7 +112,9 @@ def test_doctor_matches_what_the_kernel_offers(ops, podman_env):
     hook = checks["podman hook"]
     assert hook["status"] == "ok", hook
     assert str(ops["hooks_dir"] / "99-tiergate-precreate.json") in hook["detail"]
-    launcher = (ops["dir"] / "bin" / "tiergate-hook").read_text().splitlines()[0]
+    hook_exe = ops["dir"] / "bin" / "tiergate-hook"
+    assert f"{hook_exe} is the compiled front of" in hook["detail"], hook  # cc is on this host
+    launcher = Path(front.launcher_of(hook_exe) or hook_exe).read_text().splitlines()[0]
     interp = launcher[2:].split()[0]
     assert f"interpreter {launcher[2:]}" in hook["detail"] and os.path.realpath(interp) in hook["detail"]
     assert checks["policy"]["status"] == "ok"

@@ -18,7 +18,7 @@ import harness
 from harness import probe_status
 from tiergate_fixtures import STATUS_SH, Hooks, podman_argv, tg_control, tg_images, tg_policy, tiergate  # noqa: F401
 
-from tiergate.engines import warm
+from tiergate.engines import front, warm
 
 pytestmark = pytest.mark.podman
 
@@ -44,7 +44,9 @@ def alive(pid: int) -> bool:
 def wh(podman_env, it_dir, tg_images, tg_policy):
     """A private install (its own launcher key, so its own helper), and that key."""
     hooks = Hooks(podman_env, it_dir / f"warm-{os.getpid()}", policy=tg_policy)
-    key = warm.key_in((hooks.bin_dir / "tiergate-hook").read_text())
+    python = front.launcher_of(hooks.bin_dir / "tiergate-hook")
+    assert python == str(hooks.bin_dir / "lib" / "tiergate-hook.py"), "a default install's hook is the compiled front"
+    key = warm.key_in(Path(python).read_text())
     assert key, "a default install's launcher uses a warm helper"
     yield hooks, key
     warm.stop(key + "-", say=lambda _line: None)
@@ -143,7 +145,7 @@ def test_only_root_is_served(wh, tg_images):
     # control: root is served (a usage error: the child ran main with our stdio, status 2)
     root = _request(path, [launcher, "--no-such-stage"])
     assert root.stderr.endswith(b"usage: tiergate-hook {precreate|createRuntime|prestart} [--policy FILE] "
-                                b"[--cache-dir DIR] [--log FILE]\nb'A\\x02'"), root.stderr  # the child wrote to our stderr
+                                b"[--cache-dir DIR] [--log FILE]\nb'AE\\x01\\x00\\x00\\x00\\x02'"), root.stderr  # its stderr: ours
     # uid 65534, allowed through the root-only directory by CAP_DAC_OVERRIDE: declined unread
     # (the close may reach it as a broken pipe or a reset: anything but "A" is a refusal)
     harness.require_binary("setpriv")

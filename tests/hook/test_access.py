@@ -13,7 +13,7 @@ import pytest
 from tiergate.host import access
 from tiergate.cli import probes as host
 from tiergate.cli import main as cli
-from tiergate.engines import launcher
+from tiergate.engines import front, launcher
 
 NOBODY = access.NOBODY
 REAL = os.path.realpath(sys.executable)
@@ -102,6 +102,7 @@ def test_install_refuses_an_interpreter_rootless_users_cannot_run(open_dir, monk
     assert cli.main([*argv, "--cache-dir", str(open_dir / "cache")]) == 0
     assert host.check_podman_registration([str(hooks)], "test").status == "ok"
     exe = open_dir / "bin" / "tiergate-hook"
+    exe = Path(front.launcher_of(exe) or exe)  # a compiled front: the Python launcher it runs on a miss
     exe.write_text(exe.read_text().replace(f"#!{REAL}", f"#!{private / 'python3'}", 1))
     c = host.check_podman_registration([str(hooks)], "test")
     assert c.status == "fail" and "any user (rootless podman reads this dir too) cannot run it" in c.detail, c.detail

@@ -1,20 +1,13 @@
-"""The warm helper's pure parts: the launcher's key, the request framing (the launcher's own
-client code against the helper's receiving code), the peer check, and that importing the
-start path ahead of time reads no host state."""
+"""The warm helper's pure parts: the launcher's key, the request and frame codec (front.c's side:
+tests/hook/test_front.py), the peer check, and that importing the start path ahead of time
+reads no host state."""
 
 from __future__ import annotations
 
 import json
-import marshal
 import os
-import posix
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
-import types
 from pathlib import Path
 
 import pytest
@@ -34,54 +27,40 @@ def test_the_key_is_the_hash_of_the_launchers_own_text_fixed_at_install(tmp_path
     assert _text(tmp_path / "a" / "lib") == text  # a reinstall keeps it (and its helper)
     assert warm.key_in(_text(tmp_path / "b" / "lib")) != key  # another install: another helper
     assert warm.key_in(launcher.script(tmp_path / "a" / "lib", "tiergate.hook.stages")) is None
-    assert warm.socket_prefix(key) in text and warm.SOCKET_DIR.startswith("/run/")  # the client's spawn check
+    assert warm.socket_prefix(key) in text and warm.SOCKET_DIR.startswith("/run/")  # the front's spawn check
+    assert "os.environ.pop('TIERGATE_WARM_SPAWN', None)" in text.splitlines()[3]  # before anything else
     assert len((warm.socket_prefix(key) + "0" * 16).encode()) < 108  # AF_UNIX's limit
 
 
-def test_the_socket_is_named_by_the_release_the_link_points_to(tmp_path):
-    """The launcher reads lib/current on every start: a new release is a new socket name."""
-    assert f"posix.readlink({str(tmp_path / 'lib' / 'current')!r})" in _text(tmp_path / "lib")
-    text = _text(tmp_path / "lib")
-    key = warm.key_in(text)
-    ns = _client_namespace()
-    (tmp_path / "lib").mkdir()
-    os.symlink("releases/0123456789abcdef", tmp_path / "lib" / "current")
-    sockdir = tmp_path / "s"
-    sockdir.mkdir()
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(sockdir / f"{key}-0123456789abcdef"))
-    listener.listen(1)
-    result = []
-
-    def accept_and_decline():
-        conn = listener.accept()[0]
-        result.append(conn)
-        conn.close()
-
-    server = threading.Thread(target=accept_and_decline)
-    server.start()
-    assert ns["_warm"](os.readlink(tmp_path / "lib" / "current"), f"{sockdir}/{key}-", b"") is False
-    server.join(5)
-    assert result, "the client did not connect to <prefix><digest>"
-    os.replace(tmp_path / "lib" / "current", tmp_path / "lib" / "old")
-    os.symlink("releases/fedcba9876543210", tmp_path / "lib" / "current")
-    # no helper for the new release: "start one" (True), never the old one's socket
-    assert ns["_warm"](os.readlink(tmp_path / "lib" / "current"), f"{sockdir}/{key}-", b"") is True
-    listener.close()
-
-
 def test_requests_round_trip_and_malformed_ones_are_refused():
-    env = {b"PATH": b"/usr/bin", b"X": b"\xff\x00"}
+    env = {b"PATH": b"/usr/bin", b"X": b"\xff=\x01"}
     data = warm.encode_request(["/bin/tiergate-hook", "precreate", "\udcff"], "/run/x", env, 0o22)
     req = warm.decode_request(data)
     assert (req.argv, req.cwd, req.env, req.umask) == (["/bin/tiergate-hook", "precreate", "\udcff"], "/run/x", env, 0o22)
+    body = data[4:]
+    assert body == b"18\0/run/x\0" b"3\0/bin/tiergate-hook\0precreate\0\xff\0PATH=/usr/bin\0X=\xff=\x01\0"  # front.c's
+
+    def framed(b: bytes) -> bytes:
+        return len(b).to_bytes(4, "little") + b
+
+    first = warm.decode_request(framed(b"0\0/\0" b"1\0a\0" b"K=1\0K=2\0"))
+    assert first.env == {b"K": b"1"} and first.argv == ["a"]  # as os.environ: the first of a name
     bad = [data[:-1], data + b"x", data[:3], (10**9).to_bytes(4, "little") + data[4:],
            warm.encode_request([], "/", {}, 0), warm.encode_request(["x"], "relative", {}, 0),
-           warm.encode_request(["x"], "/", {"K": "V"}, 0), warm.encode_request(["x"], "/", {}, 0o1000),
-           len(b"junk").to_bytes(4, "little") + b"junk"]
+           warm.encode_request(["x"], "/", {}, 0o1000), framed(b"18\0/\0" b"1\0a"),  # not NUL-terminated
+           framed(b"18\0/\0" b"2\0a\0"), framed(b"-1\0/\0" b"1\0a\0"), framed(b"18\0/\0" b"x\0a\0"),
+           framed(b"18\0/\0" b"1\0a\0NOEQUALS\0"), framed(b"18\0/\0" b"1\0a\0=v\0"), framed(b"18\0/\0"),
+           framed("١\0/\0".encode() + b"1\0a\0"), framed(b"")]
     for item in bad:
         with pytest.raises(ValueError):
             warm.decode_request(item)
+
+
+def test_frames_and_hand_back_bodies_are_what_the_front_reads():
+    assert warm.frame(b"E", b"\x03") == b"E\x01\x00\x00\x00\x03"
+    body = warm.hand_back_body("/usr/sbin/runc", ["runc", "exec", "\udcff"], {"A": "1", b"B": b"\xfe"})
+    assert body == b"/usr/sbin/runc\0" b"3\0runc\0exec\0\xff\0" b"A=1\0B=\xfe\0"
+    assert warm.split_fields(body)[0] == b"/usr/sbin/runc"
 
 
 def test_peer_check_wants_root_and_every_namespace_and_root_dir_its_own():
@@ -93,92 +72,6 @@ def test_peer_check_wants_root_and_every_namespace_and_root_dir_its_own():
     assert warm.identity("self") == warm.identity(os.getpid())
     mine = warm.identity("self")["credentials"]
     assert "CapEff=" in mine and "NoNewPrivs=" in mine and "Seccomp=" in mine, mine
-
-
-class _Exit(Exception):
-    pass
-
-
-def _client_namespace(written: list | None = None) -> dict:
-    """The launcher's client code (warm.CLIENT, as install compiles it into each release), with a posix that says root,
-    records what it writes to fd 2 and raises instead of exiting."""
-    fake = types.SimpleNamespace(**{n: getattr(posix, n) for n in dir(posix) if not n.startswith("__")})
-    fake.geteuid = lambda: 0
-    fake.access = lambda path, mode: True
-
-    def _exit(code):
-        raise _Exit(code)
-
-    fake._exit = _exit
-    fake.write = lambda fd, data: (written if written is not None else []).append((fd, data))
-    ns = {"posix": fake, "sys": sys}
-    tree = Path(tempfile.mkdtemp())
-    try:
-        launcher.write_code(tree, tree)  # as install compiles it into every release
-        exec(marshal.loads((tree / launcher.CLIENT_CODE).read_bytes()), ns)  # noqa: S102
-    finally:
-        shutil.rmtree(tree)
-    return ns
-
-
-def _serve_once(path: str, replies: list[bytes], got: list) -> threading.Thread:
-    """A helper stand-in using the helper's own receiving code: take the request, send replies."""
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(1)
-
-    def serve():
-        conn, _ = listener.accept()
-        with conn:
-            request, fds = warm._receive(conn)
-            got.append((request, [os.readlink(f"/proc/self/fd/{fd}") for fd in fds]))
-            for fd in fds:
-                os.close(fd)
-            for reply in replies:
-                conn.sendall(reply)
-        listener.close()
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    return thread
-
-
-@pytest.mark.parametrize("replies,outcome", [([b"A", bytes([3])], 3), ([b"A", bytes([0])], 0),
-                                             ([b"D"], False), ([], False), ([b"A"], "refused")])
-def test_the_launchers_client_against_the_helpers_receiver(tmp_path, replies, outcome):
-    (tmp_path / "lib").mkdir()
-    os.symlink("releases/0123456789abcdef", tmp_path / "lib" / "current")
-    written: list = []
-    ns = _client_namespace(written)
-    got: list = []
-    thread = _serve_once(str(tmp_path / "k-0123456789abcdef"), replies, got)
-    fds = launcher_fds()
-    try:
-        result = ns["_warm"](os.readlink(tmp_path / "lib" / "current"), f"{tmp_path}/k-", fds)
-    except _Exit as exc:
-        result = exc.args[0]
-    thread.join(5)
-    request, passed = got[0]
-    assert request.argv == sys.argv and request.cwd == os.getcwd() and request.env == dict(os.environb)
-    assert request.umask == _umask()
-    assert passed == [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)]  # our stdin, stdout, stderr
-    if outcome == "refused":  # accepted, then no status: the start fails with one line, never guesses
-        assert result == 1 and len(written) == 1 and written[0][0] == 2
-        assert written[0][1].startswith(b"tiergate: ") and written[0][1].count(b"\n") == 1
-    else:
-        assert result == outcome and not written
-
-
-def launcher_fds() -> bytes:
-    text = _text(Path("/nonexistent/lib"))
-    line = next(ln for ln in text.splitlines() if "_helper = _warm(" in ln)
-    return eval(line[line.rindex(", b'") + 2:line.rindex(") is True")])  # noqa: S307  our own literal
-
-
-def _umask() -> int:
-    old = os.umask(0o22)
-    os.umask(old)
-    return old
 
 
 def test_importing_the_start_path_ahead_reads_no_host_state(tmp_path):
@@ -204,16 +97,26 @@ print(json.dumps(seen))
     assert not host, host
 
 
-def test_doctor_says_whether_the_launchers_helper_runs(tmp_path):
+def test_doctor_says_which_program_the_hook_is_and_whether_its_helper_runs(tmp_path):
     from tiergate.cli import probes
+    from tiergate.engines import front
 
     plain = tmp_path / "plain"
     plain.write_text(launcher.script(tmp_path / "lib", "tiergate.hook.stages"))
-    assert "none" in probes.check_warm(str(plain)).detail
-    hook = tmp_path / "hook"
-    hook.write_text(_text(tmp_path / "lib"))  # a key no helper runs for
+    assert "the Python launcher, no warm helper" in probes.check_warm(str(plain)).detail
+    py = tmp_path / "lib" / "tiergate-hook.py"
+    py.parent.mkdir()
+    py.write_text(_text(tmp_path / "lib"))  # a key no helper runs for
+    assert "the Python launcher" in probes.check_warm(str(py)).detail  # not behind a front: it starts no helper
+    if front.compiler() is None:
+        return
+    hook = tmp_path / "tiergate-hook"
+    key = warm.key_in(py.read_text())
+    hook.write_bytes(front.build(hook, front.header(str(tmp_path / "lib" / "current"), warm.socket_prefix(key or ""),
+                                                    sys.executable, str(py), launcher.MARKER), front.compiler() or "cc"))
     check = probes.check_warm(str(hook))
-    assert check.status == probes.OK and "not running" in check.detail and warm.SOCKET_DIR in check.detail
+    assert check.status == probes.OK and f"compiled front of {py}" in check.detail, check.detail
+    assert "not running" in check.detail and warm.SOCKET_DIR in check.detail
 
 
 def test_stop_leaves_no_empty_helper_directory_and_keeps_one_in_use(tmp_path):

@@ -297,7 +297,13 @@ def launcher_interpreter(path: str) -> tuple[str, str, str]:
     if not os.access(path, os.X_OK):
         return FAIL, "", f"{path} is not executable"
     if head.startswith(b"\x7fELF"):
-        return OK, path, f"{path} is a native binary"
+        from tiergate.engines.front import launcher_of
+
+        python = launcher_of(path)  # tiergate's compiled front: the Python launcher runs every miss
+        if python is None:
+            return OK, path, f"{path} is a native binary"
+        status, interp, detail = launcher_interpreter(python)
+        return status, interp, f"{path} is the compiled front of {python}; {detail}"
     if not head.startswith(b"#!"):
         return FAIL, "", f"{path} has no #! line and is not a binary"
     line = head[2:].split(b"\n", 1)[0].decode(errors="replace").strip()
@@ -324,7 +330,9 @@ def _launcher_lib_ok(path: str) -> str | None:
     """For a launcher written by `tiergate install`: the package release it puts on sys.path resolves."""
     from tiergate.engines.launcher import read_script
 
-    lib = read_script(read_text(path) or "").get("path")
+    from tiergate.engines.front import launcher_of
+
+    lib = read_script(read_text(launcher_of(path) or path) or "").get("path")
     if not lib:
         return None
     for name in ("hook", "shim", "configs"):
@@ -691,22 +699,26 @@ def check_used_state(where: str, settings: dict) -> list[Check]:
 
 
 def check_warm(launcher: str) -> Check:
-    """Whether the hook launcher's warm helper (engines/warm.py) runs: information, never a failure."""
-    from tiergate.engines import warm
+    """Which program the hook is (a compiled front, engines/front.c, or the Python launcher) and
+    whether its warm helper (engines/warm.py) runs: information, never a failure."""
+    from tiergate.engines import front, warm
 
+    python = front.launcher_of(launcher)
     try:
-        key = warm.key_in(open(launcher, encoding="utf-8", errors="replace").read())
+        key = warm.key_in(open(python or launcher, encoding="utf-8", errors="replace").read())
     except OSError:
         key = None
-    if key is None:
-        return Check("warm helper", OK, f"{launcher}: none (installed with --no-warm, rootless, or older): "
-                     "every start runs in the hook's own process")
+    if python is None or key is None:
+        return Check("warm helper", OK, f"{launcher}: the Python launcher, no warm helper (installed with --no-warm, "
+                     "without a C compiler, rootless, or older): every start runs in its own process")
+    what = f"{launcher}: compiled front of {python}"
     running = [(path[:-4], pid) for path, pid, _ in warm.helpers(key + "-") if pid]
     if running:
-        return Check("warm helper", OK, "; ".join(f"{launcher}: running, pid {pid}, socket {sock}" for sock, pid in running)
+        return Check("warm helper", OK, f"{what}; " + "; ".join(f"helper running, pid {pid}, socket {sock}"
+                                                             for sock, pid in running)
                      + f" (exits after {warm.IDLE_EXIT:.0f} s without a start)")
-    return Check("warm helper", OK, f"{launcher}: not running (the next start runs in the hook's process and starts "
-                 f"it under {warm.SOCKET_DIR}; it exits after {warm.IDLE_EXIT:.0f} s without a start)")
+    return Check("warm helper", OK, f"{what}; helper not running (the next start runs in the Python launcher's "
+                 f"process and starts it under {warm.SOCKET_DIR}; it exits after {warm.IDLE_EXIT:.0f} s without a start)")
 
 
 def gather(policy: str | None = None, hooks_dirs: list[str] | None = None,

@@ -56,3 +56,28 @@ def run(code: dict, entry: str, kwargs: dict) -> None:
 def status_of(value) -> int:
     """main's return value as an exit status (engines/warm.py's children exit the same way)."""
     return value if isinstance(value, int) else 0 if value is None else 1
+
+
+def spawn() -> bool:
+    """Start a warm helper (engines/warm.py) for the next starts, when the front found none:
+    double fork, its own session, every fd of the launcher's closed first (the engine reads the
+    start's stdout until EOF), before the start confines itself (the helper keeps its privileges).
+    True in the helper's process, False in the launcher's (which then runs the start)."""
+    try:
+        pid = os.fork()
+        if pid:
+            os.waitpid(pid, 0)
+            return False
+    except OSError:
+        return False
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 1 << 16)
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+    except OSError:
+        os._exit(0)
+    return True

@@ -37,10 +37,12 @@ def _diff(path: Path, old: str | None, new: str | None) -> str:
 
 
 def _read(path: Path) -> str | None:
+    """A text file's text; a program's (NUL bytes) as one line saying so."""
     try:
-        return path.read_text(errors="replace")
+        data = path.read_bytes()
     except OSError:
         return None
+    return f"(a program, {len(data)} bytes)\n" if b"\0" in data else data.decode(errors="replace")
 
 
 def mkdirs(path: Path) -> None:
@@ -80,10 +82,12 @@ def prune(path: Path, say=print) -> None:
         d = d.parent
 
 
-def write(path: Path, text: str, mode: int = 0o644, say=print) -> bool:
+def write(path: Path, text: str | bytes, mode: int = 0o644, say=print) -> bool:
+    """Write `text` (bytes: a compiled program) beside `path`, then rename it into place."""
     path = Path(path)
+    data = text.encode() if isinstance(text, str) else text
     try:
-        if path.read_text() == text and (path.stat().st_mode & 0o7777) == mode:
+        if path.read_bytes() == data and (path.stat().st_mode & 0o7777) == mode:
             say(f"unchanged {path}")
             return False
     except OSError:
@@ -91,14 +95,16 @@ def write(path: Path, text: str, mode: int = 0o644, say=print) -> bool:
     if _dry is not None:
         mkdirs(path.parent)
         old = _read(path)
-        if old != text:
+        if isinstance(text, bytes):
+            say(f"would write {path} (a program, {len(data)} bytes)")
+        elif old != text:
             say(_diff(path, old, text))
         if old is not None and (path.stat().st_mode & 0o7777) != mode:
             say(f"would chmod {mode:o} {path}")
         return True
     mkdirs(path.parent)
     tmp = path.with_name(f".{path.name}.tiergate-tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
     say(f"wrote {path}")

@@ -1,7 +1,11 @@
-"""The hook executable engines call: a real interpreter, isolated, without site.
+"""The hook program engines call, and the Python launcher behind it: a real interpreter,
+isolated, without site.
 
-`python3 -I -S` starts in ~5 ms here; a console script through site (and an
-editable install's import finder) costs 10-20 ms more on every container start.
+With a C compiler (and not --no-warm), BIN/tiergate-hook is the compiled front (engines/front.py,
+front.c), a client of the warm helper, and the Python launcher (BIN/lib/tiergate-hook.py) runs
+only on a miss; otherwise BIN/tiergate-hook is the Python launcher. `python3 -I -S` starts in
+~5 ms here; a console script through site (and an editable install's import finder) costs
+10-20 ms more on every container start.
 
 Upgrades never change a running hook half-way: install copies the packages into
 BIN/lib/releases/<content digest>/ (built aside, renamed into place, never
@@ -55,51 +59,40 @@ def dependency_dirs() -> list[str]:
     return dirs
 
 
-CLIENT_CODE = "tiergate.client"  # in a release: engines/warm.py's CLIENT, compiled, read by a warm launcher
 CODE = "tiergate.code"  # in a release: every module's code, marshalled, read by the launcher (engines.boot)
 BOOT = "tiergate.engines.boot"
 
 
 def script(lib_dir: Path, entry: str, args: str = "", warm: bool = False) -> str:
-    """The launcher: pin the release, read its CODE file, and run `main(ARGS)` of `entry` through
-    BOOT's code from it (the finder, the exit); a release without CODE imports from sys.path.
-    With `warm`, it first hands the start to its warm helper (engines/warm.py) and starts one when
-    none runs; its key (in the socket path) is the hash of its own text, fixed here."""
+    """The Python launcher: pin the release, read its CODE file, and run `main(ARGS)` of `entry`
+    through BOOT's code from it (the finder, the exit); a release without CODE imports from sys.path.
+    With `warm`, it is the one behind a compiled front (engines/front.c): its text names the warm
+    helper's socket (its key: the hash of this text, fixed here), and it starts that helper first
+    when the front asks (SPAWN_ENV: no helper listens)."""
+    from tiergate.engines import front
     from tiergate.engines import warm as helper
 
     link = str(Path(lib_dir) / CURRENT)
     run = f"run(_code, {entry!r}, dict({args}))\n"
-    client = ""
+    spawn = ""
     if warm:
-        import array
-
         sock = helper.socket_prefix(helper.KEY_PLACEHOLDER)
-        fds = array.array("i", range(helper.FDS)).tobytes()
-        # the client code is compiled in the release (CLIENT_CODE, written by write_code): a script is
-        # compiled on every start, and ~50 lines of it cost ~2 M instructions
-        client = ("import posix, sys\n"
-                  "try:  # the warm helper: engines/warm.py\n"
-                  f"    _r = posix.readlink({link!r})\n"
-                  f"    _f = posix.open({str(Path(lib_dir))!r} + '/' + _r + '/{CLIENT_CODE}', posix.O_RDONLY)\n"
-                  "    exec(__import__('marshal').loads(posix.read(_f, 1 << 16)))  # _warm, _spawn\n"
-                  f"    _helper = _warm(_r, {sock!r}, {fds!r}) is True and _spawn()\n"
-                  "except Exception:\n"
-                  "    _helper = False\n")
-        run = (f"if _helper:  # the warm helper for the next starts: this launcher's key, this release\n"
+        spawn = f"_spawn = os.environ.pop({front.SPAWN_ENV!r}, None) == '1'  # the front found no warm helper\n"
+        run = (f"if _spawn and spawn():  # the warm helper for the next starts (engines/warm.py)\n"
                f"    run(_code, {helper.ENTRY!r}, dict(release=_release, link={link!r}, sock={sock!r}, "
                f"entry={entry!r}, kwargs=dict({args})))\n" + run)
-    text = (f"#!{interpreter()} -IS\n{MARKER}\n{client}"
-            "import os, sys\n"
+    text = (f"#!{interpreter()} -IS\n{MARKER}\n"
+            f"import os, sys\n{spawn}"
             f"_release = os.path.realpath({link!r})  # pinned for this run\n"
             "sys.path.insert(0, _release)\n"
             f"sys.path.extend({dependency_dirs()!r})  # {', '.join(DEPENDENCIES)}\n"
             "try:\n"
             f"    with open(os.path.join(_release, {CODE!r}), 'rb') as _fh:\n"
             "        _code = __import__('marshal').loads(_fh.read())\n"
-            f"    exec(__import__('marshal').loads(_code[{BOOT!r}][2]))  # defines run()\n"
+            f"    exec(__import__('marshal').loads(_code[{BOOT!r}][2]))  # defines run(), spawn()\n"
             "except (OSError, KeyError):\n"
             "    _code = {}\n"
-            f"    from {BOOT} import run\n" + run)
+            f"    from {BOOT} import run, spawn\n" + run)
     return text.replace(helper.KEY_PLACEHOLDER, helper.key_of(text)) if warm else text
 
 
@@ -123,10 +116,6 @@ def write_code(tree: Path, final: Path) -> None:
         package = parts[-1] == "__init__"
         out[".".join(parts[:-1] if package else parts)] = entry(package, path, str(Path(final) / rel))
     (Path(tree) / CODE).write_bytes(marshal.dumps(out))
-    from tiergate.engines.warm import CLIENT
-
-    (Path(tree) / CLIENT_CODE).write_bytes(marshal.dumps(compile(CLIENT, "tiergate/engines/warm.py:CLIENT", "exec",
-                                                                dont_inherit=True)))
 
 
 def needs() -> list[tuple[str, int]]:
@@ -185,26 +174,74 @@ def install_release(lib: Path, say=print) -> Path:
     return release
 
 
-def install_hook(bin_dir: Path, say=print, warm: bool = True) -> Path:
-    """The hook launcher and its pinned package release; shared by hooks.d and the shim. `warm`:
-    the launcher uses a warm helper (engines/warm.py); a replaced launcher's helpers are stopped."""
-    from tiergate.engines import files
+HOOK = "tiergate-hook"  # BIN/HOOK: what podman's hooks.d and the shim's createRuntime hook call
+HOOK_LAUNCHER = "lib/tiergate-hook.py"  # BIN/HOOK_LAUNCHER: the Python launcher behind a compiled front
 
+
+def install_hook(bin_dir: Path, say=print, warm: bool = True) -> Path:
+    """The hook program and its pinned package release; shared by hooks.d and the shim. With `warm`
+    and a C compiler, BIN/tiergate-hook is the compiled front (engines/front.c) and the Python
+    launcher is BIN/lib/tiergate-hook.py; otherwise BIN/tiergate-hook is the Python launcher."""
     lib = Path(bin_dir) / "lib"
     install_release(lib, say)
-    exe = Path(bin_dir) / "tiergate-hook"
-    text = script(lib, "tiergate.hook.stages", warm=warm)
-    old = _warm_key(exe)
-    if files.write(exe, text, 0o755, say) and old and files._dry is None:
-        from tiergate.engines import warm as helper
-
-        if helper.key_in(text) != old:
-            helper.stop(old + "-", say=say)
+    exe = Path(bin_dir) / HOOK
+    install_front(exe, Path(bin_dir) / HOOK_LAUNCHER, lib, "tiergate.hook.stages", "", say, warm)
     return exe
 
 
+def install_front(exe: Path, py: Path, lib: Path, entry: str, args: str, say=print, warm: bool = True) -> None:
+    """`exe`: the compiled front of the Python launcher `py` for `entry` (engines/front.py), or,
+    without `warm` or a C compiler, the Python launcher itself (then `py` goes). The helpers of a
+    launcher this replaces are stopped."""
+    import sys
+
+    from tiergate.engines import files, front
+    from tiergate.engines import warm as helper
+
+    old = _warm_key(exe) or _warm_key(py)
+    cc = front.compiler() if warm else None
+    if warm and cc is None:
+        say(f"no C compiler (cc) on PATH: {exe} is the Python launcher, every start in its own process")
+    text, binary = script(lib, entry, args, warm=cc is not None), None
+    if cc is not None and files._dry is None:
+        files.mkdirs(exe.parent)
+        try:
+            binary = front.build(exe, front.header(str(lib / CURRENT), helper.socket_prefix(helper.key_in(text) or ""),
+                                                   interpreter(), str(py), MARKER), cc)
+        except RuntimeError as exc:
+            print(f"tiergate: warning: cannot compile {front.SOURCE} with {cc} ({exc}): {exe} is the Python "
+                  "launcher, every start in its own process", file=sys.stderr)
+            cc, text = None, script(lib, entry, args)
+    if cc is not None:
+        files.write(py, text, 0o755, say)  # first: the front runs it
+        if binary is not None:
+            files.write(exe, binary, 0o755, say)
+        else:
+            say(f"would compile {front.SOURCE} into {exe}")
+    else:
+        files.write(exe, text, 0o755, say)
+        if py.exists():
+            files.remove(py, MARKER, say)
+    if old and old != helper.key_in(text) and files._dry is None:
+        helper.stop(old + "-", say=say)
+
+
+def remove_front(exe: Path, py: Path, say=print) -> None:
+    """Undo install_front: the helpers of its launcher (by the pid in their pid files), the front, the launcher."""
+    from tiergate.engines import files
+
+    key = _warm_key(exe) or _warm_key(py)
+    if key and files._dry is None:
+        from tiergate.engines import warm
+
+        warm.stop(key + "-", say=say)
+    files.remove(exe, MARKER, say)
+    if py.exists() or py.is_symlink():
+        files.remove(py, MARKER, say)
+
+
 def _warm_key(exe: Path) -> str | None:
-    """The warm-helper key the launcher at `exe` uses (None: none, or no launcher)."""
+    """The warm-helper key the launcher or front at `exe` uses (None: none, or no file)."""
     from tiergate.engines import warm
 
     try:
@@ -241,12 +278,7 @@ def remove_hook(bin_dir: Path, say=print) -> None:
     from tiergate.engines import files
 
     lib = Path(bin_dir) / "lib"
-    key = _warm_key(Path(bin_dir) / "tiergate-hook")
-    if key and files._dry is None:  # its helper goes with it (by the pid in its pid file)
-        from tiergate.engines import warm
-
-        warm.stop(key + "-", say=say)
-    files.remove(Path(bin_dir) / "tiergate-hook", MARKER, say)
+    remove_front(Path(bin_dir) / HOOK, Path(bin_dir) / HOOK_LAUNCHER, say)
     files.remove(lib / CURRENT, None, say)
     try:
         releases = [p for p in (lib / RELEASES).iterdir() if p.is_dir()]

@@ -1,26 +1,29 @@
-"""The warm helper: a fork server the hook launcher hands each start to (issue 20).
+"""The warm helper: a fork server the compiled front hands each start to (issue 20).
 
-A hook process that imports tiergate costs ~2x a no-op Python hook however few modules it
-imports. So the launcher (engines/launcher.py) first tries this helper's unix socket,
-/run/tiergate/warm/<launcher key>-<release digest> (the key: a hash of the launcher's
-own text, fixed at install; the digest: lib/current's target, read on every start, so an
-upgrade never talks to the old release's helper). It sends its argv, cwd, umask and
-environment and passes its fds 0, 1, 2; the helper forks a child that takes them over and
-runs the same entry `main` the launcher would (engines/boot.py), only with the modules
-already imported, then returns the exit status. The child confines itself as an
-in-process hook does; the helper keeps the privileges of the hook that started it.
+A Python process costs a start ~20 M instructions before it does anything, so what engines call
+is a small C client, the front (engines/front.c, compiled at install by engines/front.py). It
+connects to this helper's unix socket, /run/tiergate/warm/<key>-<release digest> (the key: a
+hash of the Python launcher's text, fixed at install; the digest: lib/current's target, read on
+every start, so an upgrade never talks to the old release's helper), sends its argv, cwd, umask
+and environment (encode_request: NUL-terminated fields) and passes its fds 0, 1, 2; the helper
+forks a child that takes them over and runs the same entry `main` the Python launcher would
+(engines/boot.py), only with the modules already imported. The child confines itself as an
+in-process start does; the helper keeps the privileges of the launcher that started it.
 
 The helper serves only uid 0 in its own mount, pid, network, user, cgroup, IPC and UTS
-namespaces and root directory (SO_PEERCRED, /proc/<pid>/ns/*); it declines anyone else,
-and a declined or absent helper means the launcher runs the start itself, the same code.
-Once a child has taken a start over (reply "A"), the start's stdin is gone: a child that
-dies without a status fails the start with one line. The helper exits after IDLE_EXIT
-seconds without a request, or within TICK seconds of its release or socket being replaced.
+namespaces and root directory, with its own credentials (SO_PEERCRED, /proc/<pid>/*); it
+declines anyone else. A declined start, or one with no helper, runs in the Python launcher's
+own process, the same code; with no helper listening and /run writable the front asks the
+launcher to start one first (front.SPAWN_ENV; the helper's pid-file lock keeps it to one).
+After "A" the child sends frames (frame(): tag, 4-byte length, body): E (the exit status), X
+(exec this path, argv, environment) or R (run it as your child and reply its status); the
+start's stdin is gone by then, so a child that dies without an E fails the start with one
+line. The helper exits after IDLE_EXIT seconds without a request, or within TICK seconds of
+its release or socket being replaced.
 """
 
 from __future__ import annotations
 
-import marshal
 import os
 import sys
 
@@ -34,74 +37,6 @@ ACCEPTED, DECLINED = b"A", b"D"
 NAMESPACES = ("mnt", "pid", "net", "user", "cgroup", "ipc", "uts")
 ENTRY = "tiergate.engines.warm"
 KEY_PLACEHOLDER = "@KEY@"
-
-# The launcher's client half, compiled into each release (launcher.CLIENT_CODE) and run by the
-# launcher with lib/current's target: builtins only (posix, _socket, marshal, sys), no `import os`
-# (4 M instructions). It returns True when no helper
-# runs (start one, run here), False when it declined or is not to be used (run here), and
-# otherwise exits with the start's status. _spawn starts the helper for the next start (True in
-# it): double fork, its own session, every fd of the hook's closed first (the engine reads the
-# hook's stdout until EOF), before the hook confines itself (the helper keeps its privileges).
-CLIENT = '''\
-def _warm(release, sock, fds):
-    if posix.geteuid():
-        return False
-    p = sock + release[release.rfind('/') + 1:]
-    try:
-        posix.stat(p)  # none: no need to import _socket (0.6 M instructions)
-        import _socket
-        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        s.connect(p)
-    except OSError as e:  # none, or a dead one's socket: start one if we may write /run (not rootless)
-        return e.errno in (2, 111) and posix.access('/run', 2)
-    a = c = b''
-    try:
-        m = posix.umask(63)
-        posix.umask(m)
-        d = __import__('marshal').dumps((sys.argv, posix.getcwd(), posix.environ, m))
-        d = len(d).to_bytes(4, 'little') + d
-        n = s.sendmsg([d], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-        if n < len(d):
-            s.sendall(d[n:])
-    except OSError:  # the reply decides: a quick child may have answered and closed already
-        pass
-    try:
-        a = s.recv(1)
-        c = s.recv(1) if a == b'A' else c
-    except OSError:
-        pass
-    if a != b'A':
-        return False
-    if not c:
-        posix.write(2, b'tiergate: error: the warm helper stopped during this start: refused\\n')
-        posix._exit(1)
-    posix._exit(c[0])
-def _spawn():
-    try:
-        p = posix.fork()
-        if p:
-            posix.waitpid(p, 0)
-            return False
-    except OSError:
-        return False
-    try:
-        n = posix.open('/dev/null', posix.O_RDWR)
-        for f in (0, 1, 2):
-            posix.dup2(n, f)
-        for f in posix.listdir('/proc/self/fd'):
-            if int(f) > 2:
-                try:
-                    posix.close(int(f))
-                except OSError:
-                    pass
-        posix.setsid()
-        if posix.fork():
-            posix._exit(0)
-    except OSError:
-        posix._exit(0)
-    return True
-'''
-
 
 def key_of(text: str) -> str:
     """A launcher's key: the hash of its text with the key left out (install fixes it in the text)."""
@@ -124,9 +59,28 @@ def key_in(text: str, directory: str = SOCKET_DIR) -> str | None:
     return key if len(key) == 16 and all(c in "0123456789abcdef" for c in key) else None
 
 
+def fields(*values: str | bytes) -> bytes:
+    """NUL-terminated fields, as front.c writes and reads them (str as the filesystem encodes it)."""
+    return b"".join(os.fsencode(v) + b"\0" for v in values)
+
+
+def split_fields(body: bytes) -> list[bytes]:
+    """The fields of a body fields() wrote; ValueError unless it ends with a NUL."""
+    if not body.endswith(b"\0"):
+        raise ValueError("a field is not NUL-terminated")
+    return body[:-1].split(b"\0")
+
+
+def _number(field: bytes, limit: int) -> int:
+    if not (field.isdigit() and field.isascii() and len(field) <= 10 and int(field) <= limit):
+        raise ValueError(f"not a number up to {limit}: {field[:20]!r}")
+    return int(field)
+
+
 def encode_request(argv: list[str], cwd: str, env: dict[bytes, bytes], umask: int) -> bytes:
-    """What the launcher sends (CLIENT inlines the same): a 4-byte little-endian length, then marshal."""
-    body = marshal.dumps((argv, cwd, env, umask))
+    """What front.c sends: a 4-byte little-endian length, then the fields umask (decimal), cwd,
+    argc (decimal), argv..., and the environment's "K=V" entries to the end."""
+    body = fields(str(umask), cwd, str(len(argv)), *argv, *(k + b"=" + v for k, v in env.items()))
     return len(body).to_bytes(4, "little") + body
 
 
@@ -146,25 +100,28 @@ def request_length(head: bytes) -> int:
 
 
 def decode_request(data: bytes) -> Request:
-    """The request in `data` (length and body, nothing more); ValueError when it is anything else."""
+    """The request in `data` (length and body, nothing more); ValueError when it is anything else.
+    argv and cwd decode as sys.argv does (os.fsdecode); the environment stays bytes, the first of
+    a name wins (as in os.environ)."""
     if len(data) < 4 or len(data) - 4 != request_length(data):
         raise ValueError("truncated request")
-    try:
-        value = marshal.loads(data[4:])
-    except (EOFError, TypeError, ValueError) as exc:
-        raise ValueError(f"undecodable request: {exc}") from None
-    if not (isinstance(value, tuple) and len(value) == 4):
-        raise ValueError("a request is (argv, cwd, environ, umask)")
-    argv, cwd, env, umask = value
-    if not (isinstance(argv, list) and argv and all(type(a) is str for a in argv)):
-        raise ValueError("argv is not a list of strings")
-    if type(cwd) is not str or not cwd.startswith("/"):
+    parts = split_fields(data[4:])
+    if len(parts) < 4:
+        raise ValueError("a request is umask, cwd, argc, argv..., environ...")
+    umask = _number(parts[0], 0o777)
+    cwd = os.fsdecode(parts[1])
+    argc = _number(parts[2], len(parts) - 3)
+    if not argc:
+        raise ValueError("argv is empty")
+    if not cwd.startswith("/"):
         raise ValueError("cwd is not an absolute path")
-    if not (isinstance(env, dict) and all(type(k) is bytes and type(v) is bytes for k, v in env.items())):
-        raise ValueError("environ is not bytes to bytes")
-    if type(umask) is not int or not 0 <= umask <= 0o777:
-        raise ValueError("bad umask")
-    return Request(argv, cwd, env, umask)
+    env: dict[bytes, bytes] = {}
+    for entry in parts[3 + argc:]:
+        key, eq, value = entry.partition(b"=")
+        if not eq or not key:
+            raise ValueError(f"not an environment entry: {entry[:20]!r}")
+        env.setdefault(key, value)
+    return Request([os.fsdecode(a) for a in parts[3:3 + argc]], cwd, env, umask)
 
 
 CREDENTIALS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")  # /proc/<pid>/status
@@ -465,12 +422,27 @@ def _child(conn, fds: list[int], request: Request, listener, lock: int, entry: s
     except OSError:
         status = status or 1
     try:
-        null = os.open(os.devnull, os.O_RDWR)
-        for target in range(FDS):  # the engine reads the start's stdout until EOF: ours goes first
-            os.dup2(null, target)
-        conn.sendall(bytes([status & 0xFF]))
+        _let_go()
+        conn.sendall(frame(b"E", bytes([status & 0xFF])))
     finally:
         os._exit(0)
+
+
+def _let_go() -> None:
+    """The engine reads the start's stdout until EOF: the child's copies of its stdio go first."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for target in range(FDS):
+        os.dup2(null, target)
+
+
+def frame(tag: bytes, body: bytes) -> bytes:
+    """A child's message to the front after "A": tag, 4-byte little-endian length, body."""
+    return tag + len(body).to_bytes(4, "little") + body
+
+
+def hand_back_body(path: str, argv: list[str], env: dict) -> bytes:
+    """An X or R frame's body (front.c's hand_back): path, argc, argv..., the environment's "K=V"."""
+    return fields(path, str(len(argv)), *argv, *(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()))
 
 
 # -- for install, uninstall and doctor -------------------------------------------------

@@ -59,11 +59,15 @@ def parse_args(argv: list[str]) -> Options:
 
 def _hook_self(opts: Options, stage: str) -> dict:
     """How to call this same hook again at another stage (for the network createRuntime hook)."""
-    args = [os.path.basename(sys.argv[0]) or "tiergate-hook", stage]
+    path = os.path.abspath(sys.argv[0])
+    lib, name = os.path.split(path)
+    front = os.path.join(os.path.dirname(lib), name[:-3])  # BIN/lib/tiergate-hook.py's compiled front: BIN/tiergate-hook
+    if name.endswith(".py") and os.path.basename(lib) == "lib" and os.access(front, os.X_OK):
+        path = front
+    args = [os.path.basename(path) or "tiergate-hook", stage]
     for key in ("policy", "cache_dir", "log", "engine"):
         if getattr(opts, key):
             args += ["--" + key.replace("_", "-"), getattr(opts, key)]
-    path = os.path.abspath(sys.argv[0])
     if not os.access(path, os.X_OK) or path.endswith(".py"):
         return {"path": sys.executable, "args": [sys.executable, "-I", "-m", "tiergate.hook.stages", *args[1:]]}
     return {"path": path, "args": args}

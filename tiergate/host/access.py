@@ -103,6 +103,11 @@ def launcher_problem(exe: str | os.PathLike, uid: int) -> str | None:
     except OSError as exc:
         return f"{exe}: {exc.strerror}"
     needs = launcher_needs(text)
+    from tiergate.engines.front import launcher_of
+
+    python = launcher_of(exe)  # a compiled front runs its Python launcher on a miss
+    if python:
+        return launcher_problem(python, uid)
     for path, want in needs:
         if want == R | X and os.path.isdir(os.path.join(path, "tiergate")):
             needs += [(str(p), R | X) for p in Path(path, "tiergate").iterdir() if p.is_dir()]

@@ -180,3 +180,28 @@ def _umask() -> int:
     old = os.umask(0o22)
     os.umask(old)
     return old
+
+
+def test_install_compiles_the_front_idempotently_and_falls_back_to_python_without_cc(tmp_path, monkeypatch):
+    """With cc: BIN/tiergate-hook is the front of BIN/lib/tiergate-hook.py, a reinstall leaves both
+    unchanged; without cc: the Python launcher alone, said in one line, the front's launcher gone;
+    uninstall removes what install wrote."""
+    said: list[str] = []
+    bin_dir = tmp_path / "bin"
+    exe, py = bin_dir / launcher.HOOK, bin_dir / launcher.HOOK_LAUNCHER
+    launcher.install_hook(bin_dir, said.append)
+    assert front.launcher_of(exe) == str(py) and warm.key_in(py.read_text())
+    assert os.access(exe, os.X_OK) and f"wrote {exe}" in said
+    said.clear()
+    launcher.install_hook(bin_dir, said.append)
+    assert f"unchanged {exe}" in said and f"unchanged {py}" in said, said
+    monkeypatch.setattr(front, "compiler", lambda: None)
+    said.clear()
+    launcher.install_hook(bin_dir, said.append)
+    assert [line for line in said if "no C compiler" in line] == [
+        f"no C compiler (cc) on PATH: {exe} is the Python launcher, every start in its own process"]
+    assert exe.read_text().startswith("#!") and warm.key_in(exe.read_text()) is None and not py.exists()
+    launcher.install_hook(bin_dir, said.append, warm=False)  # --no-warm: the same program, said nothing more
+    assert front.launcher_of(exe) is None
+    launcher.remove_hook(bin_dir, said.append)
+    assert not exe.exists() and not (bin_dir / "lib").exists()

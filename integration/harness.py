@@ -194,18 +194,44 @@ def kill_procs(procs: Iterable[subprocess.Popen]) -> None:
 
 
 def instructions_until_exec(argv: Sequence[str], out_file: Path, *, env: Mapping[str, str] | None = None,
-                            cwd: str = "/", timeout: float = 300) -> tuple[int, subprocess.CompletedProcess[bytes]]:
+                            cwd: str = "/", timeout: float = 300,
+                            prefix: Sequence[str] = ()) -> tuple[int, subprocess.CompletedProcess[bytes]]:
     """(user-space instructions, the run) of a process under callgrind, up to its exit or to its
     execv into another program (the runtime shim hands over to the real runtime that way; that
-    program runs outside valgrind). Instruction counts repeat to ~0.1%, unlike wall time (issue 20)."""
+    program runs outside valgrind); `prefix` runs valgrind (e.g. `unshare -m`). Instruction counts
+    repeat to ~0.1%, unlike wall time (issue 20)."""
     require_binary("valgrind")
-    proc = subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=execv", f"--callgrind-out-file={out_file}",
-                           *argv], capture_output=True, env=dict(env or {}), cwd=cwd, timeout=timeout)
-    parts = [Path(f"{out_file}{suffix}") for suffix in ("", ".1")]
+    # os.execv calls execv, the warm launcher's client posix.execve: each dump counts what ran since the last
+    proc = subprocess.run([*prefix, "valgrind", "--tool=callgrind", "--dump-before=execv", "--dump-before=execve",
+                           f"--callgrind-out-file={out_file}", *argv],
+                          capture_output=True, env=dict(env or {}), cwd=cwd, timeout=timeout)
+    parts = [Path(f"{out_file}{suffix}") for suffix in ("", ".1", ".2")]
     totals = [int(line.split()[1]) for part in parts if part.exists()
               for line in part.read_text().splitlines() if line.startswith("summary:")]
-    assert len(totals) == 1, f"{argv[0]} under callgrind: {len(totals)} profiles: {proc.stderr[-2000:]!r}"
-    return totals[0], proc
+    assert totals, f"{argv[0]} under callgrind: no profile: {proc.stderr[-2000:]!r}"
+    return sum(totals), proc
+
+
+def callgrind_total(out_file: Path) -> int:
+    """The instruction total of one callgrind profile."""
+    for line in out_file.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise AssertionError(f"no instruction total in {out_file}")
+
+
+def warm_helper_pid(key: str, timeout: float = 300) -> int:
+    """The pid of the warm helper (engines/warm.py) of the launcher keyed `key`, once it listens
+    (under callgrind it starts slowly)."""
+    from tiergate.engines import warm
+
+    def listening():
+        return next((pid for path, pid, _ in warm.helpers(key + "-") if pid and os.path.exists(path[:-4])), None)
+
+    try:
+        return wait_until(listening, timeout=timeout, interval=0.1, what=f"the warm helper of key {key}")
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = "condition"):

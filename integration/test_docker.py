@@ -219,6 +219,34 @@ class TestExec:
         assert caps_from_hex(s["CapEff"]) == DEFAULT_CAPS and s["NoNewPrivs"] == "1"
 
 
+class TestWarmHelper:
+    """The shim's launcher hands create and exec to its warm helper (engines/warm.py); the
+    helper's child decides and hardens, the shim's own process still runs runc."""
+
+    def test_create_and_exec_through_the_helper_hold_the_tier(self, tg, shim, running):
+        from pathlib import Path
+
+        from harness import warm_helper_pid
+        from tiergate.engines import warm
+
+        from tiergate.engines.shim import PY_LAUNCHER
+
+        running("tg-restricted:1")  # a start after install: the helper runs from here on
+        pid = warm_helper_pid(warm.key_in((Path(shim["exe"]).parent / PY_LAUNCHER).read_text()), timeout=60)
+        cid = running("tg-restricted:1")
+        s = probe_status(tg.docker("exec", cid, *STATUS, check=True).stdout)
+        # the control (TestControl, plain runc): docker's default capabilities, NoNewPrivs 0
+        assert caps_from_hex(s["CapEff"]) == RESTRICTED_CAPS and s["NoNewPrivs"] == "1" and s["Seccomp"] == "2"
+        recs = [json.loads(x) for x in shim["log"].read_text().splitlines() if cid in x]
+        assert [(r["stage"], r["outcome"], r.get("warm")) for r in recs] == [
+            ("create", "allowed", pid), ("exec", "allowed", pid)], recs
+        proc = tg.docker("exec", "--privileged", cid, *STATUS)
+        assert proc.returncode == 126, (proc.stdout, proc.stderr)
+        assert "tiergate: refused: tier restricted refuses an exec" in proc.stdout + proc.stderr
+        last = json.loads(shim["log"].read_text().splitlines()[-1])
+        assert (last["stage"], last["outcome"], last.get("warm")) == ("exec", "refused", pid), last
+
+
 class TestPassThrough:
     def test_lifecycle(self, tg, running):
         cid = running("tg-restricted:1")

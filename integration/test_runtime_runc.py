@@ -84,6 +84,33 @@ def test_no_annotation_refused_with_log(bundle, runc_env, tmp_path):
     assert line["level"] == "error" and line["msg"].startswith("tiergate: refused:") and line["time"]
 
 
+def test_a_refusal_through_the_warm_helper_says_the_same_line(bundle, shim, runc_env, tmp_path):
+    """The helper's child refuses as the launcher's own process does: exit 1, one line on stderr
+    and in the runtime's --log; `unshare -m` puts the launcher in another mount namespace, so
+    its helper declines and it runs the start itself."""
+    from harness import warm_helper_pid
+    from tiergate.engines import warm
+    from tiergate.engines.shim import PY_LAUNCHER
+
+    b = bundle()
+    b.write()
+    seen = {}
+    for path in ("first", "warm", "declined"):
+        log = tmp_path / f"{path}.json"
+        argv = [b.runc, "--root", str(runc_env["runc_root"]), "--log", str(log), "--log-format", "json",
+                "create", "--bundle", str(b.dir), f"tg-{uuid.uuid4().hex[:8]}"]
+        proc = run_cmd(["unshare", "-m", *argv] if path == "declined" else argv, timeout=30)
+        rec = json.loads(shim["log"].read_text().splitlines()[-1])
+        seen[path] = (proc.returncode, proc.stderr, json.loads(log.read_text())["msg"], rec.get("warm"))
+        if path == "first":  # no helper yet, or one: from now on one runs
+            pid = warm_helper_pid(warm.key_in((shim["bin"] / PY_LAUNCHER).read_text()), timeout=60)
+    line = "tiergate: refused: cannot read the image's labels"
+    assert seen["warm"][:3] == seen["declined"][:3] and seen["warm"][0] == 1, seen
+    assert seen["warm"][1].count("\n") == 1 and seen["warm"][1].startswith(line), seen
+    assert seen["warm"][2] == seen["warm"][1].strip()
+    assert (seen["warm"][3], seen["declined"][3]) == (pid, None), seen  # who decided
+
+
 def test_bundle_symlink_not_followed(bundle, tmp_path):
     b = bundle({"io.tiergate.tier": "restricted"})
     outside = tmp_path / "outside.json"
@@ -140,6 +167,38 @@ def test_exec_and_pass_through(bundle, runc_env, shim, tmp_path):
     assert cid not in run_cmd([runc_env["runc"], "--root", root, "list"]).stdout
 
 
+def test_exec_through_the_warm_helper_is_runc_in_the_shims_process(bundle, runc_env, shim, tmp_path):
+    """An exec decided by the shim's warm helper: the shim's process itself becomes runc (the
+    engine's subreaper waits for it) through its compiled front, no Python in it or below it, and
+    the tier holds inside."""
+    from harness import require_binary, warm_helper_pid
+    from tiergate.engines import warm
+    from tiergate.engines.shim import FRONT, PY_LAUNCHER
+
+    strace = require_binary("strace")
+    b = bundle({"io.tiergate.tier": "restricted"})
+    cid = f"tg-{uuid.uuid4().hex[:8]}"
+    root = str(runc_env["runc_root"])
+    _create(b, cid)  # through the shim: its helper runs from now on
+    pid = warm_helper_pid(warm.key_in((shim["bin"] / PY_LAUNCHER).read_text()), timeout=60)
+    trace = tmp_path / "strace.out"
+    try:
+        run_cmd([shim["exe"], "--root", root, "start", cid], check=True)
+        out = run_cmd([strace, "-f", "-q", "-s", "256", "-e", "trace=execve,clone,clone3,fork,vfork", "-o", str(trace),
+                       shim["exe"], "--root", root, "exec", "--cap", "CAP_KILL", cid, *STATUS], check=True).stdout
+    finally:
+        b.runc_cmd("delete", "--force", cid, timeout=20)
+    s = probe_status(out)
+    assert caps_from_hex(s["CapEff"]) == {"CAP_NET_BIND_SERVICE"} and s["NoNewPrivs"] == "1" and s["Seccomp"] == "2"
+    rec = json.loads(shim["log"].read_text().splitlines()[-1])
+    assert (rec["stage"], rec["outcome"], rec.get("warm")) == ("exec", "allowed", pid), rec
+    execs, _ = _processes(trace.read_text().splitlines())
+    shim_pid = execs[0][0]  # the sh front, then the compiled front, then runc: one process, no Python
+    mine = [p for q, p in execs if q == shim_pid]
+    assert mine[:2] == [shim["exe"], str(shim["bin"] / FRONT)] and os.path.basename(mine[2]) == "runc", execs
+    assert not [p for _, p in execs if "python" in os.path.basename(p)], execs
+
+
 def test_loop_is_an_error(shim, runc_env):
     env = {**os.environ, "TIERGATE_RUNTIME": shim["exe"]}
     proc = subprocess.run([shim["exe"], "--root", str(runc_env["runc_root"]), "list"], env=env,
@@ -175,9 +234,10 @@ def test_create_programs_the_netns_in_process(bundle, shim, runc_env, tmp_path, 
     """`create`, then `start`: how docker, containerd and podman's runtime drive the shim. For a
     namespace that holds an interface (a path in the spec, as CNI and docker hand over), the shim
     closes metadata and loads the tier's network policy itself between the two: strace sees the
-    shim's Python start only runc, and no interpreter or hook anywhere below it (no createRuntime
+    shim's compiled front start only runc, and no interpreter or hook anywhere below it (no createRuntime
     hook, no forked helper: before, a workload keeping CAP_NET_RAW, whose egress chains are an
-    nf_tables batch, got a fork to close its socket). The rules are there before `start`."""
+    nf_tables batch, got a fork to close its socket). The rules are there before `start`. The
+    start goes through the shim's warm helper: runc is still the shim process's own child."""
     from harness import netns_with_eth0, require_binary
 
     strace = require_binary("strace")
@@ -194,6 +254,13 @@ def test_create_programs_the_netns_in_process(bundle, shim, runc_env, tmp_path, 
     warm = subprocess.run(create, timeout=60, **quiet)
     b.runc_cmd("delete", "--force", cid, timeout=20)
     assert warm.returncode == 0
+    # ... and starts the launcher's warm helper: the traced create is decided by its child, which
+    # hands runc back to the shim's process to run (engines/warm.py hand_over) and programs the netns
+    from harness import warm_helper_pid
+    from tiergate.engines import warm as helper
+    from tiergate.engines.shim import FRONT, PY_LAUNCHER
+
+    pid = warm_helper_pid(helper.key_in((shim["bin"] / PY_LAUNCHER).read_text()), timeout=60)
     trace = tmp_path / "strace.out"
     with netns_with_eth0("tg-rt", "10.219.1.2/24") as ns:
         linux["namespaces"] = [n for n in linux.get("namespaces", []) if n.get("type") != "network"] + [
@@ -203,7 +270,7 @@ def test_create_programs_the_netns_in_process(bundle, shim, runc_env, tmp_path, 
         tracer = subprocess.Popen([strace, "-f", "-q", "-s", "256", "-e", "trace=execve,clone,clone3,fork,vfork",
                                    "-o", str(trace), *create], **quiet)
         try:
-            def shim_exit() -> str | None:  # strace's first pid is the shim's (its front execs Python)
+            def shim_exit() -> str | None:  # strace's first pid is the shim's (the sh front execs the compiled one)
                 text = trace.read_text() if trace.exists() else ""
                 m = re.search(rf"^{text.split(maxsplit=1)[0]}\s+\+\+\+ (exited with \d+)", text, re.M) if text else None
                 return m[1] if m else None
@@ -223,16 +290,18 @@ def test_create_programs_the_netns_in_process(bundle, shim, runc_env, tmp_path, 
                 tracer.wait(timeout=10)
             b.runc_cmd("delete", "--force", cid, timeout=20)
     execs, children = _processes(trace.read_text().splitlines())
-    pythons = [(pid, path) for pid, path in execs if "python" in os.path.basename(path)]
-    assert len(pythons) == 1, pythons  # the shim's own Python half, nothing more
+    assert not [p for _, p in execs if "python" in os.path.basename(p)], execs  # decided in the helper's child
+    fronts = [(pid, path) for pid, path in execs if path == str(shim["bin"] / FRONT)]
+    assert len(fronts) == 1, execs  # the shim's compiled front, in the process the sh front started
     assert not [p for _, p in execs if "tiergate-hook" in p], execs
     first_exec = {pid: path for pid, path in reversed(execs)}
     runc = os.path.realpath(runc_env["runc"])
-    spawned = children.get(pythons[0][0], [])
+    spawned = children.get(fronts[0][0], [])
     assert spawned and all(os.path.realpath(first_exec.get(c, "")) == runc for c in spawned), (spawned, execs)
     recs = [json.loads(x) for x in shim["log"].read_text().splitlines() if cid in x]
     created = [r for r in recs if r.get("stage") == "create"]
     assert created and created[-1]["outcome"] == "allowed", recs
+    assert created[-1].get("warm") == pid, created[-1]  # decided in the helper, runc the shim's child
     assert created[-1].get("network") == (None if raw else tier), created[-1]
     assert ("CAP_NET_RAW: egress drops on" if raw else "closed") in created[-1].get("metadata", ""), created[-1]
 

@@ -13,6 +13,7 @@ import pytest
 from tiergate.cli import main as cli, probes as host
 from tiergate.cli import doctor
 from tiergate.core.names import configs_dir
+from tiergate.engines import front
 
 MOUNTS_HYBRID = ("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
                  "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\nproc /proc proc rw 0 0\n")
@@ -402,8 +403,9 @@ def test_doctor_reads_containerd_and_podman_runtime_registrations(tmp_path):
     regs = dict(host.registrations([], str(tmp_path / "none.json"), containerd_configs=[str(ctr_conf)],
                                    podman_confs=confs))
     assert regs[f"{ctr_conf} runtime tiergate"]["policy"] == str(policy)
-    assert regs[f"{ctr_conf} runtime tiergate"]["launchers"] == [str(ctr_exe), str(tmp_path / "bin-ctr" / "lib" /
-                                                                                   "tiergate-runtime.py")]
+    compiled = [str(tmp_path / "bin-ctr" / "lib" / "tiergate-runtime")] if front.compiler() else []  # its front
+    assert regs[f"{ctr_conf} runtime tiergate"]["launchers"] == [str(ctr_exe), *compiled, str(tmp_path / "bin-ctr" / "lib" /
+                                                                                              "tiergate-runtime.py")]
     assert regs[f"{confs[0]} runtime tiergate"]["cache_dir"] == str(tmp_path / "c2")
     assert str(pod_exe) in regs[f"{confs[0]} runtime tiergate"]["launchers"]
     checks = host.gather(None, [str(tmp_path / "no-hooks")], containerd_configs=[str(ctr_conf)], podman_confs=confs)

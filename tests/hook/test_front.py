@@ -205,3 +205,36 @@ def test_install_compiles_the_front_idempotently_and_falls_back_to_python_withou
     assert front.launcher_of(exe) is None
     launcher.remove_hook(bin_dir, said.append)
     assert not exe.exists() and not (bin_dir / "lib").exists()
+
+
+def test_hand_over_runs_the_runtime_in_the_front_and_raises_its_spawn_errno(fr, tmp_path, monkeypatch):
+    """The helper's side (warm.hand_over, as the shim's child calls it): R returns the runtime's
+    status, or raises the front's spawn errno as an in-process spawn would; X makes the front exec."""
+    seen: list = []
+
+    def talk(conn, req, fds):
+        conn.sendall(warm.ACCEPTED)
+        monkeypatch.setattr(warm, "_launcher", conn)
+        seen.append(warm.hand_over("/bin/sh", ["sh", "-c", "exit 7"], {}, wait=True))
+        try:
+            warm.hand_over(str(tmp_path / "missing"), ["missing"], {}, wait=True)
+        except OSError as exc:
+            seen.append(exc.errno)
+        conn.sendall(warm.frame(b"X", warm.hand_back_body("/bin/sh", ["sh", "-c", "echo $X; exit 4"], {"X": "handed"})))
+
+    thread, _ = fr.serve(talk)
+    proc = fr.run()
+    thread.join(10)
+    assert seen == [7, 2] and (proc.returncode, proc.stdout) == (4, b"handed\n")
+
+
+def test_the_shims_launcher_has_a_warm_helper_of_its_own(tmp_path):
+    from tiergate.engines import shim
+
+    def text(warm_: bool) -> str:
+        return launcher.script(tmp_path / "lib", "tiergate.shim.runtime", "conf='/c'", warm=warm_, note=shim.SHIM)
+
+    key = warm.key_in(text(True))
+    hook = warm.key_in(launcher.script(tmp_path / "lib", "tiergate.hook.stages", warm=True))
+    assert key and key != hook and warm.key_of(text(True).replace(key, warm.KEY_PLACEHOLDER)) == key
+    assert warm.key_in(text(False)) is None

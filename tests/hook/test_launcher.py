@@ -109,7 +109,8 @@ def test_read_script_reads_every_launcher_form(tmp_path):
     now = launcher.script(tmp_path / "lib", "tiergate.shim.runtime", "conf='/etc/x.conf'")
     assert launcher.read_script(now) == {"path": str(tmp_path / "lib" / launcher.CURRENT),
                                          "args": {"conf": "/etc/x.conf"}}
-    assert launcher.read_script(shim.py_launcher(tmp_path / "lib", Path("/c")))["args"] == {"conf": "/c"}
+    warm = launcher.script(tmp_path / "lib", "tiergate.shim.runtime", "conf='/c'", warm=True, note=shim.SHIM)
+    assert launcher.read_script(warm) == {"path": str(tmp_path / "lib" / launcher.CURRENT), "args": {"conf": "/c"}}
     assert launcher.read_script(launcher.script(tmp_path / "lib", "tiergate.hook.stages")) == {
         "path": str(tmp_path / "lib" / launcher.CURRENT)}
     before_boot = ("import os, sys\n_release = os.path.realpath('/b/lib/current')\nsys.path.insert(0, _release)\n"

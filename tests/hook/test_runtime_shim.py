@@ -37,7 +37,7 @@ def _exe(path: Path, text: str) -> Path:
 def front(tmp_path):
     real = _exe(tmp_path / "real", "#!/bin/sh\necho REAL\n")
     launcher = _exe(tmp_path / "launcher.py", "import sys\nprint('PY')\n")
-    return _exe(tmp_path / "tiergate-runtime", shim.sh_front(str(real), sys.executable, launcher))
+    return _exe(tmp_path / "tiergate-runtime", shim.sh_front(str(real), f"{sys.executable} -IS {launcher}"))
 
 
 @pytest.mark.parametrize("argv", ARGVS, ids=[" ".join(a) or "(none)" for a in ARGVS])

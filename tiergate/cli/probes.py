@@ -550,6 +550,7 @@ def shim_settings(front: str) -> dict | None:
     import re
     import shlex
 
+    from tiergate.engines.front import launcher_of
     from tiergate.engines.launcher import read_script
     from tiergate.engines.shim import is_shim
     from tiergate.shim.runtime import read_conf
@@ -557,12 +558,16 @@ def shim_settings(front: str) -> dict | None:
     if not is_shim(front):
         return None
     text = read_text(front) or ""
-    m = re.search(r"^case \$real in /\*\) ;; \*\) exec \S+ -IS (.+?) \"\$@\"", text, re.M)
-    launcher = shlex.split(m.group(1))[0] if m else ""
+    m = re.search(r"^case \$real in /\*\) ;; \*\) exec (.+?) \"\$@\"", text, re.M)
+    start = shlex.split(m.group(1)) if m else []
+    # the compiled front (engines/front.py) and its Python launcher, or `python -IS launcher`
+    compiled = start[0] if len(start) == 1 else ""
+    launcher = launcher_of(compiled) or "" if compiled else start[2] if len(start) == 3 and start[1] == "-IS" else ""
     conf = read_script(read_text(launcher) or "").get("args", {}).get("conf", "") if launcher else ""
     conf = conf if isinstance(conf, str) else ""
     settings = {k: v for k, v in read_conf(conf).items() if k in ("policy", "cache_dir", "log")} if conf else {}
-    return {**settings, "launcher": front, "launchers": [front, launcher], "conf": conf}
+    return {**settings, "launcher": front, "launchers": [front, *([compiled] if compiled else []), launcher],
+            "conf": conf, "warm": compiled or launcher}
 
 
 def _toml_file(path: str) -> dict:
@@ -748,6 +753,7 @@ def gather(policy: str | None = None, hooks_dirs: list[str] | None = None,
                                          podman_confs=podman_confs):
         launcher = settings.pop("launcher", "")
         launchers = settings.pop("launchers", None)
+        program = settings.pop("warm", launcher)  # a shim's: its compiled front or Python launcher, not the sh front
         settings.pop("conf", None)
         if launchers and tuple(launchers) not in seen:  # a shim: hooks.d launchers have their own check
             seen.add(tuple(launchers))
@@ -756,7 +762,9 @@ def gather(policy: str | None = None, hooks_dirs: list[str] | None = None,
             seen.add(launcher)
             release = check_release(launcher)
             checks += [release] if release else []
-            checks.append(check_warm(launcher))
+        if program and ("warm", program) not in seen:
+            seen.add(("warm", program))
+            checks.append(check_warm(program))
         key = tuple(sorted(settings.items()))
         if key not in seen:
             seen.add(key)

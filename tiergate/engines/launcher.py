@@ -63,7 +63,7 @@ CODE = "tiergate.code"  # in a release: every module's code, marshalled, read by
 BOOT = "tiergate.engines.boot"
 
 
-def script(lib_dir: Path, entry: str, args: str = "", warm: bool = False) -> str:
+def script(lib_dir: Path, entry: str, args: str = "", warm: bool = False, note: str = "") -> str:
     """The Python launcher: pin the release, read its CODE file, and run `main(ARGS)` of `entry`
     through BOOT's code from it (the finder, the exit); a release without CODE imports from sys.path.
     With `warm`, it is the one behind a compiled front (engines/front.c): its text names the warm
@@ -81,7 +81,7 @@ def script(lib_dir: Path, entry: str, args: str = "", warm: bool = False) -> str
         run = (f"if _spawn and spawn():  # the warm helper for the next starts (engines/warm.py)\n"
                f"    run(_code, {helper.ENTRY!r}, dict(release=_release, link={link!r}, sock={sock!r}, "
                f"entry={entry!r}, kwargs=dict({args})))\n" + run)
-    text = (f"#!{interpreter()} -IS\n{MARKER}\n"
+    text = (f"#!{interpreter()} -IS\n{MARKER}{': ' + note if note else ''}\n"
             f"import os, sys\n{spawn}"
             f"_release = os.path.realpath({link!r})  # pinned for this run\n"
             "sys.path.insert(0, _release)\n"
@@ -185,33 +185,35 @@ def install_hook(bin_dir: Path, say=print, warm: bool = True) -> Path:
     lib = Path(bin_dir) / "lib"
     install_release(lib, say)
     exe = Path(bin_dir) / HOOK
-    install_front(exe, Path(bin_dir) / HOOK_LAUNCHER, lib, "tiergate.hook.stages", "", say, warm)
+    install_front(exe, Path(bin_dir) / HOOK_LAUNCHER, lib, "tiergate.hook.stages", say=say, warm=warm)
     return exe
 
 
-def install_front(exe: Path, py: Path, lib: Path, entry: str, args: str, say=print, warm: bool = True) -> None:
-    """`exe`: the compiled front of the Python launcher `py` for `entry` (engines/front.py), or,
-    without `warm` or a C compiler, the Python launcher itself (then `py` goes). The helpers of a
-    launcher this replaces are stopped."""
+def install_front(exe: Path, py: Path, lib: Path, entry: str, args: str = "", say=print, warm: bool = True,
+                  alone: Path | None = None, note: str = "") -> bool:
+    """`exe`: the compiled front (engines/front.py) of the Python launcher `py` for `entry`; or,
+    without `warm` or a C compiler, the Python launcher alone at `alone` (default `exe`), and the
+    other path goes. The helpers of a launcher this replaces are stopped. True: a front."""
     import sys
 
     from tiergate.engines import files, front
     from tiergate.engines import warm as helper
 
+    alone = alone or exe
     old = _warm_key(exe) or _warm_key(py)
     cc = front.compiler() if warm else None
     if warm and cc is None:
-        say(f"no C compiler (cc) on PATH: {exe} is the Python launcher, every start in its own process")
-    text, binary = script(lib, entry, args, warm=cc is not None), None
+        say(f"no C compiler (cc) on PATH: {alone} is the Python launcher, every start in its own process")
+    text, binary = script(lib, entry, args, warm=cc is not None, note=note), None
     if cc is not None and files._dry is None:
         files.mkdirs(exe.parent)
         try:
             binary = front.build(exe, front.header(str(lib / CURRENT), helper.socket_prefix(helper.key_in(text) or ""),
                                                    interpreter(), str(py), MARKER), cc)
         except RuntimeError as exc:
-            print(f"tiergate: warning: cannot compile {front.SOURCE} with {cc} ({exc}): {exe} is the Python "
+            print(f"tiergate: warning: cannot compile {front.SOURCE} with {cc} ({exc}): {alone} is the Python "
                   "launcher, every start in its own process", file=sys.stderr)
-            cc, text = None, script(lib, entry, args)
+            cc, text = None, script(lib, entry, args, note=note)
     if cc is not None:
         files.write(py, text, 0o755, say)  # first: the front runs it
         if binary is not None:
@@ -219,11 +221,13 @@ def install_front(exe: Path, py: Path, lib: Path, entry: str, args: str, say=pri
         else:
             say(f"would compile {front.SOURCE} into {exe}")
     else:
-        files.write(exe, text, 0o755, say)
-        if py.exists():
-            files.remove(py, MARKER, say)
+        files.write(alone, text, 0o755, say)
+        for other in {exe, py} - {alone}:
+            if other.exists():
+                files.remove(other, MARKER, say)
     if old and old != helper.key_in(text) and files._dry is None:
         helper.stop(old + "-", say=say)
+    return cc is not None
 
 
 def remove_front(exe: Path, py: Path, say=print) -> None:
@@ -235,9 +239,9 @@ def remove_front(exe: Path, py: Path, say=print) -> None:
         from tiergate.engines import warm
 
         warm.stop(key + "-", say=say)
-    files.remove(exe, MARKER, say)
-    if py.exists() or py.is_symlink():
-        files.remove(py, MARKER, say)
+    for path in (exe, py):
+        if path == exe or path.exists() or path.is_symlink():
+            files.remove(path, MARKER, say)
 
 
 def _warm_key(exe: Path) -> str | None:

@@ -1,8 +1,12 @@
-"""The tiergate-runtime shim on disk: a /bin/sh front, a Python launcher, a settings file.
+"""The tiergate-runtime shim on disk: a /bin/sh front, a compiled front, a Python launcher, a settings file.
 
     BIN/tiergate-runtime            /bin/sh: pass-through subcommands exec the real runtime
-                                    directly (~1 ms); create, run, restore and exec start Python
-    BIN/lib/tiergate-runtime.py     `#!<python> -IS` launcher of tiergate.shim.runtime
+                                    directly (~1 ms); create, run, restore and exec exec the
+                                    compiled front (or, without one, Python)
+    BIN/lib/tiergate-runtime        the compiled front (engines/front.py), with a C compiler and
+                                    not --no-warm: hands the start to the warm helper, whose child
+                                    decides and hands the real runtime back (engines/warm.py)
+    BIN/lib/tiergate-runtime.py     `#!<python> -IS` launcher of tiergate.shim.runtime (a miss)
     BIN/tiergate-runtime.conf       key=value: real runtime, shim, hook, policy, cache dir, log
     BIN/tiergate-hook               the hook launcher (createRuntime applies network policy)
     BIN/tiergate-runtime.users      one line per engine registered (docker PATH, ...): the
@@ -24,12 +28,13 @@ from tiergate.core.names import SHIM_ENFORCED
 from tiergate.oci.args import GLOBAL_VALUE_FLAGS
 
 from tiergate.engines import files
-from tiergate.engines.launcher import MARKER, install_hook, interpreter, script
+from tiergate.engines.launcher import MARKER, install_front, install_hook, interpreter, remove_front
 
 SHIM = "tiergate-runtime"
 CONF = "tiergate-runtime.conf"
 USERS = "tiergate-runtime.users"
 PY_LAUNCHER = "lib/tiergate-runtime.py"
+FRONT = "lib/tiergate-runtime"  # the compiled front of PY_LAUNCHER
 # Global flags taking a value (oci/args.py's table: never a runc boolean, `--debug create` must
 # still be seen as create).
 VALUE_FLAGS = tuple(sorted(GLOBAL_VALUE_FLAGS))
@@ -66,19 +71,20 @@ def real_runtime(name: str | None, shim: Path) -> str:
     return path
 
 
-def sh_front(real: str, python: str, launcher: Path) -> str:
+def sh_front(real: str, start: str) -> str:
+    """The /bin/sh front; `start` is the command that runs tiergate (the compiled front, or Python)."""
     q = shlex.quote
     values = "|".join(f"--{f}|-{f}" for f in VALUE_FLAGS)
     return f"""#!/bin/sh
 {MARKER}: {SHIM}, the OCI runtime shim.
 # Engines call this as if it were runc. Pass-through subcommands exec the real
-# runtime at once; {', '.join(ENFORCED)} start tiergate (Python) first.
+# runtime at once; {', '.join(ENFORCED)} start tiergate first.
 if [ -n "${{TIERGATE_SHIM_ACTIVE:-}}" ]; then
   echo "tiergate: error: tiergate-runtime was started by itself through the real runtime (a loop)" >&2
   exit 1
 fi
 real=${{TIERGATE_RUNTIME:-{q(real)}}}
-case $real in /*) ;; *) exec {q(python)} -IS {q(str(launcher))} "$@" ;; esac
+case $real in /*) ;; *) exec {start} "$@" ;; esac
 skip= end=
 for a do
   if [ -n "$skip" ]; then skip=; continue; fi
@@ -90,17 +96,12 @@ for a do
     esac
   fi
   case $a in
-    {'|'.join(ENFORCED)}) exec {q(python)} -IS {q(str(launcher))} "$@" ;;
+    {'|'.join(ENFORCED)}) exec {start} "$@" ;;
   esac
   break
 done
 TIERGATE_SHIM_ACTIVE=1 exec "$real" "$@"
 """
-
-
-def py_launcher(lib_dir: Path, conf: Path) -> str:
-    text = script(lib_dir, "tiergate.shim.runtime", f"conf={str(conf)!r}")
-    return text.replace(f"{MARKER}\n", f"{MARKER}: {SHIM} (Python part)\n", 1)
 
 
 def conf_text(settings: dict) -> str:
@@ -123,8 +124,11 @@ def install(bin_dir: Path, user: str, runtime: str | None = None, policy: str | 
     conf = bin_dir / CONF
     files.write(conf, conf_text({"runtime": real, "shim": str(shim), "hook": str(hook), "policy": policy,
                                  "cache_dir": cache_dir, "log": log, "containerd_root": containerd_root}), 0o644, say)
-    files.write(bin_dir / PY_LAUNCHER, py_launcher(lib, conf), 0o755, say)
-    files.write(shim, sh_front(real, interpreter(), bin_dir / PY_LAUNCHER), 0o755, say)
+    front = install_front(bin_dir / FRONT, bin_dir / PY_LAUNCHER, lib, "tiergate.shim.runtime", f"conf={str(conf)!r}",
+                          say, warm, alone=bin_dir / PY_LAUNCHER, note=f"{SHIM} (Python part)")
+    start = shlex.quote(str(bin_dir / FRONT)) if front else \
+        f"{shlex.quote(interpreter())} -IS {shlex.quote(str(bin_dir / PY_LAUNCHER))}"
+    files.write(shim, sh_front(real, start), 0o755, say)
     known = users(bin_dir)
     if user not in known:
         files.set_lines(bin_dir / USERS, [*known, user], say)
@@ -144,8 +148,9 @@ def uninstall(bin_dir: Path, user: str, say=print) -> None:
         say(f"kept {bin_dir / SHIM}: still used by {', '.join(rest)}")
         return
     files.remove(bin_dir / USERS, None, say)
-    for rel in (SHIM, PY_LAUNCHER, CONF):
-        files.remove(bin_dir / rel, MARKER, say)
+    files.remove(bin_dir / SHIM, MARKER, say)  # first: it runs the rest
+    remove_front(bin_dir / FRONT, bin_dir / PY_LAUNCHER, say)
+    files.remove(bin_dir / CONF, MARKER, say)
     from tiergate.engines.podman import release_hook
 
     release_hook(bin_dir, say)

@@ -174,7 +174,7 @@ def identity(pid: int | str) -> dict[str, str]:
 # What a start may import, beyond what the entry imports at its top: the whole packages of the
 # start path (their imports read no host state: checked by tests/hook/test_warm.py) and the lazy
 # standard-library and dependency imports in them.
-PREIMPORT_PACKAGES = ("tiergate.hook", "tiergate.core", "tiergate.policy", "tiergate.oci", "tiergate.host",
+PREIMPORT_PACKAGES = ("tiergate.hook", "tiergate.shim", "tiergate.core", "tiergate.policy", "tiergate.oci", "tiergate.host",
                       "tiergate.sources", "tiergate.network", "tiergate.seccomp", "tiergate.telemetry")
 # Policy-compile time only, and pyseccomp's import runs ldconfig (a host fact): left to a start that compiles.
 PREIMPORT_SKIP = ("tiergate.seccomp.build", "tiergate.seccomp.syscalls")
@@ -403,6 +403,8 @@ def _child(conn, fds: list[int], request: Request, listener, lock: int, entry: s
         from tiergate.telemetry import record
 
         record.SERVED["warm"] = os.getppid()  # the decision record says who ran the start
+        global _launcher
+        _launcher = conn
         gc.disable()
         conn.settimeout(None)
         conn.sendall(ACCEPTED)
@@ -443,6 +445,45 @@ def frame(tag: bytes, body: bytes) -> bytes:
 def hand_back_body(path: str, argv: list[str], env: dict) -> bytes:
     """An X or R frame's body (front.c's hand_back): path, argc, argv..., the environment's "K=V"."""
     return fields(path, str(len(argv)), *argv, *(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()))
+
+
+# In a child: its connection to the front, which runs the real runtime for it (hand_over).
+_launcher = None
+
+
+def handing() -> bool:
+    """True in a child serving a start: the real runtime must be run by the front (hand_over)."""
+    return _launcher is not None
+
+
+def hand_over(path: str, argv: list[str], env: dict, wait: bool = False) -> int:
+    """Have the front exec `path argv env` (X: this child then exits), or with `wait` run it as its
+    own child and return its exit status (R): a runtime must be the child of the process the engine
+    started (containerd-shim and conmon are subreapers that wait for it), never of the helper's.
+    This child's fd 0 goes with it: the start's stdin, or what the start put back on fd 0."""
+    import socket
+    import struct
+
+    assert _launcher is not None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    body = frame(b"R" if wait else b"X", hand_back_body(path, argv, env))
+    sent = _launcher.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", 0))])
+    _launcher.sendall(body[sent:])
+    if not wait:
+        _let_go()
+        os._exit(0)
+    reply = b""
+    while len(reply) < 4:
+        more = _launcher.recv(4 - len(reply))
+        if not more:
+            raise OSError("the front stopped while it ran the runtime")
+        reply += more
+    status = int.from_bytes(reply, "little", signed=True)
+    if status <= -(1 << 20):
+        errno = -(1 << 20) - status
+        raise OSError(errno, os.strerror(errno))
+    return status
 
 
 # -- for install, uninstall and doctor -------------------------------------------------

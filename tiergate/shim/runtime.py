@@ -122,6 +122,14 @@ def find_runtime(conf: dict) -> str:
     return found
 
 
+def _warm():
+    """engines/warm.py when this runs in its helper's child: the launcher (the process the engine
+    started) then runs the real runtime, which must be its child (containerd-shim and conmon are
+    subreapers that wait for it); None in the launcher's own process."""
+    warm = sys.modules.get("tiergate.engines.warm")
+    return warm if warm is not None and warm.handing() else None
+
+
 def exec_runtime(argv: list[str], conf: dict) -> int:
     """Replace this process with the real runtime, argv unchanged. Returns only on failure."""
     try:
@@ -129,6 +137,14 @@ def exec_runtime(argv: list[str], conf: dict) -> int:
             raise LoopError("tiergate-runtime was started by itself through the real runtime")
         path = find_runtime(conf)
         os.environ[LOOP_ENV] = "1"
+        warm = _warm()
+        if warm is not None:
+            if not os.access(path, os.X_OK):  # as execv would say: the launcher's exec must not fail
+                import errno
+
+                code = errno.ENOENT if not os.path.exists(path) else errno.EACCES
+                raise OSError(code, os.strerror(code))
+            warm.hand_over(path, [path, *argv], dict(os.environb))
         os.execv(path, [path, *argv])
     except LoopError as exc:
         _fail(argv, f"tiergate: error: {exc} (a loop); set TIERGATE_RUNTIME or reinstall")
@@ -305,6 +321,9 @@ def _spawn(path: str, argv: list[str]) -> int:
     """Run the real runtime as a child (same fds, environment marked against loops); its exit code."""
     env = dict(os.environ)
     env[LOOP_ENV] = "1"
+    warm = _warm()
+    if warm is not None:
+        return warm.hand_over(path, [path, *argv], env, wait=True)
     pid = os.posix_spawn(path, [path, *argv], env)
     while True:
         try:

@@ -138,6 +138,22 @@ def test_python_runs_only_for_create_and_exec(node):
     assert sorted(runs) == sorted([("create", sid, True), ("create", ids["app"], True), ("exec", ids["app"], True)])
 
 
+def test_pod_starts_and_execs_are_decided_by_the_shims_warm_helper(node):
+    """Through the compiled front (engines/front.c): once the shim's helper runs, a pod's creates
+    and an ExecSync are decided by its children (their records name it), and the tier holds."""
+    from harness import warm_helper_pid
+    from tiergate.engines import warm
+    from tiergate.engines.shim import PY_LAUNCHER
+
+    run(node, "tiergate", "restricted")  # a helper runs from here on (this start may have started it)
+    pid = warm_helper_pid(warm.key_in((node.dir.parent / "tg" / "bin" / PY_LAUNCHER).read_text()), timeout=60)
+    before = len(records(node))
+    _, ids = run(node, "tiergate", "restricted")
+    assert caps_from_hex(status(node, ids["app"])["CapEff"]) == {"CAP_NET_BIND_SERVICE"}
+    runs = [(r.get("stage"), r.get("outcome"), r.get("warm")) for r in records(node)[before:]]
+    assert sorted(runs) == [("create", "allowed", pid)] * 2 + [("exec", "allowed", pid)], runs
+
+
 def test_pod_without_any_annotation_starts(node):
     """An unlabelled image, no annotation: the pod (its sandbox too) runs under default_tier."""
     policy = compiled_policy(str(node.dir.parent / "tg" / "policy.toml"))

@@ -365,8 +365,8 @@ class HostFootprint:
     tiergate's own default cache dir (/var/cache/tiergate) fills when a hook an
     engine runs, or a CLI call, compiles a test's policy without a private cache
     dir: the entries made during the session go, and the dir if it was not there. Only the
-    session's own: entries name the policy's path (policy/cache.py), and one naming a policy in
-    another tree (a test session beside this one) stays; see ``_ours``.
+    session's own: entries name the policy's path (policy/cache.py), and one naming a policy that
+    still exists in another tree (a test session beside this one) stays; see ``_ours``.
 
     Warm helpers (tiergate/engines/warm.py) the session's launchers started, those whose
     launcher lies under one of ``warm_roots`` (the session's temp dirs), are stopped by the
@@ -414,11 +414,13 @@ class HostFootprint:
 
     def _ours(self, name: str) -> bool:
         """Whether a new cache entry is this session's: not named for a policy (.lock), or for one
-        under warm_roots, own_roots (the repository), /etc or /usr."""
-        policy = name.removeprefix("policy").replace("%2F", "/").replace("%25", "%")
+        under warm_roots, own_roots (the repository), /etc or /usr, or one that is gone (a test's
+        temporary policy); another session's entries name policies that still exist."""
+        policy = name.removeprefix("policy").replace("%2F", "/").replace("%25", "%").removesuffix(".failed")
         if not policy.startswith("/"):
             return True  # .lock, or anything not named for a policy
-        return policy.startswith(("/etc/", "/usr/")) or any(
+        policy = policy.removesuffix(".json") if policy.endswith(".json") else policy.rsplit(".", 2)[0]
+        return policy.startswith(("/etc/", "/usr/")) or not os.path.exists(policy) or any(
             policy.startswith(root.rstrip("/") + "/") for root in (*self.warm_roots, *self.own_roots))
 
     def _restore_cache(self) -> list[str]:

@@ -32,8 +32,9 @@ class TestProbeParsing:
     """Pure helpers: no engine, no root."""
 
     def test_cache_restore_keeps_another_sessions_entries(self, tmp_path):
-        """HostFootprint removes the cache entries its session made (its trees, /etc, .lock), never
-        those of a policy in another tree: two test sessions on one host must not undo each other."""
+        """HostFootprint removes the cache entries its session made (its trees, /etc, .lock, a policy
+        that is gone), never those of a policy that exists in another tree: two test sessions on one
+        host must not undo each other."""
         cache = tmp_path / "cache"
         cache.mkdir()
         (cache / "policy%2Fold.json").write_text("{}")
@@ -41,7 +42,12 @@ class TestProbeParsing:
         footprint.snapshot()
         ours = ["policy%2Ftmp%2Ftg-it-mine%2Fp.toml.json", "policy%2Fwork%2Frepo%2Fconfigs%2Fpolicy.toml.json",
                 "policy%2Fetc%2Ftiergate%2Fpolicy.toml.json", ".lock"]
-        theirs = ["policy%2Ftmp%2Ftg-it-other%2Fp.toml.json", "policy%2Fwork%2Frepo2%2Fpolicy.toml.json"]
+        other = tmp_path / "other-session"  # a policy that still exists, in another tree
+        other.mkdir()
+        (other / "p.toml").write_text("")
+        spelled = str(other).replace("/", "%2F")
+        theirs = [f"policy{spelled}%2Fp.toml.json", f"policy{spelled}%2Fp.toml.18ec9b32d5750f47-7313.d"]
+        ours.append("policy%2Ftmp%2Ftg-roles-gone%2Fpolicy.toml.json")  # a test's policy, removed since
         for name in ours + theirs:
             (cache / name).write_text("{}")
         (cache / "policy%2Fwork%2Frepo%2Fconfigs%2Fpolicy.toml.1-2.d").mkdir()

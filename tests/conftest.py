@@ -35,6 +35,13 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(autouse=True)
+def private_cache_dir(tmp_path_factory, monkeypatch):
+    """Unit tests run as root in CI: a policy they compile without --cache-dir goes to a private
+    cache dir, never the host's /var/cache/tiergate (a test of the default unsets this itself)."""
+    monkeypatch.setenv("TIERGATE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tiergate-cache"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def warm_helpers(tmp_path_factory):
     """Launchers these tests install and run as root start warm helpers (engines/warm.py): the

@@ -41,12 +41,6 @@ else:
 '''
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """`label` reads the policy through its compiled cache: as root, not the host's /var/cache/tiergate."""
-    monkeypatch.setenv("TIERGATE_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.fixture
 def engines(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"

@@ -410,3 +410,32 @@ def test_host_namespace_untouched(net):
     r = run(NFT, "-j", "list", "tables", check=False)
     if r.returncode == 0:
         assert not any(x.get("table", {}).get("name") == "tiergate" for x in json.loads(r.stdout)["nftables"])
+
+
+def test_programmed_ahead_holds_only_for_that_namespace_with_its_interfaces():
+    """The shim programs the namespace a spec names while runc creates (network/program.py), then
+    keeps that only if the init's namespace is the same one with the same interfaces. Real
+    namespaces: the one programmed holds; another one, or the same after an interface came, does
+    not; and a namespace never programmed has no rules (the control for the first)."""
+    from harness import netns_with_eth0
+
+    from tiergate.network.program import holds, interfaces, program_ahead
+
+    tier = {"passthrough": False, "network": None}
+    raw = {"process": {"capabilities": {"bounding": ["CAP_NET_RAW"]}}}
+    with netns_with_eth0("tg-ahead", "10.219.3.2/24") as a, netns_with_eth0("tg-ahead", "10.219.3.3/24") as b:
+        spec = dict(raw, linux={"namespaces": [{"type": "network", "path": f"/run/netns/{a}"}]})
+        rec: dict = {}
+        ahead = program_ahead(spec, tier, rec, [])
+        assert ahead is not None and "CAP_NET_RAW: egress drops on" in rec["metadata"], rec
+        rules = {ns: subprocess.run([IP, "-n", ns, "rule"], capture_output=True, text=True, timeout=30).stdout
+                 for ns in (a, b)}
+        assert "prohibit" in rules[a] and "prohibit" not in rules[b], rules
+        assert holds(ahead, f"/run/netns/{a}")
+        assert not holds(ahead, f"/run/netns/{b}")
+        assert not holds(None, f"/run/netns/{a}")
+        subprocess.run([IP, "-n", a, "link", "add", "eth1", "type", "veth", "peer", "name", "tgpeer1"], check=True,
+                       timeout=30)
+        assert [n for _, n in interfaces(f"/run/netns/{a}")].count("eth1") == 1
+        assert not holds(ahead, f"/run/netns/{a}")
+    assert program_ahead({"linux": {"namespaces": [{"type": "network"}]}}, tier, {}, []) is None  # a fresh one

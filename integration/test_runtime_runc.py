@@ -304,6 +304,60 @@ def test_create_programs_the_netns_in_process(bundle, shim, runc_env, tmp_path, 
     assert created[-1].get("warm") == pid, created[-1]  # decided in the helper, runc the shim's child
     assert created[-1].get("network") == (None if raw else tier), created[-1]
     assert ("CAP_NET_RAW: egress drops on" if raw else "closed") in created[-1].get("metadata", ""), created[-1]
+    assert created[-1].get("netns_programmed") == "ahead", created[-1]  # the spec's namespace, while runc created
+
+
+def test_an_interface_added_during_create_gets_its_egress_chain(bundle, shim, runc_env, tmp_path):
+    """The shim programs a namespace the spec names while runc creates (network/program.py
+    program_ahead), then checks the init's namespace is that one with the interfaces it had. A
+    createRuntime hook (the caller's) adds eth1 while runc creates: the check sees it and the
+    namespace is programmed again, so a CAP_NET_RAW workload finds an egress chain on eth1 too.
+    Control: an interface added after create gets none (chains are per interface), so the
+    listing below would fail had the shim kept its first programming."""
+    from harness import netns_with_eth0
+
+    def chained(ns: str) -> set[str]:
+        out = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "netdev", "tiergate-metadata"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return set(re.findall(r'hook egress device "([^"]+)"', out))
+
+    got = {}
+    for when in ("during create", "after create"):
+        cid = f"tg-{uuid.uuid4().hex[:12]}"
+        b = bundle({"io.tiergate.tier": "baseline"}, args=["true"])
+        for kind in ("bounding", "effective", "permitted"):  # baseline keeps CAP_NET_RAW when asked
+            b.config["process"]["capabilities"][kind].append("CAP_NET_RAW")
+        linux = b.config.setdefault("linux", {})
+        linux["cgroupsPath"] = f"{b.cgroup_parent}/{cid}"
+        with netns_with_eth0("tg-rt", "10.219.2.2/24") as ns:
+            linux["namespaces"] = [n for n in linux.get("namespaces", []) if n.get("type") != "network"] + [
+                {"type": "network", "path": f"/run/netns/{ns}"}]
+            add = ["/usr/sbin/ip", "-n", ns, "link", "add", "eth1", "type", "veth", "peer", "name", "tgpeer1"]
+            if when == "during create":  # after the shim's first look at the namespace
+                b.config["hooks"] = {"createRuntime": [
+                    {"path": "/bin/sh", "args": ["sh", "-c", f"sleep 0.3; exec {' '.join(add)}"], "timeout": 10}]}
+            b.write()
+            try:
+                err = tmp_path / f"{cid}.err"  # not a pipe: the created init keeps the shim's stdio
+                with err.open("wb") as fh:
+                    made = subprocess.run([shim["exe"], "--root", str(b.runc_root), "create", "--bundle", str(b.dir),
+                                           cid], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fh,
+                                          timeout=60)
+                assert made.returncode == 0, err.read_text()[-500:]
+                if when == "after create":
+                    subprocess.run(add, check=True, timeout=30)
+                got[when] = chained(ns)
+            finally:
+                b.runc_cmd("delete", "--force", cid, timeout=20)
+        recs = [json.loads(x) for x in shim["log"].read_text().splitlines() if cid in x]
+        created = [r for r in recs if r.get("stage") == "create"]
+        assert created and created[-1]["outcome"] == "allowed", recs
+        if when == "during create":
+            assert created[-1].get("netns_programmed") is None, created[-1]  # programmed again after create
+    print(f"\negress chains: {got}")
+    # netns_with_eth0 leaves eth0's veth peer in the namespace too: every interface is chained
+    assert got["after create"] == {"eth0", "tgpeer"}  # control: eth1 came later and has no chain
+    assert got["during create"] == {"eth0", "tgpeer", "eth1", "tgpeer1"}
 
 
 def _processes(lines: list[str]) -> tuple[list[tuple[int, str]], dict[int, list[int]]]:

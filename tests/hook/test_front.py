@@ -207,17 +207,18 @@ def test_install_compiles_the_front_idempotently_and_falls_back_to_python_withou
     assert not exe.exists() and not (bin_dir / "lib").exists()
 
 
-def test_hand_over_runs_the_runtime_in_the_front_and_raises_its_spawn_errno(fr, tmp_path, monkeypatch):
-    """The helper's side (warm.hand_over, as the shim's child calls it): R returns the runtime's
-    status, or raises the front's spawn errno as an in-process spawn would; X makes the front exec."""
+def test_run_over_runs_the_runtime_in_the_front_and_raises_its_spawn_errno(fr, tmp_path, monkeypatch):
+    """The helper's side (warm.run_over, as the shim's child calls it): R's wait returns the
+    runtime's status, or raises the front's spawn errno as an in-process spawn would; X makes the
+    front exec."""
     seen: list = []
 
     def talk(conn, req, fds):
         conn.sendall(warm.ACCEPTED)
         monkeypatch.setattr(warm, "_launcher", conn)
-        seen.append(warm.hand_over("/bin/sh", ["sh", "-c", "exit 7"], {}, wait=True))
+        seen.append(warm.run_over("/bin/sh", ["sh", "-c", "exit 7"], {})())
         try:
-            warm.hand_over(str(tmp_path / "missing"), ["missing"], {}, wait=True)
+            warm.run_over(str(tmp_path / "missing"), ["missing"], {})()
         except OSError as exc:
             seen.append(exc.errno)
         conn.sendall(warm.frame(b"X", warm.hand_back_body("/bin/sh", ["sh", "-c", "echo $X; exit 4"], {"X": "handed"})))

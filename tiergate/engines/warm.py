@@ -27,6 +27,11 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the start path)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
+
 SOCKET_DIR = "/run/tiergate/warm"  # root's, 0700; AF_UNIX paths stop at 107 bytes: ours are 52
 IDLE_EXIT = 120.0  # seconds without a start: the helper exits (the next start runs in-process and starts one)
 TICK = 5.0  # seconds between the helper's checks that its release and socket are still the current ones
@@ -456,34 +461,48 @@ def handing() -> bool:
     return _launcher is not None
 
 
-def hand_over(path: str, argv: list[str], env: dict, wait: bool = False) -> int:
-    """Have the front exec `path argv env` (X: this child then exits), or with `wait` run it as its
-    own child and return its exit status (R): a runtime must be the child of the process the engine
-    started (containerd-shim and conmon are subreapers that wait for it), never of the helper's.
-    This child's fd 0 goes with it: the start's stdin, or what the start put back on fd 0."""
+def hand_over(path: str, argv: list[str], env: dict) -> NoReturn:
+    """Have the front exec `path argv env` (X); this child then exits. A runtime must be the child
+    of the process the engine started (containerd-shim and conmon are subreapers that wait for it),
+    never of the helper's. This child's fd 0 goes with it: the start's stdin, or what the start
+    put back on fd 0."""
+    _send(b"X", path, argv, env)
+    _let_go()
+    os._exit(0)
+
+
+def run_over(path: str, argv: list[str], env: dict) -> Callable[[], int]:
+    """Have the front run `path argv env` as its own child (R), as hand_over does; a function that
+    waits for its exit status, so this child can work meanwhile."""
+    _send(b"R", path, argv, env)
+
+    def wait() -> int:
+        assert _launcher is not None
+        reply = b""
+        while len(reply) < 4:
+            more = _launcher.recv(4 - len(reply))
+            if not more:
+                raise OSError("the front stopped while it ran the runtime")
+            reply += more
+        status = int.from_bytes(reply, "little", signed=True)
+        if status <= -(1 << 20):
+            errno = -(1 << 20) - status
+            raise OSError(errno, os.strerror(errno))
+        return status
+
+    return wait
+
+
+def _send(tag: bytes, path: str, argv: list[str], env: dict) -> None:
     import socket
     import struct
 
     assert _launcher is not None
     sys.stdout.flush()
     sys.stderr.flush()
-    body = frame(b"R" if wait else b"X", hand_back_body(path, argv, env))
+    body = frame(tag, hand_back_body(path, argv, env))
     sent = _launcher.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", 0))])
     _launcher.sendall(body[sent:])
-    if not wait:
-        _let_go()
-        os._exit(0)
-    reply = b""
-    while len(reply) < 4:
-        more = _launcher.recv(4 - len(reply))
-        if not more:
-            raise OSError("the front stopped while it ran the runtime")
-        reply += more
-    status = int.from_bytes(reply, "little", signed=True)
-    if status <= -(1 << 20):
-        errno = -(1 << 20) - status
-        raise OSError(errno, os.strerror(errno))
-    return status
 
 
 # -- for install, uninstall and doctor -------------------------------------------------

@@ -1,8 +1,16 @@
 """The network stage: what a tier asks of a container's network namespace (the metadata block,
 then its network policy), programmed into the namespace at a path, by the hook (podman's netns
-at precreate, runc's at createRuntime) and by the shim (the init's, between create and start)."""
+at precreate, runc's at createRuntime) and by the shim (the init's, between create and start).
+
+The shim starts on a namespace the spec names (a pod's, made by CNI before its sandbox) while the
+runtime creates the container (program_ahead): replacing the egress chains of a namespace
+programmed before waits for an RCU grace period (10-25 ms here), which then overlaps runc's own
+work. What counts is still the init's namespace once created: unless it is the one programmed,
+with the same interfaces (holds), it is programmed again there."""
 
 from __future__ import annotations
+
+import os
 
 from tiergate.core import pipeline
 from tiergate.core.errors import TiergateError
@@ -63,3 +71,61 @@ def log_only(node):
     if isinstance(node, list):
         return [log_only(v) for v in node]
     return node
+
+
+Ahead = tuple[int, int, tuple[tuple[int, str], ...]]  # the namespace's (st_dev, st_ino), its interfaces before
+
+
+def named_netns(spec: dict) -> str | None:
+    """The network namespace path the spec joins (linux.namespaces), or None (a fresh one, or none)."""
+    linux = spec.get("linux")
+    for ns in (linux.get("namespaces") if isinstance(linux, dict) else None) or []:
+        if isinstance(ns, dict) and ns.get("type") == "network":
+            path = ns.get("path")
+            return path if isinstance(path, str) and path else None
+    return None
+
+
+def interfaces(netns: str) -> tuple[tuple[int, str], ...]:
+    """(index, name) of every interface in the namespace at `netns`; indexes are never reused soon,
+    so an interface removed and added again differs."""
+    import _socket
+
+    from tiergate.network.netns import run_in
+
+    return tuple(sorted(run_in(netns, _socket.if_nameindex)))
+
+
+def program_ahead(spec: dict, tier: Mapping[str, Any], rec: dict, ports: Sequence[Mapping[str, Any]]) -> Ahead | None:
+    """Program the namespace the spec names, through one open descriptor (a path swapped meanwhile
+    changes nothing here); what holds() compares, or None when there is none or it failed (the
+    init's namespace is then programmed after create, as it always is when holds() says no)."""
+    path = named_netns(spec)
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        where = f"/proc/{os.getpid()}/fd/{fd}"  # also valid in an nsenter process, which inherits no fd
+        before = interfaces(where)  # taken first: an interface added while programming is not in it
+        program_netns(spec, tier, where, rec, ports)
+        return st.st_dev, st.st_ino, before
+    except Exception:  # noqa: BLE001  programmed after create instead, where a failure refuses the start
+        return None
+    finally:
+        os.close(fd)
+
+
+def holds(ahead: Ahead | None, netns: str) -> bool:
+    """Is the namespace at `netns` (the created init's) the one programmed ahead, with the same
+    interfaces it had before (egress chains and shaping are per interface)?"""
+    if ahead is None:
+        return False
+    try:
+        st = os.stat(netns)
+        return (st.st_dev, st.st_ino) == ahead[:2] and interfaces(netns) == ahead[2]
+    except Exception:  # noqa: BLE001  then it is programmed again, and that says what is wrong
+        return False

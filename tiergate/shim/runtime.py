@@ -37,7 +37,7 @@ from tiergate.oci import args as runc_args
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 MARKER = "# written by tiergate install"  # as tiergate/engines/launcher.py (not imported: hot path)
@@ -317,20 +317,20 @@ def enforce_create(parsed: runc_args.RuncArgs, conf: dict, rec: dict) -> tuple[d
     return None
 
 
-def _spawn(path: str, argv: list[str]) -> int:
-    """Run the real runtime as a child (same fds, environment marked against loops); its exit code."""
+def _start(path: str, argv: list[str]) -> Callable[[], int]:
+    """Start the real runtime as a child (same fds, environment marked against loops); a function
+    that waits for it and returns its exit code."""
     env = dict(os.environ)
     env[LOOP_ENV] = "1"
     warm = _warm()
     if warm is not None:
-        return warm.hand_over(path, [path, *argv], env, wait=True)
+        return warm.run_over(path, [path, *argv], env)
     pid = os.posix_spawn(path, [path, *argv], env)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return os.waitstatus_to_exitcode(status)
-        except InterruptedError:
-            continue
+
+    def wait() -> int:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    return wait
 
 
 def _init_pid(parsed: runc_args.RuncArgs, runtime: str) -> int:
@@ -358,24 +358,32 @@ def create_and_program(argv: list[str], parsed: runc_args.RuncArgs, conf: dict, 
 
     Between create and start the container's init waits in runc's exec fifo: no
     workload code has run, so rules loaded now hold from its first instruction.
+    A namespace the spec names is programmed while the runtime creates, and only
+    again if the init's turns out to be another (network/program.py: holds).
     If programming fails the container is deleted and create fails (closed).
     """
     from tiergate.core import pipeline
     from tiergate.core.errors import TiergateError
-    from tiergate.network.program import program_netns
+    from tiergate.network.program import holds, program_ahead, program_netns
 
     if os.environ.get(LOOP_ENV):
         raise LoopError("tiergate-runtime was started by itself through the real runtime")
     path = find_runtime(conf)
-    code = _spawn(path, argv)
+    spec, tier = plan
+    ports = pipeline.port_list(rec.get("ports") or [])
+    wait = _start(path, argv)
+    ahead = program_ahead(spec, tier, rec, ports)  # a namespace the spec names: while the runtime creates
+    code = wait()
     if code != 0:
         return code  # the runtime reported its own error in its log
-    spec, tier = plan
     try:
-        pid = _init_pid(parsed, path)
-        program_netns(spec, tier, f"/proc/{pid}/ns/net", rec, pipeline.port_list(rec.get("ports") or []))
+        netns = f"/proc/{_init_pid(parsed, path)}/ns/net"
+        if holds(ahead, netns):
+            rec["netns_programmed"] = "ahead"
+        else:
+            program_netns(spec, tier, netns, rec, ports)
     except Exception as exc:
-        _spawn(path, [*argv[:parsed.command_index], "delete", "--force", parsed.container_id or ""])
+        _start(path, [*argv[:parsed.command_index], "delete", "--force", parsed.container_id or ""])()
         if isinstance(exc, TiergateError):
             raise
         raise TiergateError(f"cannot program the container's network namespace: {exc}") from None

@@ -127,13 +127,21 @@ class TestWrite:
         assert (bdir / "config.json").read_bytes() == original
         assert leftovers(bdir) == []
 
-    def test_failed_fsync_leaves_original(self, bdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_failed_write_leaves_original(self, bdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         original = (bdir / "config.json").read_bytes()
-        monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+        monkeypatch.setattr(os, "fchmod", lambda *a: (_ for _ in ()).throw(OSError(5, "Input/output error")))
         with pytest.raises(BundleError, match="input/output error$"):
             bundle.write_config(str(bdir), {"other": True})
         assert (bdir / "config.json").read_bytes() == original
         assert leftovers(bdir) == []
+
+    def test_no_fsync(self, bdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A bundle lives for one start: its rewrite is a rename, never a wait for the disk."""
+        synced: list[int] = []
+        monkeypatch.setattr(os, "fsync", synced.append)
+        bundle.write_config(str(bdir), {"other": True})
+        bundle.write_json_file(str(bdir / "process.json"), {"args": ["true"]})
+        assert synced == [] and json.loads((bdir / "config.json").read_text()) == {"other": True}
 
     def test_unserialisable_spec_touches_nothing(self, bdir: Path) -> None:
         original = (bdir / "config.json").read_bytes()

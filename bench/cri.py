@@ -34,12 +34,13 @@ import cri  # noqa: E402  (integration/cri: the private CRI node)
 import harness  # noqa: E402
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-CONFIGS = {  # name -> (handler, image key, RuntimeDefault seccomp)
-    "runc": ("runc", "plain", False),
-    "runc + RuntimeDefault seccomp": ("runc", "plain", True),
-    "no-op Python shim": ("noop", "plain", False),
-    "tiergate baseline (unlabelled image)": ("tiergate", "plain", False),
-    "tiergate restricted (image label)": ("tiergate", "restricted", False),
+CONFIGS = {  # name -> (handler, image key, RuntimeDefault seccomp: "container", "pod" (sandbox too) or "")
+    "runc": ("runc", "plain", ""),
+    "runc + RuntimeDefault seccomp": ("runc", "plain", "container"),
+    "runc + RuntimeDefault seccomp, pod level (sandbox too)": ("runc", "plain", "pod"),
+    "no-op Python shim": ("noop", "plain", ""),
+    "tiergate baseline (unlabelled image)": ("tiergate", "plain", ""),
+    "tiergate restricted (image label)": ("tiergate", "restricted", ""),
 }
 EXEC_HANDLERS = {  # name -> (handler, RuntimeDefault seccomp): tiergate's exec builds its tier's filter too
     "runc": ("runc", False), "runc + RuntimeDefault seccomp": ("runc", True),
@@ -78,11 +79,11 @@ def measure(rounds: int, execs: int, *, work: Path, rootfs_tar: Path | None = No
         images = {"plain": node.import_image("localhost/bench-plain:1"),
                   "restricted": node.import_image("localhost/bench-restricted:1", {"io.tiergate.tier": "restricted"})}
 
-        def pod(handler: str, image: str, seccomp: bool = False) -> tuple[float, str, str]:
+        def pod(handler: str, image: str, seccomp: str = "") -> tuple[float, str, str]:
             t = time.perf_counter()
-            config = node.sandbox_config(f"b-{handler}")
+            config = node.sandbox_config(f"b-{handler}", seccomp_default=seccomp == "pod")
             sid = node.run_pod(config, handler)
-            cid = node.create(sid, config, images[image], seccomp_default=seccomp)
+            cid = node.create(sid, config, images[image], seccomp_default=bool(seccomp))
             node.start_container(cid)
             return time.perf_counter() - t, sid, cid
 
@@ -98,7 +99,7 @@ def measure(rounds: int, execs: int, *, work: Path, rootfs_tar: Path | None = No
             say(f"  cri pod start round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} {statistics.median(v) * 1000:.0f}" for n, v in starts.items()))
         times: dict[str, list[float]] = {n: [] for n in EXEC_HANDLERS}
-        targets = {n: pod(h, "plain", rd)[2] for n, (h, rd) in EXEC_HANDLERS.items()}
+        targets = {n: pod(h, "plain", "container" if rd else "")[2] for n, (h, rd) in EXEC_HANDLERS.items()}
         order = list(EXEC_HANDLERS)
         for i in range(execs + 1):
             for n in order[i % len(order):] + order[:i % len(order)]:

@@ -215,11 +215,13 @@ class CriNode:
     # -- pods -----------------------------------------------------------------
     def sandbox_config(self, name: str, *, namespace: str = "default", annotations: Mapping[str, str] | None = None,
                        host_network: bool = False, host_pid: bool = False, host_ipc: bool = False,
-                       privileged: bool = False):
+                       privileged: bool = False, seccomp_default: bool = False):
+        """seccomp_default: the pod's `seccompProfile: RuntimeDefault` at pod level, which kubelet
+        also hands the sandbox (pause) container."""
         pb = self.pb
         uid = uuid.uuid4().hex
         mode = lambda host: pb.NODE if host else pb.POD  # noqa: E731
-        return pb.PodSandboxConfig(
+        config = pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(name=name, uid=uid, namespace=namespace),
             hostname="" if host_network else name, log_directory=str(self.dir / "logs" / uid),
             annotations=dict(annotations or {}),
@@ -229,6 +231,10 @@ class CriNode:
                     privileged=privileged,
                     namespace_options=pb.NamespaceOption(network=mode(host_network), pid=mode(host_pid),
                                                          ipc=mode(host_ipc)))))
+        if seccomp_default:
+            config.linux.security_context.seccomp.SetInParent()  # RuntimeDefault is the enum's zero
+            config.linux.security_context.seccomp.profile_type = pb.SecurityProfile.RuntimeDefault
+        return config
 
     def run_pod(self, config, handler: str = "runc") -> str:
         (self.dir / "logs" / config.metadata.uid).mkdir(parents=True, exist_ok=True)

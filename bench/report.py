@@ -179,7 +179,9 @@ def summary_rows(res: dict) -> list[str]:
         p, x = cri["pods"], cri["exec"]
         L.append(_row("containerd CRI pod start (sandbox + create + start; bare: runc with RuntimeDefault seccomp)",
                       p.get("runc + RuntimeDefault seccomp"), p.get("no-op Python shim"),
-                      p.get("tiergate baseline (unlabelled image)"), f"plain runc {cell(p.get('runc'))}"))
+                      p.get("tiergate baseline (unlabelled image)"),
+                      f"plain runc {cell(p.get('runc'))}; RuntimeDefault at pod level (pause filtered too) "
+                      f"{cell(p.get('runc + RuntimeDefault seccomp, pod level (sandbox too)'))}"))
         L.append(_row("CRI ExecSync `true`", x.get("runc"), x.get("no-op Python shim"), x.get("tiergate")))
     return L
 

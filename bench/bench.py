@@ -967,7 +967,7 @@ class Bench:
         execs = {k: stats(v) for k, v in raw["exec"].items()}
         self.results["cri"] = {"rounds": rounds,
                                "pods": with_deltas(pods, "runc + RuntimeDefault seccomp", "no-op Python shim"),
-                               "exec": with_deltas(execs, "runc", "no-op Python shim")}
+                               "exec": with_deltas(execs, "runc + RuntimeDefault seccomp", "no-op Python shim")}
 
     def section_filters(self) -> None:
         """What runc pays to build each seccomp filter (bench/filters.py)."""

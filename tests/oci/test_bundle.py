@@ -136,12 +136,16 @@ class TestWrite:
         assert leftovers(bdir) == []
 
     def test_no_fsync(self, bdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        """A bundle lives for one start: its rewrite is a rename, never a wait for the disk."""
+        """A bundle lives for one start: its rewrite is a rename (an exec's process file: a write
+        in place), never a wait for the disk."""
         synced: list[int] = []
         monkeypatch.setattr(os, "fsync", synced.append)
+        monkeypatch.setattr(os, "fdatasync", synced.append)
+        (bdir / "process.json").write_text('{"args": ["sh"]}')
         bundle.write_config(str(bdir), {"other": True})
         bundle.write_json_file(str(bdir / "process.json"), {"args": ["true"]})
         assert synced == [] and json.loads((bdir / "config.json").read_text()) == {"other": True}
+        assert json.loads((bdir / "process.json").read_text()) == {"args": ["true"]}
 
     def test_unserialisable_spec_touches_nothing(self, bdir: Path) -> None:
         original = (bdir / "config.json").read_bytes()
@@ -175,6 +179,61 @@ class TestWrite:
         with pytest.raises(BundleError) as info:
             bundle.write_config(str(bdir), SPEC)
         assert str(info.value) == f"cannot write {bdir}/config.json: read-only file system"
+
+
+
+class TestRewriteInPlace:
+    """write_json_file (exec's --process file): the same inode rewritten, never through a link."""
+
+    def test_rewrites_the_same_file(self, tmp_path: Path) -> None:
+        p = tmp_path / "process.json"
+        p.write_text(json.dumps({"args": ["sh", "-c", "x" * 200], "cwd": "/"}))
+        p.chmod(0o640)
+        before = p.stat()
+        bundle.write_json_file(str(p), {"args": ["sh"]})  # shorter: the old tail is cut off
+        assert bundle.read_json_file(str(p)) == {"args": ["sh"]}
+        after = p.stat()
+        assert (after.st_ino, stat.S_IMODE(after.st_mode), after.st_uid) == (before.st_ino, 0o640, before.st_uid)
+        bundle.write_json_file(str(p), {"args": ["sh", "-c", "y" * 500]})  # longer
+        assert bundle.read_json_file(str(p)) == {"args": ["sh", "-c", "y" * 500]}
+        assert sorted(x.name for x in tmp_path.iterdir()) == ["process.json"]
+
+    def test_symlink_refused(self, tmp_path: Path) -> None:
+        target = tmp_path / "target.json"
+        target.write_text("{}")
+        (tmp_path / "process.json").symlink_to(target)
+        with pytest.raises(BundleError) as info:
+            bundle.write_json_file(str(tmp_path / "process.json"), {"args": ["sh"]})
+        assert str(info.value) == f"refusing to follow symlink {tmp_path}/process.json"
+        assert target.read_text() == "{}"
+
+    def test_hard_link_refused(self, tmp_path: Path) -> None:
+        """A second name would see the rewrite too (a file elsewhere linked in by whoever chose the path)."""
+        other = tmp_path / "other.json"
+        other.write_text("{}")
+        os.link(other, tmp_path / "process.json")
+        with pytest.raises(BundleError) as info:
+            bundle.write_json_file(str(tmp_path / "process.json"), {"args": ["sh"]})
+        assert str(info.value) == f"refusing to rewrite {tmp_path}/process.json: it has 2 links"
+        assert other.read_text() == "{}"
+
+    def test_not_a_regular_file(self, tmp_path: Path) -> None:
+        os.mkfifo(tmp_path / "fifo.json")  # no reader: the open fails at once, it never blocks
+        with pytest.raises(BundleError) as info:
+            bundle.write_json_file(str(tmp_path / "fifo.json"), {"args": ["sh"]})
+        assert str(info.value) == f"cannot write {tmp_path}/fifo.json: no such device or address"
+        (tmp_path / "dir.json").mkdir()
+        with pytest.raises(BundleError) as info:
+            bundle.write_json_file(str(tmp_path / "dir.json"), {"args": ["sh"]})
+        assert str(info.value) == f"cannot write {tmp_path}/dir.json: is a directory"
+        with pytest.raises(BundleError) as info:
+            bundle.write_json_file(os.devnull, {"args": ["sh"]})
+        assert str(info.value) == f"refusing to rewrite {os.devnull}: it is not a regular file"
+
+    def test_missing(self, tmp_path: Path) -> None:
+        with pytest.raises(BundleError) as info:
+            bundle.write_json_file(str(tmp_path / "process.json"), {"args": ["sh"]})
+        assert str(info.value) == f"cannot write {tmp_path}/process.json: no such file or directory"
 
 
 def test_real_path_is_os_path_realpath(tmp_path: Path, monkeypatch) -> None:

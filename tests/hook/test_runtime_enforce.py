@@ -129,6 +129,26 @@ def test_exec_process_file_hardened(env):
     assert proc["capabilities"]["effective"] == ["CAP_NET_BIND_SERVICE"] and proc["noNewPrivileges"] is True
 
 
+def test_exec_process_file_rewritten_in_place(env):
+    """The file the engine wrote is the one hardened (same inode, mode, nothing left beside it);
+    one with a second name is never written through: the exec fails closed, the runtime never runs."""
+    root = _state(env)
+    p = _process(env, ["CAP_KILL", "CAP_NET_BIND_SERVICE"])
+    p.chmod(0o600)
+    before = p.stat()
+    assert _main(env, ["--root", root, "exec", "--process", str(p), "c1"]) == "exec"
+    after = p.stat()
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert json.loads(p.read_text())["capabilities"]["effective"] == ["CAP_NET_BIND_SERVICE"]
+    assert sorted(x.name for x in p.parent.iterdir() if x.name.startswith((".process", "process"))) == ["process.json"]
+    env["calls"].clear()
+    p = _process(env, ["CAP_KILL"])
+    os.link(p, env["tmp"] / "elsewhere.json")
+    assert _main(env, ["--root", root, "exec", "--process", str(p), "c1"]) == 1
+    assert env["calls"] == []
+    assert json.loads((env["tmp"] / "elsewhere.json").read_text())["capabilities"]["effective"] == ["CAP_KILL"]
+
+
 def test_exec_privileged_refused_by_restricted(env):
     root = _state(env)
     p = _process(env, ["CAP_SYS_ADMIN", "CAP_KILL"])

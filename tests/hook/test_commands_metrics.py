@@ -170,3 +170,48 @@ def test_out_is_atomic(tmp_path, capsys):
     assert cli.main(["metrics", "--file", str(log)]) == 0
     assert capsys.readouterr().out == expected
     assert cli.main(["metrics", "--file", str(log), "--out", str(tmp_path / "nodir" / "x.prom")]) == 2
+
+
+def test_state_is_rewritten_in_place_and_never_shrinks(tmp_path):
+    """One inode, rewritten under the lock; a shorter state is padded (still JSON), a longer one grows."""
+    log = str(tmp_path / "d.jsonl")
+    path = counters.path_for(log)
+    bad = {"stage": "precreate", "tier": "baseline", "outcome": "allowed", "policy": "p", "policy_error": "x" * 700}
+    assert counters.update(log, bad, 1.0) is None
+    inode, size = os.stat(path).st_ino, os.stat(path).st_size
+    assert counters.update(log, {**bad, "policy_error": None}, 2.0) is None  # the long reason is gone
+    assert (os.stat(path).st_ino, os.stat(path).st_size) == (inode, size)
+    state = counters.load(path)
+    assert state["records"] == 2 and state["policy_error"]["active"] == 0 and state["last_record"] == 2.0
+    for n in range(40):  # new tiers: the state outgrows its room
+        assert counters.update(log, {"stage": "precreate", "tier": f"tier-{n}", "outcome": "allowed"}, 3.0) is None
+    assert os.stat(path).st_ino == inode and os.stat(path).st_size > size
+    assert counters.load(path)["records"] == 42 and len(counters.load(path)["decisions"]) == 41
+    assert sorted(os.listdir(tmp_path)) == ["d.jsonl.counters.json", "d.jsonl.counters.json.lock"]
+
+
+def test_state_unchanged_when_the_disk_is_full(tmp_path, monkeypatch):
+    """No room to grow: nothing of the old state is overwritten, and the record says why."""
+    log = str(tmp_path / "d.jsonl")
+    rec = {"stage": "precreate", "tier": "baseline", "outcome": "allowed"}
+    assert counters.update(log, rec, 1.0) is None
+    before = open(counters.path_for(log), "rb").read()
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    problem = counters.update(log, {**rec, "tier": "a-new-tier-" + "x" * 600}, 2.0)
+    assert problem == f"metrics state {counters.path_for(log)}: No space left on device"
+    assert open(counters.path_for(log), "rb").read() == before
+    assert counters.load(counters.path_for(log))["records"] == 1
+
+
+def test_state_never_written_through_a_symlink(tmp_path):
+    log = str(tmp_path / "d.jsonl")
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    os.symlink(target, counters.path_for(log))
+    problem = counters.update(log, {"stage": "precreate", "tier": "baseline", "outcome": "allowed"}, 1.0)
+    assert problem and problem.startswith(f"metrics state {counters.path_for(log)}: ")
+    assert target.read_text() == "keep"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import probe_status
+from harness import probe_status, wait_until
 from tiergate_fixtures import STATUS_SH, Hooks, podman_argv, tg_control, tg_images, tg_policy, tiergate  # noqa: F401
 
 from tiergate.engines import front, warm
@@ -31,6 +31,14 @@ def helper_pid(key: str, timeout: float = 60, other_than: int | None = None) -> 
                 return pid
         time.sleep(0.1)
     raise AssertionError(f"no warm helper for {key} after {timeout} s")
+
+
+def children(pid: int) -> list[int]:
+    """The helper's children: its spare (engines/warm.py keeps one forked ahead) and the starts it serves."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if alive(int(c))]
+    except OSError:
+        return []
 
 
 def alive(pid: int) -> bool:
@@ -70,8 +78,11 @@ def test_a_warm_start_is_as_hardened_as_one_in_process_and_logged_once(wh, tg_im
     absent, rec = start(hooks, image)  # no helper: the hook runs it, and starts one
     assert "warm" not in rec and rec["outcome"] == "allowed", rec
     pid = helper_pid(key)
+    spare = wait_until(lambda: (c := children(pid)) and len(c) == 1 and c[0], timeout=30, what="the helper's spare")
     served, rec = start(hooks, image)
     assert rec.get("warm") == pid and (rec["tier"], rec["outcome"]) == ("restricted", "allowed"), rec
+    assert not alive(spare), "the spare that was waiting took the start and is done"
+    wait_until(lambda: (c := children(pid)) and len(c) == 1 and c[0] != spare, timeout=30, what="one new spare")
     # another mount namespace: the helper declines (it would see other files), the hook runs it
     declined, rec = start(hooks, image, prefix=("unshare", "-m"))
     assert "warm" not in rec and rec["outcome"] == "allowed", rec
@@ -161,15 +172,11 @@ def test_a_start_whose_helper_child_dies_fails_with_one_line(wh, tg_images):
         start(hooks, tg_images["baseline"])
     pid = helper_pid(key)
     argv = [str(hooks.bin_dir / "tiergate-hook"), "precreate", "--policy", str(hooks.dir), "--log", str(hooks.log)]
+    spare = wait_until(lambda: (c := children(pid)) and len(c) == 1 and c[0], timeout=30, what="the helper's spare")
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={}, cwd="/")
-    try:  # the child reads the spec from our pipe, which we hold open: it waits, mid-request
-        children: list[str] = []
-        deadline = time.monotonic() + 30
-        while not children and time.monotonic() < deadline:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            time.sleep(0.05)
-        assert children, "the helper forked no child for the request"
-        os.kill(int(children[0]), signal.SIGKILL)
+    try:  # the spare takes it and reads the spec from our pipe, which we hold open: it waits, mid-request
+        wait_until(lambda: set(children(pid)) - {spare}, timeout=30, what="the next spare (the first took the start)")
+        os.kill(spare, signal.SIGKILL)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,206 @@ def test_stop_leaves_no_empty_helper_directory_and_keeps_one_in_use(tmp_path):
     (sockets / "k2-r").unlink()
     warm.stop("k1-", directory=str(sockets), say=lambda _line: None)
     assert not run.exists() and (tmp_path / "run").is_dir()
+
+
+# -- the helper itself, driven with a stand-in entry: its spare, its reports, its exits -----------
+
+STANDIN = """import array, ctypes, os, sys
+from tiergate.engines import warm
+PAGE = os.sysconf("SC_PAGESIZE")
+BUF = bytearray(b"x" * 66 * PAGE)  # written by the helper at import: shared with its children until they write
+def main(**kwargs):
+    if sys.argv[2:] == ["pages"]:  # how many of BUF's 64 whole pages are this process's own already; then write them
+        first = -(-ctypes.addressof(ctypes.c_char.from_buffer(BUF)) // PAGE)
+        own = set(array.array("Q", warm._written()))
+        print(sum(p in own for p in range(first, first + 64)), BUF.count(b"x") == len(BUF), flush=True)
+        BUF[PAGE:65 * PAGE:PAGE] = b"y" * 64
+    else:
+        print(os.getpid(), sys.argv[1], flush=True)
+    return int(sys.argv[1])
+"""
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the helper serves only root, from a root-owned directory")
+
+
+def _until(predicate, timeout: float = 30.0, what: str = "it"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.02)
+    return value
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+class Helper:
+    """warm.main in a process of its own (as the launcher runs it), serving the stand-in entry."""
+
+    def __init__(self, root: Path, idle: float = 60.0) -> None:
+        (root / "releases" / "r1").mkdir(parents=True)
+        (root / "releases" / "r2").mkdir()
+        (root / "standin_entry.py").write_text(STANDIN)
+        self.root, self.link = root, root / "current"
+        os.symlink("releases/r1", self.link)
+        self.prefix = f"{root}/run/warm/k-"
+        self.path = self.prefix + "r1"
+        code = (f"import sys\nsys.path[:0] = {[str(root), *sys.path]!r}\nfrom tiergate.engines import warm\n"
+                f"sys.exit(warm.main({str(root / 'releases' / 'r1')!r}, {str(self.link)!r}, {self.prefix!r}, "
+                f"'standin_entry', {{}}, idle={idle!r}))\n")
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        _until(lambda: os.path.exists(self.path) or self.proc.poll() is not None, 120, "helper socket")
+        assert self.proc.poll() is None, "the helper exited before it listened"
+
+    def spare(self) -> int:
+        """The helper's one waiting child, once there is exactly one."""
+        return _until(lambda: (c := _children(self.pid)) and len(c) == 1 and c[0], what="single spare")
+
+    def ask(self, status: int = 0, prefix: tuple[str, ...] = (), *args: str) -> tuple[bytes, str]:
+        """A launcher's request (the stand-in returns `status`) from a process of its own: (the helper's
+        reply bytes, what the start printed on its stdout)."""
+        client = (f"import array, os, socket, sys\nsys.path[:0] = {sys.path!r}\nfrom tiergate.engines import warm\n"
+                  f"s = socket.socket(socket.AF_UNIX)\ns.connect({self.path!r})\n"
+                  f"d = warm.encode_request(['standin', '{status}', *{args!r}], '/', {{}}, 0o22)\nout = b''\ntry:\n"
+                  "    s.sendmsg([d], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(array.array('i', [0, 1, 2])))])\n"
+                  "    while b := s.recv(64):\n        out += b\n"
+                  "except OSError:\n    out += b'<closed>'\nos.write(2, out)\n")
+        proc = subprocess.run([*prefix, sys.executable, "-I", "-c", client], capture_output=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        return proc.stderr, proc.stdout.decode()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def helper(tmp_path):
+    h = Helper(tmp_path)
+    yield h
+    spares = _children(h.pid)
+    h.stop()
+    for pid in spares:
+        _until(lambda pid=pid: _gone(pid), what=f"exit of the spare {pid}")
+
+
+SERVED = warm.ACCEPTED + warm.frame(b"E", bytes([3]))
+
+
+@as_root
+def test_a_spare_waits_ahead_takes_the_start_and_the_next_is_forked(helper):
+    """The start runs in the process forked before it arrived; a new spare replaces it; only one ever waits."""
+    seen = []
+    for _ in range(3):
+        spare = helper.spare()
+        assert spare not in seen
+        reply, out = helper.ask(3)
+        assert reply == SERVED, reply
+        assert out.split() == [str(spare), "3"], (out, spare)  # run by the spare itself
+        seen.append(spare)
+        nxt = helper.spare()  # the served one exited; one new spare waits
+        assert nxt not in seen and not _gone(nxt)
+    assert all(_gone(pid) for pid in seen)  # reaped: no zombies
+
+
+@as_root
+def test_declined_peers_leave_the_spare_waiting(helper):
+    """Not root, or root with fewer privileges than the helper: declined by the spare, which waits on
+    (the launcher runs such a start in-process). A close with the request unread may reach the
+    client as a reset: anything without "A" is a refusal."""
+    assert helper.ask(3)[0] == SERVED  # first a start served: a root peer declined later keeps the helper
+    spare = helper.spare()
+    nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",  # through the 0700 dir: DAC override
+              "--inh-caps=+dac_override", "--ambient-caps=+dac_override")
+    fewer = ("setpriv", "--bounding-set", "-sys_module", "--")
+    for prefix in (nobody, fewer):
+        reply, out = helper.ask(3, prefix)
+        assert reply in (warm.DECLINED, b"<closed>", warm.DECLINED + b"<closed>") and not out, (prefix, reply)
+    assert _children(helper.pid) == [spare]  # declines do not use up the spare
+    assert helper.ask(3) == (SERVED, f"{spare} 3\n")  # control: root with the helper's credentials
+
+
+@as_root
+def test_a_root_peer_elsewhere_first_ends_the_helper_and_later_does_not(tmp_path):
+    first = Helper(tmp_path / "first")
+    try:
+        spare = first.spare()
+        assert first.ask(3, ("unshare", "-m"))[0] in (warm.DECLINED, b"<closed>", warm.DECLINED + b"<closed>")
+        assert first.proc.wait(timeout=30) == 0  # it leaves the socket to a helper of their own
+        _until(lambda: _gone(spare), what="exit of its spare")
+    finally:
+        first.stop()
+    later = Helper(tmp_path / "later")
+    try:
+        assert later.ask(3)[0] == SERVED
+        assert later.ask(3, ("unshare", "-m"))[0] in (warm.DECLINED, b"<closed>", warm.DECLINED + b"<closed>")
+        assert later.proc.poll() is None and later.ask(3)[0] == SERVED
+    finally:
+        later.stop()
+
+
+@as_root
+def test_a_spare_from_a_replaced_release_never_serves(helper):
+    """Switched `current` (an upgrade): the waiting spare declines the next start at once (its
+    launcher runs it in-process and starts a helper of the new release) and its helper leaves."""
+    assert helper.ask(3)[0] == SERVED  # control
+    spare = helper.spare()
+    os.symlink("releases/r2", helper.root / "new")
+    os.replace(helper.root / "new", helper.link)
+    reply, out = helper.ask(3)
+    assert reply in (warm.DECLINED, b"<closed>", warm.DECLINED + b"<closed>") and not out, (reply, out)
+    assert helper.proc.wait(timeout=30) == 0
+    _until(lambda: _gone(spare), what="exit of the old release's spare")
+    assert not os.path.exists(helper.path) and not os.path.exists(helper.path + ".pid")
+
+
+@as_root
+@pytest.mark.parametrize("how", ["idle", "stop", "SIGKILL of the helper", "SIGKILL of the spare"])
+def test_no_spare_outlives_its_helper(tmp_path, how):
+    h = Helper(tmp_path, idle=1.0 if how == "idle" else 60.0)
+    spare = 0
+    try:
+        assert h.ask(3)[0] == SERVED
+        spare = h.spare()
+        if how == "stop":
+            assert warm.stop("k-", directory=str(tmp_path / "run" / "warm"), say=lambda _l: None) == [h.pid]
+        elif how == "SIGKILL of the helper":
+            os.kill(h.pid, signal.SIGKILL)
+        elif how == "SIGKILL of the spare":  # a spare that exits unserved: the helper leaves, forks no other
+            os.kill(spare, signal.SIGKILL)
+        h.proc.wait(timeout=30)
+        _until(lambda: _gone(spare), timeout=10, what=f"exit of the spare after {how}")
+        assert not [pid for pid in _children(h.pid) if not _gone(pid)]
+    finally:
+        h.stop()
+        if not _gone(spare):  # the test failed: leave no process behind
+            os.kill(spare, signal.SIGKILL)
+
+
+@as_root
+def test_spares_take_ahead_the_copy_on_write_faults_the_first_starts_took(helper):
+    """The helper learns which pages its first LEARN starts wrote (the stand-in writes 64 pages the
+    helper filled); a spare forked after that has them as its own before its start (pre-faulted,
+    unchanged: the start still reads what the helper wrote)."""
+    counts = []
+    for _ in range(warm.LEARN + 4):
+        reply, out = helper.ask(3, (), "pages")
+        assert reply == SERVED, reply
+        ahead, same = out.split()
+        assert same == "True", out  # pre-faulting changed no byte
+        counts.append(int(ahead))
+        if counts[-1] == 64:
+            break
+    assert counts[0] == 0 and counts[-1] == 64, counts  # nothing learned yet, then all of them

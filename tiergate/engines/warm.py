@@ -5,10 +5,21 @@ is a small C client, the front (engines/front.c, compiled at install by engines/
 connects to this helper's unix socket, /run/tiergate/warm/<key>-<release digest> (the key: a
 hash of the Python launcher's text, fixed at install; the digest: lib/current's target, read on
 every start, so an upgrade never talks to the old release's helper), sends its argv, cwd, umask
-and environment (encode_request: NUL-terminated fields) and passes its fds 0, 1, 2; the helper
-forks a child that takes them over and runs the same entry `main` the Python launcher would
+and environment (encode_request: NUL-terminated fields) and passes its fds 0, 1, 2; a child of
+the helper takes them over and runs the same entry `main` the Python launcher would
 (engines/boot.py), only with the modules already imported. The child confines itself as an
 in-process start does; the helper keeps the privileges of the launcher that started it.
+
+That child is forked before its start arrives (a spare, _serve): on this 2-CPU VM the fork, the
+child's setup and its copy-on-write faults (~3.5 us a page, ~700 a start) cost each start ~3 ms
+when done after the connect. The spare waits on the socket, accepts the next connection itself,
+checks the peer and its own release, tells the helper (a byte on its report pipe: the helper
+forks the next spare at once) and serves; it pre-faults (MADV_POPULATE_WRITE) the pages the
+helper's first starts wrote (LEARN; they send them from /proc/self/pagemap when done), so its
+start writes to pages of its own. A spare exits when its helper does (the life pipe), declines
+and exits once its release or socket is replaced, and a spare that exits unserved ends the
+helper. No request-dependent state is prepared ahead: the policy cache, the engine's files and
+the environment are read by the start itself, as in-process.
 
 The helper serves only uid 0 in its own mount, pid, network, user, cgroup, IPC and UTS
 namespaces and root directory, with its own credentials (SO_PEERCRED, /proc/<pid>/*); it
@@ -19,7 +30,7 @@ After "A" the child sends frames (frame(): tag, 4-byte length, body): E (the exi
 (exec this path, argv, environment) or R (run it as your child and reply its status); the
 start's stdin is gone by then, so a child that dies without an E fails the start with one
 line. The helper exits after IDLE_EXIT seconds without a request, or within TICK seconds of
-its release or socket being replaced.
+its release or socket being replaced (its spare already declines the first start after that).
 """
 
 from __future__ import annotations
@@ -275,8 +286,9 @@ def main(release: str, link: str, sock: str, entry: str, kwargs: dict, idle: flo
         listener.bind(path)
         os.chmod(path, 0o600)
         listener.listen(64)
+        listener.setblocking(False)  # only spares accept, when poll says a launcher waits (_spare)
         bound = os.stat(path).st_ino
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # spares and children are reaped by the kernel
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         gc.collect()
         gc.freeze()  # what the children share stays shared
@@ -304,55 +316,193 @@ def _current(path: str, bound: int, link: str, release: str) -> bool:
         return False
 
 
+# What a spare tells its helper, a byte each on its report pipe (EOF: it exited without serving).
+TOOK = b"t"  # a peer passed the check: this process serves it now, the helper forks the next spare
+TURNED = b"d"  # it declined a peer (not root, or a failed check) and waits on as the spare
+ELSEWHERE = b"e"  # it declined a root peer in other namespaces (_serve's "elsewhere" rule)
+STALE = b"s"  # the release or socket was replaced: it declined the peer and exits
+LEARN = 4  # starts whose written pages the helper learns (_written), for its spares to pre-fault
+
+
+class _Spares:
+    """What the helper hands each spare it forks: the socket, what to drop, whom to serve, what to run,
+    the life pipe (its write end closes when the helper exits, however: the spare then exits) and
+    the pages starts wrote (learned from the first LEARN starts)."""
+
+    def __init__(self, listener, lock: int, entry: str, kwargs: dict, current) -> None:
+        self.listener, self.lock, self.entry, self.kwargs, self.current = listener, lock, entry, kwargs, current
+        self.own = identity("self")
+        self.life = os.pipe()
+        self.pages: set[int] = set()
+        self.learned = 0
+
+    def fork(self) -> tuple[int, int, bool]:
+        """(pid, the read end of its report pipe, whether its start sends the pages it wrote) of a new spare."""
+        report = os.pipe()
+        learn = self.learned < LEARN
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(report[0])
+                _spare(self, report[1], learn)
+            finally:
+                os._exit(1)  # never the helper's own cleanup in a spare (a SIGTERM just before the fork)
+        os.close(report[1])
+        return pid, report[0], learn
+
+    def learn(self, data: bytes) -> None:
+        """Add the pages a served start wrote (_written; one killed mid-way sent a part, or nothing)."""
+        import array
+
+        self.pages.update(array.array("Q", data[:len(data) - len(data) % 8]))
+        self.learned += 1
+
+
 def _serve(listener, lock: int, entry: str, kwargs: dict, idle: float, current) -> None:
+    """Keep one spare (_spare) forked ahead, waiting on the socket, and fork the next the moment it
+    takes a start: the fork, and everything a start needs that no request decides, happen between
+    starts, not during one. The helper never accepts; it reads its spare's reports (the idle clock,
+    the "elsewhere" rule), the pages its first starts wrote, and checks every TICK that its release
+    and socket are still current. A spare that exits unserved (killed, or its release replaced)
+    ends the helper rather than forking in a loop: the next start runs in-process and starts one."""
+    import select
     import time
 
-    own = identity("self")
-    listener.settimeout(min(TICK, idle))
+    spares = _Spares(listener, lock, entry, kwargs, current)
+    spare = None  # (pid, the read end of its report pipe, whether its start sends the pages it wrote)
+    learning: dict[int, bytearray] = {}  # report pipes of served starts that send their written pages
     last = time.monotonic()
     served = 0
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except (TimeoutError, InterruptedError):
-            if time.monotonic() - last >= idle or not current():
+    try:
+        while True:
+            if spare is None:
+                spare = spares.fork()
+            ready = select.select([spare[1], *learning], [], [], min(TICK, idle))[0]
+            for fd in [fd for fd in ready if fd in learning]:
+                more = os.read(fd, 1 << 16)
+                if more:
+                    learning[fd] += more
+                else:  # that start has ended
+                    spares.learn(learning.pop(fd))
+                    os.close(fd)
+            if spare[1] not in ready:
+                if time.monotonic() - last >= idle or not current():
+                    return
+                continue
+            said = os.read(spare[1], 1)
+            last = time.monotonic()
+            if said == TOOK:
+                served += 1
+                if spare[2]:
+                    learning[spare[1]] = bytearray()
+                else:
+                    os.close(spare[1])
+                spare = None
+            elif not said or said == STALE or said == ELSEWHERE and not served:
+                return  # ELSEWHERE first: started by a hook in other namespaces (`unshare`?): leave the socket to theirs
+    finally:
+        for fd in (*spares.life, *learning):
+            os.close(fd)
+        if spare is not None:
+            _retire(*spare[:2])
+
+
+def _retire(pid: int, report: int, wait: float = 1.0) -> None:
+    """The helper is leaving, so is its spare (the life pipe closed): wait until it has gone, or has
+    taken a start it accepted just before (that one runs to its end, as any served start); a spare
+    still there after `wait` is killed (it answered no "A" yet: its start runs in-process)."""
+    import select
+    import signal
+    import time
+
+    deadline = time.monotonic() + wait
+    try:
+        while select.select([report], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            if os.read(report, 1) in (b"", TOOK):
                 return
-            continue
-        last = time.monotonic()
-        with conn:
-            outcome = _one(conn, own, listener, lock, entry, kwargs)
-        served += outcome == "served"
-        if outcome == "elsewhere" and not served:
-            return  # started by a hook in other namespaces (a one-off `unshare`?): leave the socket to this one's
+        os.kill(pid, signal.SIGKILL)  # its report pipe is open: it is alive, this pid is still its own
+    except OSError:
+        pass
+    finally:
+        os.close(report)
 
 
-def _one(conn, own: dict, listener, lock: int, entry: str, kwargs: dict) -> str:
-    """One connection: check the peer, take its request and fds, fork the child that runs it.
-    "served", "elsewhere" (declined: a root peer in other namespaces) or "declined"."""
+def _spare(spares: _Spares, report: int, learn: bool) -> None:
+    """The spare, forked before its start: drop what the helper alone keeps (its lock, the life pipe's
+    write end), set the start's signal dispositions, no cyclic GC, look up what the start runs, take
+    the copy-on-write faults starts took (_prefault), then take the next connection itself and check
+    the peer (_check); it tells the helper before it reads the request, so the next spare is forked
+    while this start runs. It exits when the helper does."""
+    import gc
+    import select
+    import signal
+
+    listener, life = spares.listener, spares.life[0]
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the start's own waitpid and subprocess work
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.close(spares.lock)
+        os.close(spares.life[1])
+        gc.disable()  # as engines/boot.py: one start frees by reference counting
+        from tiergate.engines.boot import status_of
+        from tiergate.telemetry import record
+
+        record.SERVED["warm"] = os.getppid()  # the decision record says who ran the start
+        main = __import__(spares.entry, fromlist=["main"]).main
+        waiting = select.poll()
+        waiting.register(listener, select.POLLIN)
+        waiting.register(life, select.POLLIN)
+        if not waiting.poll(0):  # no launcher waits yet (a burst of starts is served first)
+            _prefault(spares.pages)
+        while True:
+            if any(fd == life for fd, _ in waiting.poll()):
+                os._exit(0)  # the helper is gone
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, ConnectionAbortedError):
+                continue  # that launcher gave up
+            why = _check(conn, spares.own, spares.current)
+            if why is None:
+                break
+            try:
+                conn.sendall(DECLINED)
+            except OSError:
+                pass
+            conn.close()
+            os.write(report, why)
+            if why == STALE:
+                os._exit(0)
+        os.write(report, TOOK)
+        listener.close()
+        os.close(life)
+        if not learn:
+            os.close(report)
+            report = -1
+    except BaseException:  # noqa: BLE001  nothing of a start was read: its launcher runs it itself
+        os._exit(1)
+    global _report
+    _report = report
+    kwargs = spares.kwargs
+    _child(conn, lambda: status_of(main(**kwargs)))
+
+
+def _check(conn, own: dict, current) -> bytes | None:
+    """None when this spare may serve the peer on `conn`; else why not: STALE (its release or socket
+    was replaced since the spare was forked: never serve from an old release), ELSEWHERE (a root
+    peer in other namespaces or with other credentials: peer_problem) or TURNED (anyone else)."""
     import socket
     import struct
 
-    fds: list[int] = []
-    outcome = "declined"
     try:
         conn.settimeout(REQUEST_TIMEOUT)
+        if not current():
+            return STALE
         pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        problem = peer_problem(uid, identity(pid), own)
-        if problem is None:
-            request, fds = _receive(conn)
-            if len(fds) == FDS:
-                if os.fork() == 0:
-                    _child(conn, fds, request, listener, lock, entry, kwargs)
-                return "served"  # the child answers
-        elif uid == 0:
-            outcome = "elsewhere"
-        conn.sendall(DECLINED)
-    except (OSError, ValueError):
-        pass
-    finally:
-        for fd in fds:
-            os.close(fd)
-    return outcome
+        if peer_problem(uid, identity(pid), own) is None:
+            return None
+        return ELSEWHERE if uid == 0 else TURNED
+    except OSError:
+        return TURNED
 
 
 def _receive(conn) -> tuple[Request, list[int]]:
@@ -380,45 +530,39 @@ def _receive(conn) -> tuple[Request, list[int]]:
         raise
 
 
-def _child(conn, fds: list[int], request: Request, listener, lock: int, entry: str, kwargs: dict) -> None:
-    """In the forked child: become the launcher's process (fds, cwd, umask, environment, argv),
-    say "A", run the entry's main as engines/boot.py does, close its stdio, send the status."""
-    import gc
-    import signal
+def _child(conn, run) -> None:
+    """The spare that took a start: receive the request and fds, become the launcher's process (fds,
+    cwd, umask, environment, argv), say "A", run the entry (`run`: its main, as engines/boot.py
+    does), close its stdio, send the status."""
     import time
 
     status = 1
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the start's own waitpid and subprocess work
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        listener.close()
-        os.close(lock)
+        request, fds = _receive(conn)
+        if len(fds) != FDS:
+            raise ValueError("not the launcher's three fds")
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         for fd in fds:
             if fd > 2:
                 os.close(fd)
-        fds.clear()
         os.chdir(request.cwd)
         os.umask(request.umask)
         os.environb.clear()
         os.environb.update(request.env)
         time.tzset()
         sys.argv = list(request.argv)
-        from tiergate.telemetry import record
-
-        record.SERVED["warm"] = os.getppid()  # the decision record says who ran the start
         global _launcher
         _launcher = conn
-        gc.disable()
         conn.settimeout(None)
         conn.sendall(ACCEPTED)
     except BaseException:  # nothing was read from the start's stdin yet: the launcher runs it itself
-        os._exit(1)
+        try:
+            conn.sendall(DECLINED)
+        finally:
+            os._exit(1)
     try:
-        from tiergate.engines.boot import status_of
-
-        status = status_of(__import__(entry, fromlist=["main"]).main(**kwargs))
+        status = run()
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # noqa: BLE001  main catches its own; one line, never a traceback
@@ -432,7 +576,7 @@ def _child(conn, fds: list[int], request: Request, listener, lock: int, entry: s
         _let_go()
         conn.sendall(frame(b"E", bytes([status & 0xFF])))
     finally:
-        os._exit(0)
+        _end()
 
 
 def _let_go() -> None:
@@ -452,8 +596,75 @@ def hand_back_body(path: str, argv: list[str], env: dict) -> bytes:
     return fields(path, str(len(argv)), *argv, *(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()))
 
 
-# In a child: its connection to the front, which runs the real runtime for it (hand_over).
+# In a child: its connection to the front, which runs the real runtime for it (hand_over), and its
+# report pipe to the helper while the helper learns the pages starts write (-1: not this one).
 _launcher = None
+_report = -1
+MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+
+def _end() -> NoReturn:
+    """A served start's end, its stdio released: send the helper the pages it wrote (when asked), exit."""
+    try:
+        if _report >= 0:
+            os.write(_report, _written())
+    finally:
+        os._exit(0)
+
+
+def _writable() -> list[tuple[int, int]]:
+    """This process's private writable mappings, as (first page, end page)."""
+    size = os.sysconf("SC_PAGESIZE")
+    out = []
+    with open("/proc/self/maps", "rb") as fh:
+        for line in fh:
+            span, mode = line.split(None, 2)[:2]
+            if mode == b"rw-p":
+                lo, hi = span.split(b"-")
+                out.append((int(lo, 16) // size, int(hi, 16) // size))
+    return out
+
+
+def _written() -> bytes:
+    """The pages this process wrote (or had its spare pre-fault) in the memory it shares with the
+    helper, as 8-byte page numbers: those of its private writable mappings that pagemap shows
+    present and mapped by it alone (bits 63 and 56: a page still shared with the helper is not)."""
+    import array
+
+    want = 1 << 63 | 1 << 56
+    pages = array.array("Q")
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for lo, hi in _writable():
+            entries = array.array("Q", os.pread(fd, (hi - lo) * 8, lo * 8))
+            pages.extend(lo + i for i, e in enumerate(entries) if e & want == want)
+    finally:
+        os.close(fd)
+    return pages.tobytes()
+
+
+def _prefault(pages: set[int]) -> None:
+    """Take now, in the spare, the copy-on-write faults its start would take (~3.5 us each here; a
+    start writes ~500 pages the helper shares with it): MADV_POPULATE_WRITE the learned pages in
+    this process's private writable mappings. It changes no byte; a kernel without it refuses it."""
+    import bisect
+    import ctypes
+
+    if not pages:
+        return
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    size = os.sysconf("SC_PAGESIZE")
+    ordered = sorted(pages)
+    for lo, hi in _writable():
+        i, end = bisect.bisect_left(ordered, lo), bisect.bisect_left(ordered, hi)
+        while i < end:
+            j = i
+            while j + 1 < end and ordered[j + 1] == ordered[j] + 1:
+                j += 1
+            if madvise(ordered[i] * size, (j - i + 1) * size, MADV_POPULATE_WRITE):
+                return  # EINVAL: no such advice here
+            i = j + 1
 
 
 def handing() -> bool:
@@ -468,7 +679,7 @@ def hand_over(path: str, argv: list[str], env: dict) -> NoReturn:
     put back on fd 0."""
     _send(b"X", path, argv, env)
     _let_go()
-    os._exit(0)
+    _end()
 
 
 def run_over(path: str, argv: list[str], env: dict) -> Callable[[], int]:

@@ -212,10 +212,10 @@ def test_an_upgrade_never_talks_to_the_old_helper_and_uninstall_stops_the_helper
         os.symlink(os.path.relpath(current, lib), lib / ".current-new")
         os.replace(lib / ".current-new", lib / "current")
         shutil.rmtree(new)
-    pid = helper_pid(key, timeout=0.1) if any(q for _, q, _ in warm.helpers(key + "-")) else None
-    if pid is None:
-        start(hooks, tg_images["baseline"])
-        pid = helper_pid(key)
+    # the restored release has no helper (its old one left): this start starts one; the fresh
+    # helper may still be there until its next check (TICK), and uninstall stops both
+    start(hooks, tg_images["baseline"])
+    pid = helper_pid(key, other_than=fresh)
     out = tiergate("uninstall", "--engine", "podman", "--hooks-dir", hooks.hooks_dir, "--bin-dir", hooks.bin_dir).stdout
     assert f"stopped the warm helper {pid}" in out, out
     assert not alive(pid) and not warm.helpers(key + "-")

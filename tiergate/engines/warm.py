@@ -11,7 +11,7 @@ the helper takes them over and runs the same entry `main` the Python launcher wo
 in-process start does; the helper keeps the privileges of the launcher that started it.
 
 That child is forked before its start arrives (a spare, _serve): on this 2-CPU VM the fork, the
-child's setup and its copy-on-write faults (~3.5 us a page, ~700 a start) cost each start ~3 ms
+child's setup and its copy-on-write faults (~3 us a page, ~1,000 a start) cost each start ~3 ms
 when done after the connect. The spare waits on the socket, accepts the next connection itself,
 checks the peer and its own release, tells the helper (a byte on its report pipe: the helper
 forks the next spare at once) and serves; it pre-faults (MADV_POPULATE_WRITE) the pages the

@@ -41,6 +41,14 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def stdin_of(pid: int) -> int | None:
+    """The inode of a process's fd 0 (a served start's is its launcher's stdin)."""
+    try:
+        return os.stat(f"/proc/{pid}/fd/0").st_ino
+    except OSError:
+        return None
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
@@ -175,7 +183,8 @@ def test_a_start_whose_helper_child_dies_fails_with_one_line(wh, tg_images):
     spare = wait_until(lambda: (c := children(pid)) and len(c) == 1 and c[0], timeout=30, what="the helper's spare")
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={}, cwd="/")
     try:  # the spare takes it and reads the spec from our pipe, which we hold open: it waits, mid-request
-        wait_until(lambda: set(children(pid)) - {spare}, timeout=30, what="the next spare (the first took the start)")
+        ours = os.fstat(proc.stdin.fileno()).st_ino
+        wait_until(lambda: stdin_of(spare) == ours, timeout=30, what="the spare serving our start")
         os.kill(spare, signal.SIGKILL)
         out, err = proc.communicate(timeout=30)
     finally:

@@ -141,10 +141,13 @@ from tiergate.engines import warm
 PAGE = os.sysconf("SC_PAGESIZE")
 BUF = bytearray(b"x" * 66 * PAGE)  # written by the helper at import: shared with its children until they write
 def main(**kwargs):
+    if sys.argv[2:] == ["hold"]:  # a start in flight until the test closes its stdin
+        print(os.getpid(), flush=True)
+        sys.stdin.read()
     if sys.argv[2:] == ["pages"]:  # how many of BUF's 64 whole pages are this process's own already; then write them
         first = -(-ctypes.addressof(ctypes.c_char.from_buffer(BUF)) // PAGE)
         own = set(array.array("Q", warm._written()))
-        print(sum(p in own for p in range(first, first + 64)), BUF.count(b"x") == len(BUF), flush=True)
+        print(os.getpid(), sum(p in own for p in range(first, first + 64)), BUF.count(b"x") == len(BUF), flush=True)
         BUF[PAGE:65 * PAGE:PAGE] = b"y" * 64
     else:
         print(os.getpid(), sys.argv[1], flush=True)
@@ -189,27 +192,34 @@ class Helper:
         code = (f"import sys\nsys.path[:0] = {[str(root), *sys.path]!r}\nfrom tiergate.engines import warm\n"
                 f"sys.exit(warm.main({str(root / 'releases' / 'r1')!r}, {str(self.link)!r}, {self.prefix!r}, "
                 f"'standin_entry', {{}}, idle={idle!r}))\n")
+        self.served: set[int] = set()  # the pids that ran a start (the stand-in prints its own)
         self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
         _until(lambda: os.path.exists(self.path) or self.proc.poll() is not None, 120, "helper socket")
         assert self.proc.poll() is None, "the helper exited before it listened"
 
     def spare(self) -> int:
-        """The helper's one waiting child, once there is exactly one."""
-        return _until(lambda: (c := _children(self.pid)) and len(c) == 1 and c[0], what="single spare")
+        """The helper's one waiting child, once there is exactly one and no start it served is left."""
+        return _until(lambda: (c := _children(self.pid)) and len(c) == 1 and c[0] not in self.served and c[0],
+                      what="single spare")
 
     def ask(self, status: int = 0, prefix: tuple[str, ...] = (), *args: str) -> tuple[bytes, str]:
         """A launcher's request (the stand-in returns `status`) from a process of its own: (the helper's
         reply bytes, what the start printed on its stdout)."""
+        proc = subprocess.run(self.client(status, prefix, *args), capture_output=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        if proc.stdout:
+            self.served.add(int(proc.stdout.split()[0]))
+        return proc.stderr, proc.stdout.decode()
+
+    def client(self, status: int, prefix: tuple[str, ...], *args: str) -> list[str]:
         client = (f"import array, os, socket, sys\nsys.path[:0] = {sys.path!r}\nfrom tiergate.engines import warm\n"
                   f"s = socket.socket(socket.AF_UNIX)\ns.connect({self.path!r})\n"
                   f"d = warm.encode_request(['standin', '{status}', *{args!r}], '/', {{}}, 0o22)\nout = b''\ntry:\n"
                   "    s.sendmsg([d], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(array.array('i', [0, 1, 2])))])\n"
                   "    while b := s.recv(64):\n        out += b\n"
                   "except OSError:\n    out += b'<closed>'\nos.write(2, out)\n")
-        proc = subprocess.run([*prefix, sys.executable, "-I", "-c", client], capture_output=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
-        return proc.stderr, proc.stdout.decode()
+        return [*prefix, sys.executable, "-I", "-c", client]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -329,9 +339,31 @@ def test_spares_take_ahead_the_copy_on_write_faults_the_first_starts_took(helper
     for _ in range(warm.LEARN + 4):
         reply, out = helper.ask(3, (), "pages")
         assert reply == SERVED, reply
-        ahead, same = out.split()
+        _, ahead, same = out.split()
         assert same == "True", out  # pre-faulting changed no byte
         counts.append(int(ahead))
         if counts[-1] == 64:
             break
     assert counts[0] == 0 and counts[-1] == 64, counts  # nothing learned yet, then all of them
+
+
+@as_root
+def test_the_next_spare_waits_for_the_start_unless_a_launcher_does(helper):
+    """While a start is in flight the helper forks no spare beside it (its setup would compete for
+    the CPU); a launcher that connects meanwhile gets one at once and is served."""
+    assert helper.ask(3)[0] == SERVED
+    spare = helper.spare()
+    held = subprocess.Popen(helper.client(3, (), "hold"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert held.stdout.readline().split() == [str(spare).encode()]  # the spare took it, and holds it
+        time.sleep(0.5)  # room for a fork that should not happen
+        assert _children(helper.pid) == [spare]
+        reply, out = helper.ask(3)  # meanwhile: served by a spare forked for it
+        assert reply == SERVED and int(out.split()[0]) != spare, (reply, out)
+    finally:
+        held.stdin.close()
+        held.wait(timeout=60)
+    rest, err = held.stdout.read(), held.stderr.read()
+    assert rest.split() == [str(spare).encode(), b"3"] and err == SERVED, (rest, err)
+    assert helper.spare() not in (spare, *helper.served)

@@ -13,13 +13,14 @@ in-process start does; the helper keeps the privileges of the launcher that star
 That child is forked before its start arrives (a spare, _serve): on this 2-CPU VM the fork, the
 child's setup and its copy-on-write faults (~3 us a page, ~1,000 a start) cost each start ~3 ms
 when done after the connect. The spare waits on the socket, accepts the next connection itself,
-checks the peer and its own release, tells the helper (a byte on its report pipe: the helper
-forks the next spare at once) and serves; it pre-faults (MADV_POPULATE_WRITE) the pages the
-helper's first starts wrote (LEARN; they send them from /proc/self/pagemap when done), so its
-start writes to pages of its own. A spare exits when its helper does (the life pipe), declines
-and exits once its release or socket is replaced, and a spare that exits unserved ends the
-helper. No request-dependent state is prepared ahead: the policy cache, the engine's files and
-the environment are read by the start itself, as in-process.
+checks the peer and its own release, tells the helper (a byte on its report pipe) and serves; the
+helper forks the next spare when that start has ended, or at once if another launcher waits. A
+spare pre-faults (MADV_POPULATE_WRITE) the pages the helper's first starts wrote (LEARN; they
+send them from /proc/self/pagemap when done), so its start writes to pages of its own. A spare
+exits when its helper does (the life pipe), declines and exits once its release or socket is
+replaced, and a spare that exits unserved ends the helper. No request-dependent state is prepared
+ahead: the policy cache, the engine's files and the environment are read by the start itself,
+as in-process.
 
 The helper serves only uid 0 in its own mount, pid, network, user, cgroup, IPC and UTS
 namespaces and root directory, with its own credentials (SO_PEERCRED, /proc/<pid>/*); it
@@ -365,49 +366,57 @@ class _Spares:
 
 
 def _serve(listener, lock: int, entry: str, kwargs: dict, idle: float, current) -> None:
-    """Keep one spare (_spare) forked ahead, waiting on the socket, and fork the next the moment it
-    takes a start: the fork, and everything a start needs that no request decides, happen between
-    starts, not during one. The helper never accepts; it reads its spare's reports (the idle clock,
-    the "elsewhere" rule), the pages its first starts wrote, and checks every TICK that its release
-    and socket are still current. A spare that exits unserved (killed, or its release replaced)
-    ends the helper rather than forking in a loop: the next start runs in-process and starts one."""
+    """Keep one spare (_spare) forked ahead, waiting on the socket: the fork, and everything a start
+    needs that no request decides, happen between starts, not during one. The next spare is forked
+    once the start its predecessor took has ended (its report pipe closes), or at once when another
+    launcher waits meanwhile (the socket is readable), so its setup does not compete for the CPU
+    with a start it would slow. The helper never accepts; it reads its spare's reports (the idle
+    clock, the "elsewhere" rule), the pages its first starts wrote, and checks every TICK that its
+    release and socket are still current. A spare that exits unserved (killed, or its release
+    replaced) ends the helper rather than forking in a loop: the next start runs in-process and
+    starts one."""
     import select
     import time
 
     spares = _Spares(listener, lock, entry, kwargs, current)
     spare = None  # (pid, the read end of its report pipe, whether its start sends the pages it wrote)
-    learning: dict[int, bytearray] = {}  # report pipes of served starts that send their written pages
+    serving: dict[int, bytearray | None] = {}  # report pipes of starts in flight: the pages they send, or None
+    waiting = False  # a launcher waits and no spare is there to take it
     last = time.monotonic()
     served = 0
     try:
         while True:
-            if spare is None:  # at most LEARN starts at once send their pages
-                spare = spares.fork(learn=spares.learned + len(learning) < LEARN)
-            ready = select.select([spare[1], *learning], [], [], min(TICK, idle))[0]
-            for fd in [fd for fd in ready if fd in learning]:
+            if spare is None and (waiting or not serving):  # at most LEARN starts at once send their pages
+                spare = spares.fork(learn=spares.learned + sum(v is not None for v in serving.values()) < LEARN)
+            watch = select.poll()
+            for fd in (*serving, spare[1] if spare else listener.fileno()):
+                watch.register(fd, select.POLLIN)
+            ready = {fd for fd, _ in watch.poll(min(TICK, idle) * 1000)}
+            waiting = spare is None and listener.fileno() in ready
+            for fd in ready & serving.keys():
                 more = os.read(fd, 1 << 16)
-                if more:
-                    learning[fd] += more
-                else:  # that start has ended
-                    spares.learn(learning.pop(fd))
+                pages = serving[fd]
+                if more and pages is not None:
+                    pages += more
+                elif not more:  # that start has ended
+                    del serving[fd]
                     os.close(fd)
-            if spare[1] not in ready:
-                if time.monotonic() - last >= idle or not current():
+                    if pages is not None:
+                        spares.learn(pages)
+            if spare is None or spare[1] not in ready:
+                if not ready and (time.monotonic() - last >= idle or not current()):
                     return
                 continue
             said = os.read(spare[1], 1)
             last = time.monotonic()
             if said == TOOK:
                 served += 1
-                if spare[2]:
-                    learning[spare[1]] = bytearray()
-                else:
-                    os.close(spare[1])
+                serving[spare[1]] = bytearray() if spare[2] else None
                 spare = None
             elif not said or said == STALE or said == ELSEWHERE and not served:
                 return  # ELSEWHERE first: started by a hook in other namespaces (`unshare`?): leave the socket to theirs
     finally:
-        for fd in (*spares.life, *learning):
+        for fd in (*spares.life, *serving):
             os.close(fd)
         if spare is not None:
             _retire(*spare[:2])
@@ -437,8 +446,9 @@ def _spare(spares: _Spares, report: int, learn: bool) -> None:
     """The spare, forked before its start: drop what the helper alone keeps (its lock, the life pipe's
     write end), set the start's signal dispositions, no cyclic GC, look up what the start runs, take
     the copy-on-write faults starts took (_prefault), then take the next connection itself and check
-    the peer (_check); it tells the helper before it reads the request, so the next spare is forked
-    while this start runs. It exits when the helper does."""
+    the peer (_check); it tells the helper before it reads the request (a launcher that waits
+    meanwhile gets the next spare at once), and keeps its report pipe open until it exits (the
+    start has ended: the helper forks the next spare). It exits when the helper does."""
     import gc
     import select
     import signal
@@ -478,16 +488,13 @@ def _spare(spares: _Spares, report: int, learn: bool) -> None:
             os.write(report, why)
             if why == STALE:
                 os._exit(0)
-        os.write(report, TOOK)
+        os.write(report, TOOK)  # the report pipe stays open until this process exits: the start has ended
         listener.close()
         os.close(life)
-        if not learn:
-            os.close(report)
-            report = -1
     except BaseException:  # noqa: BLE001  nothing of a start was read: its launcher runs it itself
         os._exit(1)
     global _report
-    _report = report
+    _report = report if learn else -1
     kwargs = spares.kwargs
     _child(conn, lambda: status_of(main(**kwargs)))
 

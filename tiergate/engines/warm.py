@@ -469,7 +469,10 @@ def _spare(spares: _Spares, report: int, learn: bool) -> None:
         waiting.register(listener, select.POLLIN)
         waiting.register(life, select.POLLIN)
         if not waiting.poll(0):  # no launcher waits yet (a burst of starts is served first)
-            _prefault(spares.runs)
+            try:
+                _prefault(spares.runs)
+            except (OSError, AttributeError, ValueError):  # only a speed-up: the start takes its faults itself
+                pass
         while True:
             if any(fd == life for fd, _ in waiting.poll()):
                 os._exit(0)  # the helper is gone

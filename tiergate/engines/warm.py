@@ -351,7 +351,7 @@ class _Spares:
         os.close(report[1])
         return pid, report[0], learn
 
-    def learn(self, data: bytes) -> None:
+    def learn(self, data: bytes | bytearray) -> None:
         """Add the pages a served start wrote (_written; one killed mid-way sent a part, or nothing)."""
         import array
 

@@ -465,16 +465,16 @@ def _spare(spares: _Spares, report: int, learn: bool) -> None:
 
         record.SERVED["warm"] = os.getppid()  # the decision record says who ran the start
         main = __import__(spares.entry, fromlist=["main"]).main
-        waiting = select.poll()
-        waiting.register(listener, select.POLLIN)
-        waiting.register(life, select.POLLIN)
-        if not waiting.poll(0):  # no launcher waits yet (a burst of starts is served first)
+        watch = select.poll()
+        watch.register(listener, select.POLLIN)
+        watch.register(life, select.POLLIN)
+        if not watch.poll(0):  # no launcher waits yet (a burst of starts is served first)
             try:
                 _prefault(spares.runs)
             except (OSError, AttributeError, ValueError):  # only a speed-up: the start takes its faults itself
                 pass
         while True:
-            if any(fd == life for fd, _ in waiting.poll()):
+            if any(fd == life for fd, _ in watch.poll()):
                 os._exit(0)  # the helper is gone
             try:
                 conn, _ = listener.accept()

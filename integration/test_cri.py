@@ -154,6 +154,33 @@ def test_pod_starts_and_execs_are_decided_by_the_shims_warm_helper(node):
     assert sorted(runs) == [("create", "allowed", pid)] * 2 + [("exec", "allowed", pid)], runs
 
 
+def test_the_sandbox_is_filtered_for_the_native_abi_alone(node):
+    """The pause container runs under its tier's seccomp filter (Seccomp 2 in its own status; the
+    control pod's pause under runc has none), built for x86_64 alone: the spec runc loaded names
+    one ABI where the app container's names i386 too (core/modifiers/seccomp.py native_only)."""
+    import os
+
+    if os.uname().machine != "x86_64":
+        pytest.skip(f"the shipped tiers' ABIs are x86_64's family; this host is {os.uname().machine}")
+
+    def pause(handler: str) -> tuple[dict, dict, str]:
+        pods = list(node.pods)
+        _, ids = run(node, handler)
+        (sid,) = [p for p in node.pods if p not in pods]
+        task = node.state / "io.containerd.runtime.v2.task" / "k8s.io"
+        spec = json.loads((task / sid / "config.json").read_text())
+        app = json.loads((task / ids["app"] / "config.json").read_text())
+        pid = (task / sid / "init.pid").read_text().strip()
+        return spec, app, probe_status(Path(f"/proc/{pid}/status").read_text())["Seccomp"]
+
+    spec, _, seccomp = pause("runc")
+    assert "seccomp" not in spec.get("linux", {}) and seccomp == "0"  # control: pause unfiltered
+    spec, app, seccomp = pause("tiergate")
+    assert seccomp == "2"
+    assert spec["linux"]["seccomp"]["architectures"] == ["SCMP_ARCH_X86_64"]
+    assert "SCMP_ARCH_X86" in app["linux"]["seccomp"]["architectures"]  # a tenant's container keeps i386
+
+
 def test_pod_without_any_annotation_starts(node):
     """An unlabelled image, no annotation: the pod (its sandbox too) runs under default_tier."""
     policy = compiled_policy(str(node.dir.parent / "tg" / "policy.toml"))

@@ -228,6 +228,27 @@ def test_seccomp_is_the_intersection_with_the_callers(name: str) -> None:
     assert any(c["what"] == f"intersected the caller's profile with {t['seccomp_profile']}" for c in changes)
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the shipped tiers' ABIs are x86_64's family here")
+@pytest.mark.parametrize("name", [n for n in NON_PRIVILEGED if len(POLICY["tiers"][n]["seccomp"]["architectures"]) > 1])
+def test_a_pods_sandbox_gets_its_filter_for_the_native_abi_alone(name: str) -> None:
+    """pause (containerd's sandbox_image) gets the tier's syscalls for x86_64 only: no i386 copy of
+    the filter for runc to build, and an i386 call is killed (tighter). Unconfined or intersected
+    with the caller's (RuntimeDefault at pod level) alike; any other container keeps both ABIs."""
+    from tiergate.seccomp.intersect import intersect
+
+    t = POLICY["tiers"][name]
+    out, changes, _ = run(_unconfined(), name, {"sandbox": True})
+    assert out["linux"]["seccomp"] == dict(t["seccomp"], architectures=["SCMP_ARCH_X86_64"])
+    assert any(c["what"].endswith("native ABI only (the pod's sandbox)") for c in changes)
+    spec = docker_bundle()
+    out, _, _ = run(spec, name, {"sandbox": True})
+    assert out["linux"]["seccomp"] == dict(intersect(t["seccomp"], spec["linux"]["seccomp"]),
+                                           architectures=["SCMP_ARCH_X86_64"])
+    assert run(_unconfined(), name)[0]["linux"]["seccomp"]["architectures"] == t["seccomp"]["architectures"]
+    again, changes, _ = run(out, name, {"sandbox": True})  # a second pass: nothing more to do
+    assert again["linux"]["seccomp"] == out["linux"]["seccomp"] and not any("seccomp" in c["field"] for c in changes)
+
+
 @pytest.mark.parametrize("empty", [
     pytest.param("absent", id="namespaces absent"),
     pytest.param([], id="namespaces []"),

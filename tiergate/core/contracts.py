@@ -132,6 +132,7 @@ class Facts(TypedDict, total=False):
     apparmor: str | None  # the loaded profile's name; None: AppArmor unavailable
     own_paths: list[str]  # tiergate's own state and code
     refuse_host_ns: bool  # Kubernetes: refuse a forbidden host namespace instead of clamping it
+    sandbox: bool  # a pod's sandbox (pause) container, by containerd's own records
     network_hook: dict[str, Any]  # the createRuntime hook that programs the network namespace
     network_applied: bool  # the edge programs it itself
     ports: list[Port] | list[dict[str, Any]]  # (pipeline.port_list builds them)

@@ -97,6 +97,8 @@ def host_facts(spec: Json, policy: Json, image: Image, tier: Tier, edge: Edge) -
     # A pod whose host namespace were clamped away would run broken (hostNetwork without
     # its network): under Kubernetes a forbidden host namespace is refused instead.
     facts["refuse_host_ns"] = bool(image.namespace)
+    if image.sandbox:
+        facts["sandbox"] = True
     if needs_netns(tier):
         if edge.network_hook is not None:
             facts["network_hook"] = edge.network_hook

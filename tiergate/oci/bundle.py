@@ -154,9 +154,9 @@ def _write_at(directory: str, name: str, obj: dict) -> None:
     symlink. On any failure the temp file is removed and the original is untouched.
 
     The rename is what readers need (runc sees the old file or the new one, never half).
-    No fsync: a bundle lives for one start (engines write it anew for every create and
-    exec, and a crash ends the container), and where /run is a disk an fsync of the file
-    and its directory cost ~3.7 ms of every create and exec here."""
+    No fsync: a bundle lives for one start (engines write it anew for every create, and a
+    crash ends the container), and where /run is a disk an fsync of the file and its
+    directory cost ~3.7 ms of every create here."""
     data = jsonio.dumps(obj)
     dir_fd, path = _open_dir(directory)
     display = os.path.join(path, name)

@@ -76,16 +76,6 @@ def log_only(node):
 Ahead = tuple[int, int, tuple[tuple[int, str], ...]]  # the namespace's (st_dev, st_ino), its interfaces before
 
 
-def named_netns(spec: dict) -> str | None:
-    """The network namespace path the spec joins (linux.namespaces), or None (a fresh one, or none)."""
-    linux = spec.get("linux")
-    for ns in (linux.get("namespaces") if isinstance(linux, dict) else None) or []:
-        if isinstance(ns, dict) and ns.get("type") == "network":
-            path = ns.get("path")
-            return path if isinstance(path, str) and path else None
-    return None
-
-
 def interfaces(netns: str) -> tuple[tuple[int, str], ...]:
     """(index, name) of every interface in the namespace at `netns`; indexes are never reused soon,
     so an interface removed and added again differs."""
@@ -100,7 +90,9 @@ def program_ahead(spec: dict, tier: Mapping[str, Any], rec: dict, ports: Sequenc
     """Program the namespace the spec names, through one open descriptor (a path swapped meanwhile
     changes nothing here); what holds() compares, or None when there is none or it failed (the
     init's namespace is then programmed after create, as it always is when holds() says no)."""
-    path = named_netns(spec)
+    from tiergate.host.facts import netns_path
+
+    path = netns_path(spec)
     if path is None:
         return None
     try:

@@ -154,6 +154,29 @@ def test_pod_starts_and_execs_are_decided_by_the_shims_warm_helper(node):
     assert sorted(runs) == [("create", "allowed", pid)] * 2 + [("exec", "allowed", pid)], runs
 
 
+def test_a_pods_namespace_is_closed_to_metadata_from_inside(node):
+    """The pod's namespace (CNI's, named in both specs) is programmed while runc creates each of the
+    pod's containers; from inside the app container the metadata rules are there and a connect to
+    169.254.169.254 is refused at once (EACCES from the prohibit route). Control: the same pod
+    under runc has no such rule and its connect is not refused that way."""
+    probe = ("ip rule; timeout 5 wget -q -O - http://169.254.169.254/ 2>&1; true")
+
+    def inside(handler: str) -> tuple[str, dict]:
+        pods = list(node.pods)
+        _, ids = run(node, handler)
+        (sid,) = [p for p in node.pods if p not in pods]
+        r = node.exec_sync(ids["app"], "/bin/sh", "-c", probe)
+        return r.stdout.decode() + r.stderr.decode(), {"sandbox": sid, **ids}
+
+    out, _ = inside("runc")
+    assert "169.254.0.0/16" not in out and "Permission denied" not in out, out
+    out, ids = inside("tiergate")
+    assert re.search(r"^101:\s+from all to 169\.254\.0\.0/16 .*prohibit", out, re.M), out
+    assert "Permission denied" in out, out
+    creates = {r["container"]: r for r in records(node) if r.get("stage") == "create" and r.get("outcome") == "allowed"}
+    assert {creates[ids[k]].get("netns_programmed") for k in ("sandbox", "app")} == {"ahead"}, creates
+
+
 def test_the_sandbox_is_filtered_for_the_native_abi_alone(node):
     """The pause container runs under its tier's seccomp filter (Seccomp 2 in its own status; the
     control pod's pause under runc has none), built for x86_64 alone: the spec runc loaded names

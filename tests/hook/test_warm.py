@@ -99,6 +99,16 @@ print(json.dumps(seen))
     assert not host, host
 
 
+def test_the_helper_loads_libnftables_before_it_forks():
+    """A network start's dlopen of libnftables (~2 ms) is the helper's, once: its children
+    inherit the mapping (where the host has the library, as CI's has)."""
+    probe = "from tiergate.engines import warm; warm.preimport([]); print(open('/proc/self/maps').read())"
+    maps = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "libnftables.so" in maps
+    assert "libnftables.so" not in subprocess.run([sys.executable, "-c", "print(open('/proc/self/maps').read())"],
+                                                  capture_output=True, text=True, timeout=60, check=True).stdout
+
+
 def test_doctor_says_which_program_the_hook_is_and_whether_its_helper_runs(tmp_path):
     from tiergate.cli import probes
     from tiergate.engines import front

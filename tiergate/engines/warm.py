@@ -212,12 +212,19 @@ def start_path_modules(code: dict) -> list[str]:
 
 
 def preimport(names: list[str]) -> None:
-    """Import these modules and PREIMPORT_MODULES; one that fails is left to the start to import."""
+    """Import these modules and PREIMPORT_MODULES, and load libnftables (a network start's dlopen,
+    ~2 ms); one that fails is left to the start (which says why it cannot)."""
     for name in (*names, *PREIMPORT_MODULES):
         try:
             __import__(name)
         except Exception:  # noqa: BLE001  a start imports it itself (and says why it cannot)
             pass
+    try:
+        from tiergate.network.apply import libnftables
+
+        libnftables()
+    except Exception:  # noqa: BLE001  no libnftables here: a network start fails closed on its own
+        pass
 
 
 def _own_dir(directory: str) -> bool:

@@ -152,7 +152,9 @@ NFT_CTX_OUTPUT_JSON = 1 << 4
 _nft = None
 
 
-def _libnftables() -> dict:
+def libnftables() -> dict:
+    """libnftables' functions, loaded once per process; the warm helper loads them before it forks
+    (engines/warm.py: ~2 ms of dlopen a network start no longer pays). OSError if it is absent."""
     global _nft
     if _nft is None:
         from tiergate.network.netns import c_function
@@ -183,7 +185,7 @@ def _load(doc: dict, netns: str | int) -> str:
     check_not_host(path)
     fresh = creating(doc)
     try:
-        nft = _libnftables()
+        nft = libnftables()
     except OSError as exc:
         raise NetworkApplyError(f"cannot load {LIBNFTABLES}: {exc}") from None
 

@@ -617,6 +617,7 @@ class Bench:
         out["importtime"] = self._importtime(base)
         if self.shim:
             out["passthrough"] = self._passthrough(n)
+            out["own_part"] = self._own_part(n)
         self.results["hook"] = out
 
     def _instructions(self, payloads: dict[str, bytes]) -> dict:
@@ -675,6 +676,65 @@ class Bench:
         say("tiergate-runtime pass-through (list) vs runc")
         return with_deltas(alternate({"runc list": mk(shutil.which("runc")), "tiergate-runtime list": mk(self.shim)},
                                      n, "pass-through"), "runc list")
+
+    def _own_part(self, n: int) -> dict:
+        """The shim's own part (issue 20: at most 5 ms on create and exec, +1 ms on a pass-through):
+        a shim installed with a no-op program as its real runtime (/bin/true), against that program
+        called directly with the same arguments, so neither side does the runtime's work. run: the
+        create path on a bundle asking for baseline; exec: a --process file into a container runc
+        created (its state is what the shim reads); state: a pass-through."""
+        h, stub = self.h, "/bin/true"
+        bin_dir = self.d / "bin-stub"
+        try:
+            self.tiergate("install", "--engine", "docker", "--daemon-json", self.d / "docker-stub/daemon.json",
+                          "--bin-dir", bin_dir, "--runtime", stub, "--log", self.log, "--cache-dir", self.cache,
+                          "--policy", self.policy)
+        except RuntimeError as exc:
+            self.skip("the shim's own part", str(exc))
+            return {}
+        shim = str(bin_dir / "tiergate-runtime")
+        root = self.d / "runc-root-own"
+        base = h.runc_base_spec()
+        base.setdefault("annotations", {})[LABEL] = "baseline"
+        target = h.RuncBundle(self.d / "bundles" / "own-exec", self.rootfs.path, base, args=["sleep", "60"],
+                              runc_root=root, cgroup_parent=f"{self.runc_cgroup}/own")
+        cid = f"tgo-{uuid.uuid4().hex[:12]}"
+        target.config.setdefault("linux", {})["cgroupsPath"] = f"{target.cgroup_parent}/{cid}"
+        target.write()
+        # created, its init waiting in runc's exec fifo; its stdio not ours (runc create keeps it open)
+        made = subprocess.run([target.runc, "--root", str(root), "create", "--bundle", str(target.dir), cid],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        if made.returncode != 0:
+            target.runc_cmd("delete", "--force", cid, timeout=20)
+            self.skip("the shim's own part", f"runc create exited {made.returncode}")
+            return {}
+        run_bundle = h.RuncBundle(self.d / "bundles" / "own-run", self.rootfs.path, base, args=["true"],
+                                  runc_root=root, cgroup_parent=f"{self.runc_cgroup}/own")
+        process = self.d / "own-process.json"
+        proc_text = json.dumps(dict(target.config["process"], args=["true"]))
+
+        def mk(exe: str, *args: str):
+            def run() -> float:
+                run_bundle.write()  # each side gets the bundle and process file as the engine wrote them
+                process.write_text(proc_text)
+                wall, _, proc = timed([exe, "--root", str(root), *args], timeout=30)
+                if proc.returncode != 0:
+                    raise Failed(f"{Path(exe).name} {args[0]} exited {proc.returncode}: {last_line(proc.stderr)}")
+                return wall
+            return run
+
+        calls = {"run": ("run", "--bundle", str(run_bundle.dir), f"tgo-run-{cid[4:]}"),
+                 "exec": ("exec", "--process", str(process), cid), "state": ("state", cid)}
+        out = {}
+        try:
+            for what, args in calls.items():
+                say(f"the shim's own part: {what}, {n} rounds (real runtime: {stub})")
+                out[what] = with_deltas(alternate({f"{stub} {what}": mk(stub, *args),
+                                                   f"tiergate-runtime {what}": mk(shim, *args)}, n, what),
+                                        f"{stub} {what}")
+        finally:
+            target.runc_cmd("delete", "--force", cid, timeout=20)
+        return out
 
     # -- 3. scale -------------------------------------------------------------------------
     def section_scale(self) -> None:

@@ -169,6 +169,14 @@ def summary_rows(res: dict) -> list[str]:
         L.append(_row("`docker run --rm`, the shim, baseline (floor: a Python runtime that execs runc)",
                       dk.get("docker bare"), dk.get("docker no-op runtime"), dk.get("docker tiergate baseline"),
                       f"{len(t)} tiers: {span([diff(r, dk.get('docker bare')) for r in t.values()], sign=True)} ms over bare"))
+    own = hook.get("own_part") or {}
+    if own.get("run"):
+        def own_diff(what: str) -> str:
+            rows = own.get(what) or {}
+            return fmt(diff(rows.get(f"tiergate-runtime {what}"), rows.get(f"/bin/true {what}")), sign=True)
+        L.append(_row("the shim's own part: `tiergate-runtime run` with a no-op program as its runtime (bare: that "
+                      "program alone)", own["run"].get("/bin/true run"), None, own["run"].get("tiergate-runtime run"),
+                      f"exec {own_diff('exec')} ms, pass-through (`state`) {own_diff('state')} ms (goals 5 / 5 / 1 ms)"))
     rc = e2e.get("runc") or {}
     if rc:
         L.append(_row("`runc run` vs `tiergate-runtime run`, baseline (bundle)", rc.get("runc run"),
@@ -293,6 +301,9 @@ def markdown(res: dict) -> str:
         pt = hook.get("passthrough") or {}
         if pt:
             L += ["tiergate-runtime pass-through (`list`) against runc:", ""] + table(pt, "runc list")
+        for what, rows in (hook.get("own_part") or {}).items():
+            L += [f"The shim's own part, `{what}` (its real runtime a no-op program, against that program alone):",
+                  ""] + table(rows, f"/bin/true {what}")
     net = res.get("network") or {}
     if net:
         L += ["## A tier with a network policy vs the same tier without (podman, macvlan network)", ""]

@@ -339,6 +339,7 @@ class Bench:
             if not os.access(shim, os.X_OK):
                 raise RuntimeError(f"{shim} was not installed")
             self.shim = str(shim)
+            self.results["meta"]["shim_front"] = "compiled" if front.launcher_of(shim) else "/bin/sh"
         except Exception as exc:  # noqa: BLE001 - the shim may be unfinished: skip its parts
             self.skip("docker and tiergate-runtime", f"`tiergate install --engine docker` failed: {exc}")
 

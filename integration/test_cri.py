@@ -128,7 +128,7 @@ def test_exec_is_hardened(node):
 
 def test_python_runs_only_for_create_and_exec(node):
     """Issue 20: a pod start runs tiergate's Python twice (the sandbox's create and the container's),
-    an ExecSync once; the /bin/sh front hands start, state, kill and delete to runc itself. Every
+    an ExecSync once; the shim's compiled front hands start, state, kill and delete to runc itself. Every
     Python run records one decision, so the log counts them."""
     before, pods = len(records(node)), list(node.pods)
     _, ids = run(node, "tiergate", "restricted")

@@ -28,6 +28,7 @@ import pytest
 
 import harness
 from harness import caps_from_hex, file_tree, probe_status, run_cmd
+from tiergate.engines import front
 from tiergate_fixtures import IMAGES, LABEL, STATUS_SH, compiled_policy, tg_images, tiergate  # noqa: F401
 
 PODMAN_TREES = ("/etc/containers", "/usr/share/containers")
@@ -222,6 +223,8 @@ def test_docker_default_install_hardens_plain_run(docker_conf, it_dir, busybox_r
         assert f"wrote {daemon_json}" in out
         conf = json.loads(daemon_json.read_text())
         assert conf["default-runtime"] == "tiergate" and conf["deprecated-key-path"]
+        shim = conf["runtimes"]["tiergate"]["path"]  # what dockerd runs as runc: the compiled front itself (cc here)
+        assert front.launcher_of(shim) == os.path.join(os.path.dirname(shim), "lib", "tiergate-runtime.py"), shim
         engine = harness.Docker(it_dir / f"docker-default-{uuid.uuid4().hex[:6]}", image_tar=busybox_rootfs.tar,
                                 config_file=False).start()
         engine.import_image("tg-default-restricted", {LABEL: "restricted"})

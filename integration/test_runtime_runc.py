@@ -173,9 +173,11 @@ def test_exec_through_the_warm_helper_is_runc_in_the_shims_process(bundle, runc_
     the tier holds inside."""
     from harness import require_binary, warm_helper_pid
     from tiergate.engines import warm
-    from tiergate.engines.shim import FRONT, PY_LAUNCHER
+    from tiergate.engines import front
+    from tiergate.engines.shim import PY_LAUNCHER
 
     strace = require_binary("strace")
+    assert front.launcher_of(shim["exe"]) == str(shim["bin"] / PY_LAUNCHER)  # the shim is the compiled front
     b = bundle({"io.tiergate.tier": "restricted"})
     cid = f"tg-{uuid.uuid4().hex[:8]}"
     root = str(runc_env["runc_root"])
@@ -193,9 +195,9 @@ def test_exec_through_the_warm_helper_is_runc_in_the_shims_process(bundle, runc_
     rec = json.loads(shim["log"].read_text().splitlines()[-1])
     assert (rec["stage"], rec["outcome"], rec.get("warm")) == ("exec", "allowed", pid), rec
     execs, _ = _processes(trace.read_text().splitlines())
-    shim_pid = execs[0][0]  # the sh front, then the compiled front, then runc: one process, no Python
+    shim_pid = execs[0][0]  # the shim (the compiled front), then runc: one process, no shell, no Python
     mine = [p for q, p in execs if q == shim_pid]
-    assert mine[:2] == [shim["exe"], str(shim["bin"] / FRONT)] and os.path.basename(mine[2]) == "runc", execs
+    assert mine[0] == shim["exe"] and os.path.basename(mine[1]) == "runc", execs
     assert not [p for _, p in execs if "python" in os.path.basename(p)], execs
 
 
@@ -207,7 +209,7 @@ def test_loop_is_an_error(shim, runc_env):
 
 
 def test_pass_through_never_starts_python(runc_env, shim, tmp_path):
-    """Pass-through subcommands are the /bin/sh front exec'ing runc: they work with the Python half gone.
+    """Pass-through subcommands are the shim's front exec'ing runc: they work with the Python half gone.
 
     (Its cost beside runc is measured in bench/, never asserted here.)
     """
@@ -258,7 +260,7 @@ def test_create_programs_the_netns_in_process(bundle, shim, runc_env, tmp_path, 
     # hands runc back to the shim's process to run (engines/warm.py hand_over) and programs the netns
     from harness import warm_helper_pid
     from tiergate.engines import warm as helper
-    from tiergate.engines.shim import FRONT, PY_LAUNCHER
+    from tiergate.engines.shim import PY_LAUNCHER
 
     pid = warm_helper_pid(helper.key_in((shim["bin"] / PY_LAUNCHER).read_text()), timeout=60)
     trace = tmp_path / "strace.out"
@@ -270,7 +272,7 @@ def test_create_programs_the_netns_in_process(bundle, shim, runc_env, tmp_path, 
         tracer = subprocess.Popen([strace, "-f", "-q", "-s", "256", "-e", "trace=execve,clone,clone3,fork,vfork",
                                    "-o", str(trace), *create], **quiet)
         try:
-            def shim_exit() -> str | None:  # strace's first pid is the shim's (the sh front execs the compiled one)
+            def shim_exit() -> str | None:  # strace's first pid is the shim's (the compiled front)
                 text = trace.read_text() if trace.exists() else ""
                 m = re.search(rf"^{text.split(maxsplit=1)[0]}\s+\+\+\+ (exited with \d+)", text, re.M) if text else None
                 return m[1] if m else None
@@ -291,8 +293,8 @@ def test_create_programs_the_netns_in_process(bundle, shim, runc_env, tmp_path, 
             b.runc_cmd("delete", "--force", cid, timeout=20)
     execs, children = _processes(trace.read_text().splitlines())
     assert not [p for _, p in execs if "python" in os.path.basename(p)], execs  # decided in the helper's child
-    fronts = [(pid, path) for pid, path in execs if path == str(shim["bin"] / FRONT)]
-    assert len(fronts) == 1, execs  # the shim's compiled front, in the process the sh front started
+    fronts = [(pid, path) for pid, path in execs if path == shim["exe"]]
+    assert len(fronts) == 1, execs  # the shim, the compiled front
     assert not [p for _, p in execs if "tiergate-hook" in p], execs
     first_exec = {pid: path for pid, path in reversed(execs)}
     runc = os.path.realpath(runc_env["runc"])

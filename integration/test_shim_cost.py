@@ -1,7 +1,7 @@
 """The runtime shim's own cost on create and on exec, deterministically: callgrind instruction counts.
 
-The installed shim's own part (its compiled front, BIN/lib/tiergate-runtime, run as its
-/bin/sh front runs it: `FRONT ARGV`, with a PATH and cwd /, the policy compiled at install) is
+The installed shim's own part (BIN/tiergate-runtime, the compiled front, run as an engine runs
+it: `SHIM ARGV`, with a PATH and cwd /, the policy compiled at install) is
 measured up to its execve into the real runtime, which is a stub here so that only tiergate
 is counted: served by its warm helper (the front alone), and a miss (the Python launcher the
 front execs, BIN/lib/tiergate-runtime.py, running the start itself). create hardens a runc bundle that asks for the restricted tier; exec hardens a
@@ -65,9 +65,9 @@ def installed(it_dir):
                  say=lambda *_: None)
     assert launcher.precompile(bin_dir, {"cache_dir": str(d / "cache")}, say=lambda *_: None)
     py_launcher = bin_dir / shim.PY_LAUNCHER
-    assert front.launcher_of(bin_dir / shim.FRONT) == str(py_launcher), "no compiled front (cc is on this host)"
+    assert front.launcher_of(bin_dir / shim.SHIM) == str(py_launcher), "no compiled front (cc is on this host)"
     python = py_launcher.read_text().splitlines()[0][2:].split()[0]
-    return python, str(bin_dir / shim.FRONT), str(py_launcher), log
+    return python, str(bin_dir / shim.SHIM), str(py_launcher), log
 
 
 def _last(log) -> dict:
@@ -77,8 +77,9 @@ def _last(log) -> dict:
 def helper_child(python: str, py_launcher: str, argv: list[str], key: str, log, out: Path, reset) -> int:
     """About the instructions of the helper's child that serves `argv` (the front's arguments): a
     helper started under callgrind (the Python launcher asked to start one, as the front asks it;
-    valgrind follows its forks, each child writes out/cg.<pid>) serves a pass-through (`state`:
-    the child only hands the runtime back), then `argv`. A child's total includes its parent's up
+    valgrind follows its forks, each child writes out/cg.<pid>) serves a pass-through (`state`, its
+    runtime named without a slash so the front leaves it to Python: the child only hands the runtime
+    back), then `argv`. A child's total includes its parent's up
     to the fork, so the second's less the first's is its own work beyond a pass-through (and the
     helper's serving of the first)."""
     warm.stop(key + "-", say=lambda _line: None)
@@ -89,7 +90,10 @@ def helper_child(python: str, py_launcher: str, argv: list[str], key: str, log, 
                    capture_output=True, timeout=300, check=True)
     pid = harness.warm_helper_pid(key)
     state = [argv[0], *argv[argv.index("exec") - 2:argv.index("exec")], "state", argv[-1]]  # --root ROOT state ID
-    subprocess.run(state, env=ENV, cwd="/", capture_output=True, timeout=300, check=True)
+    # the front execs the real runtime itself for `state`; named without a slash, the helper's child resolves it
+    stub = Path(argv[0]).parent.parent / "stub-runtime"
+    subprocess.run(state, env={**ENV, "PATH": f"{stub.parent}:{ENV['PATH']}", "TIERGATE_RUNTIME": stub.name}, cwd="/",
+                   capture_output=True, timeout=300, check=True)
     reset()
     subprocess.run(argv, env=ENV, cwd="/", capture_output=True, timeout=300, check=True)
     assert _last(log).get("warm") == pid, _last(log)

@@ -403,9 +403,10 @@ def test_doctor_reads_containerd_and_podman_runtime_registrations(tmp_path):
     regs = dict(host.registrations([], str(tmp_path / "none.json"), containerd_configs=[str(ctr_conf)],
                                    podman_confs=confs))
     assert regs[f"{ctr_conf} runtime tiergate"]["policy"] == str(policy)
-    compiled = [str(tmp_path / "bin-ctr" / "lib" / "tiergate-runtime")] if front.compiler() else []  # its front
-    assert regs[f"{ctr_conf} runtime tiergate"]["launchers"] == [str(ctr_exe), *compiled, str(tmp_path / "bin-ctr" / "lib" /
-                                                                                              "tiergate-runtime.py")]
+    py = str(tmp_path / "bin-ctr" / "lib" / "tiergate-runtime.py")
+    assert front.launcher_of(ctr_exe) == (py if front.compiler() else None)  # with cc the shim is the compiled front
+    assert regs[f"{ctr_conf} runtime tiergate"]["launchers"] == [str(ctr_exe), py]
+    assert regs[f"{ctr_conf} runtime tiergate"]["warm"] == (str(ctr_exe) if front.compiler() else py)
     assert regs[f"{confs[0]} runtime tiergate"]["cache_dir"] == str(tmp_path / "c2")
     assert str(pod_exe) in regs[f"{confs[0]} runtime tiergate"]["launchers"]
     checks = host.gather(None, [str(tmp_path / "no-hooks")], containerd_configs=[str(ctr_conf)], podman_confs=confs)

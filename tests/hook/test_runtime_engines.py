@@ -70,6 +70,38 @@ def test_shared_bin_dir_kept_until_last_engine(tmp_path, runc):
     assert not (bin_dir / "tiergate-runtime").exists()
 
 
+def test_the_shim_is_the_compiled_front_idempotently_and_switches_with_no_warm(tmp_path, runc):
+    """With cc, BIN/tiergate-runtime is the compiled front of lib/tiergate-runtime.py; --no-warm makes it
+    the sh front and back, each reinstall writing nothing; an earlier install's lib/tiergate-runtime
+    goes at the next install or uninstall, which leaves nothing."""
+    from tiergate.engines import front
+
+    if front.compiler() is None:
+        print("no C compiler (cc) on PATH: no compiled front to install")
+        pytest.skip("no C compiler (cc) on PATH")
+    daemon, bin_dir = tmp_path / "daemon.json", tmp_path / "bin"
+    exe, py, old = bin_dir / shim.SHIM, bin_dir / shim.PY_LAUNCHER, bin_dir / shim.OLD_FRONT
+
+    def install(warm: bool) -> list[str]:
+        said: list[str] = []
+        docker.install(daemon, bin_dir, runtime=runc, say=said.append, warm=warm)
+        return [s for s in said if s.startswith(("wrote", "removed")) and "tiergate-runtime" in s]
+
+    install(True)
+    assert exe.read_bytes().startswith(b"\x7fELF") and front.launcher_of(exe) == str(py) and shim.is_shim(exe)
+    assert not old.exists() and subprocess.run([str(exe), "--root", "/r", "list"], timeout=30).returncode == 0
+    assert install(True) == []
+    assert install(False) == [f"wrote {py}", f"wrote {exe}"]
+    assert exe.read_text().startswith("#!/bin/sh\n") and str(py) in exe.read_text() and shim.is_shim(exe)
+    assert install(False) == []
+    assert install(True) == [f"wrote {py}", f"wrote {exe}"] and front.launcher_of(exe) == str(py)
+    shutil.copy(exe, old)  # an earlier install's compiled front, which its sh front ran
+    assert install(True) == [f"removed {old}"]
+    shutil.copy(exe, old)
+    docker.uninstall(daemon, bin_dir, **quiet)
+    assert not bin_dir.exists() and not daemon.exists()
+
+
 CRI_TABLE = '[plugins."io.containerd.grpc.v1.cri".containerd]'
 
 

@@ -1,8 +1,10 @@
-"""The shim's pass-through: the /bin/sh front and Python agree on what to enforce; no policy import; no loop."""
+"""The shim's pass-through: the compiled front, the /bin/sh front (the reference) and Python agree on
+what to enforce, differentially, over a table and random argv; no policy import; no loop."""
 
 from __future__ import annotations
 
 import os
+import random
 import stat
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tiergate.shim import runtime
-from tiergate.engines import shim
+from tiergate.engines import front as compiled, launcher as launchers, shim
 from tiergate.core.names import SHIM_ENFORCED
 from tiergate.oci import args as runc_args
 
@@ -33,32 +35,132 @@ def _exe(path: Path, text: str) -> Path:
     return path
 
 
+# A stand-in for both the real runtime and Python: says what it was run as (argv[0] included, which a
+# script cannot see), with what argv and loop variable.
+STUB = r"""#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    const char *loop = getenv("TIERGATE_SHIM_ACTIVE"), *rt = getenv("TIERGATE_RUNTIME");
+    const char *name = argc && strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : "";
+    printf("%s loop=%s runtime=%s argc=%d\n", strcmp(name, "stub") ? "REAL" : "START",
+           loop ? loop : "-", rt ? rt : "-", argc);
+    for (int i = 0; i < argc; i++) printf("[%s]\n", argv[i]);
+    return 7;
+}
+"""
+
+
+def _fronts(tmp_path: Path, kinds: tuple[str, ...]) -> dict[str, Path]:
+    """The shim fronts of `kinds` ("sh", "compiled"), both with the real runtime and the start
+    (python -IS lib/tiergate-runtime.py) stood in for by STUB."""
+    cc = compiled.compiler()
+    if cc is None:
+        print("no C compiler (cc) on PATH: the compiled front and its stub are not built")
+        pytest.skip("no C compiler (cc) on PATH")
+    (tmp_path / "stub.c").write_text(STUB)
+    stub = tmp_path / "stub"
+    subprocess.run([cc, "-o", str(stub), str(tmp_path / "stub.c")], check=True, timeout=120)
+    (tmp_path / "real").symlink_to(stub)
+    (tmp_path / "lib").mkdir()
+    py = _exe(tmp_path / "lib" / "tiergate-runtime.py", "never run: the stub stands in for Python\n")
+    out: dict[str, Path] = {}
+    if "sh" in kinds:
+        (tmp_path / "sh").mkdir()
+        out["sh"] = _exe(tmp_path / "sh" / "tiergate-runtime", shim.sh_front(str(tmp_path / "real"), f"{stub} -IS {py}"))
+    if "compiled" in kinds:
+        (tmp_path / "cc").mkdir()
+        exe = tmp_path / "cc" / "tiergate-runtime"
+        # uid: not ours, so the front goes straight to the launcher (the warm helper is test_front's)
+        exe.write_bytes(compiled.build(exe, compiled.header(str(tmp_path / "lib" / "current"), f"{tmp_path}/k-",
+                                                            str(stub), str(py), launchers.MARKER, os.geteuid() + 1,
+                                                            str(tmp_path)) + compiled.shim_header(str(tmp_path / "real")),
+                                       cc))
+        exe.chmod(0o755)
+        out["compiled"] = exe
+    return out
+
+
+@pytest.fixture(params=["sh", "compiled"])
+def front(request, tmp_path):
+    return _fronts(tmp_path, (request.param,))[request.param]
+
+
 @pytest.fixture
-def front(tmp_path):
-    real = _exe(tmp_path / "real", "#!/bin/sh\necho REAL\n")
-    launcher = _exe(tmp_path / "launcher.py", "import sys\nprint('PY')\n")
-    return _exe(tmp_path / "tiergate-runtime", shim.sh_front(str(real), f"{sys.executable} -IS {launcher}"))
+def both(tmp_path):
+    return _fronts(tmp_path, ("sh", "compiled"))
+
+
+def _run(exe: Path, argv: list[str], env: dict | None = None) -> tuple[int, str, str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("TIERGATE_RUNTIME", runtime.LOOP_ENV)}
+    proc = subprocess.run([str(exe), *argv], capture_output=True, env={**base, **(env or {})}, cwd="/", timeout=30)
+    return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
 
 
 @pytest.mark.parametrize("argv", ARGVS, ids=[" ".join(a) or "(none)" for a in ARGVS])
 def test_front_agrees_with_python(front, argv):
-    """What the sh front passes through is exactly what Python (and runc) would not enforce."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TIERGATE_RUNTIME", runtime.LOOP_ENV)}
-    out = subprocess.run([str(front), *argv], capture_output=True, text=True, env=env, timeout=10).stdout.strip()
-    want = "PY" if runc_args.subcommand(argv) in SHIM_ENFORCED else "REAL"
+    """What each front passes through is exactly what Python (and runc) would not enforce."""
+    out = _run(front, argv)[1].split()[0]
+    want = "START" if runc_args.subcommand(argv) in SHIM_ENFORCED else "REAL"
     assert out == want
 
 
+EDGES = [
+    ["--root", "/x", "create"], ["--log", "x", "--debug", "create"], ["--root=/x", "create"], ["--log=x", "run", "b"],
+    ["--", "--root", "create"], ["--root", "--", "create"], ["--", "--", "create"], ["-x", "create"], ["-x", "state"],
+    ["-log", "/l", "run"], ["--log"], ["--log-format"], ["--root", "create"], ["exec"], ["run"], ["state"], ["update"],
+    [], [""], ["", "create"], ["-", "create"], ["--LOG", "x", "create"], ["---root", "x", "create"], ["-debug", "run"],
+    ["create\n"], [" create"], ["CREATE"], ["creat"], ["created"], ["-create"], ["--create"], ["--rootless", "create"],
+    ["--rootless=true", "create"], ["-rootless", "x", "exec", "id"], ["--criu", "--root", "create"],
+    ["--cgroup-manager", "systemd", "--systemd-cgroup", "restore", "x"], ["state", "create"], ["--debug", "--", "kill"],
+    ["\udcff", "create"], ["--log", "\udcff", "exec", "a b", "c\td"],
+]
+TOKENS = ["--root", "-root", "--root=/x", "/x", "--log", "-log-format", "--criu", "--rootless", "--debug", "--systemd-cgroup",
+          "--", "-", "", "-x", "--x", "create", "run", "exec", "restore", "update", "state", "start", "kill", "delete",
+          "list", "ps", "features", "--bundle", "id"]
+RANDOM = [[r.choice(TOKENS) for _ in range(r.randrange(0, 7))] for r in [random.Random(20)] for _ in range(150)]
+
+
+def test_compiled_front_agrees_with_the_sh_front(both):
+    """Differential, the sh front the reference: the same path (the real runtime or the start), the
+    same argv (argv[0] too), the same loop variable and status, for edge cases and seeded random argv."""
+    for argv in EDGES + RANDOM:
+        argv = [os.fsencode(a).decode(errors="surrogateescape") for a in argv]
+        sh, cc = (_run(both[k], argv) for k in ("sh", "compiled"))
+        assert cc == sh, argv
+        assert sh[0] == 7 and sh[1].startswith("START" if runc_args.subcommand(argv) in SHIM_ENFORCED else "REAL"), argv
+
+
+@pytest.mark.parametrize("env", [{"TIERGATE_RUNTIME": ""}, {"TIERGATE_RUNTIME": "crun"}, {"TIERGATE_RUNTIME": "./real"},
+                                 {"TIERGATE_RUNTIME": "/"}, {runtime.LOOP_ENV: ""}, {runtime.LOOP_ENV: "0"},
+                                 {"TIERGATE_RUNTIME": "/nonexistent/runc"}], ids=repr)
+def test_compiled_front_agrees_with_the_sh_front_on_the_environment(both, tmp_path, env):
+    """$TIERGATE_RUNTIME as the sh reads it (empty: the installed one; no leading slash: the start,
+    which resolves it; absolute: exec'd as is, exit 127 when absent, 126 when not runnable) and
+    the loop variable (any non-empty value: the one-line error, exit 1)."""
+    for argv in (["state", "x"], ["--root", "/r", "create", "x"], ["list"]):
+        sh, cc = (_run(both[k], argv, env) for k in ("sh", "compiled"))
+        if env.get("TIERGATE_RUNTIME", "x")[:1] == "/" and not sh[1]:  # exec failed: the shell's words differ
+            assert (cc[0], cc[1]) == (sh[0], sh[1]) and sh[0] in (126, 127) and "tiergate: error:" in cc[2], (argv, sh, cc)
+        elif env.get(runtime.LOOP_ENV):
+            assert cc == sh and sh[0] == 1 and "(a loop)" in sh[2], (argv, sh, cc)
+        else:
+            assert cc == sh, (argv, sh, cc)
+    other = tmp_path / "other"
+    other.symlink_to(tmp_path / "stub")
+    sh, cc = (_run(both[k], ["kill", "x"], {"TIERGATE_RUNTIME": str(other)}) for k in ("sh", "compiled"))
+    assert cc == sh and sh[1].startswith(f"REAL loop=1 runtime={other} argc=3\n[{other}]"), sh
+
+
 def test_front_loop_guard(front):
-    env = {**os.environ, runtime.LOOP_ENV: "1"}
-    proc = subprocess.run([str(front), "state", "x"], capture_output=True, text=True, env=env, timeout=10)
-    assert proc.returncode == 1 and "loop" in proc.stderr
+    code, out, err = _run(front, ["state", "x"], {runtime.LOOP_ENV: "1"})
+    assert code == 1 and not out and err == ("tiergate: error: tiergate-runtime was started by itself through the "
+                                             "real runtime (a loop)\n")
 
 
 def test_front_bare_runtime_name_goes_to_python(front):
     """TIERGATE_RUNTIME=crun (no slash) is resolved by Python, which skips the shim on PATH."""
-    env = {**os.environ, "TIERGATE_RUNTIME": "crun"}
-    assert subprocess.run([str(front), "state", "x"], capture_output=True, text=True, env=env).stdout.strip() == "PY"
+    assert _run(front, ["state", "x"], {"TIERGATE_RUNTIME": "crun"})[1].startswith("START loop=- runtime=crun")
 
 
 def test_pass_through_imports_no_policy(tmp_path):

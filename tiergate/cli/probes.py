@@ -545,8 +545,9 @@ def containers_confs() -> list[str]:
 
 
 def shim_settings(front: str) -> dict | None:
-    """What a registered tiergate-runtime really runs: its Python launcher (from the /bin/sh front) and
-    the settings file that launcher passes to main(); None for a program that is not a tiergate shim."""
+    """What a registered tiergate-runtime really runs: its Python launcher (the compiled front's, or
+    the one the /bin/sh front execs) and the settings file that launcher passes to main(); None for a
+    program that is not a tiergate shim."""
     import re
     import shlex
 
@@ -557,16 +558,18 @@ def shim_settings(front: str) -> dict | None:
 
     if not is_shim(front):
         return None
-    text = read_text(front) or ""
-    m = re.search(r"^case \$real in /\*\) ;; \*\) exec (.+?) \"\$@\"", text, re.M)
-    start = shlex.split(m.group(1)) if m else []
-    # the compiled front (engines/front.py) and its Python launcher, or `python -IS launcher`
+    if launcher_of(front):  # the shim is the compiled front (engines/front.c with TG_REAL)
+        start = [front]
+    else:  # the /bin/sh front: `python -IS launcher`, or an earlier install's lib/tiergate-runtime
+        m = re.search(r"^case \$real in /\*\) ;; \*\) exec (.+?) \"\$@\"", read_text(front) or "", re.M)
+        start = shlex.split(m.group(1)) if m else []
     compiled = start[0] if len(start) == 1 else ""
     launcher = launcher_of(compiled) or "" if compiled else start[2] if len(start) == 3 and start[1] == "-IS" else ""
     conf = read_script(read_text(launcher) or "").get("args", {}).get("conf", "") if launcher else ""
     conf = conf if isinstance(conf, str) else ""
     settings = {k: v for k, v in read_conf(conf).items() if k in ("policy", "cache_dir", "log")} if conf else {}
-    return {**settings, "launcher": front, "launchers": [front, *([compiled] if compiled else []), launcher],
+    return {**settings, "launcher": front, "launchers": list(dict.fromkeys([front, *([compiled] if compiled else []),
+                                                                            launcher])),
             "conf": conf, "warm": compiled or launcher}
 
 
@@ -753,7 +756,7 @@ def gather(policy: str | None = None, hooks_dirs: list[str] | None = None,
                                          podman_confs=podman_confs):
         launcher = settings.pop("launcher", "")
         launchers = settings.pop("launchers", None)
-        program = settings.pop("warm", launcher)  # a shim's: its compiled front or Python launcher, not the sh front
+        program = settings.pop("warm", launcher)  # a shim's: its compiled front or Python launcher (not a sh front)
         settings.pop("conf", None)
         if launchers and tuple(launchers) not in seen:  # a shim: hooks.d launchers have their own check
             seen.add(tuple(launchers))

@@ -3,6 +3,12 @@
  * (the warm helper's socket, less the release digest), TG_PYTHON, TG_LAUNCHER (the Python launcher),
  * TG_UID (who the helper serves: root) and TG_RUN (/run: may this start a helper?).
  *
+ * With TG_REAL it is the runtime shim itself (BIN/tiergate-runtime, engines/shim.py), doing the
+ * /bin/sh front's job first (shim.sh_front, the reference): a pass-through subcommand execs the real
+ * runtime TG_REAL (or $TG_RUNTIME_ENV) at once; TG_ENFORCED ones (and a real runtime named without
+ * a slash, which Python resolves) go on to the start below. TG_VALUE_FLAGS are the global flags that
+ * take a value; both tables are generated from the Python ones (engines/front.py shim_header).
+ *
  * It hands the start to the warm helper (engines/warm.py): connect to TG_PREFIX + basename of
  * lib/current's target, send the request (u32 LE length, then NUL-terminated fields: umask, cwd,
  * argc, argv with argv[0] = TG_LAUNCHER, the environment) with fds 0, 1, 2 (SCM_RIGHTS), read "A",
@@ -47,6 +53,55 @@ static void launch(int argc, char **argv, int spawn) {
     dprintf(2, "tiergate: error: cannot run %s: %s\n", TG_PYTHON, strerror(errno));
     _exit(1);
 }
+
+#ifdef TG_REAL
+static const char *const value_flags[] = {TG_VALUE_FLAGS, NULL}, *const enforced[] = {TG_ENFORCED, NULL};
+
+static int listed(const char *const *names, const char *s) {
+    for (; *names; names++)
+        if (!strcmp(*names, s)) return 1;
+    return 0;
+}
+
+/* The sh front's scan: value flags skip their value, `--` ends the flags, other -x flags are
+ * skipped, the first other word decides. Returns only for the start (enforced, or a relative real). */
+static void shim_front(int argc, char **argv) {
+    const char *loop = getenv(TG_LOOP_ENV), *real = getenv(TG_RUNTIME_ENV);
+    if (loop && *loop) {
+        dprintf(2, "tiergate: error: tiergate-runtime was started by itself through the real runtime (a loop)\n");
+        _exit(1);
+    }
+    if (!real || !*real) real = TG_REAL;
+    if (*real != '/') return;
+    for (int i = 1, end = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!end && *a == '-') {
+            if (listed(value_flags, a + 1) || (a[1] == '-' && listed(value_flags, a + 2))) {
+                i++;
+                continue;
+            }
+            if (!strcmp(a, "--")) {
+                end = 1;
+                continue;
+            }
+            if (a[1]) continue;
+        }
+        if (listed(enforced, a)) return;
+        break;
+    }
+    char **args = calloc((size_t)(argc > 0 ? argc : 1) + 1, sizeof *args);
+    if (!args || setenv(TG_LOOP_ENV, "1", 1)) {
+        dprintf(2, "tiergate: error: %s\n", strerror(errno));
+        _exit(1);
+    }
+    args[0] = (char *)real;  /* as sh's `exec "$real" "$@"` */
+    for (int i = 1; i < argc; i++) args[i] = argv[i];
+    execv(real, args);
+    int e = errno;
+    dprintf(2, "tiergate: error: cannot run the real runtime %s: %s\n", real, strerror(e));
+    _exit(e == ENOENT ? 127 : 126);
+}
+#endif
 
 static void refuse(void) {
     dprintf(2, "tiergate: error: the warm helper stopped during this start: refused\n");
@@ -134,6 +189,9 @@ static void hand_back(int s, char tag, char *body, uint32_t n, int fd) {
 
 int main(int argc, char **argv) {
     char rel[PATH_MAX], cwd[PATH_MAX];
+#ifdef TG_REAL
+    shim_front(argc, argv);
+#endif
     if (geteuid() != TG_UID) launch(argc, argv, 0);
     ssize_t r = readlink(TG_LINK, rel, sizeof rel - 1);
     if (r <= 0) launch(argc, argv, 0);

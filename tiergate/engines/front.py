@@ -53,6 +53,22 @@ def header(link: str, prefix: str, python: str, launcher: str, marker: str, uid:
     return "".join(f"#define {name} {_literal(value)}\n" for name, value in values.items()) + f"#define TG_UID {int(uid)}u\n"
 
 
+def shim_header(real: str) -> str:
+    """The constants that make front.c the runtime shim itself (engines/shim.py): the installed real
+    runtime, and the sh front's two tables generated from the one Python table of each (a name the C
+    scan missed would pass a create through unhardened)."""
+    from tiergate.core.names import SHIM_ENFORCED
+    from tiergate.oci.args import GLOBAL_VALUE_FLAGS
+    from tiergate.shim.runtime import LOOP_ENV, RUNTIME_ENV
+
+    def table(names) -> str:
+        return ", ".join(_literal(n) for n in sorted(names))
+
+    return (f"#define TG_REAL {_literal(real)}\n#define TG_LOOP_ENV {_literal(LOOP_ENV)}\n"
+            f"#define TG_RUNTIME_ENV {_literal(RUNTIME_ENV)}\n#define TG_VALUE_FLAGS {table(GLOBAL_VALUE_FLAGS)}\n"
+            f"#define TG_ENFORCED {table(SHIM_ENFORCED)}\n")
+
+
 def build(target: Path, constants: str, cc: str, source: Path = SOURCE) -> bytes:
     """front.c compiled with `constants` (header()); the binary's bytes. RuntimeError with the
     compiler's last line when it fails."""

@@ -190,10 +190,11 @@ def install_hook(bin_dir: Path, say=print, warm: bool = True) -> Path:
 
 
 def install_front(exe: Path, py: Path, lib: Path, entry: str, args: str = "", say=print, warm: bool = True,
-                  alone: Path | None = None, note: str = "") -> bool:
-    """`exe`: the compiled front (engines/front.py) of the Python launcher `py` for `entry`; or,
-    without `warm` or a C compiler, the Python launcher alone at `alone` (default `exe`), and the
-    other path goes. The helpers of a launcher this replaces are stopped. True: a front."""
+                  alone: Path | None = None, note: str = "", constants: str = "", fallback: str | None = None) -> bool:
+    """`exe`: the compiled front (engines/front.py) of the Python launcher `py` for `entry`, with
+    `constants` added to its header; or, without `warm` or a C compiler, the Python launcher alone at
+    `alone` (default `exe`), and the other path goes (or, at `exe`, becomes `fallback`: the shim's sh
+    front). The helpers of a launcher this replaces are stopped. True: a front."""
     import sys
 
     from tiergate.engines import files, front
@@ -209,7 +210,7 @@ def install_front(exe: Path, py: Path, lib: Path, entry: str, args: str = "", sa
         files.mkdirs(exe.parent)
         try:
             binary = front.build(exe, front.header(str(lib / CURRENT), helper.socket_prefix(helper.key_in(text) or ""),
-                                                   interpreter(), str(py), MARKER), cc)
+                                                   interpreter(), str(py), MARKER) + constants, cc)
         except RuntimeError as exc:
             print(f"tiergate: warning: cannot compile {front.SOURCE} with {cc} ({exc}): {alone} is the Python "
                   "launcher, every start in its own process", file=sys.stderr)
@@ -221,9 +222,11 @@ def install_front(exe: Path, py: Path, lib: Path, entry: str, args: str = "", sa
         else:
             say(f"would compile {front.SOURCE} into {exe}")
     else:
-        files.write(alone, text, 0o755, say)
+        files.write(alone, text, 0o755, say)  # first: a fallback runs it
         for other in {exe, py} - {alone}:
-            if other.exists():
+            if other == exe and fallback is not None:
+                files.write(exe, fallback, 0o755, say)
+            elif other.exists():
                 files.remove(other, MARKER, say)
     if old and old != helper.key_in(text) and files._dry is None:
         helper.stop(old + "-", say=say)

@@ -1,12 +1,13 @@
-"""The tiergate-runtime shim on disk: a /bin/sh front, a compiled front, a Python launcher, a settings file.
+"""The tiergate-runtime shim on disk: a compiled front (or a /bin/sh one), a Python launcher, a settings file.
 
-    BIN/tiergate-runtime            /bin/sh: pass-through subcommands exec the real runtime
-                                    directly (~1 ms); create, run, restore and exec exec the
-                                    compiled front (or, without one, Python)
-    BIN/lib/tiergate-runtime        the compiled front (engines/front.py), with a C compiler and
-                                    not --no-warm: hands the start to the warm helper, whose child
-                                    decides and hands the real runtime back (engines/warm.py)
-    BIN/lib/tiergate-runtime.py     `#!<python> -IS` launcher of tiergate.shim.runtime (a miss)
+    BIN/tiergate-runtime            what engines call as runc. With a C compiler and not --no-warm:
+                                    the compiled front (engines/front.c built with TG_REAL by
+                                    engines/front.py): pass-through subcommands exec the real runtime
+                                    directly; create, run, restore, exec and update go to the warm
+                                    helper, whose child decides and hands the real runtime back
+                                    (engines/warm.py), or on a miss to the Python launcher.
+                                    Otherwise /bin/sh (sh_front): the same scan, then Python.
+    BIN/lib/tiergate-runtime.py     `#!<python> -IS` launcher of tiergate.shim.runtime
     BIN/tiergate-runtime.conf       key=value: real runtime, shim, hook, policy, cache dir, log
     BIN/tiergate-hook               the hook launcher (createRuntime applies network policy)
     BIN/tiergate-runtime.users      one line per engine registered (docker PATH, ...): the
@@ -15,7 +16,9 @@
 Python alone starts in 5-14 ms here; a pass-through (state, start, kill,
 delete, ps, ...) must cost about nothing over runc, so the front skips global
 flags (the ones taking a value exactly as runc does: a mismatch would pass a
-create through unhardened) and execs the real runtime itself.
+create through unhardened) and execs the real runtime itself. sh_front is the
+reference the compiled front's scan is tested against (tests/hook/test_runtime_shim.py);
+both read their tables from the one Python table of each.
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ from pathlib import Path
 from tiergate.core.names import SHIM_ENFORCED
 from tiergate.oci.args import GLOBAL_VALUE_FLAGS
 
-from tiergate.engines import files
+from tiergate.engines import files, front
 from tiergate.engines.launcher import MARKER, install_front, install_hook, interpreter, remove_front
+from tiergate.shim.runtime import LOOP_ENV, RUNTIME_ENV, is_shim_file
 
 SHIM = "tiergate-runtime"
 CONF = "tiergate-runtime.conf"
 USERS = "tiergate-runtime.users"
 PY_LAUNCHER = "lib/tiergate-runtime.py"
-FRONT = "lib/tiergate-runtime"  # the compiled front of PY_LAUNCHER
+OLD_FRONT = "lib/tiergate-runtime"  # earlier installs' compiled front, run by their sh front: removed
 # Global flags taking a value (oci/args.py's table: never a runc boolean, `--debug create` must
 # still be seen as create).
 VALUE_FLAGS = tuple(sorted(GLOBAL_VALUE_FLAGS))
@@ -42,11 +46,8 @@ ENFORCED = tuple(sorted(SHIM_ENFORCED))
 
 
 def is_shim(path: Path | str) -> bool:
-    try:
-        head = Path(path).read_bytes()[:512]
-    except OSError:
-        return False
-    return head.startswith(b"#!") and MARKER.encode() in head and SHIM.encode() in head
+    """A tiergate-runtime front, compiled or /bin/sh (shim.runtime's test, the one the start uses)."""
+    return is_shim_file(str(path))
 
 
 def real_runtime(name: str | None, shim: Path) -> str:
@@ -79,11 +80,11 @@ def sh_front(real: str, start: str) -> str:
 {MARKER}: {SHIM}, the OCI runtime shim.
 # Engines call this as if it were runc. Pass-through subcommands exec the real
 # runtime at once; {', '.join(ENFORCED)} start tiergate first.
-if [ -n "${{TIERGATE_SHIM_ACTIVE:-}}" ]; then
+if [ -n "${{{LOOP_ENV}:-}}" ]; then
   echo "tiergate: error: tiergate-runtime was started by itself through the real runtime (a loop)" >&2
   exit 1
 fi
-real=${{TIERGATE_RUNTIME:-{q(real)}}}
+real=${{{RUNTIME_ENV}:-{q(real)}}}
 case $real in /*) ;; *) exec {start} "$@" ;; esac
 skip= end=
 for a do
@@ -100,8 +101,15 @@ for a do
   esac
   break
 done
-TIERGATE_SHIM_ACTIVE=1 exec "$real" "$@"
+{LOOP_ENV}=1 exec "$real" "$@"
 """
+
+
+def _remove_old_front(bin_dir: Path, say) -> None:
+    """An earlier install's compiled front at OLD_FRONT (the shim is now that front itself)."""
+    old = bin_dir / OLD_FRONT
+    if old.exists() or old.is_symlink():
+        files.remove(old, MARKER, say)
 
 
 def conf_text(settings: dict) -> str:
@@ -124,11 +132,11 @@ def install(bin_dir: Path, user: str, runtime: str | None = None, policy: str | 
     conf = bin_dir / CONF
     files.write(conf, conf_text({"runtime": real, "shim": str(shim), "hook": str(hook), "policy": policy,
                                  "cache_dir": cache_dir, "log": log, "containerd_root": containerd_root}), 0o644, say)
-    front = install_front(bin_dir / FRONT, bin_dir / PY_LAUNCHER, lib, "tiergate.shim.runtime", f"conf={str(conf)!r}",
-                          say, warm, alone=bin_dir / PY_LAUNCHER, note=f"{SHIM} (Python part)")
-    start = shlex.quote(str(bin_dir / FRONT)) if front else \
-        f"{shlex.quote(interpreter())} -IS {shlex.quote(str(bin_dir / PY_LAUNCHER))}"
-    files.write(shim, sh_front(real, start), 0o755, say)
+    python = f"{shlex.quote(interpreter())} -IS {shlex.quote(str(bin_dir / PY_LAUNCHER))}"
+    install_front(shim, bin_dir / PY_LAUNCHER, lib, "tiergate.shim.runtime", f"conf={str(conf)!r}", say, warm,
+                  alone=bin_dir / PY_LAUNCHER, note=f"{SHIM} (Python part)", constants=front.shim_header(real),
+                  fallback=sh_front(real, python))
+    _remove_old_front(bin_dir, say)
     known = users(bin_dir)
     if user not in known:
         files.set_lines(bin_dir / USERS, [*known, user], say)
@@ -148,8 +156,8 @@ def uninstall(bin_dir: Path, user: str, say=print) -> None:
         say(f"kept {bin_dir / SHIM}: still used by {', '.join(rest)}")
         return
     files.remove(bin_dir / USERS, None, say)
-    files.remove(bin_dir / SHIM, MARKER, say)  # first: it runs the rest
-    remove_front(bin_dir / FRONT, bin_dir / PY_LAUNCHER, say)
+    remove_front(bin_dir / SHIM, bin_dir / PY_LAUNCHER, say)  # the shim first: it runs the rest
+    _remove_old_front(bin_dir, say)
     files.remove(bin_dir / CONF, MARKER, say)
     from tiergate.engines.podman import release_hook
 

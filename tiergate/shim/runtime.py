@@ -21,10 +21,10 @@ A refusal exits 1 after writing the reason to stderr and, as an error-level
 line, to the runtime's --log file (JSON with --log-format json): that line is
 all docker and containerd show their user ("OCI runtime create failed: ...").
 
-The installed `tiergate-runtime` is a /bin/sh front that does the
-pass-through itself and starts Python only for the subcommands in core.names.SHIM_ENFORCED
-(tiergate/engines/shim.py); this module is what it starts, and it accepts any
-subcommand on its own too.
+The installed `tiergate-runtime` is a front (compiled, engines/front.c; or /bin/sh without a C
+compiler) that does the pass-through itself and starts Python only for the subcommands in
+core.names.SHIM_ENFORCED (tiergate/engines/shim.py); this module is what it starts, and it accepts
+any subcommand on its own too.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 MARKER = "# written by tiergate install"  # as tiergate/engines/launcher.py (not imported: hot path)
 LOOP_ENV = "TIERGATE_SHIM_ACTIVE"
+RUNTIME_ENV = "TIERGATE_RUNTIME"  # the real runtime, over the installed one (the fronts read it too)
+FRONT_OF = b": compiled front of "  # engines/front.c's marker: MARKER, this, its Python launcher, NUL
 CONF_ENV = "TIERGATE_RUNTIME_CONF"
 _CONF_KEYS = ("runtime", "shim", "hook", "policy", "cache_dir", "log", "containerd_root")
 # The engine's own records; cri and annotation read spec annotations, which a caller can set
@@ -82,17 +84,26 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _is_shim(path: str, own: set) -> bool:
-    """Is `path` this shim (the same file as one in `own`, links followed) or another
-    tiergate-runtime front? Exec'ing it would loop."""
-    if _identity(path) in own:
-        return True
+def is_shim_file(path: str) -> bool:
+    """Is `path` a tiergate-runtime front: the /bin/sh one (#!, the marker and its name in its first
+    512 bytes) or a compiled one (an ELF of at most 1 MB whose marker names a tiergate-runtime.py)?"""
     try:
         with open(path, "rb") as fh:
             head = fh.read(512)
+            if head.startswith(b"\x7fELF") and os.fstat(fh.fileno()).st_size <= 1 << 20:
+                data = head + fh.read()
+                at = data.find(MARKER.encode() + FRONT_OF)
+                end = data.find(b"\0", at)
+                return 0 <= at < end and data[at:end].endswith(b"/tiergate-runtime.py")
     except OSError:
         return False
     return head.startswith(b"#!") and MARKER.encode() in head and b"tiergate-runtime" in head
+
+
+def _is_shim(path: str, own: set) -> bool:
+    """Is `path` this shim (the same file as one in `own`, links followed) or another
+    tiergate-runtime front? Exec'ing it would loop."""
+    return _identity(path) in own or is_shim_file(path)
 
 
 _FOUND: dict = {}  # find_runtime's answers in this process (an exec asks twice: its state, its exec)
@@ -100,7 +111,7 @@ _FOUND: dict = {}  # find_runtime's answers in this process (an exec asks twice:
 
 def find_runtime(conf: dict) -> str:
     """The real runtime: $TIERGATE_RUNTIME, else the installed choice, else runc, on PATH skipping the shim."""
-    name = os.environ.get("TIERGATE_RUNTIME") or conf.get("runtime") or "runc"
+    name = os.environ.get(RUNTIME_ENV) or conf.get("runtime") or "runc"
     path = os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     key = (name, path, sys.argv[0], conf.get("shim"))
     if key in _FOUND:

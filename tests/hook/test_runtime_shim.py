@@ -152,6 +152,18 @@ def test_compiled_front_agrees_with_the_sh_front_on_the_environment(both, tmp_pa
     assert cc == sh and sh[1].startswith(f"REAL loop=1 runtime={other} argc=3\n[{other}]"), sh
 
 
+def test_both_fronts_are_shims_and_a_real_runtime_is_not(both, tmp_path):
+    """is_shim_file knows the sh and the compiled front (small: it reads an ELF whole only below
+    FRONT_MAX), not the stub runtime nor a compiled hook front (its launcher is another)."""
+    assert all(runtime.is_shim_file(str(p)) for p in both.values())
+    assert os.path.getsize(both["compiled"]) < runtime.FRONT_MAX // 4
+    hook = tmp_path / "hook-front"
+    hook.write_bytes(compiled.build(hook, compiled.header(str(tmp_path / "lib" / "current"), f"{tmp_path}/k-",
+                                                          sys.executable, str(tmp_path / "lib" / "tiergate-hook.py"),
+                                                          launchers.MARKER), compiled.compiler() or "cc"))
+    assert not runtime.is_shim_file(str(hook)) and not runtime.is_shim_file(str(tmp_path / "stub"))
+
+
 def test_front_loop_guard(front):
     code, out, err = _run(front, ["state", "x"], {runtime.LOOP_ENV: "1"})
     assert code == 1 and not out and err == ("tiergate: error: tiergate-runtime was started by itself through the "

@@ -44,6 +44,7 @@ MARKER = "# written by tiergate install"  # as tiergate/engines/launcher.py (not
 LOOP_ENV = "TIERGATE_SHIM_ACTIVE"
 RUNTIME_ENV = "TIERGATE_RUNTIME"  # the real runtime, over the installed one (the fronts read it too)
 FRONT_OF = b": compiled front of "  # engines/front.c's marker: MARKER, this, its Python launcher, NUL
+FRONT_MAX = 256 << 10  # front.c builds to ~20 KiB (tests/hook/test_runtime_shim.py holds it under this)
 CONF_ENV = "TIERGATE_RUNTIME_CONF"
 _CONF_KEYS = ("runtime", "shim", "hook", "policy", "cache_dir", "log", "containerd_root")
 # The engine's own records; cri and annotation read spec annotations, which a caller can set
@@ -86,11 +87,12 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 def is_shim_file(path: str) -> bool:
     """Is `path` a tiergate-runtime front: the /bin/sh one (#!, the marker and its name in its first
-    512 bytes) or a compiled one (an ELF of at most 1 MB whose marker names a tiergate-runtime.py)?"""
+    512 bytes) or a compiled one (an ELF of at most FRONT_MAX bytes whose marker names a
+    tiergate-runtime.py)? A real runtime is not read past its head: crun is ~480 KiB, runc ~8 MiB."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(512)
-            if head.startswith(b"\x7fELF") and os.fstat(fh.fileno()).st_size <= 1 << 20:
+            if head.startswith(b"\x7fELF") and os.fstat(fh.fileno()).st_size <= FRONT_MAX:
                 data = head + fh.read()
                 at = data.find(MARKER.encode() + FRONT_OF)
                 end = data.find(b"\0", at)

@@ -118,9 +118,12 @@ def summary_rows(res: dict) -> list[str]:
     net = res.get("network") or {}
     for tier in net.get("tiers") or ():
         r = net["results"]
+        alone = (net.get("hook") or {}).get(f"{tier} with its network policy") or {}
         L.append(_row(f"a tier with a network policy: {tier}, podman, macvlan (bare column: the same tier "
                       "without its network policy)", r.get(f"{tier} without a network policy"), r.get("no-op hook"),
-                      r.get(f"{tier} with its network policy"), f"bare podman {cell(r.get('bare'))}"))
+                      r.get(f"{tier} with its network policy"), f"bare podman {cell(r.get('bare'))}"
+                      + (f"; the hook alone, a fresh namespace: {fmt(alone['added_vs_without_ms'], sign=True)} ms "
+                         "with the policy" if alone.get("added_vs_without_ms") is not None else "")))
     st = res.get("storage") or {}
     for i, n in enumerate(st.get("sizes") or ()):
         r = st["results"][str(n)]
@@ -169,7 +172,7 @@ def summary_rows(res: dict) -> list[str]:
         L.append(_row("`docker run --rm`, the shim, baseline (floor: a Python runtime that execs runc)",
                       dk.get("docker bare"), dk.get("docker no-op runtime"), dk.get("docker tiergate baseline"),
                       f"{len(t)} tiers: {span([diff(r, dk.get('docker bare')) for r in t.values()], sign=True)} ms over bare"))
-    own = hook.get("own_part") or {}
+    own = (res.get("hook") or {}).get("own_part") or {}
     if own.get("run"):
         def own_diff(what: str) -> str:
             rows = own.get(what) or {}
@@ -311,6 +314,12 @@ def markdown(res: dict) -> str:
         L += ["Beyond the same tier without its network policy: " + ", ".join(
             f"{t} {fmt(net['results'][f'{t} with its network policy'].get('added_vs_without_ms'), sign=True)} ms"
             for t in net["tiers"]) + ".", ""]
+        if net.get("hook"):
+            L += ["The hook process alone on each tier's saved spec, its network namespace a fresh one per run "
+                  "(loopback only), with the tier's network policy and without it:", ""]
+            L += table(net["hook"]) + ["Beyond the same tier without its network policy: " + ", ".join(
+                f"{t} {fmt((net['hook'].get(f'{t} with its network policy') or {}).get('added_vs_without_ms'), sign=True)}"
+                " ms" for t in net["tiers"]) + ".", ""]
     st = res.get("storage") or {}
     if st:
         L += ["## Storage size (podman run; synthetic images.json / containers.json entries)", ""]

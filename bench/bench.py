@@ -1060,7 +1060,7 @@ class Bench:
         spec = importlib.util.spec_from_file_location("bench_cri", REPO / "bench" / "cri.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        rounds = self.args.cri_rounds or (3 if self.quick else 15)
+        rounds = self.args.cri_rounds or (3 if self.quick else 25)
         execs = 3 * rounds  # ExecSync times are bimodal here (~33 and ~50 ms, runc alike): more samples
         say(f"cri: {rounds} rounds of pod start, {execs} ExecSync each")
         try:
@@ -1433,7 +1433,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where results go")
     ap.add_argument("--sections", default=SECTIONS, help=f"comma-separated subset to run (default {SECTIONS}; "
                     "metadata is extra)")
-    ap.add_argument("--cri-rounds", type=int, default=None, help="CRI pod starts (default 15, quick 3); ExecSyncs: three times as many")
+    ap.add_argument("--cri-rounds", type=int, default=None, help="CRI pod starts (default 25, quick 3); ExecSyncs: three times as many")
     ap.add_argument("--publish", action="store_true",
                     help="then regenerate README.md's table and docs/benchmark/ from this run (bench/report.py)")
     ap.add_argument("--tiers", default=None, help="comma-separated tiers (default: every tier of the policy)")

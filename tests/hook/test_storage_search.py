@@ -157,3 +157,24 @@ def test_a_start_parses_as_many_bytes_with_n_entries_as_with_10(tmp_path: Path, 
     (calls_small, bytes_small), (calls_big, bytes_big) = results
     assert calls_big == calls_small
     assert abs(bytes_big - bytes_small) < 64, results
+
+
+def test_the_files_are_searched_mapped_and_unmapped_after(tmp_path):
+    """A start searches containers.json and images.json where they lie (a read-only mapping, not a
+    copy into a fresh child's memory) and keeps neither the mapping nor its descriptor."""
+    import os
+
+    path = tmp_path / "containers.json"
+    path.write_bytes(go_json([container(i, f"{i:064x}") for i in range(1, 200)]))
+    fds = len(os.listdir("/proc/self/fd"))
+    assert lookup(path, "layer", f"{150:064x}") == expected(path, "layer", f"{150:064x}")
+    assert lookup(path, "layer", "9" * 64) is None
+    assert str(path) not in Path("/proc/self/maps").read_text()
+    assert len(os.listdir("/proc/self/fd")) == fds
+    mapped = storage._mapped(str(path), "metadata")
+    try:
+        assert not isinstance(mapped, bytes) and str(path) in Path("/proc/self/maps").read_text()
+    finally:
+        mapped.close()
+    (tmp_path / "empty.json").write_bytes(b"")
+    assert lookup(tmp_path / "empty.json", "layer", LAYERS[0]) is ValueError

@@ -195,7 +195,7 @@ PREIMPORT_PACKAGES = ("tiergate.hook", "tiergate.shim", "tiergate.core", "tierga
                       "tiergate.sources", "tiergate.network", "tiergate.seccomp", "tiergate.telemetry")
 # Policy-compile time only, and pyseccomp's import runs ldconfig (a host fact): left to a start that compiles.
 PREIMPORT_SKIP = ("tiergate.seccomp.build", "tiergate.seccomp.syscalls")
-PREIMPORT_MODULES = ("json", "subprocess", "socket", "ipaddress", "hashlib", "tempfile", "fcntl", "select",
+PREIMPORT_MODULES = ("json", "subprocess", "socket", "ipaddress", "hashlib", "tempfile", "fcntl", "select", "mmap",
                      "struct", "ctypes", "_prctl", "nftables")  # not pyseccomp: its import runs ldconfig
 
 

@@ -22,22 +22,33 @@ from tiergate.oci.jsonio import parse
 
 from tiergate.oci.errors import OciError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the start path)
+if TYPE_CHECKING:
+    from mmap import mmap
+
 from tiergate.core.decide import Image
 from tiergate.sources.claims import HEX as _HEX, storage_root as split_root
 
 MAX_METADATA = 256 * 1024 * 1024
 
 
-def _read_bytes(path: str, what: str) -> bytes:
+def _open(path: str, what: str) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file at `path` (no symlink followed) and its stat."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise OciError(f"cannot open {what} {path}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OciError(f"{what} {path} is not a regular file")
+    return fd, st
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    fd, st = _open(path, what)
     try:
         with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise OciError(f"{what} {path} is not a regular file")
             data = fh.read(min(st.st_size, MAX_METADATA) + 1)  # sized: a 256 MB buffer costs ~0.1 ms
             if len(data) > st.st_size:  # it grew meanwhile
                 data += fh.read(MAX_METADATA + 1 - len(data))
@@ -46,6 +57,24 @@ def _read_bytes(path: str, what: str) -> bytes:
     if len(data) > MAX_METADATA:
         raise OciError(f"{what} {path} is larger than {MAX_METADATA} bytes")
     return data
+
+
+def _mapped(path: str, what: str) -> mmap | bytes:
+    """The file at `path` mapped read-only (bytes when empty): searched in the page cache, never
+    copied. A start is a freshly forked child, where reading 1.6 MB (images.json of 1,000
+    images) into new memory cost 1.2 ms of page faults and copying, the mapping ~0.1 ms.
+    containers-storage replaces these files by rename, so a mapped file is never cut short."""
+    import mmap
+
+    fd, st = _open(path, what)
+    try:
+        if st.st_size > MAX_METADATA:
+            raise OciError(f"{what} {path} is larger than {MAX_METADATA} bytes")
+        return mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ) if st.st_size else b""
+    except (OSError, ValueError) as exc:
+        raise OciError(f"cannot read {what} {path}: {exc}") from None
+    finally:
+        os.close(fd)
 
 
 def _parse(data: bytes, path: str, what: str):
@@ -81,7 +110,7 @@ def _hex64(value: object) -> bool:
     return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
 
 
-def _search(data: bytes, needle: bytes, key: str, value: str, what: str):
+def _search(data: mmap | bytes, needle: bytes, key: str, value: str, what: str):
     """The first array entry whose KEY is VALUE (NEEDLE: the key and the quoted value); _UNSURE when
     the bytes do not settle it."""
     if data[:64].lstrip(_JSON_WS)[:1] != b"[" or data[-64:].rstrip(_JSON_WS)[-1:] != b"]":
@@ -103,13 +132,18 @@ def _search(data: bytes, needle: bytes, key: str, value: str, what: str):
 
 def _find(path: str, what: str, key: str, value: str) -> dict | None:
     """The first entry of the array in PATH whose KEY is VALUE (raises OciError when unreadable)."""
-    data = _read_bytes(path, what)
-    if _hex64(value):
-        needle = b'"layer":"' + value.encode() + b'"' if key == "layer" else _START + value.encode() + b'"'
-        entry = _search(data, needle, key, value, what)
-        if entry is not _UNSURE:
-            return entry
-    return next((e for e in _list(_parse(data, path, what), os.path.basename(path)) if e.get(key) == value), None)
+    data = _mapped(path, what)
+    try:
+        if _hex64(value):
+            needle = b'"layer":"' + value.encode() + b'"' if key == "layer" else _START + value.encode() + b'"'
+            entry = _search(data, needle, key, value, what)
+            if entry is not _UNSURE:
+                return entry
+        whole = _parse(data[:], path, what)
+    finally:
+        if not isinstance(data, bytes):
+            data.close()
+    return next((e for e in _list(whole, os.path.basename(path)) if e.get(key) == value), None)
 
 
 _LAST: dict[tuple, dict | None] = {}  # one start asks for its container twice (its id, its image)

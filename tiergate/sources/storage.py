@@ -22,12 +22,12 @@ from tiergate.oci.jsonio import parse
 
 from tiergate.oci.errors import OciError
 
+from tiergate.core.decide import Image
+from tiergate.sources.claims import HEX as _HEX, storage_root as split_root
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the start path)
 if TYPE_CHECKING:
     from mmap import mmap
-
-from tiergate.core.decide import Image
-from tiergate.sources.claims import HEX as _HEX, storage_root as split_root
 
 MAX_METADATA = 256 * 1024 * 1024
 
@@ -38,7 +38,11 @@ def _open(path: str, what: str) -> tuple[int, os.stat_result]:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise OciError(f"cannot open {what} {path}: {exc.strerror}") from None
-    st = os.fstat(fd)
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise OciError(f"cannot read {what} {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise OciError(f"{what} {path} is not a regular file")

@@ -80,10 +80,17 @@ class RuntimePodman:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
     def cleanup(self) -> None:
+        from tiergate.engines import warm
+
+        # Our shim's warm helper was started from a conmon and lives in its cgroup: stopped
+        # first, so the engine's cgroups can go (and again after uninstall, in case a last
+        # start started another).
+        warm.stop("", under=str(self.bin_dir), say=lambda *_: None)
         try:
             self.podman.cleanup()
         finally:
             tiergate("uninstall", *self.install_args, check=False)
+            harness.remove_cgroup(self.podman.cgroup_parent.rsplit("/", 1)[0])
             harness.remove_tree(self.dir)
 
 

@@ -8,11 +8,12 @@ has NoNewPrivs 1 and no seccomp; the control run shows it.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
 
-from harness import caps_from_hex, probe_status, run_cmd
+from harness import caps_from_hex, probe_status, remove_cgroup, run_cmd
 
 pytestmark = pytest.mark.docker
 
@@ -37,14 +38,16 @@ def ctr(docker_factory, busybox_rootfs, it_dir):
     runc_root.mkdir(exist_ok=True)
     fifo_dir = it_dir / "ctr-fifo"  # ctr's default is /run/containerd/fifo: a host path
     fifo_dir.mkdir(exist_ok=True)
+    namespace = f"tiergate-it-{os.getpid()}-ctr"  # containerd's cgroup parent for its containers: removed below
 
     def run(*extra, binary=None, cmd=STATUS):
-        argv = [engine.ctr, "--address", str(engine.containerd_sock), "--namespace", "tiergate-it", "run", "--rm",
+        argv = [engine.ctr, "--address", str(engine.containerd_sock), "--namespace", namespace, "run", "--rm",
                 "--rootfs", "--runc-root", str(runc_root), "--fifo-dir", str(fifo_dir), *(["--runc-binary", binary] if binary else []),
                 *extra, str(rootfs), f"tg-{uuid.uuid4().hex[:10]}", *cmd]
         return run_cmd(argv, env=engine.env, timeout=60)
 
-    return run
+    yield run
+    remove_cgroup(namespace)
 
 
 def test_control(ctr):

@@ -30,6 +30,11 @@ END = "<!-- END bench table -->"
 HOOK_BUDGET_MS = 10.0  # issue 10: beyond the no-op hook, any tier
 
 
+# The like-for-like reference of a tiergate pod, which filters the sandbox's pause container too:
+# RuntimeDefault at pod level (kubelet hands a pod-level profile, and SeccompDefault's, to the sandbox).
+CRI_POD_BARE = "runc + RuntimeDefault seccomp, pod level (sandbox too)"
+
+
 def fmt(v, nd=1, sign=False) -> str:
     if v is None:
         return "-"
@@ -69,6 +74,15 @@ def span(values, nd=1, sign=False, unit="") -> str:
 # ---------------------------------------------------------------------------
 # the summary: one row per row of issue 20's table
 # ---------------------------------------------------------------------------
+
+def _cpu_note(bare: dict | None, tg: dict | None) -> str:
+    """The batch's host CPU per container, bare and tiergate (older results have none)."""
+    b, t = (bare or {}).get("cpu_per_start"), (tg or {}).get("cpu_per_start")
+    if not (b and t):
+        return ""
+    return (f"; host CPU per container: bare {fmt(b['median_ms'], 1)} ms, tiergate {fmt(t['median_ms'], 1)} ms "
+            f"({fmt(t['median_ms'] - b['median_ms'], 1, sign=True)})")
+
 
 def _row(path: str, bare: dict | None, floor: dict | None, tg: dict | None, note: str = "") -> str:
     ref = bare if bare is not None else floor
@@ -165,7 +179,8 @@ def summary_rows(res: dict) -> list[str]:
         tg = r.get(f"tiergate {par['tier']}")
         L.append(_row(f"{par['containers']} `podman run --rm` at once (wall of the batch)", r.get("bare"),
                       r.get("no-op hook"), tg, f"throughput vs bare: tiergate **{fmt((tg or {}).get('throughput_ratio'), 2)}×**, "
-                      f"no-op hook {fmt((r.get('no-op hook') or {}).get('throughput_ratio'), 2)}×"))
+                      f"no-op hook {fmt((r.get('no-op hook') or {}).get('throughput_ratio'), 2)}×"
+                      + _cpu_note(r.get("bare"), tg)))
     dk = e2e.get("docker") or {}
     if dk:
         t = _tier_rows(dk, "docker tiergate ")
@@ -188,11 +203,11 @@ def summary_rows(res: dict) -> list[str]:
     cri = res.get("cri") or {}
     if cri:
         p, x = cri["pods"], cri["exec"]
-        L.append(_row("containerd CRI pod start (sandbox + create + start; bare: runc with RuntimeDefault seccomp)",
-                      p.get("runc + RuntimeDefault seccomp"), p.get("no-op Python shim"),
-                      p.get("tiergate baseline (unlabelled image)"),
-                      f"plain runc {cell(p.get('runc'))}; RuntimeDefault at pod level (pause filtered too) "
-                      f"{cell(p.get('runc + RuntimeDefault seccomp, pod level (sandbox too)'))}"))
+        L.append(_row("containerd CRI pod start (sandbox + create + start; bare: runc with RuntimeDefault seccomp "
+                      "at pod level, so the pause container is filtered as tiergate filters it)",
+                      p.get(CRI_POD_BARE), p.get("no-op Python shim"), p.get("tiergate baseline (unlabelled image)"),
+                      f"plain runc {cell(p.get('runc'))}; RuntimeDefault on the app container alone (pause "
+                      f"unfiltered) {cell(p.get('runc + RuntimeDefault seccomp'))}"))
         L.append(_row("CRI ExecSync `true` (bare: runc with RuntimeDefault seccomp, as tiergate's tier has a filter)",
                       x.get("runc + RuntimeDefault seccomp"), x.get("no-op Python shim"), x.get("tiergate"),
                       f"plain runc {cell(x.get('runc'))}"))
@@ -376,10 +391,16 @@ def markdown(res: dict) -> str:
             L += ["Throughput: " + ", ".join(f"{k} {fmt(v.get('containers_per_s'), 2)}/s "
                                              f"({fmt(v.get('throughput_ratio'), 3)}× bare)"
                                              for k, v in par["results"].items()) + ".", ""]
+            if any(v.get("cpu_per_start") for v in par["results"].values()):
+                L += ["Host CPU per container during the batch (all processes and the kernel, /proc/stat): "
+                      + ", ".join(f"{k} {fmt(v['cpu_per_start']['median_ms'], 1)} ms "
+                                  f"({fmt(v['cpu_per_start']['min_ms'], 1)}–{fmt(v['cpu_per_start']['max_ms'], 1)}; "
+                                  f"bare / this {fmt(v.get('cpu_ratio'), 3)}×)"
+                                  for k, v in par["results"].items() if v.get("cpu_per_start")) + ".", ""]
     cri = res.get("cri") or {}
     if cri:
         L += ["## containerd CRI (bench/cri.py)", "", "Pod start (RunPodSandbox + CreateContainer + StartContainer):", ""]
-        L += table(cri["pods"], "runc + RuntimeDefault seccomp", "no-op Python shim")
+        L += table(cri["pods"], CRI_POD_BARE, "no-op Python shim")
         L += ["ExecSync `true`:", ""] + table(cri["exec"], "runc + RuntimeDefault seccomp", "no-op Python shim")
     sec = res.get("seccomp") or {}
     if sec.get("results"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tiergate.engines import containerd, docker, podman_runtime, shim
+from tiergate.shim.runtime import is_shim_file
 from tiergate.core.errors import EngineConfigError
 
 quiet = {"say": lambda *_: None}
@@ -34,7 +35,7 @@ def test_docker_merge_default_and_restore(tmp_path, runc):
     assert doc["runtimes"] == {"other": {"path": "/x"}, "tiergate": {"path": str(exe)}}
     assert doc["default-runtime"] == "tiergate" and doc["log-driver"] == "json-file"
     assert (tmp_path / "daemon.json.tiergate-backup").read_text() == original
-    assert shim.is_shim(exe) and (bin_dir / "tiergate-hook").exists()
+    assert is_shim_file(str(exe)) and (bin_dir / "tiergate-hook").exists()
     assert f"runtime={runc}" in (bin_dir / "tiergate-runtime.conf").read_text()
     said = []
     docker.install(daemon, bin_dir, default=True, runtime=runc, say=said.append)
@@ -88,11 +89,11 @@ def test_the_shim_is_the_compiled_front_idempotently_and_switches_with_no_warm(t
         return [s for s in said if s.startswith(("wrote", "removed")) and "tiergate-runtime" in s]
 
     install(True)
-    assert exe.read_bytes().startswith(b"\x7fELF") and front.launcher_of(exe) == str(py) and shim.is_shim(exe)
+    assert exe.read_bytes().startswith(b"\x7fELF") and front.launcher_of(exe) == str(py) and is_shim_file(str(exe))
     assert not old.exists() and subprocess.run([str(exe), "--root", "/r", "list"], timeout=30).returncode == 0
     assert install(True) == []
     assert install(False) == [f"wrote {py}", f"wrote {exe}"]
-    assert exe.read_text().startswith("#!/bin/sh\n") and str(py) in exe.read_text() and shim.is_shim(exe)
+    assert exe.read_text().startswith("#!/bin/sh\n") and str(py) in exe.read_text() and is_shim_file(str(exe))
     assert install(False) == []
     assert install(True) == [f"wrote {py}", f"wrote {exe}"] and front.launcher_of(exe) == str(py)
     shutil.copy(exe, old)  # an earlier install's compiled front, which its sh front ran

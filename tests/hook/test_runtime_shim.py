@@ -198,6 +198,21 @@ def test_find_runtime_skips_the_shim_on_path(tmp_path, monkeypatch, front):
     assert runtime.find_runtime({}) == str(real)
 
 
+def test_install_and_start_search_alike(tmp_path, monkeypatch, front):
+    """Install's choice (engines/shim.real_runtime) is the start's (find_runtime): one search, which
+    skips a front on PATH and refuses nothing else."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    (first / "runc").symlink_to(front)
+    real = _exe(second / "runc", "#!/bin/sh\n")
+    monkeypatch.setenv("PATH", f"{first}:{second}")
+    monkeypatch.delenv("TIERGATE_RUNTIME", raising=False)
+    assert shim.real_runtime(None, tmp_path / "tiergate-runtime") == runtime.find_runtime({}) == str(real)
+    monkeypatch.setenv("PATH", str(first))
+    with pytest.raises(FileNotFoundError, match="no runc on PATH"):
+        shim.real_runtime(None, tmp_path / "tiergate-runtime")
+
+
 def test_find_runtime_loop_is_an_error(monkeypatch, front):
     monkeypatch.setenv("TIERGATE_RUNTIME", str(front))
     with pytest.raises(runtime.LoopError):

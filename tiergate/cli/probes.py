@@ -412,14 +412,14 @@ def check_podman_engine(account=None, stray_dirs: tuple[str, ...] | None = None)
     or when what podman would run is broken; warn when only part is there (exec open).
     """
     from tiergate.engines import podman as engine
-    from tiergate.engines.shim import is_shim
+    from tiergate.shim.runtime import is_shim_file
 
     info, confs, problem = account or podman_engine_account()
     if info is None:
         return Check("podman engine", WARN, problem or "podman info gave nothing")
     runtime = (info.get("host") or {}).get("ociRuntime") or {}
     rt_path = str(runtime.get("path") or "")
-    ours_rt = bool(rt_path) and is_shim(rt_path)
+    ours_rt = bool(rt_path) and is_shim_file(rt_path)
     dirs, source = engine.hooks_dirs_read(confs)
     read = []
     for d in dirs:
@@ -553,10 +553,10 @@ def shim_settings(front: str) -> dict | None:
 
     from tiergate.engines.front import launcher_of
     from tiergate.engines.launcher import read_script
-    from tiergate.engines.shim import is_shim
+    from tiergate.shim.runtime import is_shim_file
     from tiergate.shim.runtime import read_conf
 
-    if not is_shim(front):
+    if not is_shim_file(str(front)):
         return None
     if launcher_of(front):  # the shim is the compiled front (engines/front.c with TG_REAL)
         start = [front]

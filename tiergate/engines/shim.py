@@ -32,7 +32,7 @@ from tiergate.oci.args import GLOBAL_VALUE_FLAGS
 
 from tiergate.engines import files, front
 from tiergate.engines.launcher import MARKER, install_front, install_hook, interpreter, remove_front
-from tiergate.shim.runtime import LOOP_ENV, RUNTIME_ENV, is_shim_file
+from tiergate.shim.runtime import LOOP_ENV, RUNTIME_ENV, LoopError, search_runtime
 
 SHIM = "tiergate-runtime"
 CONF = "tiergate-runtime.conf"
@@ -45,30 +45,20 @@ VALUE_FLAGS = tuple(sorted(GLOBAL_VALUE_FLAGS))
 ENFORCED = tuple(sorted(SHIM_ENFORCED))
 
 
-def is_shim(path: Path | str) -> bool:
-    """A tiergate-runtime front, compiled or /bin/sh (shim.runtime's test, the one the start uses)."""
-    return is_shim_file(str(path))
-
-
 def real_runtime(name: str | None, shim: Path) -> str:
-    """Absolute path of the runtime the shim hands over to (runc by default), never the shim."""
+    """Absolute path of the runtime the shim hands over to (runc by default), never the shim: the
+    start's own search (shim.runtime.search_runtime), with install's errors."""
     name = name or "runc"
     if "/" in name:
-        path = os.path.abspath(name)
-        if not os.access(path, os.X_OK):
-            raise FileNotFoundError(f"runtime {path} is not an executable")
-    else:
-        path = ""
-        for d in os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
-            cand = Path(d or ".") / name
-            if cand.is_file() and os.access(cand, os.X_OK) and not is_shim(cand) \
-                    and os.path.realpath(cand) != os.path.realpath(shim):
-                path = str(cand)
-                break
-        if not path:
-            raise FileNotFoundError(f"no {name} on PATH (install runc, or pass --runtime PATH)")
-    if is_shim(Path(path)) or os.path.realpath(path) == os.path.realpath(shim):
-        raise ValueError(f"runtime {path} is tiergate-runtime itself: that would loop")
+        name = os.path.abspath(name)
+        if not os.access(name, os.X_OK):
+            raise FileNotFoundError(f"runtime {name} is not an executable")
+    try:
+        path = search_runtime(name, (str(shim),))
+    except LoopError:
+        raise ValueError(f"runtime {name} is tiergate-runtime itself: that would loop") from None
+    if path is None:
+        raise FileNotFoundError(f"no {name} on PATH (install runc, or pass --runtime PATH)")
     return path
 
 

@@ -114,25 +114,30 @@ _FOUND: dict = {}  # find_runtime's answers in this process (an exec asks twice:
 def find_runtime(conf: dict) -> str:
     """The real runtime: $TIERGATE_RUNTIME, else the installed choice, else runc, on PATH skipping the shim."""
     name = os.environ.get(RUNTIME_ENV) or conf.get("runtime") or "runc"
-    path = os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    key = (name, path, sys.argv[0], conf.get("shim"))
-    if key in _FOUND:
-        return _FOUND[key]
-    own = {_identity(p) for p in (sys.argv[0], conf.get("shim")) if p} - {None}
+    key = (name, os.environ.get("PATH"), sys.argv[0], conf.get("shim"))
+    if key not in _FOUND:
+        found = search_runtime(name, (sys.argv[0], conf.get("shim")))
+        if found is None:
+            raise LoopError(f"no real runtime {name!r} on PATH (other than tiergate-runtime itself)")
+        _FOUND[key] = found
+    return _FOUND[key]
+
+
+def search_runtime(name: str, not_these: tuple = ()) -> str | None:
+    """The one search for a real runtime, at install (engines/shim.real_runtime) and at every start:
+    `name` itself when it holds a "/", else the first executable `name` on PATH that is neither a
+    tiergate-runtime front nor one of `not_these` (the same file, links followed); None when PATH
+    has none. LoopError when the path named is a front or one of `not_these`: it would loop."""
+    own = {_identity(p) for p in not_these if p} - {None}
     if "/" in name:
         if _is_shim(name, own):
             raise LoopError(f"the real runtime {name} is tiergate-runtime itself")
-        found = name
-    else:
-        for d in path.split(":"):
-            cand = os.path.join(d or ".", name)
-            if os.path.isfile(cand) and os.access(cand, os.X_OK) and not _is_shim(cand, own):
-                found = cand
-                break
-        else:
-            raise LoopError(f"no real runtime {name!r} on PATH (other than tiergate-runtime itself)")
-    _FOUND[key] = found
-    return found
+        return name
+    for d in os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK) and not _is_shim(cand, own):
+            return cand
+    return None
 
 
 def _warm():

@@ -139,9 +139,16 @@ def start_cmd(argv: list, env: dict | None, what: str):
     return run
 
 
+# Idle seconds before each measured call. An engine calls tiergate once per container start, and
+# sequential starts are >= 100 ms apart; back to back, a start finds the warm helper still forking
+# and pre-faulting its next spare (~3.5 ms here), so a config's figure would depend on which config
+# ran just before it. Starts that really arrive together are the parallel batches (scale).
+GAP = 0.025
+
+
 def alternate(configs: dict, rounds: int, what: str, warmup: bool = True) -> dict[str, dict]:
     """Run each config's callable (returns wall seconds, raises Failed) once per round, in an
-    order rotated every round; a config that fails is dropped and its error kept."""
+    order rotated every round, GAP seconds apart; a config that fails is dropped and its error kept."""
     samples: dict[str, list[float]] = {name: [] for name in configs}
     errors: dict[str, str] = {}
     names = list(configs)
@@ -158,6 +165,7 @@ def alternate(configs: dict, rounds: int, what: str, warmup: bool = True) -> dic
         for name in order:
             if name in errors:
                 continue
+            time.sleep(GAP)
             try:
                 samples[name].append(configs[name]())
             except (Failed, subprocess.TimeoutExpired) as exc:

@@ -553,8 +553,7 @@ def shim_settings(front: str) -> dict | None:
 
     from tiergate.engines.front import launcher_of
     from tiergate.engines.launcher import read_script
-    from tiergate.shim.runtime import is_shim_file
-    from tiergate.shim.runtime import read_conf
+    from tiergate.shim.runtime import is_shim_file, read_conf
 
     if not is_shim_file(str(front)):
         return None

@@ -115,7 +115,9 @@ def summary_rows(res: dict) -> list[str]:
         floor = ins["no-op hook"]["instructions"]
         bare = (ins.get("python -IS -c pass") or {}).get("instructions")
         ratios = [v["instructions"] / floor for v in t_ins.values()]
-        L.append(f"| the same, callgrind instructions (deterministic) | {mi('python -IS -c pass')} | {mi('no-op hook')} | "
+        L.append(f"| the same, callgrind instructions (deterministic; of the process podman starts, the compiled "
+                 f"front: the start's work runs in the warm helper's pre-forked child, whose CPU is in the parallel "
+                 f"rows' host CPU) | {mi('python -IS -c pass')} | {mi('no-op hook')} | "
                  f"{fmt(base.get('instructions') and base['instructions'] / 1e6)} M | "
                  f"{fmt(bare and base.get('instructions') and (base['instructions'] - bare) / 1e6, sign=True)} M | "
                  f"{fmt(base.get('instructions') and (base['instructions'] - floor) / 1e6, sign=True)} M | "

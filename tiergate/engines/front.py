@@ -20,19 +20,17 @@ COMPILE_TIMEOUT = 120
 
 
 def launcher_of(path: str | os.PathLike) -> str | None:
-    """The Python launcher a compiled front at `path` runs on a miss (its embedded marker), or None
-    for anything else (the Python launcher itself, a missing file)."""
-    import re
-
-    from tiergate.engines.launcher import MARKER
+    """The Python launcher a compiled front at `path` runs on a miss (its embedded marker, read as
+    the start reads it: shim.runtime.embedded_launcher), or None for anything else (the Python
+    launcher itself, a missing file)."""
+    from tiergate.shim.runtime import embedded_launcher
 
     try:
         with open(path, "rb") as fh:
             data = fh.read(1 << 20)
     except OSError:
         return None
-    found = re.search(re.escape(MARKER.encode()) + rb": compiled front of (/[^\0]+)\0", data)
-    return os.fsdecode(found.group(1)) if data.startswith(b"\x7fELF") and found else None
+    return embedded_launcher(data)
 
 
 def compiler() -> str | None:

@@ -85,6 +85,15 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def embedded_launcher(data: bytes) -> str | None:
+    """The Python launcher named by a compiled front's marker (MARKER, FRONT_OF, an absolute path,
+    NUL) in an ELF's bytes, or None: how install, doctor and the start all read a front."""
+    at = data.find(MARKER.encode() + FRONT_OF) if data.startswith(b"\x7fELF") else -1
+    start = at + len(MARKER) + len(FRONT_OF)
+    end = data.find(b"\0", start) if at >= 0 else -1
+    return os.fsdecode(data[start:end]) if end > start and data[start:start + 1] == b"/" else None
+
+
 def is_shim_file(path: str) -> bool:
     """Is `path` a tiergate-runtime front: the /bin/sh one (#!, the marker and its name in its first
     512 bytes) or a compiled one (an ELF of at most FRONT_MAX bytes whose marker names a
@@ -93,10 +102,7 @@ def is_shim_file(path: str) -> bool:
         with open(path, "rb") as fh:
             head = fh.read(512)
             if head.startswith(b"\x7fELF") and os.fstat(fh.fileno()).st_size <= FRONT_MAX:
-                data = head + fh.read()
-                at = data.find(MARKER.encode() + FRONT_OF)
-                end = data.find(b"\0", at)
-                return 0 <= at < end and data[at:end].endswith(b"/tiergate-runtime.py")
+                return (embedded_launcher(head + fh.read()) or "").endswith("/tiergate-runtime.py")
     except OSError:
         return False
     return head.startswith(b"#!") and MARKER.encode() in head and b"tiergate-runtime" in head

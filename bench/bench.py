@@ -93,6 +93,33 @@ def stats(samples_s: list[float]) -> dict:
     return out
 
 
+PARALLEL_ROUNDS = 6  # batches per config and size: a multiple of the six configs, so the rotation is balanced
+PERF_HZ = 499  # perf's sampling rate per CPU for the CPU split: ~2 ms a sample
+# Which processes a batch's CPU went to, by comm (the first matching prefix wins): the hooks are
+# the no-op hook's script and tiergate's front (tiergate-hook) plus its warm helper's children (python).
+CPU_GROUPS = (("podman", ("podman",)), ("conmon", ("conmon",)), ("runc init", ("runc:[2:INIT]",)),
+              ("runc", ("runc",)), ("hook", ("noop-hook", "tiergate-", "python", "cat")),  # comms stop at 15 bytes: tiergate-runtim
+              ("idle", ("swapper",)), ("kernel threads", ("kworker", "ksoftirqd", "rcu", "kdamond", "migration",
+                                                          "kcompactd", "khugepaged", "jbd2", "kswapd")))
+
+
+def cpu_groups(report: str, own_pid: int, n: int) -> dict[str, float]:
+    """CPU ms per container by CPU_GROUPS from `perf report --sort pid,comm -n` ("pct samples pid:comm"
+    lines); this script's own samples (own_pid) go to "other", with whatever matches no group."""
+    out = {name: 0.0 for name, _ in CPU_GROUPS} | {"other": 0.0}
+    for line in report.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 3 or not parts[1].isdigit() or ":" not in parts[2]:
+            continue
+        head, _, comm = parts[2].strip().partition(" ")  # "pid:comm   comm" (the comm at the sample)
+        pid, _, first = head.partition(":")
+        comm = comm.strip() or first
+        group = "other" if pid == str(own_pid) else next(
+            (name for name, prefixes in CPU_GROUPS if comm.startswith(prefixes)), "other")
+        out[group] += int(parts[1]) / PERF_HZ * 1000 / n
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def host_cpu() -> float:
     """CPU seconds the whole host has spent busy (all CPUs, /proc/stat): a batch's CPU, whoever
     spent it (podman, conmon, runc, hooks, the warm helper's children, the kernel)."""
@@ -323,7 +350,9 @@ class Bench:
         capture.write_text(f"#!{SYSTEM_PYTHON} -IS\nimport sys\ndata = sys.stdin.buffer.read()\n"
                            f"open({str(self.capture_file)!r}, 'wb').write(data)\nsys.stdout.buffer.write(data)\n")
         capture.chmod(0o755)
-        for kind, exe in (("noop", self.noop), ("capture", capture)):
+        self.hooks["cat"] = self.d / "hooks-cat"  # podman's own cost of a precreate hook: one that costs nothing
+        self.hooks["cat"].mkdir()
+        for kind, exe in (("noop", self.noop), ("capture", capture), ("cat", Path(shutil.which("cat") or "/bin/cat"))):
             (self.hooks[kind] / "50-bench.json").write_text(json.dumps({
                 "version": "1.0.0", "hook": {"path": str(exe), "args": [exe.name]},
                 "when": {"always": True}, "stages": ["precreate"]}))
@@ -367,10 +396,13 @@ class Bench:
         say(f"SKIPPED {what}: {why}")
         self.results["skipped"].append({"what": what, "why": why})
 
-    def podman_argv(self, hooks: str, *args: str, network: str = "none", podman=None) -> list[str]:
+    def podman_argv(self, hooks: str, *args: str, network: str = "none", podman=None,
+                    runtime: str | None = None) -> list[str]:
         p = podman or self.podman
         flags = list(p.global_flags)
         flags[flags.index("--hooks-dir") + 1] = str(self.hooks[hooks])
+        if runtime:
+            flags[flags.index("--runtime") + 1] = runtime
         args_l = [os.fspath(a) for a in args]
         if args_l and args_l[0] in ("run", "create"):
             args_l = [args_l[0], "--network", network, "--cgroup-parent", p.cgroup_parent, *args_l[1:]]
@@ -904,23 +936,36 @@ class Bench:
         return out
 
     def _scale_parallel(self) -> list:
-        """Batches of 20 (8 each) and 50 (5 each) starts at once, rotated bare / no-op hook / tiergate. Besides each
-        batch's wall, the host's busy CPU during it per container: on 2 CPUs the batch is CPU-bound,
-        and the CPU a start costs moves far less from run to run than the batch's wall."""
+        """Batches of 20 and 50 starts at once, PARALLEL_ROUNDS of each per config, rotated (each config
+        takes each place in the rotation equally often). The configs: bare; podman's own cost of a
+        precreate hook (/bin/cat as the hook: it echoes the spec and costs nothing itself); the no-op
+        Python hook; tiergate's hook (hooks.d alone); tiergate as podman's runtime (podman-runtime
+        alone); and both, as `tiergate install --engine podman` registers them. Besides each batch's
+        wall, the host's busy CPU during it per container: on 2 CPUs the batch is CPU-bound, and the
+        CPU a start costs moves far less from run to run than the batch's wall. Then, with perf, one
+        more batch of 50 per config says which processes that CPU went to (_cpu_split)."""
         tier = "baseline" if "baseline" in self.images else next(iter(self.images))
+        self.tiergate("install", "--engine", "podman-runtime", "--config", self.d / "podman-runtime-conf",
+                      "--bin-dir", self.d / "bin-podman-runtime", "--log", self.log, "--cache-dir", self.cache,
+                      "--policy", self.policy)
+        shim = str(self.d / "bin-podman-runtime" / "tiergate-runtime")
+        configs = {"bare": ("bare", None), "/bin/cat hook": ("cat", None), "no-op hook": ("noop", None),
+                   f"tiergate {tier}": ("tiergate", None), f"tiergate {tier} podman-runtime": ("bare", shim),
+                   f"tiergate {tier} hook + podman-runtime": ("tiergate", shim)}
+        argvs = {name: self.podman_argv(hooks, "run", "--rm", self.images[tier], "true", runtime=runtime)
+                 for name, (hooks, runtime) in configs.items()}
         out = []
-        for n, rounds in ((20, 8), (50, 5)):
-            rounds = 1 if self.quick else rounds
-            say(f"scale: {n} containers started at once, bare / no-op hook / tiergate {tier}, {rounds} round(s)")
+        for n in (20, 50):
+            rounds = 1 if self.quick else PARALLEL_ROUNDS
+            say(f"scale: {n} containers started at once, {' / '.join(configs)}, {rounds} round(s)")
 
             cpu: dict[str, list[float]] = {}
 
-            def batch(hooks: str, n=n, cpu=cpu):
+            def batch(name: str, n=n, cpu=cpu):
                 def run() -> float:
-                    argv = self.podman_argv(hooks, "run", "--rm", self.images[tier], "true")
                     c0 = host_cpu()
                     t0 = time.perf_counter()
-                    procs = [subprocess.Popen(argv, env=self.podman.env, stdin=subprocess.DEVNULL,
+                    procs = [subprocess.Popen(argvs[name], env=self.podman.env, stdin=subprocess.DEVNULL,
                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(n)]
                     errs = []
                     for p in procs:
@@ -930,12 +975,10 @@ class Bench:
                     wall = time.perf_counter() - t0
                     if errs:
                         raise Failed(f"{len(errs)}/{n} failed: {errs[0]}")
-                    cpu.setdefault(hooks, []).append((host_cpu() - c0) / n)
+                    cpu.setdefault(name, []).append((host_cpu() - c0) / n)
                     return wall
                 return run
-            configs = {"bare": "bare", "no-op hook": "noop", f"tiergate {tier}": "tiergate"}
-            res = alternate({name: batch(hooks) for name, hooks in configs.items()}, rounds, f"parallel {n}",
-                            warmup=False)
+            res = alternate({name: batch(name) for name in configs}, rounds, f"parallel {n}", warmup=False)
             bare = res["bare"].get("median_ms")
             bare_cpu = statistics.median(cpu["bare"]) if cpu.get("bare") else None
             for name, r in res.items():
@@ -943,11 +986,51 @@ class Bench:
                     r["containers_per_s"] = round(n / (r["median_ms"] / 1000), 2)
                     if bare:
                         r["throughput_ratio"] = round(bare / r["median_ms"], 3)
-                if cpu.get(configs[name]):
-                    r["cpu_per_start"] = stats(cpu[configs[name]])
+                if cpu.get(name):
+                    r["cpu_per_start"] = stats(cpu[name])
                     if bare_cpu:
                         r["cpu_ratio"] = round(bare_cpu / r["cpu_per_start"]["median_ms"] * 1000, 3)
-            out.append({"containers": n, "tier": tier, "results": res})
+            entry = {"containers": n, "tier": tier, "results": res}
+            if n == 50:
+                entry["cpu_split"] = self._cpu_split(argvs, n)
+            out.append(entry)
+        return out
+
+    def _cpu_split(self, argvs: dict[str, list[str]], n: int) -> dict:
+        """One batch of `n` per config under `perf record -a`: CPU ms per container by process, from
+        perf's samples of every CPU (comm names grouped by CPU_GROUPS; this script's own samples apart).
+        {} with a note when perf is absent or fails: it explains the batches, it is not one of them."""
+        perf = shutil.which("perf")
+        if not perf:
+            self.skip("CPU by process during a batch", "perf is not installed (apt install linux-perf)")
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        for name, argv in argvs.items():
+            data = self.d / ("perf-" + re.sub(r"\W+", "-", name) + ".data")
+            rec = subprocess.Popen([perf, "record", "-a", "-q", "-F", str(PERF_HZ), "-o", str(data)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(0.5)  # perf has its events open
+            procs = [subprocess.Popen(argv, env=self.podman.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL) for _ in range(n)]
+            for p in procs:
+                p.wait(timeout=600)
+            rec.send_signal(signal.SIGINT)
+            try:
+                _, err = rec.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                rec.kill()
+                rec.communicate()
+                err = b"timed out"
+            report_out = subprocess.run([perf, "report", "-i", str(data), "--sort", "pid,comm", "--stdio", "-q", "-n"],
+                                        capture_output=True, text=True, timeout=300)
+            data.unlink(missing_ok=True)
+            failed = sum(1 for p in procs if p.returncode)
+            if failed or report_out.returncode != 0:
+                why = (f"{failed}/{n} podman runs failed ({name})" if failed
+                       else f"perf record/report failed: {last_line(err) or last_line(report_out.stderr)}")
+                self.skip("CPU by process during a batch", why)
+                return {}
+            out[name] = cpu_groups(report_out.stdout, os.getpid(), n)
         return out
 
     # -- network policy, storage size, first start after a policy change -------------------------

@@ -75,6 +75,38 @@ def span(values, nd=1, sign=False, unit="") -> str:
 # the summary: one row per row of issue 20's table
 # ---------------------------------------------------------------------------
 
+def _cpu_split(par: dict) -> list[str]:
+    """Which processes a batch's CPU went to (bench.py _cpu_split: perf samples of every CPU, one
+    batch per config), ms per container; [] when the run has no split."""
+    split = par.get("cpu_split") or {}
+    if not split:
+        return []
+    names = list(split)
+    groups = list(next(iter(split.values())))
+    L = [f"CPU by process during one more batch of {par['containers']} per config (`perf record -a`, "
+         "ms per container; \"hook\": the hook's or runtime front's processes: /bin/cat, the no-op hook's script, "
+         "or tiergate's compiled front and its warm helper's children; \"runc init\": the container's setup inside its namespaces, the seccomp "
+         "filter built from the spec included; idle is not in the busy total):", "",
+         "| process | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for g in groups:
+        L.append(f"| {g} | " + " | ".join(fmt(split[n].get(g), 1) for n in names) + " |")
+    L.append("| busy total | " + " | ".join(fmt(sum(v for k, v in split[n].items() if k != "idle"), 1)
+                                          for n in names) + " |")
+    return L + [""]
+
+
+PARALLEL_OTHERS = (("podman-runtime", "as podman's runtime"), ("hook + podman-runtime", "both (the default install)"))
+
+
+def _others(r: dict, tier: str) -> str:
+    """The parallel row's other configs: tiergate's other podman paths, the no-op and /bin/cat hooks."""
+    parts = [f"{label} **{fmt(r[f'tiergate {tier} {key}'].get('throughput_ratio'), 2)}×**"
+             for key, label in PARALLEL_OTHERS if (r.get(f"tiergate {tier} {key}") or {}).get("throughput_ratio")]
+    parts += [f"{name} {fmt(r[name].get('throughput_ratio'), 2)}×" for name in ("no-op hook", "/bin/cat hook")
+              if (r.get(name) or {}).get("throughput_ratio")]
+    return "".join(f", {p}" for p in parts)
+
+
 def _cpu_note(bare: dict | None, tg: dict | None) -> str:
     """The batch's host CPU per container, bare and tiergate (older results have none)."""
     b, t = (bare or {}).get("cpu_per_start"), (tg or {}).get("cpu_per_start")
@@ -180,9 +212,8 @@ def summary_rows(res: dict) -> list[str]:
         r = par["results"]
         tg = r.get(f"tiergate {par['tier']}")
         L.append(_row(f"{par['containers']} `podman run --rm` at once (wall of the batch)", r.get("bare"),
-                      r.get("no-op hook"), tg, f"throughput vs bare: tiergate **{fmt((tg or {}).get('throughput_ratio'), 2)}×**, "
-                      f"no-op hook {fmt((r.get('no-op hook') or {}).get('throughput_ratio'), 2)}×"
-                      + _cpu_note(r.get("bare"), tg)))
+                      r.get("no-op hook"), tg, f"throughput vs bare: tiergate **{fmt((tg or {}).get('throughput_ratio'), 2)}×**"
+                      + _others(r, par["tier"]) + _cpu_note(r.get("bare"), tg)))
     dk = e2e.get("docker") or {}
     if dk:
         t = _tier_rows(dk, "docker tiergate ")
@@ -399,6 +430,7 @@ def markdown(res: dict) -> str:
                                   f"({fmt(v['cpu_per_start']['min_ms'], 1)}–{fmt(v['cpu_per_start']['max_ms'], 1)}; "
                                   f"bare / this {fmt(v.get('cpu_ratio'), 3)}×)"
                                   for k, v in par["results"].items() if v.get("cpu_per_start")) + ".", ""]
+            L += _cpu_split(par)
     cri = res.get("cri") or {}
     if cri:
         L += ["## containerd CRI (bench/cri.py)", "", "Pod start (RunPodSandbox + CreateContainer + StartContainer):", ""]

@@ -22,6 +22,7 @@ PACKAGES=(
   python3-prctl python3-pyroute2
   debootstrap openssl  # test_roles_software.py: the Debian image of nginx, postgres... and a test CA
   valgrind  # test_hook_cost.py: the hook's instruction count (callgrind), deterministic where time is not
+  linux-perf  # bench/bench.py: which processes a parallel batch's CPU goes to (perf record -a)
 )
 PYTHON=/usr/bin/python3
 VENV=.venv

@@ -58,3 +58,27 @@ def test_rewrite_replaces_only_the_block(report):
     assert report.rewrite(text, f"{report.BEGIN}\nnew\n{report.END}") == f"before\n{report.BEGIN}\nnew\n{report.END}\nafter\n"
     with pytest.raises(ValueError):
         report.rewrite("no markers", "x")
+
+
+def test_cpu_split_groups_perf_samples_by_process():
+    """bench.py's CPU split: perf's per-process sample counts become ms per container, the
+    container's runc init apart from runc, tiergate's front and warm helper as the hook, the
+    benchmark's own process (a python too) under "other"."""
+    spec = importlib.util.spec_from_file_location("bench_main", REPO / "bench" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    hz, n = bench.PERF_HZ, 10
+    perf = "\n".join([
+        f"    50.00%   {hz * 10}   2001:podman           podman",
+        f"    10.00%   {hz * 2}    2002:runc:[2:INIT]    runc:[2:INIT]",
+        f"     5.00%   {hz}        2003:runc:[1:CHILD]   runc:[1:CHILD]",
+        f"     5.00%   {hz}        2004:python           python",
+        f"     5.00%   {hz}        2005:tiergate-hook    tiergate-hook",
+        f"     5.00%   {hz * 3}    999:python            python",
+        f"     5.00%   {hz}        0:swapper             swapper",
+        f"     1.00%   {hz}        31:kworker/1:2H-kb    kworker/1:2H-kb",
+        "# a comment line",
+    ])
+    got = bench.cpu_groups(perf, 999, n)
+    assert got == {"podman": 1000.0, "conmon": 0.0, "runc init": 200.0, "runc": 100.0, "hook": 200.0,
+                   "idle": 100.0, "kernel threads": 100.0, "other": 300.0}

@@ -95,10 +95,11 @@ def stats(samples_s: list[float]) -> dict:
 
 PARALLEL_ROUNDS = 6  # batches per config and size: a multiple of the six configs, so the rotation is balanced
 PERF_HZ = 499  # perf's sampling rate per CPU for the CPU split: ~2 ms a sample
-# Which processes a batch's CPU went to, by comm (the first matching prefix wins): the hooks are
-# the no-op hook's script and tiergate's front (tiergate-hook) plus its warm helper's children (python).
+# Which processes a batch's CPU went to, by comm (the first matching prefix wins). "hook": the hook
+# or runtime front, /bin/cat, the no-op hook's script or tiergate's compiled fronts (tiergate-hook,
+# tiergate-runtim: a comm stops at 15 bytes), and the warm helper's children (python).
 CPU_GROUPS = (("podman", ("podman",)), ("conmon", ("conmon",)), ("runc init", ("runc:[2:INIT]",)),
-              ("runc", ("runc",)), ("hook", ("noop-hook", "tiergate-", "python", "cat")),  # comms stop at 15 bytes: tiergate-runtim
+              ("runc", ("runc",)), ("hook", ("cat", "noop-hook", "tiergate-", "python")),
               ("idle", ("swapper",)), ("kernel threads", ("kworker", "ksoftirqd", "rcu", "kdamond", "migration",
                                                           "kcompactd", "khugepaged", "jbd2", "kswapd")))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,11 @@ def test_rewrite_replaces_only_the_block(report):
         report.rewrite("no markers", "x")
 
 
-def test_cpu_split_groups_perf_samples_by_process():
+def test_cpu_split_groups_perf_samples_by_process(monkeypatch):
     """bench.py's CPU split: perf's per-process sample counts become ms per container, the
     container's runc init apart from runc, tiergate's front and warm helper as the hook, the
     benchmark's own process (a python too) under "other"."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # bench.py puts integration/ and bench/ first
     spec = importlib.util.spec_from_file_location("bench_main", REPO / "bench" / "bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -966,13 +966,7 @@ class Bench:
                 def run() -> float:
                     c0 = host_cpu()
                     t0 = time.perf_counter()
-                    procs = [subprocess.Popen(argvs[name], env=self.podman.env, stdin=subprocess.DEVNULL,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(n)]
-                    errs = []
-                    for p in procs:
-                        _, err = p.communicate(timeout=600)
-                        if p.returncode != 0:
-                            errs.append(last_line(err))
+                    errs = self._at_once(argvs[name], n)
                     wall = time.perf_counter() - t0
                     if errs:
                         raise Failed(f"{len(errs)}/{n} failed: {errs[0]}")
@@ -997,6 +991,17 @@ class Bench:
             out.append(entry)
         return out
 
+    def _at_once(self, argv: list[str], n: int) -> list[str]:
+        """Start `n` of `argv` (a podman run) at once and wait for all; the last stderr line of each that failed."""
+        procs = [subprocess.Popen(argv, env=self.podman.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE) for _ in range(n)]
+        errs = []
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            if p.returncode != 0:
+                errs.append(last_line(err))
+        return errs
+
     def _cpu_split(self, argvs: dict[str, list[str]], n: int) -> dict:
         """One batch of `n` per config under `perf record -a`: CPU ms per container by process, from
         perf's samples of every CPU (comm names grouped by CPU_GROUPS; this script's own samples apart).
@@ -1011,10 +1016,7 @@ class Bench:
             rec = subprocess.Popen([perf, "record", "-a", "-q", "-F", str(PERF_HZ), "-o", str(data)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(0.5)  # perf has its events open
-            procs = [subprocess.Popen(argv, env=self.podman.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL) for _ in range(n)]
-            for p in procs:
-                p.wait(timeout=600)
+            errs = self._at_once(argv, n)
             rec.send_signal(signal.SIGINT)
             try:
                 _, err = rec.communicate(timeout=120)
@@ -1025,9 +1027,8 @@ class Bench:
             report_out = subprocess.run([perf, "report", "-i", str(data), "--sort", "pid,comm", "--stdio", "-q", "-n"],
                                         capture_output=True, text=True, timeout=300)
             data.unlink(missing_ok=True)
-            failed = sum(1 for p in procs if p.returncode)
-            if failed or report_out.returncode != 0:
-                why = (f"{failed}/{n} podman runs failed ({name})" if failed
+            if errs or report_out.returncode != 0:
+                why = (f"{len(errs)}/{n} podman runs failed ({name}): {errs[0]}" if errs
                        else f"perf record/report failed: {last_line(err) or last_line(report_out.stderr)}")
                 self.skip("CPU by process during a batch", why)
                 return {}
@@ -1187,8 +1188,7 @@ class Bench:
         pods = {k: stats(v) for k, v in raw["pods"].items()}
         execs = {k: stats(v) for k, v in raw["exec"].items()}
         self.results["cri"] = {"rounds": rounds, "exec_rounds": execs,
-                               "pods": with_deltas(pods, "runc + RuntimeDefault seccomp, pod level (sandbox too)",
-                                                   "no-op Python shim"),
+                               "pods": with_deltas(pods, report.CRI_POD_BARE, "no-op Python shim"),
                                "exec": with_deltas(execs, "runc + RuntimeDefault seccomp", "no-op Python shim")}
 
     def section_filters(self) -> None:
